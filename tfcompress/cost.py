@@ -1,0 +1,463 @@
+"""MACs and parameter counts of layers and models, maximum ranks, and rank-for-ratio.
+
+The cost formulas are plain Python on a :class:`LayerGeometry` (channels, kernel
+size, input and output resolution); only :func:`layer_geometry`,
+:func:`model_cost` and :func:`rank_for_ratio` look at Keras objects.
+
+MACs count one multiply-accumulate per weight use for one sample (batch 1); biases,
+normalisation, activations and pooling count as 0 MACs. A layer that runs several
+times in one forward pass (a shared layer) counts its MACs once per run and its
+parameters once.
+
+Costs of a decomposed ``Conv2D`` with input ``H x W``, output ``Ho x Wo``, kernel
+``kh x kw``, ``C`` input and ``N`` output channels, rank ``r``:
+
+=============  ====================================  =============================
+scheme         MACs                                  parameters (without bias)
+=============  ====================================  =============================
+original       Ho*Wo*kh*kw*C*N                       kh*kw*C*N
+weight SVD     H*W*C*r + Ho*Wo*kh*kw*r*N             C*r + kh*kw*r*N
+spatial SVD    Ho*W*kh*C*r + Ho*Wo*kw*r*N            kh*C*r + kw*r*N
+Tucker-2       H*W*C*r1 + Ho*Wo*kh*kw*r1*r2          C*r1 + kh*kw*r1*r2 + r2*N
+               + Ho*Wo*r2*N
+=============  ====================================  =============================
+
+A ``Dense`` layer ``in -> units`` applied at ``P`` positions costs ``P*in*units``
+MACs, and ``P*(in + units)*r`` once split at rank ``r``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import keras
+
+from .enums import CompressionScheme, CostMetric, coerce_enum
+from .graph import check_graph_model, walk_layers
+from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
+
+__all__ = [
+    "Cost",
+    "LayerGeometry",
+    "LayerCost",
+    "ModelCost",
+    "original_cost",
+    "decomposed_cost",
+    "max_rank",
+    "max_rank_for_budget",
+    "round_rank",
+    "layer_geometry",
+    "layer_scheme",
+    "model_cost",
+    "rank_for_ratio",
+]
+
+#: per-layer schemes: "svd" (Dense), "weight_svd", "spatial_svd", "tucker" (Conv2D)
+LAYER_SCHEMES = ("svd", "weight_svd", "spatial_svd", "tucker")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs (per sample) and parameters of one layer or model."""
+
+    macs: int
+    params: int
+
+    def metric(self, cost_metric: CostMetric | str) -> int:
+        """The number that ``cost_metric`` compares: MACs for ``mac``, parameters for ``memory``."""
+        metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
+        if metric is CostMetric.mac:
+            return self.macs
+        if metric is CostMetric.memory:
+            return self.params
+        raise ValueError("cost_metric 'latency' is measured, not computed from shapes; use 'mac' or 'memory' here.")
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """What the cost formulas need to know about a Conv2D or Dense layer.
+
+    Example:
+        >>> g = LayerGeometry("conv2d", 32, 64, kernel_size=(5, 5), in_hw=(14, 14), out_hw=(14, 14))
+        >>> original_cost(g).macs
+        10035200
+    """
+
+    kind: str  # "conv2d" or "dense"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int] = (1, 1)
+    in_hw: tuple[int, int] = (1, 1)
+    out_hw: tuple[int, int] = (1, 1)
+    positions: int = 1  # Dense: product of the non-batch leading dims
+    use_bias: bool = True
+    name: str = "?"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv2d", "dense"):
+            raise ValueError(f"LayerGeometry.kind must be 'conv2d' or 'dense', got {self.kind!r}.")
+
+
+def _bias(g: LayerGeometry) -> int:
+    return g.out_channels if g.use_bias else 0
+
+
+def original_cost(g: LayerGeometry) -> Cost:
+    """Cost of the uncompressed layer."""
+    c, n = g.in_channels, g.out_channels
+    if g.kind == "dense":
+        return Cost(g.positions * c * n, c * n + _bias(g))
+    kh, kw = g.kernel_size
+    ho, wo = g.out_hw
+    return Cost(ho * wo * kh * kw * c * n, kh * kw * c * n + _bias(g))
+
+
+def _check_scheme(g: LayerGeometry, scheme: str) -> str:
+    scheme = str(getattr(scheme, "value", scheme))
+    if g.kind == "dense":
+        if scheme not in ("svd", "weight_svd", "spatial_svd"):
+            raise ValueError(
+                f"layer '{g.name}' is a Dense layer; it can be decomposed with 'svd' only, not {scheme!r}."
+            )
+        return "svd"
+    if scheme not in ("weight_svd", "spatial_svd", "tucker"):
+        raise ValueError(
+            f"layer '{g.name}' is a Conv2D; scheme must be 'weight_svd', 'spatial_svd' or 'tucker', got {scheme!r}."
+        )
+    return scheme
+
+
+def decomposed_cost(g: LayerGeometry, scheme: str, rank: int | Sequence[int]) -> Cost:
+    """Cost of the layer decomposed with ``scheme`` at ``rank`` (a pair ``(r_in, r_out)`` for Tucker-2).
+
+    Example:
+        >>> g = LayerGeometry("conv2d", 32, 64, kernel_size=(5, 5), in_hw=(14, 14), out_hw=(14, 14))
+        >>> decomposed_cost(g, "spatial_svd", 53).macs
+        4986240
+    """
+    scheme = _check_scheme(g, scheme)
+    c, n, b = g.in_channels, g.out_channels, _bias(g)
+    if scheme == "tucker":
+        r1, r2 = (int(rank), int(rank)) if isinstance(rank, int) else (int(rank[0]), int(rank[1]))
+        kh, kw = g.kernel_size
+        (h, w), (ho, wo) = g.in_hw, g.out_hw
+        macs = h * w * c * r1 + ho * wo * kh * kw * r1 * r2 + ho * wo * r2 * n
+        return Cost(macs, c * r1 + kh * kw * r1 * r2 + r2 * n + b)
+    r = int(rank)
+    if scheme == "svd":
+        return Cost(g.positions * (c + n) * r, (c + n) * r + b)
+    kh, kw = g.kernel_size
+    (h, w), (ho, wo) = g.in_hw, g.out_hw
+    if scheme == "weight_svd":
+        return Cost(h * w * c * r + ho * wo * kh * kw * r * n, c * r + kh * kw * r * n + b)
+    return Cost(ho * w * kh * c * r + ho * wo * kw * r * n, kh * c * r + kw * r * n + b)
+
+
+def max_rank(g: LayerGeometry, scheme: str) -> int | tuple[int, int]:
+    """The rank of the full decomposition: beyond it, nothing is gained in accuracy.
+
+    Example:
+        >>> max_rank(LayerGeometry("conv2d", 1, 32, kernel_size=(5, 5)), "spatial_svd")
+        5
+    """
+    scheme = _check_scheme(g, scheme)
+    c, n = g.in_channels, g.out_channels
+    kh, kw = g.kernel_size
+    if scheme == "svd":
+        return min(c, n)
+    if scheme == "weight_svd":
+        return min(c, kh * kw * n)
+    if scheme == "spatial_svd":
+        return min(c * kh, n * kw)
+    return (c, n)
+
+
+def _as_fraction(ratio: float) -> Fraction:
+    # exact for ratios written as decimals (0.1 is one tenth, not 0.1000000000000000055...)
+    return Fraction(repr(float(ratio)))
+
+
+def max_rank_for_budget(g: LayerGeometry, scheme: str, cost_metric: CostMetric | str, budget: Fraction | int) -> int:
+    """Largest ``r >= 0`` whose cost is ``<= budget`` (the cost is affine and increasing in ``r``)."""
+    metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
+    scheme = _check_scheme(g, scheme)
+    if scheme == "tucker":
+        raise ValueError("max_rank_for_budget does not apply to Tucker-2 (two ranks); use rank_for_ratio.")
+    at0 = decomposed_cost(g, scheme, 0).metric(metric)
+    slope = decomposed_cost(g, scheme, 1).metric(metric) - at0
+    if slope <= 0:
+        return 0
+    return max(0, math.floor((Fraction(budget) - at0) / slope))
+
+
+def round_rank(rank: int, multiplicity: int, cap: int) -> int:
+    """Round ``rank`` up to a multiple of ``multiplicity``, but never above ``cap`` (and never below ``rank``).
+
+    Example:
+        >>> round_rank(13, 8, 100), round_rank(13, 8, 14), round_rank(3, 1, 10)
+        (16, 14, 3)
+    """
+    multiplicity = int(multiplicity)
+    if multiplicity < 1:
+        raise ValueError(f"multiplicity must be >= 1, got {multiplicity}.")
+    rounded = -(-int(rank) // multiplicity) * multiplicity
+    return max(int(rank), min(rounded, int(cap)))
+
+
+def _tucker_rank_for_budget(
+    g: LayerGeometry, metric: CostMetric, budget: Fraction, multiplicity: int
+) -> tuple[int, int]:
+    c, n = g.in_channels, g.out_channels
+    full = original_cost(g).metric(metric)
+
+    def pair(r1: int) -> tuple[int, int]:
+        return r1, max(1, min(n, round(r1 * n / c)))
+
+    best = pair(1)
+    for r1 in range(1, c + 1):
+        r = pair(r1)
+        if decomposed_cost(g, "tucker", r).metric(metric) <= budget:
+            best = r
+    if multiplicity > 1:
+        rounded = tuple(min(-(-r // multiplicity) * multiplicity, bound) for r, bound in zip(best, (c, n), strict=True))
+        if decomposed_cost(g, "tucker", rounded).metric(metric) <= full:
+            best = rounded
+    return best
+
+
+def _rank_for_ratio(
+    g: LayerGeometry, ratio: float, scheme: str, cost_metric: CostMetric | str, multiplicity: int = 1
+) -> int | tuple[int, int]:
+    metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
+    scheme = _check_scheme(g, scheme)
+    if not (isinstance(ratio, int | float) and 0 < float(ratio)):
+        raise ValueError(f"layer '{g.name}': ratio must be a number > 0, got {ratio!r}.")
+    full = original_cost(g).metric(metric)
+    budget = _as_fraction(ratio) * full
+    if scheme == "tucker":
+        return _tucker_rank_for_budget(g, metric, budget, int(multiplicity))
+    bound = max_rank(g, scheme)
+    rank = min(max(1, max_rank_for_budget(g, scheme, metric, budget)), bound)
+    cap = min(bound, max(rank, max_rank_for_budget(g, scheme, metric, full)))
+    return round_rank(rank, multiplicity, cap)
+
+
+# ---------------------------------------------------------------- Keras side
+
+
+def _shape_of(tensor_or_shape: Any) -> tuple:
+    shape = getattr(tensor_or_shape, "shape", tensor_or_shape)
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _layer_shapes(layer: Any, input_shape: Sequence[int | None] | None) -> tuple[tuple, tuple]:
+    if input_shape is not None:
+        in_shape = tuple(input_shape)
+        out_shape = _shape_of(layer.compute_output_shape(in_shape))
+        return in_shape, out_shape
+    try:
+        return _shape_of(layer.input), _shape_of(layer.output)
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"layer '{layer.name}' has not been called on a known input, so its input shape is unknown; "
+            "pass input_shape=(None, H, W, C) or use a layer of a built Functional/Sequential model."
+        ) from None
+
+
+def _hw(shape: tuple, layer: Any, which: str) -> tuple[int, int]:
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise ValueError(
+            f"layer '{layer.name}': the {which} spatial size {shape} is not fully known, so MACs cannot be computed; "
+            "give the model a fixed input size (e.g. keras.Input((224, 224, 3)))."
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) -> LayerGeometry:
+    """Geometry of a ``Conv2D``/``Dense`` layer (or a decomposed twin) from its real input and output shapes.
+
+    Example:
+        >>> import keras
+        >>> inp = keras.Input((28, 28, 1))
+        >>> conv = keras.layers.Conv2D(32, 5, padding="same")
+        >>> _ = keras.Model(inp, conv(inp))
+        >>> layer_geometry(conv).out_hw
+        (28, 28)
+    """
+    if isinstance(layer, keras.layers.Conv2D | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D):
+        in_shape, out_shape = _layer_shapes(layer, input_shape)
+        if isinstance(layer, keras.layers.Conv2D):
+            c = int(layer.kernel.shape[2]) * int(getattr(layer, "groups", 1))
+        else:
+            c = int(in_shape[-1])
+        return LayerGeometry(
+            "conv2d",
+            c,
+            int(layer.filters),
+            kernel_size=tuple(int(k) for k in layer.kernel_size),
+            in_hw=_hw(in_shape, layer, "input"),
+            out_hw=_hw(out_shape, layer, "output"),
+            use_bias=bool(layer.use_bias),
+            name=layer.name,
+        )
+    if isinstance(layer, keras.layers.Dense | SVDDense):
+        in_shape, _ = _layer_shapes(layer, input_shape)
+        lead = [d for d in in_shape[1:-1]]
+        if any(d is None for d in lead):
+            raise ValueError(f"layer '{layer.name}': input shape {in_shape} has unknown inner dimensions.")
+        return LayerGeometry(
+            "dense",
+            int(in_shape[-1]),
+            int(layer.units),
+            positions=math.prod(lead) if lead else 1,
+            use_bias=bool(layer.use_bias),
+            name=layer.name,
+        )
+    raise TypeError(
+        f"layer '{getattr(layer, 'name', '?')}' ({type(layer).__name__}) is not a Conv2D or Dense layer; "
+        "only those can be decomposed."
+    )
+
+
+def layer_scheme(layer: Any) -> str | None:
+    """The decomposition scheme a decomposed layer implements, or ``None`` for any other layer."""
+    return (
+        getattr(layer, "scheme", None)
+        if isinstance(layer, SVDDense | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D)
+        else None
+    )
+
+
+def _spatial(shape: tuple) -> int:
+    dims = shape[1:-1]
+    if any(d is None for d in dims):
+        return -1
+    return math.prod(int(d) for d in dims)
+
+
+def _generic_macs(layer: Any, in_shape: tuple, out_shape: tuple) -> int:
+    """MACs of layers that are not decomposable but cost compute (depthwise, separable, other convs)."""
+    name = type(layer).__name__
+    kernel = getattr(layer, "kernel_size", None)
+    if kernel is None:
+        return 0
+    k = math.prod(int(v) for v in kernel)
+    c_in = in_shape[-1]
+    if "Separable" in name:
+        dm = int(layer.depth_multiplier)
+        out = _spatial(out_shape)
+        return -1 if out < 0 else out * c_in * dm * (k + int(layer.filters))
+    if "Depthwise" in name:
+        out = _spatial(out_shape)
+        return -1 if out < 0 else out * k * c_in * int(layer.depth_multiplier)
+    if "Transpose" in name:
+        inp = _spatial(in_shape)
+        return -1 if inp < 0 else inp * k * c_in * int(layer.filters)
+    if hasattr(layer, "filters") and hasattr(layer, "groups"):
+        out = _spatial(out_shape)
+        return -1 if out < 0 else out * k * (c_in // int(layer.groups)) * int(layer.filters)
+    return 0
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Cost of one leaf layer in a model: MACs (all runs, one sample) and parameters."""
+
+    path: str
+    class_name: str
+    macs: int
+    params: int
+    calls: int = 1
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Whole-model totals and the per-layer rows, as returned by :func:`model_cost`."""
+
+    macs: int
+    params: int
+    layers: dict[str, LayerCost] = field(default_factory=dict)
+
+    def metric(self, cost_metric: CostMetric | str) -> int:
+        """The total that ``cost_metric`` compares."""
+        return Cost(self.macs, self.params).metric(cost_metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"macs": self.macs, "params": self.params, "layers": {k: asdict(v) for k, v in self.layers.items()}}
+
+
+def model_cost(model: keras.Model) -> ModelCost:
+    """MACs (one sample) and parameters of the whole model, and per leaf layer (nested models included).
+
+    Example:
+        >>> import keras, tfcompress as tfc
+        >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="c")])
+        >>> cost = tfc.model_cost(m)
+        >>> cost.macs, cost.params, cost.layers["c"].macs
+        (1296, 40, 1296)
+    """
+    check_graph_model(model)
+    rows: dict[str, LayerCost] = {}
+    macs = 0
+    for ref in walk_layers(model):
+        layer = ref.layer
+        try:
+            in_shape, out_shape = _shape_of(layer.input), _shape_of(layer.output)
+        except (AttributeError, ValueError):
+            in_shape = out_shape = None
+        if isinstance(
+            layer,
+            keras.layers.Conv2D | keras.layers.Dense | SVDDense | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D,
+        ) and not (isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) != 1):
+            g = layer_geometry(layer, input_shape=in_shape)
+            scheme = layer_scheme(layer)
+            per_call = (original_cost(g) if scheme is None else decomposed_cost(g, scheme, layer.rank)).macs
+        elif in_shape is not None and out_shape is not None and not isinstance(in_shape[0], tuple):
+            per_call = _generic_macs(layer, in_shape, out_shape)
+            if per_call < 0:
+                raise ValueError(f"layer '{ref.path}': its spatial size is unknown; give the model a fixed input size.")
+        else:
+            per_call = 0
+        params = int(layer.count_params()) if layer.built else 0
+        rows[ref.path] = LayerCost(ref.path, type(layer).__name__, per_call * ref.calls, params, ref.calls)
+        macs += per_call * ref.calls
+    return ModelCost(int(macs), int(model.count_params()), rows)
+
+
+def rank_for_ratio(
+    layer: Any,
+    ratio: float,
+    scheme: CompressionScheme | str,
+    cost_metric: CostMetric | str = CostMetric.mac,
+    *,
+    multiplicity: int = 1,
+    input_shape: Sequence[int | None] | None = None,
+) -> int | tuple[int, int]:
+    """Largest rank whose cost is ``<= ratio * original cost`` of ``layer`` (at least 1, at most the max rank).
+
+    With ``multiplicity`` > 1 the rank is then rounded up to a multiple of it, but
+    never beyond the largest rank whose cost does not exceed the original's. For
+    ``scheme="tucker"`` a pair ``(r_in, r_out)`` proportional to ``(C, N)`` is returned.
+    The layer must have been called in a model (its real input/output shapes are
+    used), or ``input_shape`` must be given.
+
+    Example:
+        >>> import keras, tfcompress as tfc
+        >>> inp = keras.Input((14, 14, 32))
+        >>> conv = keras.layers.Conv2D(64, 5, padding="same")
+        >>> _ = keras.Model(inp, conv(inp))
+        >>> tfc.rank_for_ratio(conv, 0.5, "spatial_svd", "mac"), tfc.rank_for_ratio(conv, 0.5, "weight_svd", "mac")
+        (53, 15)
+    """
+    scheme = (
+        coerce_enum(scheme, CompressionScheme, "scheme") if not (isinstance(scheme, str) and scheme == "svd") else "svd"
+    )
+    if scheme in (CompressionScheme.channel_pruning, CompressionScheme.auto):
+        raise ValueError(f"rank_for_ratio applies to a decomposition scheme, not {scheme}.")
+    g = layer_geometry(layer, input_shape=input_shape)
+    return _rank_for_ratio(g, ratio, getattr(scheme, "value", scheme), cost_metric, multiplicity)

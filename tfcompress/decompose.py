@@ -1,0 +1,263 @@
+"""Plain-numpy decomposition math: unfoldings, truncated SVD, HOSVD, reconstruction.
+
+Nothing in this module knows about Keras. Kernels follow the TensorFlow layout:
+a ``Conv2D`` kernel is ``(kh, kw, C, N)`` (input channels ``C``, filters ``N``) and a
+``Dense`` kernel is ``(in, units)``.
+
+Two unfoldings of a conv kernel are used:
+
+* **weight SVD** reads the kernel as a ``(C, kh*kw*N)`` matrix. Its rank-``r``
+  factors are a 1x1 convolution ``C -> r`` followed by a ``kh x kw`` convolution
+  ``r -> N``.
+* **spatial SVD** reads the kernel as a ``(C*kh, N*kw)`` matrix. Its rank-``r``
+  factors are a ``kh x 1`` convolution ``C -> r`` followed by a ``1 x kw``
+  convolution ``r -> N``.
+
+By the Eckart-Young theorem the truncated SVD gives the rank-``r`` factors whose
+product is closest to the kernel in Frobenius norm, and the error is exactly the
+norm of the discarded singular values.
+
+Example:
+    >>> import numpy as np
+    >>> kernel = np.random.default_rng(0).normal(size=(3, 3, 4, 8))
+    >>> a, b = spatial_svd_factors(kernel, rank=12)   # full rank: exact
+    >>> np.allclose(spatial_svd_compose(a, b), kernel)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "TruncatedSVD",
+    "dense_svd_factors",
+    "weight_svd_unfold",
+    "weight_svd_fold",
+    "weight_svd_factors",
+    "weight_svd_compose",
+    "spatial_svd_unfold",
+    "spatial_svd_fold",
+    "spatial_svd_factors",
+    "spatial_svd_compose",
+    "tucker2_factors",
+    "tucker2_compose",
+    "relative_residuals",
+]
+
+
+def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
+    kernel = np.asarray(kernel)
+    if kernel.ndim != ndim:
+        raise ValueError(f"{what} expects a kernel with {ndim} dimensions, got shape {kernel.shape}.")
+    if not np.issubdtype(kernel.dtype, np.floating):
+        kernel = kernel.astype(np.float64)
+    return kernel
+
+
+@dataclass(frozen=True)
+class TruncatedSVD:
+    """The full SVD of a matrix, computed once and truncated at any rank.
+
+    Computing the SVD once and slicing it is what makes it cheap to evaluate many
+    candidate ranks of one layer.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.arange(12.0).reshape(3, 4)
+        >>> svd = TruncatedSVD.of(m)
+        >>> svd.max_rank
+        3
+        >>> np.allclose(svd.reconstruct(svd.max_rank), m)
+        True
+    """
+
+    u: np.ndarray  # (m, k)
+    s: np.ndarray  # (k,) non-increasing
+    vt: np.ndarray  # (k, n)
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> TruncatedSVD:
+        """Compute the (thin) SVD of ``matrix`` in float64 for accuracy."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if matrix.ndim != 2:
+            raise ValueError(f"TruncatedSVD.of expects a matrix, got shape {matrix.shape}.")
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        return cls(u, s, vt)
+
+    @property
+    def max_rank(self) -> int:
+        """The number of singular values, ``min(m, n)``."""
+        return int(self.s.shape[0])
+
+    def _check_rank(self, rank: int) -> int:
+        rank = int(rank)
+        if not 1 <= rank <= self.max_rank:
+            raise ValueError(f"rank must be between 1 and {self.max_rank}, got {rank}.")
+        return rank
+
+    def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """Balanced factors ``(left (m, r), right (r, n))`` whose product is the best rank-r approximation.
+
+        The singular values are split as square roots between the two factors so
+        that both have comparable scale (good for float32 and for fine-tuning).
+        """
+        rank = self._check_rank(rank)
+        root = np.sqrt(self.s[:rank])
+        return self.u[:, :rank] * root, root[:, None] * self.vt[:rank]
+
+    def reconstruct(self, rank: int) -> np.ndarray:
+        """The best rank-``rank`` approximation of the matrix."""
+        rank = self._check_rank(rank)
+        return (self.u[:, :rank] * self.s[:rank]) @ self.vt[:rank]
+
+    def residual(self, rank: int) -> float:
+        """Frobenius norm of ``matrix - reconstruct(rank)``: the norm of the discarded singular values."""
+        rank = self._check_rank(rank)
+        return float(np.sqrt(np.sum(self.s[rank:] ** 2)))
+
+
+def relative_residuals(singular_values: np.ndarray) -> np.ndarray:
+    """``r -> ||W - W_r|| / ||W||`` for ``r = 0..k`` given the singular values of ``W``.
+
+    Entry ``r`` is the relative Frobenius error of the best rank-``r`` approximation,
+    so entry 0 is 1 (for a non-zero matrix) and entry ``k`` is 0.
+
+    Example:
+        >>> relative_residuals(np.array([3.0, 4.0])).round(3).tolist()
+        [1.0, 0.8, 0.0]
+    """
+    s2 = np.asarray(singular_values, dtype=np.float64) ** 2
+    total = s2.sum()
+    tail = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])
+    if total == 0:
+        return np.zeros_like(tail)
+    return np.sqrt(np.maximum(tail, 0.0) / total)
+
+
+# ---------------------------------------------------------------- dense
+
+
+def dense_svd_factors(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-``r`` factors ``A (in, r)``, ``B (r, units)`` of a dense kernel, ``A @ B ~ kernel``.
+
+    Example:
+        >>> a, b = dense_svd_factors(np.eye(4), 2)
+        >>> a.shape, b.shape
+        ((4, 2), (2, 4))
+    """
+    kernel = _check_kernel(kernel, 2, "dense_svd_factors")
+    return TruncatedSVD.of(kernel).factors(rank)
+
+
+# ---------------------------------------------------------------- weight SVD
+
+
+def weight_svd_unfold(kernel: np.ndarray) -> np.ndarray:
+    """Unfold a ``(kh, kw, C, N)`` kernel as the ``(C, kh*kw*N)`` matrix of weight SVD."""
+    kernel = _check_kernel(kernel, 4, "weight_svd_unfold")
+    kh, kw, c, n = kernel.shape
+    return kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * n)
+
+
+def weight_svd_fold(matrix: np.ndarray, kernel_shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Inverse of :func:`weight_svd_unfold`."""
+    kh, kw, c, n = kernel_shape
+    return np.asarray(matrix).reshape(c, kh, kw, n).transpose(1, 2, 0, 3)
+
+
+def weight_svd_factors(kernel: np.ndarray, rank: int, svd: TruncatedSVD | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weight-SVD factors: a ``(1, 1, C, r)`` kernel and a ``(kh, kw, r, N)`` kernel.
+
+    Convolving with the first (stride 1) and then the second (the original strides,
+    padding and dilation) equals convolving with the best rank-``r`` approximation
+    of the ``(C, kh*kw*N)`` unfolding.
+    """
+    kernel = _check_kernel(kernel, 4, "weight_svd_factors")
+    kh, kw, c, n = kernel.shape
+    svd = svd or TruncatedSVD.of(weight_svd_unfold(kernel))
+    left, right = svd.factors(rank)
+    first = left.reshape(1, 1, c, rank)
+    second = right.reshape(rank, kh, kw, n).transpose(1, 2, 0, 3)
+    return first, second
+
+
+def weight_svd_compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The ``(kh, kw, C, N)`` kernel equivalent to the two weight-SVD factor kernels."""
+    first = np.asarray(first)[0, 0]  # (C, r)
+    return np.einsum("cr,hwrn->hwcn", first, np.asarray(second))
+
+
+# ---------------------------------------------------------------- spatial SVD
+
+
+def spatial_svd_unfold(kernel: np.ndarray) -> np.ndarray:
+    """Unfold a ``(kh, kw, C, N)`` kernel as the ``(C*kh, N*kw)`` matrix of spatial SVD."""
+    kernel = _check_kernel(kernel, 4, "spatial_svd_unfold")
+    kh, kw, c, n = kernel.shape
+    return kernel.transpose(2, 0, 3, 1).reshape(c * kh, n * kw)
+
+
+def spatial_svd_fold(matrix: np.ndarray, kernel_shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Inverse of :func:`spatial_svd_unfold`."""
+    kh, kw, c, n = kernel_shape
+    return np.asarray(matrix).reshape(c, kh, n, kw).transpose(1, 3, 0, 2)
+
+
+def spatial_svd_factors(
+    kernel: np.ndarray, rank: int, svd: TruncatedSVD | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial-SVD factors: a ``(kh, 1, C, r)`` kernel and a ``(1, kw, r, N)`` kernel."""
+    kernel = _check_kernel(kernel, 4, "spatial_svd_factors")
+    kh, kw, c, n = kernel.shape
+    svd = svd or TruncatedSVD.of(spatial_svd_unfold(kernel))
+    left, right = svd.factors(rank)  # (C*kh, r), (r, N*kw)
+    first = left.reshape(c, kh, rank).transpose(1, 0, 2)[:, None]  # (kh, 1, C, r)
+    second = right.reshape(rank, n, kw).transpose(2, 0, 1)[None]  # (1, kw, r, N)
+    return first, second
+
+
+def spatial_svd_compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The ``(kh, kw, C, N)`` kernel equivalent to the two spatial-SVD factor kernels."""
+    vertical = np.asarray(first)[:, 0]  # (kh, C, r)
+    horizontal = np.asarray(second)[0]  # (kw, r, N)
+    return np.einsum("hcr,wrn->hwcn", vertical, horizontal)
+
+
+# ---------------------------------------------------------------- Tucker-2
+
+
+def tucker2_factors(
+    kernel: np.ndarray, ranks: tuple[int, int], hooi_iterations: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tucker-2 factors of a ``(kh, kw, C, N)`` kernel over its two channel modes.
+
+    Returns ``(u_in (1, 1, C, r_in), core (kh, kw, r_in, r_out), u_out (1, 1, r_out, N))``.
+    The factor matrices come from the HOSVD (leading left singular vectors of the
+    mode-C and mode-N unfoldings); ``hooi_iterations`` > 0 refines them by
+    higher-order orthogonal iteration, which never increases the error.
+    """
+    kernel = _check_kernel(kernel, 4, "tucker2_factors")
+    kh, kw, c, n = kernel.shape
+    r_in, r_out = (int(r) for r in ranks)
+    if not (1 <= r_in <= c and 1 <= r_out <= n):
+        raise ValueError(f"Tucker-2 ranks must be within (1..{c}, 1..{n}), got {ranks}.")
+    k64 = kernel.astype(np.float64)
+    mode_c = k64.transpose(2, 0, 1, 3).reshape(c, -1)
+    mode_n = k64.transpose(3, 0, 1, 2).reshape(n, -1)
+    u_in = np.linalg.svd(mode_c, full_matrices=False)[0][:, :r_in]
+    u_out = np.linalg.svd(mode_n, full_matrices=False)[0][:, :r_out]
+    for _ in range(int(hooi_iterations)):
+        proj_n = np.einsum("hwcn,ns->hwcs", k64, u_out)
+        u_in = np.linalg.svd(proj_n.transpose(2, 0, 1, 3).reshape(c, -1), full_matrices=False)[0][:, :r_in]
+        proj_c = np.einsum("hwcn,cr->hwrn", k64, u_in)
+        u_out = np.linalg.svd(proj_c.transpose(3, 0, 1, 2).reshape(n, -1), full_matrices=False)[0][:, :r_out]
+    core = np.einsum("hwcn,cr,ns->hwrs", k64, u_in, u_out)
+    return u_in[None, None], core, u_out.T[None, None]
+
+
+def tucker2_compose(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray) -> np.ndarray:
+    """The ``(kh, kw, C, N)`` kernel equivalent to the three Tucker-2 factor kernels."""
+    return np.einsum("cr,hwrs,sn->hwcn", np.asarray(u_in)[0, 0], np.asarray(core), np.asarray(u_out)[0, 0])

@@ -1,0 +1,138 @@
+"""Walking a Keras model's layers with public Keras API only.
+
+Layers are addressed by name. A layer inside a nested model (a Functional or
+Sequential model used as a layer) is addressed by its plain name when that name
+is unique in the whole model, and always by its path ``"outer/inner"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+__all__ = ["LayerRef", "check_graph_model", "is_graph_model", "walk_layers", "resolve_layers"]
+
+
+def is_graph_model(obj: Any) -> bool:
+    """True for a Sequential or Functional model (including keras.applications models)."""
+    if not isinstance(obj, keras.Model):
+        return False
+    names = {cls.__name__ for cls in type(obj).__mro__}
+    return "Sequential" in names or "Functional" in names
+
+
+def check_graph_model(model: Any, what: str = "model") -> None:
+    """Raise a clear error unless ``model`` is a built Sequential or Functional Keras model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`{what}` must be a keras.Model, got {type(model).__name__}.")
+    if not is_graph_model(model):
+        raise TypeError(
+            f"`{what}` is a subclassed model ({type(model).__name__}); tfcompress rewrites Sequential and "
+            "Functional models only, because a subclassed model's call() cannot be inspected. Rebuild it with "
+            "the Functional API (keras.Model(inputs, outputs))."
+        )
+    if not model.built or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"`{what}` ('{model.name}') is not built with known inputs; build it first, e.g. with keras.Input(...) "
+            "as its first layer or model.build(input_shape)."
+        )
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """One leaf layer of a (possibly nested) model.
+
+    ``path`` is ``"outer/inner"`` for layers of nested models and the plain name at
+    top level; ``calls`` is how many times the layer runs in one forward pass of the
+    whole model (shared layers and layers of shared nested models run more than once).
+    """
+
+    path: str
+    layer: Any
+    calls: int
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+def _calls_per_layer(model: Any) -> dict[str, int]:
+    """Number of times each direct layer of ``model`` is called, from the public config."""
+    if "Sequential" in {cls.__name__ for cls in type(model).__mro__}:
+        return {layer.name: 1 for layer in model.layers}
+    calls = {}
+    for entry in model.get_config().get("layers", []):
+        calls[entry["name"]] = max(len(entry.get("inbound_nodes", [])), 0)
+    return calls
+
+
+def walk_layers(model: Any, _prefix: str = "", _calls: int = 1) -> list[LayerRef]:
+    """All leaf layers of ``model`` in order, descending into nested models (InputLayers skipped).
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="fc")])
+        >>> [ref.path for ref in walk_layers(m)]
+        ['fc']
+    """
+    refs: list[LayerRef] = []
+    calls = _calls_per_layer(model)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        n = _calls * max(calls.get(layer.name, 1), 1)
+        path = f"{_prefix}{layer.name}"
+        if is_graph_model(layer):
+            refs.extend(walk_layers(layer, _prefix=path + "/", _calls=n))
+        else:
+            refs.append(LayerRef(path, layer, n))
+    return refs
+
+
+def resolve_layers(refs: Iterable[LayerRef], names: Iterable[Any], what: str = "plan") -> dict[Any, LayerRef]:
+    """Map each name (a path, a unique plain name, or a layer object) to its ``LayerRef``.
+
+    Unknown and ambiguous names are collected and reported together in one ``ValueError``.
+    """
+    refs = list(refs)
+    by_path = {ref.path: ref for ref in refs}
+    by_name: dict[str, list[LayerRef]] = {}
+    for ref in refs:
+        by_name.setdefault(ref.name, []).append(ref)
+    by_id = {id(ref.layer): ref for ref in refs}
+    resolved: dict[Any, LayerRef] = {}
+    unknown, ambiguous = [], []
+    for key in names:
+        if isinstance(key, keras.layers.Layer):
+            ref = by_id.get(id(key))
+            if ref is None:
+                unknown.append(key.name)
+            else:
+                resolved[key] = ref
+            continue
+        if not isinstance(key, str):
+            raise TypeError(f"{what}: layer names must be strings or layers, got {key!r}.")
+        if key in by_path:
+            resolved[key] = by_path[key]
+        elif len(by_name.get(key, [])) == 1:
+            resolved[key] = by_name[key][0]
+        elif key in by_name:
+            ambiguous.append(f"'{key}' (use one of {[r.path for r in by_name[key]]})")
+        else:
+            unknown.append(key)
+    if unknown or ambiguous:
+        parts = []
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, list(by_path), n=3)
+                hints.append(f"'{name}'" + (f" (did you mean {close}?)" if close else ""))
+            parts.append("unknown layer name(s): " + ", ".join(hints))
+        if ambiguous:
+            parts.append("ambiguous layer name(s): " + ", ".join(ambiguous))
+        raise ValueError(f"{what}: " + "; ".join(parts) + ".")
+    return resolved

@@ -1,0 +1,219 @@
+"""``rewrite_model``: a NEW model with chosen layers replaced by their decomposed twins.
+
+The rewrite goes through the public ``keras.models.clone_model`` (recursively, so
+nested models are rewritten too, and shared layers stay shared). Layers named in
+the plan become decomposed layers with the optimal factors of their weights; all
+other layers are re-created from their config and get a copy of their weights.
+The argument model is never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from .enums import CompressionScheme
+from .graph import check_graph_model, resolve_layers, walk_layers
+from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
+from .layers.base import check_source_conv2d, check_source_dense
+
+__all__ = ["rewrite_model", "decomposed_layer", "normalize_plan"]
+
+logger = logging.getLogger("tfcompress")
+
+_SCHEME_NAMES = ("svd", "weight_svd", "spatial_svd", "tucker")
+
+
+def _scheme_name(scheme: Any, what: str) -> str:
+    value = getattr(scheme, "value", scheme)
+    if isinstance(value, str) and value.lower() in _SCHEME_NAMES:
+        return value.lower()
+    raise ValueError(
+        f"{what}: scheme must be one of {list(_SCHEME_NAMES)} (or a CompressionScheme decomposition member), got {scheme!r}."
+    )
+
+
+def _layer_scheme(layer: Any, scheme: str) -> str:
+    """The per-layer scheme actually used: Dense layers are always decomposed with plain SVD."""
+    if isinstance(layer, keras.layers.Dense) and scheme in ("weight_svd", "spatial_svd"):
+        return "svd"
+    return scheme
+
+
+def _check_rank_value(rank: Any, scheme: str, where: str) -> int | tuple[int, int]:
+    if scheme == "tucker":
+        if isinstance(rank, int | np.integer):
+            rank = (int(rank), int(rank))
+        try:
+            pair = tuple(int(r) for r in rank)
+        except TypeError:
+            raise TypeError(f"{where}: a Tucker-2 rank must be a pair (r_in, r_out), got {rank!r}.") from None
+        if len(pair) != 2:
+            raise TypeError(f"{where}: a Tucker-2 rank must be a pair (r_in, r_out), got {rank!r}.")
+        return pair  # type: ignore[return-value]
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        raise TypeError(f"{where}: rank must be an int, got {rank!r}.")
+    return int(rank)
+
+
+def normalize_plan(plan: Mapping[Any, Any], scheme: Any = None) -> dict[Any, tuple[str, Any]]:
+    """``{name: rank}`` + scheme, or ``{name: (scheme, rank)}`` -> ``{name: (scheme, rank)}``.
+
+    Example:
+        >>> normalize_plan({"c1": 8}, scheme="spatial_svd")
+        {'c1': ('spatial_svd', 8)}
+        >>> normalize_plan({"c1": ("weight_svd", 4), "fc": ("svd", 16)})
+        {'c1': ('weight_svd', 4), 'fc': ('svd', 16)}
+    """
+    if not isinstance(plan, Mapping):
+        raise TypeError(
+            f"plan must be a dict {{layer_name: rank}} or {{layer_name: (scheme, rank)}}, got {type(plan).__name__}."
+        )
+    default = None if scheme is None else _scheme_name(scheme, "rewrite_model(scheme=...)")
+    out: dict[Any, tuple[str, Any]] = {}
+    for key, value in plan.items():
+        where = f"plan entry {getattr(key, 'name', key)!r}"
+        if (
+            isinstance(value, tuple | list)
+            and len(value) == 2
+            and isinstance(getattr(value[0], "value", value[0]), str)
+        ):
+            entry_scheme = _scheme_name(value[0], where)
+            rank = value[1]
+        else:
+            if default is None:
+                raise ValueError(
+                    f"{where}: no scheme given; pass scheme=... to rewrite_model or write the entry as (scheme, rank)."
+                )
+            entry_scheme, rank = default, value
+        out[key] = (entry_scheme, _check_rank_value(rank, entry_scheme, where))
+    return out
+
+
+def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tuple[int, int]) -> keras.layers.Layer:
+    """The built decomposed twin of ``layer`` (a Conv2D or Dense) with its optimal factors.
+
+    ``weight_svd`` and ``spatial_svd`` applied to a ``Dense`` layer give an ``SVDDense``.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(8)
+        >>> dense.build((None, 16))
+        >>> type(decomposed_layer(dense, "weight_svd", 4)).__name__
+        'SVDDense'
+    """
+    scheme = _layer_scheme(layer, _scheme_name(scheme, f"layer '{layer.name}'"))
+    if scheme == "svd":
+        return SVDDense.from_layer(layer, rank=int(rank))
+    if scheme == "weight_svd":
+        return WeightSVDConv2D.from_layer(layer, rank=int(rank))
+    if scheme == "spatial_svd":
+        return SpatialSVDConv2D.from_layer(layer, rank=int(rank))
+    return TuckerConv2D.from_layer(layer, ranks=rank)
+
+
+def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
+    """Problem with decomposing ``layer`` this way, or ``None`` when it is fine."""
+    try:
+        if scheme == "svd" or isinstance(layer, keras.layers.Dense):
+            if scheme == "tucker":
+                return "Tucker-2 applies to Conv2D layers only"
+            check_source_dense(layer)
+        else:
+            check_source_conv2d(layer)
+        kernel_shape = tuple(int(d) for d in layer.kernel.shape)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    scheme = _layer_scheme(layer, scheme)
+    if scheme == "svd":
+        bound: Any = min(kernel_shape)
+    elif scheme == "weight_svd":
+        bound = WeightSVDConv2D.max_rank_for(kernel_shape)
+    elif scheme == "spatial_svd":
+        bound = SpatialSVDConv2D.max_rank_for(kernel_shape)
+    else:
+        bound = TuckerConv2D.max_rank_for(kernel_shape)
+    ranks = rank if isinstance(rank, tuple) else (rank,)
+    bounds = bound if isinstance(bound, tuple) else (bound,)
+    if any(r < 1 or r > b for r, b in zip(ranks, bounds, strict=True)):
+        return f"{scheme} rank {rank} is outside 1..{bound}"
+    return None
+
+
+def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = None) -> keras.Model:
+    """A new model in which each layer of ``plan`` is replaced by its decomposed twin.
+
+    Args:
+        model: a built Sequential or Functional model (nested models, shared layers
+            and several inputs/outputs are fine). It is not modified.
+        plan: ``{layer_name: rank}`` with ``scheme``, or ``{layer_name: (scheme, rank)}``
+            to mix schemes (``"svd"`` for Dense, ``"weight_svd"``, ``"spatial_svd"``,
+            ``"tucker"`` with a pair of ranks). A layer of a nested model is named by
+            its plain name when unique, else by ``"outer/inner"``; layer objects work too.
+        scheme: the scheme for a ``{name: rank}`` plan.
+
+    Returns:
+        A new model with the same inputs, outputs and layer names; decomposed layers
+        carry the optimal factors of the original weights, all other layers a copy
+        of theirs. If ``model`` was compiled, the new model is compiled the same way
+        (with a fresh optimizer).
+
+    Example:
+        >>> import keras, tfcompress as tfc
+        >>> model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, name="c1"),
+        ...                           keras.layers.Flatten(), keras.layers.Dense(10, name="fc")])
+        >>> new = tfc.rewrite_model(model, {"c1": ("spatial_svd", 4), "fc": ("svd", 8)})
+        >>> [type(layer).__name__ for layer in new.layers]
+        ['SpatialSVDConv2D', 'Flatten', 'SVDDense']
+    """
+    check_graph_model(model)
+    entries = normalize_plan(plan, scheme)
+    refs = walk_layers(model)
+    resolved = resolve_layers(refs, entries.keys(), what="rewrite_model plan")
+    problems = []
+    targets: dict[int, tuple[str, Any]] = {}
+    for key, (entry_scheme, rank) in entries.items():
+        ref = resolved[key]
+        problem = _validate_entry(ref.layer, entry_scheme, rank)
+        if problem:
+            problems.append(f"'{ref.path}': {problem}")
+        elif id(ref.layer) in targets and targets[id(ref.layer)] != (entry_scheme, rank):
+            problems.append(f"'{ref.path}': named twice with different entries")
+        else:
+            targets[id(ref.layer)] = (entry_scheme, rank)
+    if problems:
+        raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
+
+    def clone_function(layer: Any) -> Any:
+        if id(layer) in targets:
+            entry_scheme, rank = targets[id(layer)]
+            logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
+            return decomposed_layer(layer, entry_scheme, rank)
+        return layer.__class__.from_config(layer.get_config())
+
+    new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    new_refs = walk_layers(new_model)
+    if [r.path for r in new_refs] != [r.path for r in refs]:
+        raise RuntimeError(
+            "rewrite_model: the cloned model's layers do not line up with the original's (please report this)."
+        )
+    for old, new in zip(refs, new_refs, strict=True):
+        if id(old.layer) in targets:
+            continue
+        weights = old.layer.get_weights()
+        if weights:
+            new.layer.set_weights(weights)
+    if getattr(model, "compiled", False):
+        try:
+            new_model.compile_from_config(model.get_compile_config())
+        except Exception as err:  # a custom loss/metric that cannot be re-created from config
+            warnings.warn(
+                f"rewrite_model: could not compile the new model like the original ({err}); compile it yourself.",
+                stacklevel=2,
+            )
+    return new_model
