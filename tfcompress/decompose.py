@@ -240,7 +240,7 @@ def tucker2_factors(
     higher-order orthogonal iteration, which never increases the error.
     """
     kernel = _check_kernel(kernel, 4, "tucker2_factors")
-    kh, kw, c, n = kernel.shape
+    _, _, c, n = kernel.shape
     r_in, r_out = (int(r) for r in ranks)
     if not (1 <= r_in <= c and 1 <= r_out <= n):
         raise ValueError(f"Tucker-2 ranks must be within (1..{c}, 1..{n}), got {ranks}.")

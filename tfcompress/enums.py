@@ -10,7 +10,7 @@ __all__ = ["CompressionScheme", "CostMetric", "Mode", "RankSelectScheme", "coerc
 E = TypeVar("E", bound=enum.Enum)
 
 
-class _StrEnum(str, enum.Enum):
+class _StrEnum(enum.StrEnum):
     def __str__(self) -> str:
         return self.value
 
