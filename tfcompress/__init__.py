@@ -10,15 +10,35 @@ Example:
     True
 """
 
+from .compress import ModelCompressor, compress_model
 from .cost import model_cost, rank_for_ratio
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
 from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
+from .params import (
+    GreedySelectionParameters,
+    SpatialSvdParameters,
+    TarRankSelectionParameters,
+    TuckerParameters,
+    WeightSvdParameters,
+)
 from .rewrite import rewrite_model
+from .stats import CompressionStats, LayerStats
+from .train import FitTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompressionScheme",
+    "CompressionStats",
+    "FitTrainer",
+    "GreedySelectionParameters",
+    "LayerStats",
+    "ModelCompressor",
+    "SpatialSvdParameters",
+    "TarRankSelectionParameters",
+    "TuckerParameters",
+    "WeightSvdParameters",
+    "compress_model",
     "CostMetric",
     "Mode",
     "RankSelectScheme",

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,24 @@ __all__ = [
     "tucker2_compose",
     "relative_residuals",
 ]
+
+
+@contextlib.contextmanager
+def blas_single_thread() -> Iterator[None]:
+    """Run numpy's BLAS/LAPACK on one thread inside the block (only there).
+
+    With TensorFlow's thread pools alive in the same process, a multi-threaded
+    OpenBLAS SVD of a small matrix can take 50x longer than a single-threaded one
+    because the two fight over the cores. Nothing global is changed: the previous
+    limits are restored on exit. Without threadpoolctl this does nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
@@ -84,7 +104,8 @@ class TruncatedSVD:
         matrix = np.asarray(matrix, dtype=np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"TruncatedSVD.of expects a matrix, got shape {matrix.shape}.")
-        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        with blas_single_thread():
+            u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         return cls(u, s, vt)
 
     @property
@@ -229,6 +250,18 @@ def spatial_svd_compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- Tucker-2
 
 
+def _leading_left_vectors(matrix: np.ndarray, rank: int) -> np.ndarray:
+    """``rank`` orthonormal columns spanning the leading left singular subspace of ``matrix``.
+
+    When ``rank`` exceeds the number of columns of ``matrix`` (e.g. a 1x1 conv with N > C), the thin SVD has too
+    few vectors; they are completed to an orthonormal basis so the factor shapes always match ``rank``.
+    """
+    u = np.linalg.svd(matrix, full_matrices=False)[0]
+    if u.shape[1] < rank:
+        u = np.linalg.svd(u, full_matrices=True)[0]  # (m, m); its first columns span the same space as u
+    return u[:, :rank]
+
+
 def tucker2_factors(
     kernel: np.ndarray, ranks: tuple[int, int], hooi_iterations: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,16 +277,21 @@ def tucker2_factors(
     r_in, r_out = (int(r) for r in ranks)
     if not (1 <= r_in <= c and 1 <= r_out <= n):
         raise ValueError(f"Tucker-2 ranks must be within (1..{c}, 1..{n}), got {ranks}.")
-    k64 = kernel.astype(np.float64)
+    with blas_single_thread():
+        return _tucker2(kernel.astype(np.float64), r_in, r_out, int(hooi_iterations))
+
+
+def _tucker2(k64: np.ndarray, r_in: int, r_out: int, hooi_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _, _, c, n = k64.shape
     mode_c = k64.transpose(2, 0, 1, 3).reshape(c, -1)
     mode_n = k64.transpose(3, 0, 1, 2).reshape(n, -1)
-    u_in = np.linalg.svd(mode_c, full_matrices=False)[0][:, :r_in]
-    u_out = np.linalg.svd(mode_n, full_matrices=False)[0][:, :r_out]
-    for _ in range(int(hooi_iterations)):
+    u_in = _leading_left_vectors(mode_c, r_in)
+    u_out = _leading_left_vectors(mode_n, r_out)
+    for _ in range(hooi_iterations):
         proj_n = np.einsum("hwcn,ns->hwcs", k64, u_out)
-        u_in = np.linalg.svd(proj_n.transpose(2, 0, 1, 3).reshape(c, -1), full_matrices=False)[0][:, :r_in]
+        u_in = _leading_left_vectors(proj_n.transpose(2, 0, 1, 3).reshape(c, -1), r_in)
         proj_c = np.einsum("hwcn,cr->hwrn", k64, u_in)
-        u_out = np.linalg.svd(proj_c.transpose(3, 0, 1, 2).reshape(n, -1), full_matrices=False)[0][:, :r_out]
+        u_out = _leading_left_vectors(proj_c.transpose(3, 0, 1, 2).reshape(n, -1), r_out)
     core = np.einsum("hwcn,cr,ns->hwrs", k64, u_in, u_out)
     return u_in[None, None], core, u_out.T[None, None]
 

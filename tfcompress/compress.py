@@ -1,0 +1,761 @@
+"""``compress_model``: choose per-layer ranks for a target and return the compressed model with stats.
+
+How a run goes:
+
+1. The user's model is cloned ONCE into a working copy (the user's model is never
+   touched, whatever happens: success, a raising callback, Ctrl-C).
+2. The baseline score is the callback's score of the working copy.
+3. Auto mode, greedy: for every eligible layer and candidate ratio ``i/N`` the
+   layer's kernel in the working copy is replaced by its reconstructed low-rank
+   kernel ``W_r`` (the decomposed layer computes exactly this function), the
+   callback is called, and the kernel is restored. No clone, rebuild, save/reload
+   or retrace per candidate; the SVD of each kernel is computed once. Candidates of
+   one layer that round to the same rank are evaluated once. The score table then
+   goes to :func:`tfcompress.select.greedy_select`.
+   Auto mode, TAR: every layer takes, for residual index ``i``, the rank whose
+   relative reconstruction residual is closest to ``i/N``; the whole model is
+   evaluated at each index that meets the target, and
+   :func:`tfcompress.select.tar_select` picks the index.
+   Manual mode: the user's ratios are turned into ranks.
+4. The plan is applied to the user's model with :func:`tfcompress.rewrite_model`
+   (with a ``trainer``, one layer at a time, fine-tuning after each), the
+   compressed model is evaluated, and :class:`CompressionStats` reports it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import decompose
+from .cost import (
+    LayerGeometry,
+    _rank_for_ratio,
+    decomposed_cost,
+    layer_geometry,
+    max_rank,
+    model_cost,
+    original_cost,
+    round_rank,
+)
+from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
+from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
+from .layers.base import check_source_conv2d, check_source_dense
+from .params import SpatialSvdParameters, TuckerParameters, WeightSvdParameters, _SchemeParameters
+from .rewrite import rewrite_model
+from .select import (
+    EvalScoresCacheError,
+    fingerprint_from_entries,
+    greedy_select,
+    load_eval_scores,
+    save_eval_scores,
+    tar_candidate_ranks,
+    tar_indices_to_evaluate,
+    tar_select,
+)
+from .stats import CompressionStats, LayerStats
+
+__all__ = ["compress_model", "ModelCompressor"]
+
+logger = logging.getLogger("tfcompress")
+
+_PARAMS_FOR_SCHEME = {
+    CompressionScheme.weight_svd: WeightSvdParameters,
+    CompressionScheme.spatial_svd: SpatialSvdParameters,
+    CompressionScheme.tucker: TuckerParameters,
+}
+
+
+# ---------------------------------------------------------------- eval callback
+
+
+class _Evaluator:
+    """Calls the user's callback, checks its result, and times it."""
+
+    def __init__(self, callback: Callable[..., Any], iterations: Any) -> None:
+        if not callable(callback):
+            raise TypeError(f"eval_callback must be callable as eval_callback(model, iterations), got {callback!r}.")
+        self.callback = callback
+        self.iterations = iterations
+        self.extra_args = self._extra_args(callback)
+        self.seconds = 0.0
+        self.calls = 0
+
+    @staticmethod
+    def _extra_args(callback: Callable[..., Any]) -> tuple:
+        """AIMET's callbacks take (model, iterations, use_cuda): pass use_cuda=False to those."""
+        try:
+            signature = inspect.signature(callback)
+        except (TypeError, ValueError):
+            return ()
+        params = list(signature.parameters.values())
+        if any(p.kind is p.VAR_POSITIONAL for p in params):
+            return ()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required = [p for p in positional if p.default is p.empty]
+        if len(required) >= 3:
+            return (False,)
+        if len(positional) < 2:
+            raise TypeError(
+                "eval_callback must accept (model, iterations) (or AIMET's (model, iterations, use_cuda)); "
+                f"its signature is {signature}."
+            )
+        return ()
+
+    def __call__(self, model: keras.Model, what: str) -> float:
+        start = time.perf_counter()
+        try:
+            value = self.callback(model, self.iterations, *self.extra_args)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+        try:
+            score = float(np.asarray(value).reshape(()))
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"eval_callback must return a number (higher is better); for {what} it returned {value!r}."
+            ) from None
+        if not math.isfinite(score):
+            raise ValueError(f"eval_callback returned {score} for {what}; scores must be finite numbers.")
+        return score
+
+
+# ---------------------------------------------------------------- per-layer candidates
+
+
+@dataclass
+class _Candidate:
+    """One compressible layer: its geometry, its kernel, and its decomposition computed once."""
+
+    ref: LayerRef
+    work_layer: Any
+    scheme: str  # per-layer scheme: "svd", "weight_svd", "spatial_svd", "tucker"
+    geometry: LayerGeometry
+    kernel: np.ndarray
+    metric: CostMetric
+    multiplicity: int
+    _svd: decompose.TruncatedSVD | None = field(default=None, repr=False)
+    svd_seconds: float = 0.0
+
+    @property
+    def path(self) -> str:
+        return self.ref.path
+
+    def _factor(self) -> decompose.TruncatedSVD:
+        if self._svd is None:
+            start = time.perf_counter()
+            if self.scheme == "svd":
+                matrix = self.kernel
+            elif self.scheme == "weight_svd":
+                matrix = decompose.weight_svd_unfold(self.kernel)
+            else:
+                matrix = decompose.spatial_svd_unfold(self.kernel)
+            self._svd = decompose.TruncatedSVD.of(matrix)
+            self.svd_seconds += time.perf_counter() - start
+        return self._svd
+
+    def cost(self, rank: Any) -> int:
+        """Cost of the layer at ``rank`` over all its calls (params: once)."""
+        value = decomposed_cost(self.geometry, self.scheme, rank).metric(self.metric)
+        return value * (self.ref.calls if self.metric is CostMetric.mac else 1)
+
+    @property
+    def original(self) -> int:
+        value = original_cost(self.geometry).metric(self.metric)
+        return value * (self.ref.calls if self.metric is CostMetric.mac else 1)
+
+    def rank_for(self, ratio: float) -> Any:
+        return _rank_for_ratio(self.geometry, ratio, self.scheme, self.metric, self.multiplicity)
+
+    def reconstructed(self, rank: Any) -> np.ndarray:
+        """The kernel that the decomposed layer at ``rank`` is equivalent to."""
+        if self.scheme == "tucker":
+            start = time.perf_counter()
+            factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
+            self.svd_seconds += time.perf_counter() - start
+            return decompose.tucker2_compose(*factors)
+        approx = self._factor().reconstruct(int(rank))
+        if self.scheme == "svd":
+            return approx
+        if self.scheme == "weight_svd":
+            return decompose.weight_svd_fold(approx, self.kernel.shape)
+        return decompose.spatial_svd_fold(approx, self.kernel.shape)
+
+    def relative_residuals(self) -> np.ndarray:
+        return decompose.relative_residuals(self._factor().s)
+
+
+@contextlib.contextmanager
+def _kernels_swapped(swaps: list[tuple[Any, np.ndarray]]) -> Iterator[None]:
+    """Assign each (layer, kernel) in place and restore the original kernels afterwards, whatever happens."""
+    saved = []
+    try:
+        for layer, kernel in swaps:
+            variable = layer.kernel
+            saved.append((variable, keras.ops.convert_to_numpy(variable)))
+            variable.assign(np.asarray(kernel, dtype=variable.dtype))
+        yield
+    finally:
+        for variable, value in reversed(saved):
+            variable.assign(value)
+
+
+def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str | None:
+    """Why ``layer`` cannot be compressed with ``scheme`` (None when it can)."""
+    if isinstance(layer, keras.layers.Dense):
+        if scheme is CompressionScheme.tucker:
+            return "Tucker-2 applies to Conv2D layers only"
+        if scheme is CompressionScheme.spatial_svd and not manual:
+            return "Dense layers are decomposed under spatial_svd only when listed in manual mode"
+        checker = check_source_dense
+    elif isinstance(layer, keras.layers.Conv2D):
+        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker) and tuple(layer.kernel_size) == (1, 1):
+            return f"1x1 convolution: {scheme.value} needs a kernel larger than 1 in at least one direction"
+        checker = check_source_conv2d
+    else:
+        return f"{type(layer).__name__} is not a Conv2D or Dense layer"
+    try:
+        checker(layer)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    if getattr(layer, "lora_enabled", False):
+        return "LoRA is enabled on this layer; merge or disable it before compressing"
+    return None
+
+
+def _layer_scheme(layer: Any, scheme: CompressionScheme) -> str:
+    if isinstance(layer, keras.layers.Dense):
+        return "svd"
+    return scheme.value
+
+
+# ---------------------------------------------------------------- the fingerprint and the cache
+
+
+def _model_fingerprint(model: keras.Model) -> str:
+    entries = []
+    for ref in walk_layers(model):
+        weights = [keras.ops.convert_to_numpy(w) for w in ref.layer.weights]
+        entries.append((ref.path, type(ref.layer).__name__, weights))
+    return fingerprint_from_entries(entries)
+
+
+def _settings_tag(scheme: CompressionScheme, metric: CostMetric, multiplicity: int) -> str:
+    return f"{scheme.value}/{metric.value}/m{multiplicity}"
+
+
+def _load_cache(path: str, model_digest: str, tag: str) -> dict[str, dict[float, float]] | None:
+    """Load the score table; a mismatch is explained as a different model or different settings."""
+    try:
+        return load_eval_scores(path, f"{model_digest}|{tag}")
+    except EvalScoresCacheError as err:
+        if "different model" not in str(err):
+            raise
+        import json
+
+        with open(path, encoding="utf-8") as handle:
+            stored = str(json.load(handle).get("model_fingerprint", ""))
+        stored_digest, _, stored_tag = stored.partition("|")
+        if stored_digest == model_digest and stored_tag != tag:
+            raise EvalScoresCacheError(
+                f"eval-score cache {path!r} was computed with other settings (scheme/cost metric/multiplicity "
+                f"{stored_tag!r}, this run uses {tag!r}); the scores would not match the ranks. Delete the file or pass "
+                "another path."
+            ) from None
+        raise
+
+
+# ---------------------------------------------------------------- the main job
+
+
+def _progress(total: int, verbose: int) -> keras.utils.Progbar:
+    return keras.utils.Progbar(max(total, 1), verbose=1 if verbose else 0, unit_name="eval")
+
+
+def _resolve_ignored(refs: list[LayerRef], ignored: list[Any]) -> set[int]:
+    if not ignored:
+        return set()
+    resolved = resolve_layers(refs, ignored, what="modules_to_ignore")
+    return {id(ref.layer) for ref in resolved.values()}
+
+
+def compress_model(
+    model: keras.Model,
+    eval_callback: Callable[..., float],
+    eval_iterations: Any,
+    compress_scheme: CompressionScheme | str,
+    cost_metric: CostMetric | str,
+    parameters: WeightSvdParameters | SpatialSvdParameters | TuckerParameters,
+    trainer: Any = None,
+    *,
+    verbose: int = 1,
+) -> tuple[keras.Model, CompressionStats]:
+    """Compress ``model`` to a target cost ratio, choosing each layer's rank to lose as little score as possible.
+
+    Args:
+        model: a trained, built Sequential or Functional Keras model. Never modified.
+        eval_callback: ``eval_callback(model, iterations) -> float``, higher is better
+            (AIMET's ``(model, iterations, use_cuda)`` form works too).
+        eval_iterations: passed to ``eval_callback`` untouched.
+        compress_scheme: ``weight_svd`` (Conv2D and Dense), ``spatial_svd`` (Conv2D with a
+            kernel larger than 1x1; Dense layers too when listed in manual mode) or
+            ``tucker`` (Tucker-2 of Conv2D layers).
+        cost_metric: ``mac`` or ``memory``; ratios are compressed / original cost of the whole model.
+        parameters: ``WeightSvdParameters`` / ``SpatialSvdParameters`` / ``TuckerParameters``
+            in ``Mode.auto`` (greedy or TAR) or ``Mode.manual``.
+        trainer: optional object with ``train_model(model, layer, train_flag=True)``, called after
+            each layer is compressed (see :class:`tfcompress.FitTrainer`).
+        verbose: 1 shows a progress bar over the evaluations; 0 is silent.
+
+    Returns:
+        ``(compressed_model, stats)``.
+
+    Example:
+        >>> import numpy as np, keras, tfcompress as tfc
+        >>> model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(16, 3, name="c1"),
+        ...     keras.layers.Conv2D(16, 3, name="c2"), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype("float32")
+        >>> reference = model.predict(x, verbose=0)
+        >>> def score(m, iterations):   # agreement with the original outputs
+        ...     return -float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+        >>> params = tfc.SpatialSvdParameters(tfc.Mode.auto,
+        ...     tfc.SpatialSvdParameters.AutoModeParams(tfc.GreedySelectionParameters(target_comp_ratio=0.6)))
+        >>> small, stats = tfc.compress_model(model, score, None, "spatial_svd", "mac", params, verbose=0)
+        >>> stats.mac_compression_ratio <= 0.61
+        True
+    """
+    start_time = time.perf_counter()
+    check_graph_model(model)
+    scheme = coerce_enum(compress_scheme, CompressionScheme, "compress_scheme")
+    if scheme is CompressionScheme.channel_pruning:
+        raise NotImplementedError(
+            "compress_scheme='channel_pruning' is not available in this version of tfcompress; "
+            "use 'weight_svd', 'spatial_svd' or 'tucker'."
+        )
+    if scheme is CompressionScheme.auto:
+        raise NotImplementedError(
+            "compress_scheme='auto' (per-layer scheme choice) is not available in this version; "
+            "use 'weight_svd', 'spatial_svd' or 'tucker'."
+        )
+    metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
+    if metric is CostMetric.latency:
+        raise NotImplementedError("cost_metric='latency' is not available in this version; use 'mac' or 'memory'.")
+    expected = _PARAMS_FOR_SCHEME[scheme]
+    if not isinstance(parameters, _SchemeParameters):
+        raise TypeError(
+            f"`parameters` must be {expected.__name__}(mode, params, multiplicity), got {type(parameters).__name__}."
+        )
+    if not isinstance(parameters, expected):
+        raise TypeError(
+            f"compress_scheme={scheme.value!r} needs {expected.__name__}, got {type(parameters).__name__}; "
+            "the parameters class must match the scheme."
+        )
+    if trainer is not None and not callable(getattr(trainer, "train_model", None)):
+        raise TypeError("`trainer` must have a method train_model(model, layer, train_flag=True), or be None.")
+    evaluator = _Evaluator(eval_callback, eval_iterations)
+    manual = parameters.mode is Mode.manual
+    multiplicity = parameters.multiplicity
+
+    stats = CompressionStats(compress_scheme=scheme.value, cost_metric=metric.value, mode=parameters.mode.value)
+    original = model_cost(model)
+    stats.original_macs, stats.original_params = original.macs, original.params
+    total_cost = original.metric(metric)
+
+    # one working copy for every candidate evaluation
+    work = rewrite_model(model, {})
+    refs = walk_layers(model)
+    work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
+
+    def make_candidate(ref: LayerRef) -> _Candidate:
+        layer = ref.layer
+        return _Candidate(
+            ref=ref,
+            work_layer=work_by_path[ref.path],
+            scheme=_layer_scheme(layer, scheme),
+            geometry=layer_geometry(layer),
+            kernel=np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64),
+            metric=metric,
+            multiplicity=multiplicity,
+        )
+
+    # ---- which layers, at which ratios
+    candidates: list[_Candidate] = []
+    manual_ratios: dict[str, float] = {}
+    if manual:
+        pairs = parameters.params.list_of_module_comp_ratio_pairs
+        resolved = resolve_layers(refs, [layer for layer, _ in pairs], what="ManualModeParams")
+        problems = []
+        for layer_key, ratio in pairs:
+            ref = resolved[layer_key]
+            why = _ineligibility(ref.layer, scheme, manual=True)
+            if why:
+                problems.append(f"'{ref.path}': {why}")
+                continue
+            if ref.path in manual_ratios:
+                problems.append(f"'{ref.path}': listed twice")
+                continue
+            manual_ratios[ref.path] = ratio
+            candidates.append(make_candidate(ref))
+        if problems:
+            raise ValueError("ManualModeParams cannot be applied: " + "; ".join(problems) + ".")
+    else:
+        auto = parameters.params
+        ignored = _resolve_ignored(refs, auto.modules_to_ignore)
+        stats.rank_select_scheme = auto.rank_select_scheme.value
+        stats.target_comp_ratio = auto.target_comp_ratio
+        for ref in refs:
+            if not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
+                continue
+            if id(ref.layer) in ignored:
+                stats.skipped_layers[ref.path] = "in modules_to_ignore"
+                continue
+            why = _ineligibility(ref.layer, scheme, manual=False)
+            if why:
+                stats.skipped_layers[ref.path] = why
+                continue
+            candidate = make_candidate(ref)
+            smallest = candidate.cost(1 if candidate.scheme != "tucker" else (1, 1))
+            if smallest >= candidate.original:
+                stats.skipped_layers[ref.path] = "even rank 1 costs as much as the original layer"
+                continue
+            candidates.append(candidate)
+        if not candidates:
+            raise ValueError(
+                f"compress_model: no layer of '{model.name}' can be compressed with {scheme.value}: "
+                + "; ".join(f"{k}: {v}" for k, v in stats.skipped_layers.items())
+            )
+
+    # ---- baseline
+    logger.info("evaluating the baseline model")
+    stats.baseline_model_accuracy = evaluator(work, "the baseline model")
+
+    # ---- choose ranks
+    plan: dict[str, Any] = {}
+    chosen_ratio: dict[str, float] = {}
+    if manual:
+        for candidate in candidates:
+            ratio = manual_ratios[candidate.path]
+            plan[candidate.path] = candidate.rank_for(ratio)
+            chosen_ratio[candidate.path] = ratio
+    elif parameters.params.rank_select_scheme is RankSelectScheme.greedy:
+        plan, chosen_ratio = _greedy(model, work, candidates, parameters, evaluator, stats, total_cost, verbose)
+    else:
+        plan, chosen_ratio = _tar(work, candidates, parameters, evaluator, stats, total_cost, verbose)
+
+    # ---- apply the plan to the user's model
+    by_path = {c.path: c for c in candidates}
+    forward = [c.path for c in candidates if c.path in plan]
+    if trainer is None:
+        compressed = rewrite_model(model, {p: (by_path[p].scheme, plan[p]) for p in forward})
+    else:
+        compressed = model
+        for path in forward:
+            compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
+            target_layer = {r.path: r.layer for r in walk_layers(compressed)}[path]
+            logger.info("fine-tuning after compressing %s", path)
+            trainer.train_model(compressed, target_layer, train_flag=True)
+        if not forward:
+            compressed = rewrite_model(model, {})
+    del work
+
+    # ---- final numbers
+    stats.compressed_model_accuracy = evaluator(compressed, "the compressed model")
+    final = model_cost(compressed)
+    stats.compressed_macs, stats.compressed_params = final.macs, final.params
+    stats.mac_compression_ratio = final.macs / original.macs if original.macs else 1.0
+    stats.memory_compression_ratio = final.params / original.params if original.params else 1.0
+    for path in forward:
+        candidate = by_path[path]
+        rank = plan[path]
+        before, after = original_cost(candidate.geometry), decomposed_cost(candidate.geometry, candidate.scheme, rank)
+        calls = candidate.ref.calls
+        stats.per_layer_stats.append(
+            LayerStats(
+                name=path,
+                scheme=candidate.scheme,
+                original_shape=list(candidate.kernel.shape),
+                rank=list(rank) if isinstance(rank, tuple) else int(rank),
+                ratio=float(chosen_ratio[path]),
+                macs_before=before.macs * calls,
+                macs_after=after.macs * calls,
+                params_before=before.params,
+                params_after=after.params,
+            )
+        )
+    total = time.perf_counter() - start_time
+    svd_seconds = sum(c.svd_seconds for c in candidates)
+    stats.timings = {
+        "total_seconds": total,
+        "eval_callback_seconds": evaluator.seconds,
+        "overhead_seconds": max(total - evaluator.seconds, 0.0),
+        "svd_seconds": svd_seconds,
+    }
+    stats.num_eval_calls = evaluator.calls
+    logger.info(
+        "compressed %s: MAC ratio %.4f, memory ratio %.4f, score %.4f -> %.4f",
+        model.name,
+        stats.mac_compression_ratio,
+        stats.memory_compression_ratio,
+        stats.baseline_model_accuracy,
+        stats.compressed_model_accuracy,
+    )
+    return compressed, stats
+
+
+def _greedy(
+    model: keras.Model,
+    work: keras.Model,
+    candidates: list[_Candidate],
+    parameters: Any,
+    evaluator: _Evaluator,
+    stats: CompressionStats,
+    total_cost: int,
+    verbose: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    select_params = parameters.params.select_params
+    ratios = select_params.candidates
+    # ranks and costs per candidate ratio; candidates that save nothing are dropped
+    ranks: dict[str, dict[float, Any]] = {}
+    costs: dict[str, dict[float, float]] = {}
+    for candidate in candidates:
+        ranks[candidate.path], costs[candidate.path] = {}, {}
+        for ratio in ratios:
+            rank = candidate.rank_for(ratio)
+            cost = candidate.cost(rank)
+            if cost < candidate.original:
+                ranks[candidate.path][ratio] = rank
+                costs[candidate.path][ratio] = float(cost)
+
+    path = select_params.saved_eval_scores_dict
+    cache_path = None if path is None else os.fspath(path)
+    scheme = CompressionScheme(stats.compress_scheme)
+    tag = _settings_tag(scheme, CostMetric(stats.cost_metric), parameters.multiplicity)
+    digest = None
+    table: dict[str, dict[float, float]] = {}
+    if cache_path is not None:
+        folder = os.path.dirname(os.path.abspath(cache_path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"saved_eval_scores_dict: the folder {folder!r} does not exist; create it first.")
+        digest = _model_fingerprint(model)
+        table = _load_cache(cache_path, digest, tag) or {}
+        if table:
+            logger.info("read eval scores of %d layer(s) from %s", len(table), cache_path)
+
+    # what still needs evaluating: one evaluation per distinct rank of a layer
+    todo: dict[str, dict[Any, list[float]]] = {}
+    for candidate in candidates:
+        known = table.get(candidate.path, {})
+        for ratio, rank in ranks[candidate.path].items():
+            if not any(math.isclose(ratio, r, rel_tol=1e-6) for r in known):
+                todo.setdefault(candidate.path, {}).setdefault(_rank_key(rank), []).append(ratio)
+    total_evals = sum(len(v) for v in todo.values())
+    logger.info("greedy selection: %d layer(s), %d candidate evaluation(s)", len(candidates), total_evals)
+    progbar = _progress(total_evals, verbose)
+    done = 0
+    for candidate in candidates:
+        pending = todo.get(candidate.path)
+        if not pending:
+            continue
+        row = dict(table.get(candidate.path, {}))
+        for ratio_list in pending.values():
+            rank = ranks[candidate.path][ratio_list[0]]
+            with _kernels_swapped([(candidate.work_layer, candidate.reconstructed(rank))]):
+                score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
+            for ratio in ratio_list:
+                row[ratio] = score
+            done += 1
+            progbar.update(done, values=[("score", score)])
+        table[candidate.path] = row
+        if cache_path is not None:
+            save_eval_scores(cache_path, table, f"{digest}|{tag}")
+
+    scores = {
+        c.path: {ratio: _lookup(table[c.path], ratio) for ratio in ranks[c.path]} for c in candidates if ranks[c.path]
+    }
+    stats.eval_scores = {c.path: dict(sorted(table.get(c.path, {}).items())) for c in candidates}
+    if not scores:
+        raise ValueError("compress_model: no candidate ratio of any layer saves cost; nothing to select.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        selection = greedy_select(
+            scores,
+            {p: costs[p] for p in scores},
+            {c.path: float(c.original) for c in candidates if c.path in scores},
+            float(total_cost),
+            select_params.target_comp_ratio,
+            use_monotonic_fit=select_params.use_monotonic_fit,
+        )
+    for warning in caught:
+        warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=3)
+    if not selection.reached:
+        stats.notes.append(selection.message)
+    stats.selected_comp_ratio = selection.model_ratio
+    plan: dict[str, Any] = {}
+    chosen: dict[str, float] = {}
+    for path, ratio in selection.ratios.items():
+        if ratio < 1.0:
+            plan[path] = ranks[path][_match(ranks[path], ratio)]
+            chosen[path] = ratio
+    by_path = {c.path: c for c in candidates}
+    if selection.reached and plan:
+        loss = {p: stats.baseline_model_accuracy - _lookup(scores[p], chosen[p]) for p in plan}
+        caps = {}
+        for p in plan:
+            higher = sorted(r for r in ranks[p] if r > chosen[p] + 1e-9)
+            caps[p] = ranks[p][higher[0]] if higher else None
+        before = selection.model_ratio
+        plan = _fill_budget(plan, by_path, loss, caps, select_params.target_comp_ratio * total_cost, total_cost)
+        after = _plan_ratio(plan, candidates, total_cost)
+        stats.selected_comp_ratio = after
+        if after > before + 1e-12:
+            stats.notes.append(
+                f"greedy selection gave ratio {before:.4f}; the budget left up to the target was spent on higher ranks "
+                f"(most score-sensitive layers first), giving {after:.4f}"
+            )
+        chosen = {p: by_path[p].cost(r) / by_path[p].original for p, r in plan.items()}
+    for candidate in candidates:
+        if candidate.path not in plan:
+            stats.skipped_layers.setdefault(candidate.path, "kept at full size by the selection")
+    return plan, chosen
+
+
+def _plan_ratio(plan: dict[str, Any], candidates: list[_Candidate], total_cost: int) -> float:
+    """Whole-model cost ratio when the layers of ``plan`` are at their ranks."""
+    saved = sum(c.original - c.cost(plan[c.path]) for c in candidates if c.path in plan)
+    return (total_cost - saved) / total_cost
+
+
+def _fill_budget(
+    plan: dict[str, Any],
+    by_path: dict[str, _Candidate],
+    loss: dict[str, float],
+    caps: dict[str, Any],
+    budget_cost: float,
+    total_cost: int,
+) -> dict[str, Any]:
+    """Spend the cost left between the selected plan and the target on higher ranks.
+
+    The greedy threshold search moves in steps of whole candidates, so its plan can
+    land well below the target. A higher rank never makes a truncated SVD worse, so
+    the leftover budget is given, ``multiplicity`` ranks at a time, to the compressed
+    layer that lost the most score at its chosen candidate, first up to the rank of
+    its next candidate, then beyond, as long as the model stays within the target.
+    Tucker-2 layers (two ranks) are left as selected.
+    """
+    plan = dict(plan)
+    current = total_cost - sum(by_path[p].original - by_path[p].cost(r) for p, r in plan.items())
+    order = sorted((p for p in plan if not isinstance(plan[p], tuple)), key=lambda p: (-loss[p], p))
+    for use_caps in (True, False):
+        active = list(order)
+        while active:
+            progressed = False
+            for p in list(active):
+                candidate = by_path[p]
+                rank = plan[p]
+                step = candidate.multiplicity
+                bound = max_rank(candidate.geometry, candidate.scheme)
+                limit = bound if (not use_caps or caps.get(p) is None) else min(bound, caps[p])
+                new_rank = min(rank + step, limit)
+                delta = candidate.cost(new_rank) - candidate.cost(rank)
+                if new_rank <= rank or current + delta > budget_cost or candidate.cost(new_rank) >= candidate.original:
+                    active.remove(p)
+                    continue
+                plan[p] = new_rank
+                current += delta
+                progressed = True
+                break  # most sensitive layer first: restart from the top
+            if not progressed:
+                break
+    return plan
+
+
+def _rank_key(rank: Any) -> Any:
+    return tuple(rank) if isinstance(rank, list | tuple) else int(rank)
+
+
+def _match(table: dict[float, Any], ratio: float) -> float:
+    for key in table:
+        if math.isclose(key, ratio, rel_tol=1e-6):
+            return key
+    raise KeyError(ratio)
+
+
+def _lookup(row: dict[float, float], ratio: float) -> float:
+    return row[_match(row, ratio)]
+
+
+def _tar(
+    work: keras.Model,
+    candidates: list[_Candidate],
+    parameters: Any,
+    evaluator: _Evaluator,
+    stats: CompressionStats,
+    total_cost: int,
+    verbose: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    select_params = parameters.params.select_params
+    target = float(select_params.target_comp_ratio)
+    n = select_params.num_rank_indices
+    if any(c.scheme == "tucker" for c in candidates):
+        raise ValueError("TAR rank selection needs a single rank per layer; it does not apply to Tucker-2.")
+    ranks_at: dict[int, dict[str, int]] = {i: {} for i in range(1, n)}
+    for candidate in candidates:
+        index_ranks = tar_candidate_ranks(candidate.relative_residuals(), n)
+        bound = max_rank(candidate.geometry, candidate.scheme)
+        for i, rank in index_ranks.items():
+            rank = round_rank(rank, candidate.multiplicity, bound)
+            if candidate.cost(rank) < candidate.original:
+                ranks_at[i][candidate.path] = rank
+    saved_total = sum(c.original for c in candidates)
+    by_path = {c.path: c for c in candidates}
+    ratios = {}
+    for i, plan in ranks_at.items():
+        compressed = sum(by_path[p].cost(r) for p, r in plan.items())
+        untouched = sum(by_path[p].original for p in by_path if p not in plan)
+        ratios[i] = (total_cost - saved_total + compressed + untouched) / total_cost
+    meets = tar_indices_to_evaluate(ratios, target)
+    progbar = _progress(len(meets), verbose)
+    scores: dict[int, float] = {}
+    for done, i in enumerate(meets, start=1):
+        swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in ranks_at[i].items()]
+        with _kernels_swapped(swaps):
+            scores[i] = evaluator(work, f"TAR residual index {i}/{n}")
+        progbar.update(done, values=[("score", scores[i])])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        choice = tar_select(scores, ratios, target)
+    for warning in caught:
+        warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=3)
+    if not choice.reached:
+        stats.notes.append(choice.message)
+    stats.tar_index_scores = scores
+    stats.selected_comp_ratio = ratios[choice.index]
+    stats.notes.append(
+        f"TAR chose residual index {choice.index}/{n} (relative residual ~{choice.index / n:.2f} per layer)"
+    )
+    plan = dict(ranks_at[choice.index])
+    chosen = {p: by_path[p].cost(r) / by_path[p].original for p, r in plan.items()}
+    return plan, chosen
+
+
+class ModelCompressor:
+    """AIMET-style entry point: ``ModelCompressor.compress_model`` is :func:`compress_model`.
+
+    Example:
+        >>> import tfcompress as tfc
+        >>> tfc.ModelCompressor.compress_model is tfc.compress_model
+        True
+    """
+
+    compress_model = staticmethod(compress_model)

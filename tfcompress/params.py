@@ -1,0 +1,301 @@
+"""Parameters of :func:`tfcompress.compress_model`, named as in AIMET so its users feel at home."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .enums import Mode, RankSelectScheme, coerce_enum
+
+__all__ = [
+    "GreedySelectionParameters",
+    "TarRankSelectionParameters",
+    "WeightSvdParameters",
+    "SpatialSvdParameters",
+    "TuckerParameters",
+]
+
+
+def _check_ratio(value: Any, argument: str, allow_one: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        raise TypeError(f"`{argument}` must be a number, got {value!r}.")
+    value = float(value)
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (value > 0.0 and upper_ok):
+        raise ValueError(f"`{argument}` must be in (0, 1] (compressed cost / original cost), got {value}.")
+    return value
+
+
+@dataclass
+class GreedySelectionParameters:
+    """Greedy per-layer selection: evaluate each layer alone at candidate ratios, then pick by score threshold.
+
+    Args:
+        target_comp_ratio: whole-model compressed cost / original cost to reach (0.5 = half).
+        num_comp_ratio_candidates: ``N``; candidates are ``i/N`` for ``i = 1..N-1``.
+        use_monotonic_fit: make each layer's score non-decreasing in the ratio
+            (least-squares isotonic fit) before selecting, to smooth noisy evaluations.
+        saved_eval_scores_dict: path of a JSON file to read the eval-score table from
+            and write it to, so a second run (or a resumed one) skips evaluations.
+
+    Example:
+        >>> GreedySelectionParameters(target_comp_ratio=0.5).num_comp_ratio_candidates
+        10
+    """
+
+    target_comp_ratio: float
+    num_comp_ratio_candidates: int = 10
+    use_monotonic_fit: bool = False
+    saved_eval_scores_dict: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
+        n = self.num_comp_ratio_candidates
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"`num_comp_ratio_candidates` must be an int >= 2, got {n!r}.")
+        if self.saved_eval_scores_dict is not None and not isinstance(self.saved_eval_scores_dict, str | os.PathLike):
+            raise TypeError(
+                "`saved_eval_scores_dict` must be a path to a JSON file (or None), got "
+                f"{type(self.saved_eval_scores_dict).__name__}."
+            )
+
+    @property
+    def candidates(self) -> list[float]:
+        """The candidate ratios ``i/N``, ``i = 1..N-1``."""
+        n = self.num_comp_ratio_candidates
+        return [round(i / n, 6) for i in range(1, n)]
+
+
+@dataclass
+class TarRankSelectionParameters:
+    """TAR selection: all layers at the same relative reconstruction residual ``i/N``.
+
+    Args:
+        num_rank_indices: ``N``; for index ``i`` each layer takes the rank whose
+            ``||W - W_r|| / ||W||`` is closest to ``i/N``.
+        target_comp_ratio: whole-model cost ratio to reach (``None``: take it from
+            the greedy parameters if given; required otherwise).
+
+    Example:
+        >>> TarRankSelectionParameters(num_rank_indices=20, target_comp_ratio=0.5).num_rank_indices
+        20
+    """
+
+    num_rank_indices: int
+    target_comp_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        n = self.num_rank_indices
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"`num_rank_indices` must be an int >= 2, got {n!r}.")
+        if self.target_comp_ratio is not None:
+            self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
+
+
+def _pairs(items: Any) -> list[tuple[Any, float]]:
+    """Accept [(layer_or_name, ratio), ...], {name: ratio} or objects with .module/.layer and .comp_ratio."""
+    if isinstance(items, Mapping):
+        items = list(items.items())
+    if not isinstance(items, Iterable) or isinstance(items, str | bytes):
+        raise TypeError("ManualModeParams expects a list of (layer_or_name, comp_ratio) pairs or a {name: ratio} dict.")
+    pairs = []
+    for item in items:
+        if isinstance(item, tuple | list) and len(item) == 2:
+            layer, ratio = item
+        elif hasattr(item, "comp_ratio"):
+            layer = getattr(item, "module", getattr(item, "layer", None))
+            ratio = item.comp_ratio
+        else:
+            raise TypeError(f"ManualModeParams: each entry must be a (layer_or_name, comp_ratio) pair, got {item!r}.")
+        name = getattr(layer, "name", layer)
+        pairs.append((layer, _check_ratio(ratio, f"comp_ratio of '{name}'")))
+    if not pairs:
+        raise ValueError("ManualModeParams: the list of (layer, comp_ratio) pairs is empty.")
+    return pairs
+
+
+class _SchemeParameters:
+    """Shared shape of WeightSvdParameters / SpatialSvdParameters / TuckerParameters."""
+
+    scheme_name = ""
+
+    class AutoModeParams:
+        """Auto mode: search the per-layer ratios.
+
+        Accepts AIMET's PyTorch form ``AutoModeParams(rank_select_scheme, select_params,
+        modules_to_ignore)`` and its Keras form ``AutoModeParams(select_params,
+        modules_to_ignore)``.
+
+        Example:
+            >>> import tfcompress as tfc
+            >>> p = tfc.SpatialSvdParameters.AutoModeParams(tfc.GreedySelectionParameters(0.5), modules_to_ignore=["conv1"])
+            >>> p.rank_select_scheme
+            <RankSelectScheme.greedy: 'greedy'>
+        """
+
+        def __init__(
+            self,
+            *args: Any,
+            rank_select_scheme: RankSelectScheme | str | None = None,
+            select_params: GreedySelectionParameters | TarRankSelectionParameters | None = None,
+            modules_to_ignore: Iterable[Any] | None = None,
+        ) -> None:
+            args = list(args)
+            if args and isinstance(args[0], RankSelectScheme | str):
+                if rank_select_scheme is not None:
+                    raise TypeError("AutoModeParams: rank_select_scheme given twice.")
+                rank_select_scheme = args.pop(0)
+            if args and isinstance(args[0], GreedySelectionParameters | TarRankSelectionParameters):
+                if select_params is not None:
+                    raise TypeError("AutoModeParams: select_params given twice.")
+                select_params = args.pop(0)
+            if args and modules_to_ignore is None and (args[0] is None or isinstance(args[0], Iterable)):
+                modules_to_ignore = args.pop(0)
+            if args:
+                raise TypeError(f"AutoModeParams: unexpected arguments {args!r}.")
+            if select_params is None:
+                raise TypeError(
+                    "AutoModeParams needs select_params: GreedySelectionParameters(target_comp_ratio=...) or "
+                    "TarRankSelectionParameters(num_rank_indices=...)."
+                )
+            if not isinstance(select_params, GreedySelectionParameters | TarRankSelectionParameters):
+                raise TypeError(
+                    "AutoModeParams: select_params must be GreedySelectionParameters or TarRankSelectionParameters, "
+                    f"got {type(select_params).__name__}."
+                )
+            inferred = (
+                RankSelectScheme.greedy
+                if isinstance(select_params, GreedySelectionParameters)
+                else RankSelectScheme.tar
+            )
+            scheme = (
+                inferred
+                if rank_select_scheme is None
+                else coerce_enum(rank_select_scheme, RankSelectScheme, "rank_select_scheme")
+            )
+            if scheme is not inferred:
+                raise ValueError(
+                    f"AutoModeParams: rank_select_scheme={scheme.value!r} does not match select_params of type "
+                    f"{type(select_params).__name__}."
+                )
+            if scheme is RankSelectScheme.tar and select_params.target_comp_ratio is None:
+                raise ValueError(
+                    "AutoModeParams: TarRankSelectionParameters needs target_comp_ratio for compress_model."
+                )
+            if isinstance(modules_to_ignore, str):
+                modules_to_ignore = [modules_to_ignore]
+            self.rank_select_scheme = scheme
+            self.select_params = select_params
+            self.modules_to_ignore = list(modules_to_ignore or [])
+
+        @property
+        def target_comp_ratio(self) -> float:
+            return float(self.select_params.target_comp_ratio)
+
+        def __repr__(self) -> str:
+            return (
+                f"AutoModeParams(rank_select_scheme={self.rank_select_scheme.value!r}, select_params={self.select_params!r}, "
+                f"modules_to_ignore={[getattr(m, 'name', m) for m in self.modules_to_ignore]!r})"
+            )
+
+    class ManualModeParams:
+        """Manual mode: the user gives the ratio of each layer to compress.
+
+        Example:
+            >>> import tfcompress as tfc
+            >>> p = tfc.WeightSvdParameters.ManualModeParams([("conv2d_1", 0.5), ("dense", 0.25)])
+            >>> p.list_of_module_comp_ratio_pairs
+            [('conv2d_1', 0.5), ('dense', 0.25)]
+        """
+
+        def __init__(self, list_of_module_comp_ratio_pairs: Any) -> None:
+            self.list_of_module_comp_ratio_pairs = _pairs(list_of_module_comp_ratio_pairs)
+
+        def __repr__(self) -> str:
+            pairs = [(getattr(m, "name", m), r) for m, r in self.list_of_module_comp_ratio_pairs]
+            return f"ManualModeParams({pairs!r})"
+
+    def __init__(self, mode: Mode | str, params: Any, multiplicity: int = 1) -> None:
+        self.mode = coerce_enum(mode, Mode, "mode")
+        expected = self.AutoModeParams if self.mode is Mode.auto else self.ManualModeParams
+        if not isinstance(params, _SchemeParameters.AutoModeParams | _SchemeParameters.ManualModeParams):
+            raise TypeError(
+                f"{type(self).__name__}: params must be {type(self).__name__}.{expected.__name__}(...), got {type(params).__name__}."
+            )
+        if self.mode is Mode.auto and not isinstance(params, _SchemeParameters.AutoModeParams):
+            raise ValueError(
+                f"{type(self).__name__}: mode is auto but params are ManualModeParams; use AutoModeParams."
+            )
+        if self.mode is Mode.manual and not isinstance(params, _SchemeParameters.ManualModeParams):
+            raise ValueError(
+                f"{type(self).__name__}: mode is manual but params are AutoModeParams; use ManualModeParams."
+            )
+        if isinstance(multiplicity, bool) or not isinstance(multiplicity, int) or multiplicity < 1:
+            raise ValueError(f"{type(self).__name__}: multiplicity must be an int >= 1, got {multiplicity!r}.")
+        self.params = params
+        self.multiplicity = multiplicity
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(mode={self.mode.value!r}, params={self.params!r}, multiplicity={self.multiplicity})"
+        )
+
+
+class WeightSvdParameters(_SchemeParameters):
+    """Parameters for ``CompressionScheme.weight_svd`` (Conv2D and Dense layers).
+
+    Example:
+        >>> import tfcompress as tfc
+        >>> p = tfc.WeightSvdParameters(tfc.Mode.auto,
+        ...     tfc.WeightSvdParameters.AutoModeParams(tfc.RankSelectScheme.greedy,
+        ...                                            tfc.GreedySelectionParameters(target_comp_ratio=0.5)),
+        ...     multiplicity=8)
+        >>> p.multiplicity
+        8
+    """
+
+    scheme_name = "weight_svd"
+
+
+class SpatialSvdParameters(_SchemeParameters):
+    """Parameters for ``CompressionScheme.spatial_svd`` (Conv2D layers with a kernel larger than 1x1).
+
+    Example:
+        >>> import tfcompress as tfc
+        >>> p = tfc.SpatialSvdParameters(tfc.Mode.manual, tfc.SpatialSvdParameters.ManualModeParams([("conv", 0.5)]))
+        >>> p.mode
+        <Mode.manual: 'manual'>
+    """
+
+    scheme_name = "spatial_svd"
+
+
+class TuckerParameters(_SchemeParameters):
+    """Parameters for ``CompressionScheme.tucker`` (Tucker-2 of Conv2D layers).
+
+    Example:
+        >>> import tfcompress as tfc
+        >>> p = tfc.TuckerParameters("manual", tfc.TuckerParameters.ManualModeParams({"conv": 0.4}))
+        >>> p.params.list_of_module_comp_ratio_pairs
+        [('conv', 0.4)]
+    """
+
+    scheme_name = "tucker"
+
+
+# AIMET's classes are distinct per scheme; nested params of one scheme work with the others too.
+for _cls in (WeightSvdParameters, SpatialSvdParameters, TuckerParameters):
+    _cls.AutoModeParams = type(
+        "AutoModeParams",
+        (_SchemeParameters.AutoModeParams,),
+        {"__doc__": _SchemeParameters.AutoModeParams.__doc__, "__qualname__": f"{_cls.__name__}.AutoModeParams"},
+    )
+    _cls.ManualModeParams = type(
+        "ManualModeParams",
+        (_SchemeParameters.ManualModeParams,),
+        {"__doc__": _SchemeParameters.ManualModeParams.__doc__, "__qualname__": f"{_cls.__name__}.ManualModeParams"},
+    )
+del _cls

@@ -1,0 +1,235 @@
+"""``CompressionStats``: what compress_model did, as a readable table and as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["LayerStats", "CompressionStats", "write_json_atomic"]
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    Example:
+        >>> import tempfile, os, json
+        >>> p = os.path.join(tempfile.mkdtemp(), "x.json")
+        >>> write_json_atomic(p, {"a": 1})
+        >>> json.load(open(p))
+        {'a': 1}
+    """
+    path = os.fspath(path)
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class LayerStats:
+    """One compressed layer: what it was, what it became, and what that saved."""
+
+    name: str
+    scheme: str
+    original_shape: list[int]
+    rank: int | list[int] | None
+    ratio: float
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def param_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+
+def _fmt_score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _fmt_big(value: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(value)
+
+
+@dataclass
+class CompressionStats:
+    """The result of :func:`tfcompress.compress_model`.
+
+    Ratios are compressed cost / original cost of the whole model. ``eval_scores``
+    is the greedy table ``{layer: {ratio: score}}``; ``timings`` holds the seconds
+    spent in the eval callback versus the toolkit's own overhead.
+
+    Example:
+        >>> s = CompressionStats(baseline_model_accuracy=0.9, compressed_model_accuracy=0.88,
+        ...                      mac_compression_ratio=0.5, memory_compression_ratio=0.6)
+        >>> s.to_dict()["mac_compression_ratio"]
+        0.5
+        >>> CompressionStats.from_dict(s.to_dict()) == s
+        True
+    """
+
+    baseline_model_accuracy: float | None = None
+    compressed_model_accuracy: float | None = None
+    mac_compression_ratio: float = 1.0
+    memory_compression_ratio: float = 1.0
+    per_layer_stats: list[LayerStats] = field(default_factory=list)
+    eval_scores: dict[str, dict[float, float]] = field(default_factory=dict)
+    compress_scheme: str = ""
+    cost_metric: str = ""
+    mode: str = ""
+    rank_select_scheme: str | None = None
+    target_comp_ratio: float | None = None
+    selected_comp_ratio: float | None = None
+    original_macs: int = 0
+    compressed_macs: int = 0
+    original_params: int = 0
+    compressed_params: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    num_eval_calls: int = 0
+    tar_index_scores: dict[int, float] = field(default_factory=dict)
+    skipped_layers: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (ratio keys of the score table become strings)."""
+        data = asdict(self)
+        data["eval_scores"] = {
+            layer: {format(float(r), ".6g"): float(s) for r, s in sorted(table.items())}
+            for layer, table in self.eval_scores.items()
+        }
+        data["tar_index_scores"] = {str(i): float(s) for i, s in sorted(self.tar_index_scores.items())}
+        for row in data["per_layer_stats"]:
+            row["original_shape"] = list(row["original_shape"])
+            if isinstance(row["rank"], tuple):
+                row["rank"] = list(row["rank"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionStats:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["per_layer_stats"] = [LayerStats(**row) for row in data.get("per_layer_stats", [])]
+        data["eval_scores"] = {
+            layer: {float(r): float(s) for r, s in table.items()}
+            for layer, table in data.get("eval_scores", {}).items()
+        }
+        data["tar_index_scores"] = {int(i): float(s) for i, s in data.get("tar_index_scores", {}).items()}
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` to ``path`` as JSON, atomically."""
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> CompressionStats:
+        """Read stats written by :meth:`to_json`."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{os.fspath(path)} is not a valid stats JSON file: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{os.fspath(path)} is not a stats JSON file (expected an object at top level).")
+        return cls.from_dict(data)
+
+    # ---------------------------------------------------------------- text
+
+    def __str__(self) -> str:
+        lines = ["tfcompress: compression stats"]
+        scheme = self.compress_scheme + (f" / {self.rank_select_scheme}" if self.rank_select_scheme else "")
+        lines.append(f"  scheme           {scheme} ({self.mode} mode, cost metric {self.cost_metric})")
+        if self.target_comp_ratio is not None:
+            lines.append(f"  target ratio     {self.target_comp_ratio:.3f}")
+        lines.append(
+            f"  accuracy         baseline {_fmt_score(self.baseline_model_accuracy)} -> "
+            f"compressed {_fmt_score(self.compressed_model_accuracy)}"
+        )
+        lines.append(
+            f"  MACs             {_fmt_big(self.original_macs)} -> {_fmt_big(self.compressed_macs)} "
+            f"(ratio {self.mac_compression_ratio:.3f})"
+        )
+        lines.append(
+            f"  params           {_fmt_big(self.original_params)} -> {_fmt_big(self.compressed_params)} "
+            f"(ratio {self.memory_compression_ratio:.3f})"
+        )
+        if self.timings:
+            total = self.timings.get("total_seconds", 0.0)
+            callback = self.timings.get("eval_callback_seconds", 0.0)
+            overhead = self.timings.get("overhead_seconds", 0.0)
+            share = 100.0 * overhead / total if total else 0.0
+            lines.append(
+                f"  time             {total:.1f} s total: {callback:.1f} s in eval callback ({self.num_eval_calls} calls), "
+                f"{overhead:.1f} s toolkit overhead ({share:.1f}%)"
+            )
+        if self.per_layer_stats:
+            header = (
+                "layer",
+                "scheme",
+                "kernel",
+                "rank",
+                "ratio",
+                "MACs before",
+                "MACs after",
+                "params before",
+                "params after",
+            )
+            rows = [
+                (
+                    s.name,
+                    s.scheme,
+                    "x".join(str(d) for d in s.original_shape),
+                    "x".join(str(r) for r in s.rank) if isinstance(s.rank, list | tuple) else str(s.rank),
+                    f"{s.ratio:.2f}",
+                    _fmt_big(s.macs_before),
+                    _fmt_big(s.macs_after),
+                    _fmt_big(s.params_before),
+                    _fmt_big(s.params_after),
+                )
+                for s in self.per_layer_stats
+            ]
+            widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+            lines.append("")
+            lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+            lines.append("  " + "  ".join("-" * w for w in widths))
+            for row in rows:
+                lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        if self.skipped_layers:
+            lines.append("")
+            lines.append("  not compressed:")
+            for name, why in self.skipped_layers.items():
+                lines.append(f"    {name}: {why}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressionStats(mac_compression_ratio={self.mac_compression_ratio:.4f}, "
+            f"memory_compression_ratio={self.memory_compression_ratio:.4f}, "
+            f"baseline_model_accuracy={self.baseline_model_accuracy}, compressed_model_accuracy={self.compressed_model_accuracy}, "
+            f"layers={len(self.per_layer_stats)})"
+        )
+
