@@ -1,0 +1,283 @@
+"""JSON cache of the eval-score table (never pickle), written atomically.
+
+File format::
+
+    {
+      "eval_scores": {"conv2d_1": {"0.1": 0.52, "0.2": 0.71}, ...},
+      "model_fingerprint": "3f5a..."
+    }
+
+Ratio keys are ``repr(float(ratio))`` (the shortest string that reads back as the same float, so 0.1 is written
+as ``"0.1"``). ``model_fingerprint`` is optional; when present and the caller passes a fingerprint, they must match.
+A file may hold scores for only some layers: the caller computes the missing ones and saves the merged table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EvalScoresCacheError", "fingerprint_from_entries", "load_eval_scores", "save_eval_scores"]
+
+_SCORES_KEY = "eval_scores"
+_FINGERPRINT_KEY = "model_fingerprint"
+
+
+class EvalScoresCacheError(ValueError):
+    """An eval-score cache file is unusable: corrupt, wrongly structured, or computed for another model.
+
+    Example:
+        >>> issubclass(EvalScoresCacheError, ValueError)
+        True
+    """
+
+
+def _ratio_key(ratio: float) -> str:
+    return repr(float(ratio))
+
+
+def save_eval_scores(
+    path: str | os.PathLike[str], scores: Mapping[str, Mapping[float, float]], fingerprint: str | None
+) -> None:
+    """Write the eval-score table to ``path`` as JSON, atomically.
+
+    The table is checked and serialised first (a NaN or infinite score raises ``ValueError`` and leaves any existing
+    file untouched); then it is written to a temporary file in the same directory, flushed, fsynced and moved over
+    ``path`` with ``os.replace``, so a reader sees either the old file or the complete new one. Nothing else is
+    created; the directory must exist.
+
+    Args:
+        path: file to write.
+        scores: ``scores[layer][ratio] = score``.
+        fingerprint: model fingerprint (see :func:`fingerprint_from_entries`) stored with the table, or None.
+
+    Raises:
+        ValueError: for a non-string layer name, a non-finite ratio or score, or two ratios with the same key.
+        FileNotFoundError: if the directory of ``path`` does not exist.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "scores.json")
+        ...     save_eval_scores(path, {"conv": {0.1: 0.5, 0.2: 0.75}}, fingerprint="abc")
+        ...     load_eval_scores(path, fingerprint="abc")
+        {'conv': {0.1: 0.5, 0.2: 0.75}}
+    """
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"fingerprint must be a string or None, got {type(fingerprint).__name__}")
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"scores must be a mapping layer name -> {{ratio: score}}, got {type(scores).__name__}")
+    table: dict[str, dict[str, float]] = {}
+    for layer, layer_scores in scores.items():
+        if not isinstance(layer, str):
+            raise ValueError(f"scores has layer name {layer!r}; layer names must be strings")
+        if not isinstance(layer_scores, Mapping):
+            raise ValueError(f"scores[{layer!r}] must be a mapping ratio -> score")
+        points: list[tuple[float, float]] = []
+        for ratio, score in layer_scores.items():
+            try:
+                ratio_f, score_f = float(ratio), float(score)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"scores[{layer!r}] has ratio {ratio!r} / score {score!r}; both must be numbers"
+                ) from None
+            if not math.isfinite(ratio_f):
+                raise ValueError(f"scores[{layer!r}] has non-finite ratio {ratio!r}")
+            if not math.isfinite(score_f):
+                raise ValueError(
+                    f"scores[{layer!r}][{ratio!r}] is {score!r}; only finite scores can be cached (check the eval "
+                    f"callback)"
+                )
+            points.append((ratio_f, score_f))
+        row: dict[str, float] = {}
+        for ratio_f, score_f in sorted(points):
+            key = _ratio_key(ratio_f)
+            if key in row:
+                raise ValueError(f"scores[{layer!r}] has two ratios written as {key!r}")
+            row[key] = score_f
+        table[layer] = row
+    document: dict[str, Any] = {_SCORES_KEY: table}
+    if fingerprint is not None:
+        document[_FINGERPRINT_KEY] = fingerprint
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot write eval scores to {str(target)!r}: directory {str(directory)!r} missing")
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, mode)
+        os.replace(temp_name, target)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable where the platform allows it (best effort)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON for a score")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def load_eval_scores(path: str | os.PathLike[str], fingerprint: str | None) -> dict[str, dict[float, float]] | None:
+    """Read an eval-score table written by :func:`save_eval_scores`.
+
+    Args:
+        path: file to read.
+        fingerprint: fingerprint of the current model, or None to skip the check. A file without a fingerprint is
+            always accepted.
+
+    Returns:
+        ``scores[layer][ratio] = score`` with float ratios, or ``None`` if the file does not exist (compute the
+        scores and save them). Layers missing from the file are simply absent.
+
+    Raises:
+        EvalScoresCacheError: (a ``ValueError``) if the file is not valid JSON (e.g. truncated), is not of the format
+            above, has non-numeric ratios or scores, or was computed for a different model (fingerprint mismatch).
+
+    Example:
+        >>> load_eval_scores("/nonexistent/scores.json", fingerprint=None) is None
+        True
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as error:
+        raise EvalScoresCacheError(f"eval-score cache {source!r} is not UTF-8 text: {error}") from None
+
+    def broken(what: str) -> EvalScoresCacheError:
+        return EvalScoresCacheError(
+            f"eval-score cache {source!r} is unusable: {what}. Delete it to recompute the scores, or pass another path."
+        )
+
+    try:
+        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
+        raise broken(f"invalid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise broken(f"expected a JSON object at the top level, got {type(document).__name__}")
+    if _SCORES_KEY not in document:
+        raise broken(f"missing the {_SCORES_KEY!r} key")
+
+    stored = document.get(_FINGERPRINT_KEY)
+    if stored is not None and not isinstance(stored, str):
+        raise broken(f"{_FINGERPRINT_KEY!r} must be a string, got {stored!r}")
+    if fingerprint is not None and stored is not None and stored != fingerprint:
+        raise EvalScoresCacheError(
+            f"eval-score cache {source!r} was computed for a different model (its layers, shapes or weights "
+            f"changed: fingerprint {stored[:12]}... != {fingerprint[:12]}...). Delete the file to recompute the "
+            f"scores, or pass another path."
+        )
+
+    table = document[_SCORES_KEY]
+    if not isinstance(table, dict):
+        raise broken(f"{_SCORES_KEY!r} must be an object layer name -> {{ratio: score}}")
+    scores: dict[str, dict[float, float]] = {}
+    for layer, row in table.items():
+        if not isinstance(row, dict):
+            raise broken(f"scores of layer {layer!r} must be an object ratio -> score, got {type(row).__name__}")
+        parsed: dict[float, float] = {}
+        for key, value in row.items():
+            try:
+                ratio = float(key)
+            except ValueError:
+                raise broken(f"layer {layer!r} has ratio key {key!r}, which is not a number") from None
+            if not math.isfinite(ratio):
+                raise broken(f"layer {layer!r} has non-finite ratio key {key!r}")
+            try:
+                score = float(value) if not isinstance(value, bool) and isinstance(value, int | float) else math.nan
+            except OverflowError:
+                score = math.nan
+            if not math.isfinite(score):
+                raise broken(f"layer {layer!r} has score {value!r} at ratio {key!r}, which is not a finite number")
+            if ratio in parsed:
+                raise broken(f"layer {layer!r} has ratio {ratio!r} twice")
+            parsed[ratio] = score
+        scores[layer] = parsed
+    return scores
+
+
+def fingerprint_from_entries(entries: Iterable[tuple[str, str, Sequence[np.ndarray]]]) -> str:
+    """SHA-256 hex digest identifying a model by its layers and weights.
+
+    Each entry is ``(layer name, layer class name, weight arrays)``; the digest covers, in order, every name, class
+    name, and each array's shape, dtype and bytes (C order). Every field is length-prefixed, so different entries
+    cannot collide by concatenation. The result is deterministic; changing any layer, shape or weight changes it.
+
+    Raises:
+        ValueError: for a weight array of object dtype (its bytes are not its values).
+
+    Example:
+        >>> import numpy as np
+        >>> entries = [("dense", "Dense", [np.ones((2, 3), np.float32), np.zeros(3, np.float32)])]
+        >>> digest = fingerprint_from_entries(entries)
+        >>> len(digest), digest == fingerprint_from_entries(entries)
+        (64, True)
+        >>> digest == fingerprint_from_entries([("dense", "Dense", [np.ones((3, 2), np.float32), np.zeros(3)])])
+        False
+    """
+    digest = hashlib.sha256()
+
+    def field(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    for name, class_name, weights in entries:
+        field(b"layer")
+        field(str(name).encode("utf-8"))
+        field(str(class_name).encode("utf-8"))
+        arrays = list(weights)
+        field(str(len(arrays)).encode())
+        for weight in arrays:
+            array = np.ascontiguousarray(np.asarray(weight))
+            if array.dtype.hasobject:
+                raise ValueError(f"weights of layer {name!r} have object dtype; cannot fingerprint them")
+            field(repr(tuple(int(n) for n in array.shape)).encode())
+            field(array.dtype.str.encode())
+            field(array.tobytes())
+    return digest.hexdigest()
