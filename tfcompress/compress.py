@@ -280,7 +280,7 @@ def _load_cache(path: str, model_digest: str, tag: str) -> dict[str, dict[float,
 
 
 def _progress(total: int, verbose: int) -> keras.utils.Progbar:
-    return keras.utils.Progbar(max(total, 1), verbose=1 if verbose else 0, unit_name="eval")
+    return keras.utils.Progbar(max(total, 1), verbose=1 if verbose else 0, stateful_metrics=["score"], unit_name="eval")
 
 
 def _resolve_ignored(refs: list[LayerRef], ignored: list[Any]) -> set[int]:

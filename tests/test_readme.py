@@ -1,0 +1,37 @@
+"""Every Python block of the README runs, and its commands match what CI runs."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import tempfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(_blocks("python"))))
+def test_readme_python_block_runs(index: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the examples' temp folders land in tmp_path
+    monkeypatch.chdir(tmp_path)
+    code = _blocks("python")[index]
+    namespace: dict = {"__name__": f"readme_block_{index}"}
+    exec(compile(code, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - our own README
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    commands = [block.strip() for block in _blocks("bash")]
+    assert len(commands) == 2, commands
+    demo, tests = commands
+    assert demo.endswith("tfcompress demo")
+    assert 'pip install -e ".[test]"' in tests and tests.endswith("pytest")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'pip install --quiet -e ".[test]"' in ci
+    assert re.search(r"^pytest$", ci, flags=re.M), "CI must run the README's plain `pytest` command"
