@@ -132,7 +132,8 @@ class TruncatedSVD:
     def reconstruct(self, rank: int) -> np.ndarray:
         """The best rank-``rank`` approximation of the matrix."""
         rank = self._check_rank(rank)
-        return (self.u[:, :rank] * self.s[:rank]) @ self.vt[:rank]
+        with blas_single_thread():
+            return (self.u[:, :rank] * self.s[:rank]) @ self.vt[:rank]
 
     def residual(self, rank: int) -> float:
         """Frobenius norm of ``matrix - reconstruct(rank)``: the norm of the discarded singular values."""

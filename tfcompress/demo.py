@@ -34,7 +34,7 @@ def digits_data(seed: int = 0, test_fraction: float = 0.33) -> tuple[np.ndarray,
     y = digits.target.astype("int32")
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
-    split = int(round(len(x) * (1 - test_fraction)))
+    split = round(len(x) * (1 - test_fraction))
     return x[:split], y[:split], x[split:], y[split:]
 
 
@@ -134,7 +134,9 @@ def run_demo(
     compressed, stats = tfc.compress_model(model, accuracy, None, "spatial_svd", "mac", params, verbose=verbose)
 
     say(f"[3/5] fine-tuning the compressed model for {finetune_epochs} epoch(s)")
-    compressed.compile(optimizer=keras.optimizers.Adam(3e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    compressed.compile(
+        optimizer=keras.optimizers.Adam(3e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     if finetune_epochs:
         compressed.fit(x_train, y_train, epochs=finetune_epochs, batch_size=32, verbose=0)
     finetuned = accuracy(compressed)
@@ -184,8 +186,12 @@ def run_demo(
         print()
         print("                original    compressed")
         print(f"  MACs          {stats.original_macs:>9,d}    {stats.compressed_macs:>9,d}   (x{result.mac_ratio:.2f})")
-        print(f"  params        {stats.original_params:>9,d}    {stats.compressed_params:>9,d}   (x{result.param_ratio:.2f})")
-        print(f"  accuracy      {result.baseline_accuracy:>9.4f}    {finetuned:>9.4f}   (after {finetune_epochs} fine-tuning epochs)")
+        print(
+            f"  params        {stats.original_params:>9,d}    {stats.compressed_params:>9,d}   (x{result.param_ratio:.2f})"
+        )
+        print(
+            f"  accuracy      {result.baseline_accuracy:>9.4f}    {finetuned:>9.4f}   (after {finetune_epochs} fine-tuning epochs)"
+        )
         print(f"  latency (b=1) {lat_before:>7.3f}ms    {lat_after:>7.3f}ms   (x{result.latency_ratio_batch1:.2f})")
         print()
         for what, path in files.items():

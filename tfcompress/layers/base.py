@@ -268,14 +268,14 @@ class DecomposedConv2D(keras.layers.Layer):
                 f"{type(self).__name__} '{self.name}': source kernel shape {kernel.shape} does not match "
                 f"the layer's {self.kernel_shape} (kh, kw, C, N)."
             )
+        bias = np.asarray(weights[1]) if self.use_bias else None
+        if bias is not None and bias.shape != (self.filters,):  # check everything before assigning anything
+            raise ValueError(f"{type(self).__name__} '{self.name}': bias shape {bias.shape} != ({self.filters},).")
         factors = self._factorize(kernel)
         for name, value in zip(self._factor_names, factors, strict=True):
             variable = getattr(self, name)
             variable.assign(np.asarray(value, dtype=variable.dtype))
-        if self.use_bias:
-            bias = np.asarray(weights[1])
-            if bias.shape != (self.filters,):
-                raise ValueError(f"{type(self).__name__} '{self.name}': bias shape {bias.shape} != ({self.filters},).")
+        if bias is not None:
             self.bias.assign(bias.astype(self.bias.dtype))
 
     def reconstructed_kernel(self) -> np.ndarray:

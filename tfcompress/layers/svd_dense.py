@@ -170,17 +170,18 @@ class SVDDense(keras.layers.Layer):
             raise ValueError(
                 f"SVDDense '{self.name}': source kernel shape {kernel.shape} != {self.kernel_shape} (in, units)."
             )
+        bias = np.asarray(weights[1]) if self.use_bias else None
+        if bias is not None and bias.shape != (self.units,):  # check everything before assigning anything
+            raise ValueError(f"SVDDense '{self.name}': bias shape {bias.shape} != ({self.units},).")
         a, b = decompose.dense_svd_factors(kernel, self.rank)
         self.kernel_a.assign(a.astype(self.kernel_a.dtype))
         self.kernel_b.assign(b.astype(self.kernel_b.dtype))
-        if self.use_bias:
-            bias = np.asarray(weights[1])
-            if bias.shape != (self.units,):
-                raise ValueError(f"SVDDense '{self.name}': bias shape {bias.shape} != ({self.units},).")
+        if bias is not None:
             self.bias.assign(bias.astype(self.bias.dtype))
 
     def reconstructed_kernel(self) -> np.ndarray:
         """The ``(in, units)`` kernel ``A @ B``."""
+        _ = self.kernel_shape  # raises a ValueError naming the layer when it is not built
         return ops.convert_to_numpy(self.kernel_a) @ ops.convert_to_numpy(self.kernel_b)
 
     @classmethod

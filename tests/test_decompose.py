@@ -1,0 +1,271 @@
+"""Tests of the plain-numpy decomposition math in ``tfcompress.decompose``."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tfcompress import decompose as dc
+
+# database=None: hypothesis must not write a .hypothesis directory into the working tree.
+FAST = settings(max_examples=40, deadline=None, database=None)
+
+kernel_shapes = st.tuples(
+    st.integers(1, 5),  # kh
+    st.integers(1, 5),  # kw
+    st.integers(1, 8),  # C
+    st.integers(1, 8),  # N
+)
+seeds = st.integers(0, 2**32 - 1)
+
+
+def random_kernel(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+def fro(a: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a).ravel()))
+
+
+# ---------------------------------------------------------------- unfoldings
+
+
+@FAST
+@given(shape=kernel_shapes, seed=seeds)
+def test_weight_unfold_layout_and_round_trip(shape, seed):
+    kh, kw, c, n = shape
+    kernel = random_kernel(shape, seed)
+    matrix = dc.weight_svd_unfold(kernel)
+    assert matrix.shape == (c, kh * kw * n)
+    # row = input channel, column = (h, w, n) in C order
+    h, w, ci, ni = (int(i) for i in np.random.default_rng(seed).integers(0, shape))
+    assert matrix[ci, (h * kw + w) * n + ni] == kernel[h, w, ci, ni]
+    np.testing.assert_array_equal(dc.weight_svd_fold(matrix, shape), kernel)
+    other = random_kernel((c, kh * kw * n), seed + 1)
+    np.testing.assert_array_equal(dc.weight_svd_unfold(dc.weight_svd_fold(other, shape)), other)
+
+
+@FAST
+@given(shape=kernel_shapes, seed=seeds)
+def test_spatial_unfold_layout_and_round_trip(shape, seed):
+    kh, kw, c, n = shape
+    kernel = random_kernel(shape, seed)
+    matrix = dc.spatial_svd_unfold(kernel)
+    assert matrix.shape == (c * kh, n * kw)
+    # row = (c, h), column = (n, w)
+    h, w, ci, ni = (int(i) for i in np.random.default_rng(seed).integers(0, shape))
+    assert matrix[ci * kh + h, ni * kw + w] == kernel[h, w, ci, ni]
+    np.testing.assert_array_equal(dc.spatial_svd_fold(matrix, shape), kernel)
+    other = random_kernel((c * kh, n * kw), seed + 1)
+    np.testing.assert_array_equal(dc.spatial_svd_unfold(dc.spatial_svd_fold(other, shape)), other)
+
+
+@pytest.mark.parametrize("func", [dc.weight_svd_unfold, dc.spatial_svd_unfold, dc.weight_svd_factors])
+def test_unfold_rejects_non_4d_kernels(func):
+    with pytest.raises(ValueError, match="4 dimensions"):
+        func(np.zeros((3, 3, 4)), *([1] if func is dc.weight_svd_factors else []))
+
+
+def test_integer_kernels_are_promoted_to_float():
+    kernel = np.arange(2 * 2 * 3 * 4).reshape(2, 2, 3, 4)
+    assert dc.weight_svd_unfold(kernel).dtype == np.float64
+    first, second = dc.weight_svd_factors(kernel, 3)
+    np.testing.assert_allclose(dc.weight_svd_compose(first, second), kernel, atol=1e-9)
+
+
+# ---------------------------------------------------------------- full rank is exact
+
+
+@FAST
+@given(shape=kernel_shapes, seed=seeds)
+def test_full_rank_factors_compose_back_exactly(shape, seed):
+    kh, kw, c, n = shape
+    kernel = random_kernel(shape, seed)
+
+    first, second = dc.weight_svd_factors(kernel, min(c, kh * kw * n))
+    assert first.shape[:2] == (1, 1) and first.shape[2] == c
+    assert second.shape[:2] == (kh, kw) and second.shape[3] == n
+    np.testing.assert_allclose(dc.weight_svd_compose(first, second), kernel, atol=1e-10)
+
+    first, second = dc.spatial_svd_factors(kernel, min(c * kh, n * kw))
+    assert first.shape[:3] == (kh, 1, c) and second.shape[0:2] == (1, kw) and second.shape[3] == n
+    np.testing.assert_allclose(dc.spatial_svd_compose(first, second), kernel, atol=1e-10)
+
+    for iterations in (0, 2):
+        u_in, core, u_out = dc.tucker2_factors(kernel, (c, n), hooi_iterations=iterations)
+        assert u_in.shape == (1, 1, c, c) and core.shape == (kh, kw, c, n) and u_out.shape == (1, 1, n, n)
+        np.testing.assert_allclose(dc.tucker2_compose(u_in, core, u_out), kernel, atol=1e-10)
+
+
+@FAST
+@given(rows=st.integers(1, 12), cols=st.integers(1, 12), seed=seeds)
+def test_dense_full_rank_is_exact(rows, cols, seed):
+    kernel = random_kernel((rows, cols), seed)
+    a, b = dc.dense_svd_factors(kernel, min(rows, cols))
+    assert a.shape == (rows, min(rows, cols)) and b.shape == (min(rows, cols), cols)
+    np.testing.assert_allclose(a @ b, kernel, atol=1e-10)
+
+
+# ---------------------------------------------------------------- Eckart-Young optimality
+
+
+def _random_rank_r_error(matrix: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Errors of two naive rank-r approximations: random factors, and projection on a random basis."""
+    m, n = matrix.shape
+    random_product = rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n))
+    basis, _ = np.linalg.qr(rng.normal(size=(m, rank)))
+    projected = basis @ (basis.T @ matrix)  # best approximation within a random r-dimensional column space
+    return fro(matrix - random_product), fro(matrix - projected)
+
+
+@FAST
+@given(shape=kernel_shapes, seed=seeds, rank_fraction=st.floats(0.0, 1.0))
+@pytest.mark.parametrize("scheme", ["weight", "spatial"])
+def test_truncated_factors_are_frobenius_optimal(scheme, shape, seed, rank_fraction):
+    kernel = random_kernel(shape, seed)
+    unfold, factors, compose = {
+        "weight": (dc.weight_svd_unfold, dc.weight_svd_factors, dc.weight_svd_compose),
+        "spatial": (dc.spatial_svd_unfold, dc.spatial_svd_factors, dc.spatial_svd_compose),
+    }[scheme]
+    matrix = unfold(kernel)
+    singular_values = np.linalg.svd(matrix, compute_uv=False)
+    rank = 1 + int(rank_fraction * (len(singular_values) - 1))
+
+    approx = compose(*factors(kernel, rank))
+    assert approx.shape == kernel.shape
+    error = fro(matrix - unfold(approx))
+    expected = float(np.sqrt(np.sum(singular_values[rank:] ** 2)))
+    np.testing.assert_allclose(error, expected, rtol=1e-6, atol=1e-9 * fro(matrix))
+    assert np.linalg.matrix_rank(unfold(approx), tol=1e-8 * fro(matrix)) <= rank
+    # the error in kernel space is the same number (an unfolding is a permutation)
+    np.testing.assert_allclose(fro(kernel - approx), error, rtol=1e-9, atol=1e-12)
+
+    random_error, projected_error = _random_rank_r_error(matrix, rank, np.random.default_rng(seed))
+    assert error <= random_error * (1 + 1e-9) + 1e-12
+    assert error <= projected_error * (1 + 1e-9) + 1e-12
+
+
+@FAST
+@given(rows=st.integers(1, 10), cols=st.integers(1, 10), seed=seeds, rank_fraction=st.floats(0.0, 1.0))
+def test_truncated_svd_object(rows, cols, seed, rank_fraction):
+    matrix = random_kernel((rows, cols), seed)
+    svd = dc.TruncatedSVD.of(matrix)
+    assert svd.max_rank == min(rows, cols)
+    assert np.all(np.diff(svd.s) <= 1e-12)
+    rank = 1 + int(rank_fraction * (svd.max_rank - 1))
+    left, right = svd.factors(rank)
+    assert left.shape == (rows, rank) and right.shape == (rank, cols)
+    np.testing.assert_allclose(left @ right, svd.reconstruct(rank), atol=1e-10)
+    np.testing.assert_allclose(fro(matrix - svd.reconstruct(rank)), svd.residual(rank), rtol=1e-6, atol=1e-10)
+    # balanced factors: both carry sqrt of the singular values
+    np.testing.assert_allclose(np.linalg.norm(left, axis=0), np.linalg.norm(right, axis=1), rtol=1e-9)
+    # the dense helper is the same SVD
+    a, b = dc.dense_svd_factors(matrix, rank)
+    np.testing.assert_allclose(a @ b, svd.reconstruct(rank), atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [0, 4, -1])
+def test_truncated_svd_rejects_bad_ranks(rank):
+    svd = dc.TruncatedSVD.of(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        svd.factors(rank)
+
+
+def test_truncated_svd_rejects_non_matrices():
+    with pytest.raises(ValueError, match="matrix"):
+        dc.TruncatedSVD.of(np.ones((2, 2, 2)))
+
+
+def test_factor_functions_accept_a_precomputed_svd():
+    kernel = random_kernel((3, 2, 4, 5), 7)
+    svd = dc.TruncatedSVD.of(dc.spatial_svd_unfold(kernel))
+    for got, want in zip(dc.spatial_svd_factors(kernel, 3, svd=svd), dc.spatial_svd_factors(kernel, 3), strict=True):
+        np.testing.assert_allclose(got, want)
+
+
+# ---------------------------------------------------------------- relative residuals
+
+
+@FAST
+@given(rows=st.integers(1, 10), cols=st.integers(1, 10), seed=seeds, scale=st.floats(1e-3, 1e3))
+def test_relative_residuals_properties(rows, cols, seed, scale):
+    matrix = scale * random_kernel((rows, cols), seed)
+    svd = dc.TruncatedSVD.of(matrix)
+    residuals = dc.relative_residuals(svd.s)
+    assert residuals.shape == (svd.max_rank + 1,)
+    assert residuals[0] == pytest.approx(1.0, rel=1e-12)
+    assert residuals[-1] == 0.0
+    assert np.all(np.diff(residuals) <= 1e-12), residuals
+    for rank in range(1, svd.max_rank + 1):
+        direct = fro(matrix - svd.reconstruct(rank)) / fro(matrix)
+        assert residuals[rank] == pytest.approx(direct, rel=1e-6, abs=1e-9)
+
+
+def test_relative_residuals_of_zero_matrix():
+    np.testing.assert_array_equal(dc.relative_residuals(np.zeros(3)), np.zeros(4))
+
+
+# ---------------------------------------------------------------- Tucker-2
+
+
+def tucker_error(kernel: np.ndarray, ranks: tuple[int, int], iterations: int) -> float:
+    return fro(kernel - dc.tucker2_compose(*dc.tucker2_factors(kernel, ranks, hooi_iterations=iterations)))
+
+
+@FAST
+@given(shape=kernel_shapes, seed=seeds, fractions=st.tuples(st.floats(0, 1), st.floats(0, 1)))
+def test_hooi_never_increases_the_error(shape, seed, fractions):
+    c, n = shape[2:]
+    ranks = (1 + int(fractions[0] * (c - 1)), 1 + int(fractions[1] * (n - 1)))
+    kernel = random_kernel(shape, seed)
+    errors = [tucker_error(kernel, ranks, iterations) for iterations in range(4)]
+    slack = 1e-9 * fro(kernel) + 1e-12
+    # each HOOI half-step is an optimal update of one factor, so the error is monotone in the iterations
+    assert all(later <= earlier + slack for earlier, later in itertools.pairwise(errors)), errors
+
+
+@FAST
+@given(shape=kernel_shapes, seed=seeds, fractions=st.tuples(st.floats(0, 1), st.floats(0, 1)))
+def test_tucker_factors_are_orthonormal_projections(shape, seed, fractions):
+    kh, kw, c, n = shape
+    ranks = (1 + int(fractions[0] * (c - 1)), 1 + int(fractions[1] * (n - 1)))
+    kernel = random_kernel(shape, seed)
+    u_in, core, u_out = dc.tucker2_factors(kernel, ranks, hooi_iterations=1)
+    assert u_in.shape == (1, 1, c, ranks[0]) and core.shape == (kh, kw, *ranks) and u_out.shape == (1, 1, ranks[1], n)
+    np.testing.assert_allclose(u_in[0, 0].T @ u_in[0, 0], np.eye(ranks[0]), atol=1e-10)
+    np.testing.assert_allclose(u_out[0, 0] @ u_out[0, 0].T, np.eye(ranks[1]), atol=1e-10)
+    # orthogonal projection: ||K - K_hat||^2 = ||K||^2 - ||core||^2
+    error = fro(kernel - dc.tucker2_compose(u_in, core, u_out))
+    np.testing.assert_allclose(error**2, fro(kernel) ** 2 - fro(core) ** 2, rtol=1e-6, atol=1e-9 * fro(kernel) ** 2)
+
+
+def test_hooi_improves_on_hosvd_example():
+    kernel = random_kernel((3, 3, 16, 16), 0)
+    hosvd = tucker_error(kernel, (4, 4), 0)
+    hooi = tucker_error(kernel, (4, 4), 5)
+    improvement = (hosvd - hooi) / hosvd
+    message = f"HOSVD error {hosvd:.4f}, HOOI(5) error {hooi:.4f}: relative improvement {improvement:.2%}"
+    assert improvement > 0.01, message
+
+
+@pytest.mark.parametrize("ranks", [(0, 2), (2, 0), (5, 2), (2, 7)])
+def test_tucker_rejects_out_of_range_ranks(ranks):
+    with pytest.raises(ValueError, match="Tucker-2 ranks"):
+        dc.tucker2_factors(np.ones((3, 3, 4, 6)), ranks)
+
+
+@pytest.mark.parametrize("hooi_iterations", [0, 2])
+def test_tucker_ranks_beyond_the_unfolding_rank(hooi_iterations):
+    """A 1x1 conv C=3 -> N=8: the mode-N unfolding is 8 x 3, yet r_out may be up to N (regression test)."""
+    kernel = random_kernel((1, 1, 3, 8), 4)
+    for ranks in [(3, 8), (2, 5)]:
+        u_in, core, u_out = dc.tucker2_factors(kernel, ranks, hooi_iterations=hooi_iterations)
+        assert u_in.shape == (1, 1, 3, ranks[0]) and core.shape == (1, 1, *ranks) and u_out.shape == (1, 1, ranks[1], 8)
+        np.testing.assert_allclose(u_out[0, 0] @ u_out[0, 0].T, np.eye(ranks[1]), atol=1e-10)
+    np.testing.assert_allclose(
+        dc.tucker2_compose(*dc.tucker2_factors(kernel, (3, 8), hooi_iterations)), kernel, atol=1e-10
+    )
