@@ -121,6 +121,8 @@ class _Evaluator:
             self.seconds += time.perf_counter() - start
             self.calls += 1
         try:
+            if isinstance(value, str | bytes | bool | np.bool_):
+                raise TypeError(value)
             score = float(np.asarray(value).reshape(()))
         except (TypeError, ValueError):
             raise TypeError(
@@ -436,6 +438,12 @@ def compress_model(
                 + "; ".join(f"{k}: {v}" for k, v in stats.skipped_layers.items())
             )
 
+    # ---- a score cache that cannot be used is an error before any (possibly slow) evaluation
+    if not manual and parameters.params.rank_select_scheme is RankSelectScheme.greedy:
+        cache = parameters.params.select_params.saved_eval_scores_dict
+        if cache is not None:
+            _open_cache(model, os.fspath(cache), _settings_tag(scheme, metric, multiplicity))
+
     # ---- baseline
     logger.info("evaluating the baseline model")
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
@@ -513,6 +521,15 @@ def compress_model(
     return compressed, stats
 
 
+def _open_cache(model: keras.Model, cache_path: str, tag: str) -> tuple[str, dict[str, dict[float, float]]]:
+    """Fingerprint the model and read the score table (empty when the file does not exist yet)."""
+    folder = os.path.dirname(os.path.abspath(cache_path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"saved_eval_scores_dict: the folder {folder!r} does not exist; create it first.")
+    digest = _model_fingerprint(model)
+    return digest, _load_cache(cache_path, digest, tag) or {}
+
+
 def _greedy(
     model: keras.Model,
     work: keras.Model,
@@ -541,16 +558,9 @@ def _greedy(
     cache_path = None if path is None else os.fspath(path)
     scheme = CompressionScheme(stats.compress_scheme)
     tag = _settings_tag(scheme, CostMetric(stats.cost_metric), parameters.multiplicity)
-    digest = None
-    table: dict[str, dict[float, float]] = {}
-    if cache_path is not None:
-        folder = os.path.dirname(os.path.abspath(cache_path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"saved_eval_scores_dict: the folder {folder!r} does not exist; create it first.")
-        digest = _model_fingerprint(model)
-        table = _load_cache(cache_path, digest, tag) or {}
-        if table:
-            logger.info("read eval scores of %d layer(s) from %s", len(table), cache_path)
+    digest, table = _open_cache(model, cache_path, tag) if cache_path is not None else (None, {})
+    if table:
+        logger.info("read eval scores of %d layer(s) from %s", len(table), cache_path)
 
     # what still needs evaluating: one evaluation per distinct rank of a layer
     todo: dict[str, dict[Any, list[float]]] = {}
