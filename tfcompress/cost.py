@@ -217,7 +217,7 @@ def _tucker_rank_for_budget(
     def pair(r1: int) -> tuple[int, int]:
         return r1, max(1, min(n, round(r1 * n / c)))
 
-    best = pair(1)
+    best = (1, 1)  # the smallest decomposition, when even the proportional pairs exceed the budget
     for r1 in range(1, c + 1):
         r = pair(r1)
         if decomposed_cost(g, "tucker", r).metric(metric) <= budget:
@@ -290,7 +290,7 @@ def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) 
     """
     if isinstance(layer, keras.layers.Conv2D | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D):
         in_shape, out_shape = _layer_shapes(layer, input_shape)
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.layers.Conv2D) and layer.built:
             c = int(layer.kernel.shape[2]) * int(getattr(layer, "groups", 1))
         else:
             c = int(in_shape[-1])

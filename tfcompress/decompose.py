@@ -209,7 +209,7 @@ def weight_svd_factors(kernel: np.ndarray, rank: int, svd: TruncatedSVD | None =
 def weight_svd_compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The ``(kh, kw, C, N)`` kernel equivalent to the two weight-SVD factor kernels."""
     first = np.asarray(first)[0, 0]  # (C, r)
-    return np.einsum("cr,hwrn->hwcn", first, np.asarray(second))
+    return first @ np.asarray(second)  # (C, r) @ (kh, kw, r, N) -> (kh, kw, C, N)
 
 
 # ---------------------------------------------------------------- spatial SVD
@@ -245,7 +245,7 @@ def spatial_svd_compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The ``(kh, kw, C, N)`` kernel equivalent to the two spatial-SVD factor kernels."""
     vertical = np.asarray(first)[:, 0]  # (kh, C, r)
     horizontal = np.asarray(second)[0]  # (kw, r, N)
-    return np.einsum("hcr,wrn->hwcn", vertical, horizontal)
+    return vertical[:, None] @ horizontal[None]  # (kh, 1, C, r) @ (1, kw, r, N) -> (kh, kw, C, N)
 
 
 # ---------------------------------------------------------------- Tucker-2
@@ -282,6 +282,11 @@ def tucker2_factors(
         return _tucker2(kernel.astype(np.float64), r_in, r_out, int(hooi_iterations))
 
 
+def _project_in(kernel: np.ndarray, u_in: np.ndarray) -> np.ndarray:
+    """Contract the C mode of a (kh, kw, C, N) kernel with u_in (C, r): (kh, kw, r, N)."""
+    return u_in.T @ kernel
+
+
 def _tucker2(k64: np.ndarray, r_in: int, r_out: int, hooi_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _, _, c, n = k64.shape
     mode_c = k64.transpose(2, 0, 1, 3).reshape(c, -1)
@@ -289,14 +294,15 @@ def _tucker2(k64: np.ndarray, r_in: int, r_out: int, hooi_iterations: int) -> tu
     u_in = _leading_left_vectors(mode_c, r_in)
     u_out = _leading_left_vectors(mode_n, r_out)
     for _ in range(hooi_iterations):
-        proj_n = np.einsum("hwcn,ns->hwcs", k64, u_out)
+        proj_n = k64 @ u_out  # (kh, kw, C, r_out)
         u_in = _leading_left_vectors(proj_n.transpose(2, 0, 1, 3).reshape(c, -1), r_in)
-        proj_c = np.einsum("hwcn,cr->hwrn", k64, u_in)
+        proj_c = _project_in(k64, u_in)  # (kh, kw, r_in, N)
         u_out = _leading_left_vectors(proj_c.transpose(3, 0, 1, 2).reshape(n, -1), r_out)
-    core = np.einsum("hwcn,cr,ns->hwrs", k64, u_in, u_out)
+    core = _project_in(k64, u_in) @ u_out  # matrix products (BLAS), fast for large C and N
     return u_in[None, None], core, u_out.T[None, None]
 
 
 def tucker2_compose(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray) -> np.ndarray:
     """The ``(kh, kw, C, N)`` kernel equivalent to the three Tucker-2 factor kernels."""
-    return np.einsum("cr,hwrs,sn->hwcn", np.asarray(u_in)[0, 0], np.asarray(core), np.asarray(u_out)[0, 0])
+    expanded = np.asarray(core) @ np.asarray(u_out)[0, 0]  # (kh, kw, r_in, N)
+    return np.asarray(u_in)[0, 0] @ expanded

@@ -145,6 +145,29 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     return None
 
 
+def _named_inputs(model: keras.Model) -> Any:
+    """New ``keras.Input`` tensors, in the structure of ``model.input``, named like its input layers.
+
+    ``clone_model`` would otherwise name new inputs after their tensors, so an input
+    layer called ``input_layer`` would come back as ``keras_tensor``.
+    """
+    if isinstance(model, keras.Sequential):
+        return None
+    by_output = {id(layer.output): layer for layer in model.layers if isinstance(layer, keras.layers.InputLayer)}
+    if any(id(tensor) not in by_output for tensor in model.inputs):
+        return None
+
+    def fresh(tensor: Any) -> Any:
+        return keras.Input(
+            batch_shape=tuple(tensor.shape),
+            dtype=tensor.dtype,
+            sparse=bool(getattr(tensor, "sparse", False)),
+            name=by_output[id(tensor)].name,
+        )
+
+    return keras.tree.map_structure(fresh, model.input)
+
+
 def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = None) -> keras.Model:
     """A new model in which each layer of ``plan`` is replaced by its decomposed twin.
 
@@ -196,7 +219,15 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
             return decomposed_layer(layer, entry_scheme, rank)
         return layer.__class__.from_config(layer.get_config())
 
-    new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    inputs = _named_inputs(model)
+    try:
+        new_model = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)
+    except (TypeError, ValueError):
+        if inputs is None:
+            raise
+        # an input structure clone_model does not accept back: let it create the inputs itself
+        # (only the input layers' names can then differ)
+        new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     new_refs = walk_layers(new_model)
     if [r.path for r in new_refs] != [r.path for r in refs]:
         raise RuntimeError(

@@ -30,7 +30,7 @@ class SpatialSVDConv2D(DecomposedConv2D):
         >>> conv = keras.layers.Conv2D(32, 5, strides=2, padding="same")
         >>> conv.build((None, 28, 28, 16))
         >>> layer = tfc.SpatialSVDConv2D.from_layer(conv, rank=12)
-        >>> layer(keras.ops.zeros((1, 28, 28, 16))).shape
+        >>> tuple(layer(keras.ops.zeros((1, 28, 28, 16))).shape)
         (1, 14, 14, 32)
     """
 

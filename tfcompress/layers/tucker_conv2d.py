@@ -29,7 +29,7 @@ class TuckerConv2D(DecomposedConv2D):
         >>> conv = keras.layers.Conv2D(32, 3, padding="same")
         >>> conv.build((None, 16, 16, 24))
         >>> layer = tfc.TuckerConv2D.from_layer(conv, ranks=(8, 12))
-        >>> layer(keras.ops.zeros((1, 16, 16, 24))).shape
+        >>> tuple(layer(keras.ops.zeros((1, 16, 16, 24))).shape)
         (1, 16, 16, 32)
     """
 

@@ -28,7 +28,7 @@ class WeightSVDConv2D(DecomposedConv2D):
         >>> conv = keras.layers.Conv2D(32, 3, padding="same")
         >>> conv.build((None, 16, 16, 24))
         >>> layer = tfc.WeightSVDConv2D.from_layer(conv, rank=8)
-        >>> layer(keras.ops.zeros((1, 16, 16, 24))).shape
+        >>> tuple(layer(keras.ops.zeros((1, 16, 16, 24))).shape)
         (1, 16, 16, 32)
     """
 
