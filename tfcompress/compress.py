@@ -25,6 +25,7 @@ How a run goes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -51,8 +52,15 @@ from .cost import (
 )
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
 from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
+from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv2d, check_source_dense
-from .params import SpatialSvdParameters, TuckerParameters, WeightSvdParameters, _SchemeParameters
+from .params import (
+    AutoSchemeParameters,
+    SpatialSvdParameters,
+    TuckerParameters,
+    WeightSvdParameters,
+    _SchemeParameters,
+)
 from .rewrite import rewrite_model
 from .select import (
     EvalScoresCacheError,
@@ -74,6 +82,7 @@ _PARAMS_FOR_SCHEME = {
     CompressionScheme.weight_svd: WeightSvdParameters,
     CompressionScheme.spatial_svd: SpatialSvdParameters,
     CompressionScheme.tucker: TuckerParameters,
+    CompressionScheme.auto: AutoSchemeParameters,
 }
 
 
@@ -149,6 +158,7 @@ class _Candidate:
     multiplicity: int
     _svd: decompose.TruncatedSVD | None = field(default=None, repr=False)
     svd_seconds: float = 0.0
+    meter: LatencyMeter | None = field(default=None, repr=False)  # set for cost_metric="latency"
 
     @property
     def path(self) -> str:
@@ -167,18 +177,29 @@ class _Candidate:
             self.svd_seconds += time.perf_counter() - start
         return self._svd
 
-    def cost(self, rank: Any) -> int:
-        """Cost of the layer at ``rank`` over all its calls (params: once)."""
+    def cost(self, rank: Any) -> float:
+        """Cost of the layer at ``rank`` over all its calls (params: once; latency: measured seconds)."""
+        if self.metric is CostMetric.latency:
+            assert self.meter is not None
+            return self.meter.candidate(self.ref.layer, self.scheme, rank) * self.ref.calls
         value = decomposed_cost(self.geometry, self.scheme, rank).metric(self.metric)
         return value * (self.ref.calls if self.metric is CostMetric.mac else 1)
 
     @property
-    def original(self) -> int:
+    def original(self) -> float:
+        if self.metric is CostMetric.latency:
+            assert self.meter is not None
+            return self.meter.layer(self.ref.layer) * self.ref.calls
         value = original_cost(self.geometry).metric(self.metric)
         return value * (self.ref.calls if self.metric is CostMetric.mac else 1)
 
+    @property
+    def rank_metric(self) -> CostMetric:
+        """The metric ranks are derived from: latency uses the MAC rank ladder (then measures each rank)."""
+        return CostMetric.mac if self.metric is CostMetric.latency else self.metric
+
     def rank_for(self, ratio: float) -> Any:
-        return _rank_for_ratio(self.geometry, ratio, self.scheme, self.metric, self.multiplicity)
+        return _rank_for_ratio(self.geometry, ratio, self.scheme, self.rank_metric, self.multiplicity)
 
     def reconstructed(self, rank: Any) -> np.ndarray:
         """The kernel that the decomposed layer at ``rank`` is equivalent to."""
@@ -239,7 +260,26 @@ def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str |
 def _layer_scheme(layer: Any, scheme: CompressionScheme) -> str:
     if isinstance(layer, keras.layers.Dense):
         return "svd"
+    if scheme is CompressionScheme.auto:
+        return "weight_svd"  # the first variant; compress_scheme="auto" tries the others too (see _auto_variants)
     return scheme.value
+
+
+def _auto_variants(candidate: _Candidate) -> list[_Candidate]:
+    """The per-layer schemes ``compress_scheme="auto"`` compares: SVD for Dense; weight SVD, and for kernels
+    larger than 1x1 also spatial SVD and Tucker-2, for Conv2D."""
+    if candidate.scheme == "svd":
+        return [candidate]
+    schemes = ["weight_svd"]
+    if candidate.geometry.kernel_size != (1, 1):
+        schemes += ["spatial_svd", "tucker"]
+    return [dataclasses.replace(candidate, scheme=s, _svd=None, svd_seconds=0.0) for s in schemes]
+
+
+def _relative_error(candidate: _Candidate, rank: Any) -> float:
+    """``||W - W_r|| / ||W||`` of ``candidate``'s kernel at ``rank``."""
+    norm = float(np.linalg.norm(candidate.kernel)) or 1.0
+    return float(np.linalg.norm(candidate.kernel - candidate.reconstructed(rank))) / norm
 
 
 # ---------------------------------------------------------------- the fingerprint and the cache
@@ -298,10 +338,11 @@ def compress_model(
     eval_iterations: Any,
     compress_scheme: CompressionScheme | str,
     cost_metric: CostMetric | str,
-    parameters: WeightSvdParameters | SpatialSvdParameters | TuckerParameters,
+    parameters: WeightSvdParameters | SpatialSvdParameters | TuckerParameters | AutoSchemeParameters,
     trainer: Any = None,
     *,
     verbose: int = 1,
+    latency_options: LatencyOptions | None = None,
 ) -> tuple[keras.Model, CompressionStats]:
     """Compress ``model`` to a target cost ratio, choosing each layer's rank to lose as little score as possible.
 
@@ -312,13 +353,19 @@ def compress_model(
         eval_iterations: passed to ``eval_callback`` untouched.
         compress_scheme: ``weight_svd`` (Conv2D and Dense), ``spatial_svd`` (Conv2D with a
             kernel larger than 1x1; Dense layers too when listed in manual mode) or
-            ``tucker`` (Tucker-2 of Conv2D layers).
-        cost_metric: ``mac`` or ``memory``; ratios are compressed / original cost of the whole model.
+            ``tucker`` (Tucker-2 of Conv2D layers), or ``auto``: per layer and candidate ratio the best of
+            weight SVD, spatial SVD and Tucker-2 (Dense: SVD), so one model can mix schemes
+            (with :class:`tfcompress.params.AutoSchemeParameters`; greedy or manual mode).
+        cost_metric: ``mac``, ``memory`` or ``latency``; ratios are compressed / original cost of the
+            whole model. ``latency`` measures each layer, candidate and the whole model (see
+            :mod:`tfcompress.latency`); the ranks tried are the same as for ``mac``.
         parameters: ``WeightSvdParameters`` / ``SpatialSvdParameters`` / ``TuckerParameters``
             in ``Mode.auto`` (greedy or TAR) or ``Mode.manual``.
         trainer: optional object with ``train_model(model, layer, train_flag=True)``, called after
             each layer is compressed (see :class:`tfcompress.FitTrainer`).
         verbose: 1 shows a progress bar over the evaluations; 0 is silent.
+        latency_options: :class:`tfcompress.latency.LatencyOptions` (runtime, batch size,
+            repeats, warm-up, cache file) for ``cost_metric="latency"``; defaults otherwise.
 
     Returns:
         ``(compressed_model, stats)``.
@@ -345,14 +392,10 @@ def compress_model(
             "compress_scheme='channel_pruning' is not available in this version of tfcompress; "
             "use 'weight_svd', 'spatial_svd' or 'tucker'."
         )
-    if scheme is CompressionScheme.auto:
-        raise NotImplementedError(
-            "compress_scheme='auto' (per-layer scheme choice) is not available in this version; "
-            "use 'weight_svd', 'spatial_svd' or 'tucker'."
-        )
     metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
-    if metric is CostMetric.latency:
-        raise NotImplementedError("cost_metric='latency' is not available in this version; use 'mac' or 'memory'.")
+    if latency_options is not None and not isinstance(latency_options, LatencyOptions):
+        raise TypeError(f"`latency_options` must be LatencyOptions(...) or None, got {type(latency_options).__name__}.")
+    meter = LatencyMeter(latency_options) if metric is CostMetric.latency else None
     expected = _PARAMS_FOR_SCHEME[scheme]
     if not isinstance(parameters, _SchemeParameters):
         raise TypeError(
@@ -372,7 +415,7 @@ def compress_model(
     stats = CompressionStats(compress_scheme=scheme.value, cost_metric=metric.value, mode=parameters.mode.value)
     original = model_cost(model)
     stats.original_macs, stats.original_params = original.macs, original.params
-    total_cost = original.metric(metric)
+    total_cost = original.metric(metric) if meter is None else 0.0  # latency: set once the candidates are known
 
     # one working copy for every candidate evaluation
     work = rewrite_model(model, {})
@@ -389,6 +432,7 @@ def compress_model(
             kernel=np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64),
             metric=metric,
             multiplicity=multiplicity,
+            meter=meter,
         )
 
     # ---- which layers, at which ratios
@@ -427,8 +471,11 @@ def compress_model(
                 stats.skipped_layers[ref.path] = why
                 continue
             candidate = make_candidate(ref)
-            smallest = candidate.cost(1 if candidate.scheme != "tucker" else (1, 1))
-            if smallest >= candidate.original:
+            smallest_rank = 1 if candidate.scheme != "tucker" else (1, 1)
+            smallest = decomposed_cost(candidate.geometry, candidate.scheme, smallest_rank).metric(
+                candidate.rank_metric
+            )
+            if smallest >= original_cost(candidate.geometry).metric(candidate.rank_metric):
                 stats.skipped_layers[ref.path] = "even rank 1 costs as much as the original layer"
                 continue
             candidates.append(candidate)
@@ -444,6 +491,9 @@ def compress_model(
         if cache is not None:
             _open_cache(model, os.fspath(cache), _settings_tag(scheme, metric, multiplicity))
 
+    if meter is not None:
+        total_cost = _latency_total(model, candidates, meter, stats)
+
     # ---- baseline
     logger.info("evaluating the baseline model")
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
@@ -451,7 +501,11 @@ def compress_model(
     # ---- choose ranks
     plan: dict[str, Any] = {}
     chosen_ratio: dict[str, float] = {}
-    if manual:
+    if scheme is CompressionScheme.auto:
+        plan, chosen_ratio, candidates = _auto_scheme(
+            work, candidates, parameters, manual_ratios, evaluator, stats, total_cost, verbose
+        )
+    elif manual:
         for candidate in candidates:
             ratio = manual_ratios[candidate.path]
             plan[candidate.path] = candidate.rank_for(ratio)
@@ -501,14 +555,22 @@ def compress_model(
                 params_after=after.params,
             )
         )
+    if meter is not None:
+        predicted = total_cost - sum(by_path[p].original - by_path[p].cost(plan[p]) for p in forward)
+        stats.timings["latency_compressed_predicted_seconds"] = predicted
+        stats.timings["latency_compressed_measured_seconds"] = meter.model(compressed)
+        stats.timings["latency_measurement_seconds"] = meter.seconds
+        stats.timings["latency_measurements"] = float(meter.timings)
     total = time.perf_counter() - start_time
     svd_seconds = sum(c.svd_seconds for c in candidates)
-    stats.timings = {
-        "total_seconds": total,
-        "eval_callback_seconds": evaluator.seconds,
-        "overhead_seconds": max(total - evaluator.seconds, 0.0),
-        "svd_seconds": svd_seconds,
-    }
+    stats.timings.update(
+        {
+            "total_seconds": total,
+            "eval_callback_seconds": evaluator.seconds,
+            "overhead_seconds": max(total - evaluator.seconds, 0.0),
+            "svd_seconds": svd_seconds,
+        }
+    )
     stats.num_eval_calls = evaluator.calls
     logger.info(
         "compressed %s: MAC ratio %.4f, memory ratio %.4f, score %.4f -> %.4f",
@@ -537,7 +599,7 @@ def _greedy(
     parameters: Any,
     evaluator: _Evaluator,
     stats: CompressionStats,
-    total_cost: int,
+    total_cost: float,
     verbose: int,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     select_params = parameters.params.select_params
@@ -618,7 +680,7 @@ def _greedy(
             plan[path] = ranks[path][_match(ranks[path], ratio)]
             chosen[path] = ratio
     by_path = {c.path: c for c in candidates}
-    if selection.reached and plan:
+    if selection.reached and plan and CostMetric(stats.cost_metric) is not CostMetric.latency:
         loss = {p: stats.baseline_model_accuracy - _lookup(scores[p], chosen[p]) for p in plan}
         caps = {}
         for p in plan:
@@ -640,7 +702,115 @@ def _greedy(
     return plan, chosen
 
 
-def _plan_ratio(plan: dict[str, Any], candidates: list[_Candidate], total_cost: int) -> float:
+def _auto_scheme(
+    work: keras.Model,
+    candidates: list[_Candidate],
+    parameters: AutoSchemeParameters,
+    manual_ratios: dict[str, float],
+    evaluator: _Evaluator,
+    stats: CompressionStats,
+    total_cost: float,
+    verbose: int,
+) -> tuple[dict[str, Any], dict[str, float], list[_Candidate]]:
+    """``compress_scheme="auto"``: per layer and candidate ratio keep the best-scoring variant, then select.
+
+    Every variant (see :func:`_auto_variants`) of a layer is scored at the rank its scheme gives for the ratio,
+    by the eval callback on the working copy (kernel swapped in place), or with ``data_free`` by minus its
+    relative reconstruction error. Variants that save no cost are skipped. Auto mode then runs the greedy
+    selection on the table of best scores with the costs of the winning variants; manual mode takes the best
+    variant at the user's ratio. Returns the plan, the chosen ratios, and the candidates with their chosen scheme.
+    """
+    if parameters.mode is Mode.auto and parameters.params.rank_select_scheme is not RankSelectScheme.greedy:
+        raise ValueError("compress_scheme='auto' supports greedy selection and manual mode only, not TAR.")
+    if parameters.mode is Mode.auto and parameters.params.select_params.saved_eval_scores_dict is not None:
+        stats.notes.append("saved_eval_scores_dict is not used with compress_scheme='auto'")
+    data_free = parameters.data_free
+    if parameters.mode is Mode.manual:
+        ratios_of = {c.path: [manual_ratios[c.path]] for c in candidates}
+    else:
+        ratios_of = {c.path: list(parameters.params.select_params.candidates) for c in candidates}
+    total_evals = 0 if data_free else sum(len(ratios_of[c.path]) * len(_auto_variants(c)) for c in candidates)
+    progbar = _progress(total_evals, verbose)
+    done = 0
+    best: dict[str, dict[float, tuple[float, _Candidate, Any]]] = {}
+    for candidate in candidates:
+        variants = _auto_variants(candidate)
+        row: dict[float, tuple[float, _Candidate, Any]] = {}
+        seen: dict[tuple[str, Any], float] = {}
+        for ratio in ratios_of[candidate.path]:
+            for variant in variants:
+                rank = variant.rank_for(ratio)
+                if variant.cost(rank) >= variant.original:
+                    continue
+                key = (variant.scheme, _rank_key(rank))
+                if key not in seen:
+                    if data_free:
+                        seen[key] = -_relative_error(variant, rank)
+                    else:
+                        with _kernels_swapped([(variant.work_layer, variant.reconstructed(rank))]):
+                            seen[key] = evaluator(work, f"layer '{variant.path}' with {variant.scheme} at rank {rank}")
+                        done += 1
+                        progbar.update(done, values=[("score", seen[key])])
+                score = seen[key]
+                if ratio not in row or score > row[ratio][0]:
+                    row[ratio] = (score, variant, rank)
+        if row:
+            best[candidate.path] = row
+        else:
+            stats.skipped_layers.setdefault(candidate.path, "no variant saves cost at any candidate ratio")
+        stats.eval_scores[candidate.path] = {r: v[0] for r, v in sorted(row.items())}
+    if not best:
+        raise ValueError("compress_model: no candidate ratio of any layer saves cost; nothing to select.")
+    if parameters.mode is Mode.manual:
+        chosen = {p: next(iter(row)) for p, row in best.items()}
+    else:
+        select_params = parameters.params.select_params
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            selection = greedy_select(
+                {p: {r: v[0] for r, v in row.items()} for p, row in best.items()},
+                {p: {r: float(v[1].cost(v[2])) for r, v in row.items()} for p, row in best.items()},
+                {c.path: float(c.original) for c in candidates if c.path in best},
+                float(total_cost),
+                select_params.target_comp_ratio,
+                use_monotonic_fit=select_params.use_monotonic_fit,
+            )
+        for warning in caught:
+            warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=3)
+        if not selection.reached:
+            stats.notes.append(selection.message)
+        stats.selected_comp_ratio = selection.model_ratio
+        chosen = {p: _match(best[p], r) for p, r in selection.ratios.items() if r < 1.0}
+    plan = {p: best[p][r][2] for p, r in chosen.items()}
+    winners = {p: best[p][r][1] for p, r in chosen.items()}
+    for candidate in candidates:
+        if candidate.path not in plan:
+            stats.skipped_layers.setdefault(candidate.path, "kept at full size by the selection")
+    schemes = sorted({v.scheme for v in winners.values()})
+    stats.notes.append(f"compress_scheme='auto' chose {', '.join(schemes) or 'nothing'}")
+    return plan, dict(chosen), [winners.get(c.path, c) for c in candidates]
+
+
+def _latency_total(
+    model: keras.Model, candidates: list[_Candidate], meter: LatencyMeter, stats: CompressionStats
+) -> float:
+    """Whole-model latency for the selector: compressible layers measured one by one, plus the remainder.
+
+    The remainder is the whole model measured once minus the sum of the measured
+    compressible layers, clamped at 0 (so the total is the larger of the two). The
+    numbers go into ``stats.timings`` (``latency_*`` keys, seconds per inference).
+    """
+    layers = sum(c.original for c in candidates)
+    whole = meter.model(model)
+    remainder = max(whole - layers, 0.0)
+    stats.timings["latency_original_measured_seconds"] = whole
+    stats.timings["latency_original_predicted_seconds"] = layers + remainder
+    stats.timings["latency_compressible_layers_seconds"] = layers
+    stats.timings["latency_remainder_seconds"] = remainder
+    return layers + remainder
+
+
+def _plan_ratio(plan: dict[str, Any], candidates: list[_Candidate], total_cost: float) -> float:
     """Whole-model cost ratio when the layers of ``plan`` are at their ranks."""
     saved = sum(c.original - c.cost(plan[c.path]) for c in candidates if c.path in plan)
     return (total_cost - saved) / total_cost
@@ -652,7 +822,7 @@ def _fill_budget(
     loss: dict[str, float],
     caps: dict[str, Any],
     budget_cost: float,
-    total_cost: int,
+    total_cost: float,
 ) -> dict[str, Any]:
     """Spend the cost left between the selected plan and the target on higher ranks.
 
@@ -711,7 +881,7 @@ def _tar(
     parameters: Any,
     evaluator: _Evaluator,
     stats: CompressionStats,
-    total_cost: int,
+    total_cost: float,
     verbose: int,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     select_params = parameters.params.select_params

@@ -16,6 +16,7 @@ __all__ = [
     "WeightSvdParameters",
     "SpatialSvdParameters",
     "TuckerParameters",
+    "AutoSchemeParameters",
 ]
 
 
@@ -286,8 +287,35 @@ class TuckerParameters(_SchemeParameters):
     scheme_name = "tucker"
 
 
+class AutoSchemeParameters(_SchemeParameters):
+    """Parameters for ``CompressionScheme.auto``: per layer and candidate ratio, the best of weight SVD,
+    spatial SVD and Tucker-2 (Dense layers: SVD).
+
+    Args:
+        mode, params, multiplicity: as for the other schemes (greedy auto mode or manual mode).
+        data_free: choose each layer's variant by the least relative reconstruction error
+            ``||W - W_r|| / ||W||`` instead of the eval score (no extra evaluations for the choice).
+
+    Example:
+        >>> p = AutoSchemeParameters("manual", AutoSchemeParameters.ManualModeParams({"conv": 0.5}), data_free=True)
+        >>> p.data_free, p.multiplicity
+        (True, 1)
+    """
+
+    scheme_name = "auto"
+
+    def __init__(self, mode: Mode | str, params: Any, multiplicity: int = 1, *, data_free: bool = False) -> None:
+        super().__init__(mode, params, multiplicity)
+        if not isinstance(data_free, bool):
+            raise TypeError(f"AutoSchemeParameters: data_free must be True or False, got {data_free!r}.")
+        self.data_free = data_free
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", data_free={self.data_free})"
+
+
 # AIMET's classes are distinct per scheme; nested params of one scheme work with the others too.
-for _cls in (WeightSvdParameters, SpatialSvdParameters, TuckerParameters):
+for _cls in (WeightSvdParameters, SpatialSvdParameters, TuckerParameters, AutoSchemeParameters):
     _cls.AutoModeParams = type(
         "AutoModeParams",
         (_SchemeParameters.AutoModeParams,),
