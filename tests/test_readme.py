@@ -23,7 +23,7 @@ def test_readme_python_block_runs(index: int, tmp_path: pathlib.Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     code = _blocks("python")[index]
     namespace: dict = {"__name__": f"readme_block_{index}"}
-    exec(compile(code, f"README.md python block {index}", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, f"README.md python block {index}", "exec"), namespace)  # our own README, run as a test
 
 
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:

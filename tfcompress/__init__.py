@@ -13,14 +13,17 @@ Example:
 from .compress import ModelCompressor, compress_model
 from .cost import model_cost, rank_for_ratio
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
+from .latency import LatencyOptions
 from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
 from .params import (
+    AutoSchemeParameters,
     GreedySelectionParameters,
     SpatialSvdParameters,
     TarRankSelectionParameters,
     TuckerParameters,
     WeightSvdParameters,
 )
+from .report import report
 from .rewrite import rewrite_model
 from .stats import CompressionStats, LayerStats
 from .train import FitTrainer
@@ -28,10 +31,12 @@ from .train import FitTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoSchemeParameters",
     "CompressionScheme",
     "CompressionStats",
     "FitTrainer",
     "GreedySelectionParameters",
+    "LatencyOptions",
     "LayerStats",
     "ModelCompressor",
     "SpatialSvdParameters",
@@ -48,5 +53,6 @@ __all__ = [
     "WeightSVDConv2D",
     "model_cost",
     "rank_for_ratio",
+    "report",
     "rewrite_model",
 ]

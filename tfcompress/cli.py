@@ -1,16 +1,79 @@
 """The ``tfcompress`` command line (``python -m tfcompress`` does the same).
 
-Exit codes: 0 success, 2 bad usage, 1 failure with a one-line error.
+Commands: ``demo`` (train, compress and export a small CNN on bundled digits),
+``inspect`` (per-layer costs, ranks and eligibility of a ``.keras`` model),
+``compress`` (:func:`tfcompress.compress_model` from the shell) and ``report``
+(the HTML report of a stats JSON file). ``tfcompress COMMAND --help`` explains each.
+
+Exit codes: 0 success, 2 bad usage, 1 failure with a one-line error on stderr
+(a traceback is printed only for errors raised inside the user's own ``--eval``
+function, where it is the useful part).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import importlib.util
+import json
 import os
 import sys
-from collections.abc import Sequence
+import textwrap
+import traceback
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+from .stats import _fmt_big
+
+__all__ = ["main", "build_parser", "CLIError", "load_eval_function", "output_agreement_eval"]
+
+_SCHEMES = ("weight_svd", "spatial_svd", "tucker")
+
+DATA_FREE_WARNING = (
+    "tfcompress: warning: no --eval function given, so layers are ranked by how closely the compressed model's "
+    "outputs match the original's on {source} (score = minus the relative mean squared difference). This is a "
+    "weaker choice than a real eval function (e.g. accuracy on held-out data): pass --eval module:function."
+)
+
+
+class CLIError(Exception):
+    """A user mistake on the command line: reported as one line on stderr, exit code 1.
+
+    Example:
+        >>> str(CLIError("no such file: 'x.keras'"))
+        "no such file: 'x.keras'"
+    """
+
+
+class _EvalFunctionError(Exception):
+    """The user's --eval function raised: its traceback is the useful part, so it is printed."""
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples in the epilogs as written (descriptions are wrapped by :func:`_paragraphs`)."""
+
+
+def _paragraphs(*texts: str) -> str:
+    """Wrap each paragraph to 79 columns, blank lines between them (argparse's raw formatter keeps them)."""
+    return "\n\n".join(textwrap.fill(" ".join(t.split()), width=79) for t in texts)
+
+
+def _manual_pair(text: str) -> tuple[str, float]:
+    name, sep, ratio = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=RATIO (e.g. conv2=0.5), got {text!r}")
+    try:
+        value = float(ratio)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the ratio in {text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"the ratio in {text!r} must be in (0, 1] (compressed / original cost)")
+    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,27 +82,659 @@ def build_parser() -> argparse.ArgumentParser:
     Example:
         >>> build_parser().parse_args(["demo", "--epochs", "2"]).epochs
         2
+        >>> args = build_parser().parse_args(["compress", "m.keras", "--manual", "conv2=0.5", "-o", "out"])
+        >>> args.manual
+        [('conv2', 0.5)]
     """
+    from . import __version__
+
     parser = argparse.ArgumentParser(
-        prog="tfcompress", description="Make trained Keras 3 models cheaper by low-rank decomposition."
+        prog="tfcompress",
+        description="Make trained Keras 3 models cheaper by low-rank decomposition.",
+        epilog="examples:\n"
+        "  tfcompress demo\n"
+        "  tfcompress inspect model.keras\n"
+        "  tfcompress compress model.keras --eval my_eval:accuracy --data val.npz --target 0.5 -o out\n"
+        "  tfcompress report out/stats.json -o out/report.html\n\n"
+        "Run 'tfcompress COMMAND --help' for the options of a command.",
+        formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"tfcompress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # ---- demo
     demo = sub.add_parser(
         "demo",
         help="train a small CNN on scikit-learn's digits, compress it to half the MACs, save and export it",
-        description="Train a small CNN on scikit-learn's bundled digits, compress it with spatial SVD to a MAC "
-        "target, fine-tune briefly, print the stats and write the model, SavedModel and stats JSON.",
+        description=_paragraphs(
+            "Train a small CNN on scikit-learn's bundled digits, compress it with spatial SVD to a MAC "
+            "target, fine-tune briefly, print the stats and write the model, SavedModel and stats JSON."
+        ),
+        epilog="example:\n  tfcompress demo -o demo_output --target 0.5",
+        formatter_class=_Formatter,
     )
     demo.add_argument("-o", "--output", default="tfcompress_demo_output", help="output folder (default: %(default)s)")
     demo.add_argument("--target", type=float, default=0.5, help="MAC ratio to reach (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=20, help="training epochs (default: %(default)s)")
     demo.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs (default: %(default)s)")
     demo.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
+
+    # ---- inspect
+    inspect = sub.add_parser(
+        "inspect",
+        help="per-layer MACs, parameters, max ranks and eligibility of a .keras model",
+        description=_paragraphs(
+            "Print one row per layer that has MACs or parameters: its MACs per sample, parameters, "
+            "and for each scheme (weight_svd, spatial_svd, tucker) the maximum rank when the layer can be "
+            "compressed with it, '-' when it cannot (the reasons are listed below the table), and the model "
+            "totals. The model is loaded with keras.models.load_model(path, safe_mode=True)."
+        ),
+        epilog="examples:\n  tfcompress inspect model.keras\n  tfcompress inspect model.keras --json > layers.json",
+        formatter_class=_Formatter,
+    )
+    inspect.add_argument("model", metavar="MODEL.keras", help="a saved Sequential or Functional Keras model")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--metric",
+        choices=("mac", "memory"),
+        default="mac",
+        help="cost that must go down for a layer to count as eligible at rank 1 (default: %(default)s)",
+    )
+
+    # ---- compress
+    compress = sub.add_parser(
+        "compress",
+        help="compress a .keras model to a target cost; writes the model, stats JSON and an HTML report",
+        description=_paragraphs(
+            "Compress MODEL.keras (loaded with keras.models.load_model(path, safe_mode=True)) with "
+            "tfcompress.compress_model and write OUT/compressed.keras, OUT/stats.json and OUT/report.html.",
+            "Auto mode (default): every eligible layer is evaluated alone at candidate ratios i/N, and each "
+            "layer's ratio is chosen to reach --target with as little loss of score as possible. Manual mode "
+            "(--manual): the listed layers are compressed at the given ratios.",
+            "The eval function (--eval module:function) is called as function(model, iterations) and returns a "
+            "float, higher is better (e.g. accuracy on held-out data). 'iterations' is the --data file loaded "
+            "once as a dict {array name: numpy array} (np.load, no pickles), or None without --data. 'module' "
+            "is an importable module name (the current folder is searched first) or the path of a .py file. "
+            "The eval module is imported before the model is loaded, so it can also register custom Keras "
+            "objects.",
+            "Without --eval, a data-free score is used: how closely the outputs match the original model's on "
+            "the inputs of --data's array 'x', or on a fixed random batch (seed 0) of the model's input shape. "
+            "It is weaker than a real eval function and says so on stderr.",
+        ),
+        epilog="examples:\n"
+        "  tfcompress compress model.keras --eval my_eval:accuracy --data val.npz --target 0.5 -o out\n"
+        "  tfcompress compress model.keras --scheme weight_svd --multiplicity 8 --ignore conv1 --eval "
+        "my_eval:accuracy -o out\n"
+        "  tfcompress compress model.keras --manual conv2=0.4 conv3=0.6 -o out\n"
+        "  tfcompress compress model.keras --eval my_eval.py:accuracy --cache out/scores.json -o out\n\n"
+        "my_eval.py:\n"
+        "  import numpy as np\n"
+        "  def accuracy(model, data):           # data = the --data npz as a dict\n"
+        '      predictions = model.predict(data["x"], verbose=0)\n'
+        '      return float(np.mean(predictions.argmax(1) == data["y"]))',
+        formatter_class=_Formatter,
+    )
+    compress.add_argument("model", metavar="MODEL.keras", help="a saved Sequential or Functional Keras model")
+    compress.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
+    compress.add_argument(
+        "--scheme", choices=_SCHEMES, default="spatial_svd", help="decomposition scheme (default: %(default)s)"
+    )
+    compress.add_argument(
+        "--target",
+        type=float,
+        metavar="RATIO",
+        default=None,
+        help="whole-model cost ratio to reach, compressed / original, in (0, 1] (default: 0.5; auto mode only)",
+    )
+    compress.add_argument(
+        "--metric", choices=("mac", "memory"), default="mac", help="cost that --target counts (default: %(default)s)"
+    )
+    compress.add_argument(
+        "--eval",
+        metavar="MODULE:FUNCTION",
+        help="eval function(model, iterations) -> float, higher is better (default: data-free output agreement)",
+    )
+    compress.add_argument("--data", metavar="FILE.npz", help="arrays passed to the eval function as a dict (see above)")
+    compress.add_argument(
+        "--ignore", metavar="NAME", nargs="+", action="extend", default=[], help="layers to leave alone (auto mode)"
+    )
+    compress.add_argument(
+        "--multiplicity",
+        type=int,
+        default=1,
+        metavar="M",
+        help="round ranks up to a multiple of this (default: %(default)s)",
+    )
+    compress.add_argument(
+        "--manual",
+        metavar="NAME=RATIO",
+        nargs="+",
+        action="extend",
+        type=_manual_pair,
+        default=[],
+        help="manual mode: compress exactly these layers at these ratios",
+    )
+    compress.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="greedy search: candidate ratios i/N, i = 1..N-1 (default: 10; auto mode only)",
+    )
+    compress.add_argument(
+        "--cache",
+        metavar="SCORES.json",
+        help="read and write the eval-score table here, so a rerun skips evaluations (auto mode only)",
+    )
+    compress.add_argument("--no-report", action="store_true", help="do not write OUT/report.html (no matplotlib)")
+    compress.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only a summary line")
+    compress.set_defaults(subparser=compress)
+
+    # ---- report
+    report = sub.add_parser(
+        "report",
+        help="write the self-contained HTML report of a stats JSON file",
+        description=_paragraphs(
+            "Write one self-contained HTML file (plots embedded as PNG) from the stats.json that "
+            "'tfcompress compress' or CompressionStats.to_json wrote. Needs matplotlib: "
+            'pip install "tfcompress[report]".'
+        ),
+        epilog="example:\n  tfcompress report out/stats.json -o out/report.html",
+        formatter_class=_Formatter,
+    )
+    report.add_argument("stats", metavar="STATS.json", help="stats written by 'tfcompress compress' or to_json")
+    report.add_argument(
+        "-o", "--output", metavar="REPORT.html", help="file to write (default: report.html next to STATS.json)"
+    )
+    report.add_argument("--title", default="tfcompress report", help="page title (default: %(default)s)")
     return parser
 
 
+# ---------------------------------------------------------------- helpers
+
+
+def _check_model_path(path: str) -> str:
+    if not os.path.exists(path):
+        raise CLIError(f"no such file: {path!r}")
+    if os.path.isdir(path):
+        raise CLIError(f"{path!r} is a folder; give a .keras model file (a SavedModel folder cannot be compressed)")
+    if not path.endswith(".keras"):
+        raise CLIError(f"{path!r} is not a .keras file; save the model with model.save('model.keras') first")
+    return path
+
+
+def _load_model(path: str) -> Any:
+    """``keras.models.load_model(path, safe_mode=True)`` with a one-line error for unreadable files."""
+    import keras
+
+    import tfcompress  # noqa: F401  (registers the decomposed layers for deserialisation)
+
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as err:  # keras raises many kinds for a bad file; all mean "cannot load"
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise CLIError(f"cannot load {path!r}: {message}") from None
+
+
+def load_eval_function(spec: str) -> Callable[..., Any]:
+    """Resolve ``module:function`` (or ``path/to/file.py:function``) to the function.
+
+    The current folder is searched first, like ``python -m`` does. A missing
+    module or function raises :class:`CLIError`.
+
+    Example:
+        >>> load_eval_function("math:hypot")(3, 4)
+        5.0
+        >>> load_eval_function("math:nope")
+        Traceback (most recent call last):
+        ...
+        tfcompress.cli.CLIError: --eval math:nope: module 'math' has no attribute 'nope' (it has: ...)
+    """
+    module_name, sep, attribute = spec.rpartition(":")
+    if not sep or not module_name or not attribute:
+        raise CLIError(f"--eval must be MODULE:FUNCTION (e.g. my_eval:accuracy), got {spec!r}")
+    if module_name.endswith(".py"):
+        if not os.path.isfile(module_name):
+            raise CLIError(f"--eval {spec}: no such file: {module_name!r}")
+        name = "tfcompress_eval_" + os.path.splitext(os.path.basename(module_name))[0]
+        module_spec = importlib.util.spec_from_file_location(name, module_name)
+        if module_spec is None or module_spec.loader is None:
+            raise CLIError(f"--eval {spec}: cannot import {module_name!r}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        loader = module_spec.loader
+        _import_user_module(spec, module_name, lambda: loader.exec_module(module))
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        module = _import_user_module(spec, module_name, lambda: importlib.import_module(module_name))
+    function = getattr(module, attribute, None)
+    if function is None:
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        shown = ", ".join(public[:12]) + (", ..." if len(public) > 12 else "")
+        raise CLIError(f"--eval {spec}: module {module_name!r} has no attribute {attribute!r} (it has: {shown})")
+    if not callable(function):
+        raise CLIError(f"--eval {spec}: {attribute!r} is a {type(function).__name__}, not a function")
+    return function
+
+
+def _import_user_module(spec: str, module_name: str, do_import: Callable[[], Any]) -> Any:
+    """Import errors are one-line user mistakes; anything else raised by the module's own code keeps its traceback."""
+    try:
+        return do_import()
+    except ImportError as err:
+        raise CLIError(f"--eval {spec}: cannot import module {module_name!r}: {err}") from None
+    except Exception as err:
+        raise _EvalFunctionError(
+            f"importing the --eval module {module_name!r} raised {type(err).__name__}: {err}"
+        ) from err
+
+
+def _wrap_user_function(function: Callable[..., Any], spec: str) -> Callable[..., Any]:
+    """Mark exceptions raised inside the user's function so main() shows their traceback."""
+
+    @functools.wraps(function)  # compress_model reads the user's signature through __wrapped__
+    def wrapped(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception as err:
+            raise _EvalFunctionError(f"the --eval function {spec} raised {type(err).__name__}: {err}") from err
+
+    return wrapped
+
+
+def _warn_on_first_call(function: Callable[..., float], message: str) -> Callable[..., float]:
+    """Print ``message`` on stderr when compress_model first calls ``function``: after it has checked its arguments."""
+    warned = False
+
+    @functools.wraps(function)
+    def wrapped(model: Any, iterations: Any = None) -> float:
+        nonlocal warned
+        if not warned:
+            warned = True
+            print(message, file=sys.stderr, flush=True)
+        return function(model, iterations)
+
+    return wrapped
+
+
+def _load_npz(path: str) -> dict[str, Any]:
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise CLIError(f"--data: no such file: {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise CLIError(f"--data {path!r} is not an .npz archive; write one with np.savez('data.npz', x=..., y=...)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as err:
+        message = " ".join(str(err).split())
+        raise CLIError(f"--data {path!r} is not a readable .npz file (np.savez, no pickles): {message}") from None
+
+
+def output_agreement_eval(model: Any, inputs: Any = None, seed: int = 0, batch_size: int = 32) -> Callable[..., float]:
+    """A data-free eval callback: minus the relative MSE between a model's outputs and ``model``'s.
+
+    The reference outputs are computed once, on ``inputs`` (an array or a list of arrays,
+    one per model input) or on a standard-normal batch of ``batch_size`` samples drawn with
+    ``seed`` in the model's input shape. A perfect copy scores 0; worse copies score lower.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> score = output_agreement_eval(model)
+        >>> score(model, None)
+        0.0
+    """
+    import numpy as np
+
+    if inputs is None:
+        rng = np.random.default_rng(seed)
+        batches = []
+        for tensor in model.inputs:
+            shape = tuple(tensor.shape)[1:]
+            if any(d is None for d in shape):
+                raise CLIError(
+                    f"the model's input shape {tuple(tensor.shape)} has unknown dimensions, so a random batch "
+                    "cannot be made; pass --data FILE.npz with an array 'x', or --eval"
+                )
+            batches.append(rng.standard_normal((batch_size, *shape)).astype(tensor.dtype or "float32"))
+        inputs = batches[0] if len(batches) == 1 else batches
+
+    def _outputs(m: Any) -> list[Any]:
+        out = m.predict(inputs, batch_size=256, verbose=0)
+        items = out if isinstance(out, list | tuple) else list(out.values()) if isinstance(out, dict) else [out]
+        return [np.asarray(o, dtype=np.float64) for o in items]
+
+    reference = _outputs(model)
+    scales = [max(float(np.mean(r**2)), 1e-12) for r in reference]
+
+    def output_agreement(m: Any, iterations: Any = None) -> float:
+        outputs = _outputs(m)
+        error = sum(float(np.mean((o - r) ** 2)) / s for o, r, s in zip(outputs, reference, scales, strict=True))
+        return 0.0 - error  # 0.0 for a perfect copy (not -0.0)
+
+    return output_agreement
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
+    """Per-layer costs, max ranks and eligibility per scheme of ``model``, JSON-ready.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3, name="c"),
+        ...                           keras.layers.Conv2D(8, 1, name="p")])
+        >>> info = inspect_model(model)
+        >>> info["layers"][0]["schemes"]["spatial_svd"]
+        {'eligible': True, 'manual_only': False, 'max_rank': 9, 'reason': None}
+        >>> info["layers"][1]["schemes"]["spatial_svd"]["reason"]
+        '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
+    """
+    import keras
+
+    from .compress import _ineligibility
+    from .cost import decomposed_cost, layer_geometry, max_rank, model_cost, original_cost
+    from .enums import CompressionScheme
+    from .graph import walk_layers
+
+    cost = model_cost(model)
+    rows = []
+    eligible_totals = {s: {"layers": 0, "macs": 0, "params": 0} for s in _SCHEMES}
+    for ref in walk_layers(model):
+        row_cost = cost.layers[ref.path]
+        if not row_cost.macs and not row_cost.params:
+            continue
+        layer = ref.layer
+        schemes: dict[str, dict[str, Any]] = {}
+        decomposable = isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
+        for scheme_name in _SCHEMES:
+            entry: dict[str, Any] = {"eligible": False, "manual_only": False, "max_rank": None, "reason": None}
+            scheme = CompressionScheme(scheme_name)
+            if not decomposable:
+                entry["reason"] = f"{type(layer).__name__} is not a Conv2D or Dense layer"
+                schemes[scheme_name] = entry
+                continue
+            why = _ineligibility(layer, scheme, manual=False)
+            manual_why = _ineligibility(layer, scheme, manual=True) if why else None
+            if why and manual_why:
+                entry["reason"] = why
+            else:
+                per_layer = "svd" if isinstance(layer, keras.layers.Dense) else scheme_name
+                geometry = layer_geometry(layer)
+                smallest = decomposed_cost(geometry, per_layer, (1, 1) if per_layer == "tucker" else 1)
+                if smallest.metric(metric) >= original_cost(geometry).metric(metric):
+                    entry["reason"] = f"even rank 1 costs as many {'MACs' if metric == 'mac' else 'parameters'} "
+                    entry["reason"] += "as the original layer"
+                else:
+                    bound = max_rank(geometry, per_layer)
+                    entry["max_rank"] = list(bound) if isinstance(bound, tuple) else int(bound)
+                    entry["eligible"] = True
+                    entry["manual_only"] = bool(why)
+                    if why:
+                        entry["reason"] = why
+                    else:
+                        totals = eligible_totals[scheme_name]
+                        totals["layers"] += 1
+                        totals["macs"] += row_cost.macs
+                        totals["params"] += row_cost.params
+            schemes[scheme_name] = entry
+        rows.append(
+            {
+                "name": ref.path,
+                "class": type(layer).__name__,
+                "macs": int(row_cost.macs),
+                "params": int(row_cost.params),
+                "calls": int(ref.calls),
+                "schemes": schemes,
+            }
+        )
+    return {
+        "model": model.name,
+        "macs": int(cost.macs),
+        "params": int(cost.params),
+        "layers": rows,
+        "eligible_totals": eligible_totals,
+    }
+
+
+def _inspect_text(info: dict[str, Any], path: str) -> str:
+    def cell(entry: dict[str, Any]) -> str:
+        if not entry["eligible"]:
+            return "-"
+        rank = entry["max_rank"]
+        text = "x".join(str(r) for r in rank) if isinstance(rank, list) else str(rank)
+        return text + (" (manual)" if entry["manual_only"] else "")
+
+    header = ("layer", "type", "MACs", "params", *_SCHEMES)
+    rows = [
+        (
+            row["name"],
+            row["class"],
+            _fmt_big(row["macs"]),
+            _fmt_big(row["params"]),
+            *[cell(row["schemes"][s]) for s in _SCHEMES],
+        )
+        for row in info["layers"]
+    ]
+    rows.append(("total", "", _fmt_big(info["macs"]), _fmt_big(info["params"]), "", "", ""))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    numeric = {2, 3}
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    out = [f"model '{info['model']}' ({path}): {info['macs']:,} MACs per sample, {info['params']:,} parameters", ""]
+    out.append(line(header))
+    out.append(line(["-" * w for w in widths]))
+    out.extend(line(r) for r in rows[:-1])
+    out.append(line(["-" * w for w in widths]))
+    out.append(line(rows[-1]))
+    out.append("")
+    out.append("scheme columns: the maximum rank where the layer can be compressed with the scheme, '-' where it")
+    out.append("cannot; '(manual)': only when listed with --manual.")
+    out.append("")
+    for scheme in _SCHEMES:
+        totals = info["eligible_totals"][scheme]
+        share = 100.0 * totals["macs"] / info["macs"] if info["macs"] else 0.0
+        out.append(
+            f"{scheme:<12} {totals['layers']} eligible layer(s) in auto mode, {_fmt_big(totals['macs'])} MACs "
+            f"({share:.1f}% of the model), {_fmt_big(totals['params'])} parameters"
+        )
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for row in info["layers"]:
+        if row["class"] not in ("Conv2D", "Dense") and all(row["schemes"][s]["max_rank"] is None for s in _SCHEMES):
+            continue  # layers that are never decomposable need no explanation per scheme
+        for scheme in _SCHEMES:
+            entry = row["schemes"][scheme]
+            if entry["reason"] and not entry["eligible"]:
+                reasons.setdefault((scheme, entry["reason"]), []).append(row["name"])
+    if reasons:
+        out.append("")
+        out.append("not eligible:")
+        for (scheme, reason), names in reasons.items():
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            out.append(f"  {scheme}: {shown}: {reason}")
+    return "\n".join(out)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    path = _check_model_path(args.model)
+    model = _load_model(path)
+    from .graph import check_graph_model
+
+    check_graph_model(model)
+    info = inspect_model(model, metric=args.metric)
+    if args.json:
+        print(json.dumps({"path": path, **info}, indent=2))
+    else:
+        print(_inspect_text(info, path))
+    return 0
+
+
+# ---------------------------------------------------------------- compress
+
+
+def _save_model_atomic(model: Any, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    sub = args.subparser  # usage errors name the subcommand
+    if args.manual:
+        clashes = [
+            flag
+            for flag, value in (
+                ("--target", args.target),
+                ("--candidates", args.candidates),
+                ("--cache", args.cache),
+                ("--ignore", args.ignore or None),
+            )
+            if value is not None
+        ]
+        if clashes:
+            sub.error(f"--manual sets each layer's ratio itself; it cannot be combined with {', '.join(clashes)}")
+    target = 0.5 if args.target is None else args.target
+    candidates = 10 if args.candidates is None else args.candidates
+    if not 0 < target <= 1:
+        sub.error("--target must be in (0, 1] (compressed cost / original cost)")
+    if candidates < 2:
+        sub.error("--candidates must be >= 2")
+    if args.multiplicity < 1:
+        sub.error("--multiplicity must be >= 1")
+
+    model_path = _check_model_path(args.model)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise CLIError(f"-o {args.output!r} exists and is not a folder")
+    created = not os.path.exists(args.output)
+    os.makedirs(args.output, exist_ok=True)  # now, so a bad -o fails before the long part
+    try:
+        return _compress(args, model_path, target, candidates)
+    except BaseException:
+        if created and os.path.isdir(args.output) and not os.listdir(args.output):
+            os.rmdir(args.output)  # leave no empty folder behind a failed run
+        raise
+
+
+def _compress(args: argparse.Namespace, model_path: str, target: float, candidates: int) -> int:
+    if args.cache and not os.path.isdir(os.path.dirname(os.path.abspath(args.cache))):
+        raise CLIError(f"--cache {args.cache!r}: its folder does not exist")
+    if not args.no_report:
+        from .report import _require_matplotlib
+
+        _require_matplotlib()  # fail now, not after the long part
+    user_function = load_eval_function(args.eval) if args.eval else None
+    data = _load_npz(args.data) if args.data else None
+
+    import tfcompress as tfc
+
+    model = _load_model(model_path)
+    from .graph import check_graph_model
+
+    check_graph_model(model)  # a subclassed model: TypeError, one line
+    if user_function is not None:
+        evaluate = _wrap_user_function(user_function, args.eval)
+    else:
+        if data is not None:
+            if "x" not in data:
+                raise CLIError(
+                    f"--data {args.data!r} has no array 'x' (it has {sorted(data)}); the data-free score needs 'x'"
+                )
+            source = f"the inputs in --data's array 'x' ({len(data['x'])} samples)"
+            evaluate = output_agreement_eval(model, inputs=data["x"])
+        else:
+            source = "a fixed random batch (seed 0, 32 samples) of the model's input shape"
+            evaluate = output_agreement_eval(model)
+        evaluate = _warn_on_first_call(evaluate, DATA_FREE_WARNING.format(source=source))
+
+    parameters_class = {
+        "weight_svd": tfc.WeightSvdParameters,
+        "spatial_svd": tfc.SpatialSvdParameters,
+        "tucker": tfc.TuckerParameters,
+    }[args.scheme]
+    if args.manual:
+        parameters = parameters_class(
+            tfc.Mode.manual, parameters_class.ManualModeParams(list(args.manual)), multiplicity=args.multiplicity
+        )
+    else:
+        greedy = tfc.GreedySelectionParameters(
+            target_comp_ratio=target, num_comp_ratio_candidates=candidates, saved_eval_scores_dict=args.cache
+        )
+        parameters = parameters_class(
+            tfc.Mode.auto,
+            parameters_class.AutoModeParams(greedy, modules_to_ignore=list(args.ignore)),
+            multiplicity=args.multiplicity,
+        )
+    compressed, stats = tfc.compress_model(
+        model, evaluate, data, args.scheme, args.metric, parameters, verbose=0 if args.quiet else 1
+    )
+
+    files = {
+        "model": os.path.join(args.output, "compressed.keras"),
+        "stats": os.path.join(args.output, "stats.json"),
+    }
+    _save_model_atomic(compressed, files["model"])
+    stats.to_json(files["stats"])
+    if not args.no_report:
+        from .report import report
+
+        files["report"] = report(stats, os.path.join(args.output, "report.html"))
+    if args.quiet:
+        print(
+            f"MAC ratio {stats.mac_compression_ratio:.3f}, parameter ratio {stats.memory_compression_ratio:.3f}, "
+            f"score {stats.baseline_model_accuracy:.4f} -> {stats.compressed_model_accuracy:.4f}, "
+            f"output in {args.output}"
+        )
+    else:
+        print()
+        print(stats)
+        print()
+        for what, path in files.items():
+            print(f"  wrote {what:<7} {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+    from .stats import CompressionStats
+
+    if not os.path.isfile(args.stats):
+        raise CLIError(f"no such file: {args.stats!r}")
+    try:
+        stats = CompressionStats.from_json(args.stats)
+    except UnicodeDecodeError:
+        raise CLIError(f"{args.stats!r} is not a stats JSON file (not UTF-8 text)") from None
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.stats)), "report.html")
+    print(f"wrote {report(stats, output, title=args.title)}")
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    Example:
+        >>> main(["report", "no_such_stats.json"])  # prints "tfcompress: error: no such file: ..." on stderr
+        1
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -65,10 +760,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{result.finetuned_accuracy:.4f}, output in {result.output_dir}"
                 )
             return 0
+        if args.command == "inspect":
+            return _cmd_inspect(args)
+        if args.command == "compress":
+            return _cmd_compress(args)
+        if args.command == "report":
+            return _cmd_report(args)
     except KeyboardInterrupt:
         print("tfcompress: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError) as err:
+    except BrokenPipeError:  # e.g. `tfcompress inspect m.keras --json | head`: not an error worth a message
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except _EvalFunctionError as err:
+        cause = err.__cause__
+        if cause is not None:
+            traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
         print(f"tfcompress: error: {err}", file=sys.stderr)
+        return 1
+    except (CLIError, OSError, ValueError, TypeError, ImportError, NotImplementedError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"tfcompress: error: {message}", file=sys.stderr)
         return 1
     return 2

@@ -155,6 +155,29 @@ class CompressionStats:
             raise ValueError(f"{os.fspath(path)} is not a stats JSON file (expected an object at top level).")
         return cls.from_dict(data)
 
+    # ---------------------------------------------------------------- plots
+
+    def plot(self, kind: str = "scores", ax: Any = None) -> Any:
+        """Plot these stats with matplotlib and return the ``Figure`` (see :mod:`tfcompress.report`).
+
+        Args:
+            kind: ``"scores"`` (eval score against ratio per layer, chosen ratio marked),
+                ``"ratios"`` (chosen ratio per layer in model order), ``"macs"``, ``"params"``
+                (before/after per layer) or ``"costs"`` (both, side by side; no ``ax``).
+            ax: a matplotlib ``Axes`` to draw on; by default a new ``Figure`` (Agg canvas, no pyplot).
+
+        Needs matplotlib (``pip install "tfcompress[report]"``).
+
+        Example:
+            >>> stats = CompressionStats(per_layer_stats=[LayerStats("fc", "svd", [64, 10], 4, 0.3, 640, 296, 650, 306)])
+            >>> figure = stats.plot("ratios")
+            >>> type(figure).__name__
+            'Figure'
+        """
+        from .report import plot_stats
+
+        return plot_stats(self, kind=kind, ax=ax)
+
     # ---------------------------------------------------------------- text
 
     def __str__(self) -> str:
@@ -232,4 +255,3 @@ class CompressionStats:
             f"baseline_model_accuracy={self.baseline_model_accuracy}, compressed_model_accuracy={self.compressed_model_accuracy}, "
             f"layers={len(self.per_layer_stats)})"
         )
-
