@@ -30,7 +30,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> Non
     commands = [block.strip() for block in _blocks("bash")]
     assert len(commands) == 2, commands
     demo, tests = commands
-    assert demo.endswith("tfcompress demo")
+    assert demo.endswith("tfcompress demo") and "pip install -e" in demo
     assert 'pip install -e ".[test]"' in tests and tests.endswith("pytest")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert 'pip install --quiet -e ".[test]"' in ci

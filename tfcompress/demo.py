@@ -100,7 +100,7 @@ def run_demo(
     seed: int = 0,
     verbose: int = 1,
 ) -> DemoResult:
-    """Train, compress (spatial SVD, greedy auto mode), fine-tune, save, export; return the numbers.
+    """Train, compress (spatial SVD, greedy auto mode), fine-tune, save, export, report; return the numbers.
 
     Example:
         >>> result = run_demo("/tmp/tfc_demo_doctest", epochs=1, finetune_epochs=1, verbose=0)  # doctest: +SKIP
@@ -158,6 +158,12 @@ def run_demo(
     os.replace(tmp_model, files["model"])
     compressed.export(files["saved_model"], verbose=False)
     stats.to_json(files["stats"])
+    try:
+        import matplotlib  # noqa: F401  (the report's plots need it)
+    except ImportError:
+        say('  (no report.html: the plots need matplotlib, pip install "tfcompress[report]")')
+    else:
+        files["report"] = tfc.report(stats, os.path.join(output_dir, "report.html"))
     result = DemoResult(
         baseline_accuracy=stats.baseline_model_accuracy,
         compressed_accuracy=stats.compressed_model_accuracy,
