@@ -1,0 +1,38 @@
+"""Channel pruning: choose input channels, refit the kept weights, and winnow the producers upstream.
+
+- :mod:`.select` (numpy): :func:`magnitude_channels`, :func:`greedy_channels`.
+- :mod:`.reconstruct` (numpy): :func:`extract_patches`, :func:`reconstruct_weights`.
+- :mod:`.winnow` (Keras): :func:`prune_input_channels`, :func:`prunable_layers`.
+
+Example:
+    >>> import numpy as np
+    >>> from tfcompress.pruning import magnitude_channels
+    >>> magnitude_channels(np.arange(8.0).reshape(4, 2), 2)
+    array([2, 3])
+"""
+
+from tfcompress.pruning.reconstruct import (
+    all_positions,
+    conv_output_size,
+    extract_patches,
+    reconstruct_weights,
+    sample_positions,
+)
+from tfcompress.pruning.select import greedy_channels, magnitude_channels, reconstruction_error
+from tfcompress.pruning.winnow import ChannelChain, PruneResult, find_chain, prunable_layers, prune_input_channels
+
+__all__ = [
+    "ChannelChain",
+    "PruneResult",
+    "all_positions",
+    "conv_output_size",
+    "extract_patches",
+    "find_chain",
+    "greedy_channels",
+    "magnitude_channels",
+    "prunable_layers",
+    "prune_input_channels",
+    "reconstruct_weights",
+    "reconstruction_error",
+    "sample_positions",
+]
