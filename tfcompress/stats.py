@@ -26,6 +26,8 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
     try:
+        # mkstemp creates 0600 files; give the result the target's mode, or the usual rw-r--r--
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
