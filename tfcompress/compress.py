@@ -208,7 +208,7 @@ class _Candidate:
             factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
             self.svd_seconds += time.perf_counter() - start
             return decompose.tucker2_compose(*factors)
-        approx = self._factor().reconstruct(int(rank))
+        approx = self._factor().reconstruct(int(rank), dtype=np.float32)
         if self.scheme == "svd":
             return approx
         if self.scheme == "weight_svd":
