@@ -1,0 +1,348 @@
+"""Do fewer MACs mean faster inference on a CPU? Uniform-rank decompositions of real architectures, measured.
+
+For ResNet50, VGG16 and MobileNetV2 (``weights=None``) and each scheme (weight SVD, spatial SVD, Tucker-2),
+every eligible ``Conv2D`` (kernel larger than 1x1 for spatial SVD and Tucker-2) is rewritten at the rank
+``tfc.rank_for_ratio(layer, target, scheme)`` gives for the MAC target, with ``tfc.rewrite_model``. Reported:
+MAC and parameter ratios (``tfc.model_cost``), the ``.keras`` file size ratio, and CPU latency ratios at batch 1
+and 8 measured side by side with the original (interleaved runs, median after warm-up) under TensorFlow (a
+compiled ``tf.function``) and the TFLite interpreter, and how much of the ideal speed-up ``1 / MAC ratio`` the
+measured speed-up reaches. In full mode, peak memory (``ru_maxrss``) of inference and of one training step is
+measured in a fresh subprocess per model and measurement (peak RSS above the RSS after importing TensorFlow).
+
+    python benchmarks/real_speed.py --quick     # 64x64 inputs, target 0.5, TFLite for MobileNetV2 only
+    python benchmarks/real_speed.py             # 224x224 inputs, targets 0.75/0.5/0.3, TFLite and memory for all
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from typing import Any
+
+import _common
+
+SCHEMES = ("weight_svd", "spatial_svd", "tucker")
+MODELS = ("ResNet50", "VGG16", "MobileNetV2")
+
+
+def build(name: str, size: int) -> Any:
+    import keras
+
+    return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+
+
+def uniform_plan(model: Any, scheme: str, target: float) -> dict[str, tuple[str, Any]]:
+    import tfcompress as tfc
+
+    return {
+        layer.name: (scheme, tfc.rank_for_ratio(layer, target, scheme))
+        for layer in _common.eligible_convs(model, scheme)
+    }
+
+
+class TFRunner:
+    """A compiled forward pass of one model on one fixed batch."""
+
+    def __init__(self, model: Any, x: Any) -> None:
+        import tensorflow as tf
+
+        self.x = tf.constant(x)
+        self.fn = tf.function(lambda t: model(t, training=False))
+        self.fn(self.x)  # trace outside the timed runs
+
+    def __call__(self) -> None:
+        self.fn(self.x).numpy()
+
+
+def tflite_bytes(model: Any) -> bytes:
+    import tensorflow as tf
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter's export prints its signature
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+class TFLiteRunner:
+    def __init__(self, flatbuffer: bytes, x: Any) -> None:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count())
+        detail = self.interpreter.get_input_details()[0]
+        self.interpreter.resize_tensor_input(detail["index"], list(x.shape))
+        self.interpreter.allocate_tensors()
+        self.interpreter.set_tensor(detail["index"], x)
+
+    def __call__(self) -> None:
+        self.interpreter.invoke()
+
+
+def keras_file_size(model: Any, folder: str, name: str) -> tuple[int, str]:
+    path = os.path.join(folder, f"{name}.keras")
+    model.save(path)
+    return os.path.getsize(path), path
+
+
+MEMORY_PROBE = r"""
+import json, os, resource, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np, keras, tensorflow as tf
+import tfcompress  # registers the decomposed layers
+path, what, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def status_mb(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+out = {"import_peak_mb": status_mb("VmHWM"), "after_import_mb": status_mb("VmRSS")}
+try:  # reset the high-water mark to the current size (Linux >= 4.0), so import-time peaks do not count
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    out["peak_reset"] = True
+except OSError:
+    out["peak_reset"] = False
+if what != "none":
+    model = keras.models.load_model(path)
+    out["after_load_mb"] = status_mb("VmRSS")
+    x = np.random.default_rng(0).standard_normal((batch, *model.input_shape[1:])).astype("float32")
+    if what == "inference":
+        fn = tf.function(lambda t: model(t, training=False))
+        for _ in range(3):
+            fn(tf.constant(x)).numpy()
+    else:
+        y = np.random.default_rng(1).integers(0, model.output_shape[-1], size=batch)
+        model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+        model.train_on_batch(x, y)
+out["peak_mb"] = status_mb("VmHWM")
+print(json.dumps(out))
+"""
+
+
+def peak_memory_mb(path: str, what: str, batch: int) -> dict[str, float]:
+    """Peak RSS (VmHWM, reset after importing TensorFlow) of a fresh process that loads ``path`` and runs
+    inference or one training step, and its RSS right after the imports."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, path, what, str(batch)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_ratio(compressed: dict[str, float], original: dict[str, float]) -> float | None:
+    above = original["peak_mb"] - original["after_import_mb"]
+    return (compressed["peak_mb"] - compressed["after_import_mb"]) / above if above > 0 else None
+
+
+def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> dict[str, Any]:
+    import tfcompress as tfc
+
+    size = settings["size"]
+    model = build(name, size)
+    cost = tfc.model_cost(model)
+    use_tflite = settings["tflite"] is True or name in settings["tflite"]
+    inputs = {b: _common.random_images((size, size, 3), b, args.seed) for b in settings["batches"]}
+    tf_original = {b: TFRunner(model, inputs[b]) for b in settings["batches"]}
+    original_flatbuffer = tflite_bytes(model) if use_tflite else None
+    original_size, original_path = keras_file_size(model, folder, f"{name}_original")
+    memory_original = None
+    if settings["memory"]:
+        memory_original = {
+            what: peak_memory_mb(original_path, what, settings["memory_batch"]) for what in ("inference", "train_step")
+        }
+    os.unlink(original_path)
+    rows = []
+    for scheme in SCHEMES:
+        for target in settings["targets"]:
+            print(f"real_speed: {name} {size}x{size} {scheme} target {target}", flush=True)
+            plan = uniform_plan(model, scheme, target)
+            small = tfc.rewrite_model(model, plan)
+            small_cost = tfc.model_cost(small)
+            mac_ratio = small_cost.macs / cost.macs
+            row: dict[str, Any] = {
+                "scheme": scheme,
+                "target": target,
+                "layers_rewritten": len(plan),
+                "mac_ratio": mac_ratio,
+                "param_ratio": small_cost.params / cost.params,
+                "ideal_speedup": 1.0 / mac_ratio,
+            }
+            size_bytes, small_path = keras_file_size(small, folder, f"{name}_{scheme}_{target}")
+            row["keras_file_size_ratio"] = size_bytes / original_size
+            if settings["memory"]:
+                memory = {
+                    what: peak_memory_mb(small_path, what, settings["memory_batch"])
+                    for what in ("inference", "train_step")
+                }
+                row["peak_memory_mb"] = {"original": memory_original, "compressed": memory}
+                # ratios of the memory above what importing TensorFlow alone takes
+                row["peak_memory_ratio"] = {what: _memory_ratio(memory[what], memory_original[what]) for what in memory}
+            os.unlink(small_path)
+            for batch in settings["batches"]:
+                timed = _common.interleaved_medians(
+                    {"original": tf_original[batch], "compressed": TFRunner(small, inputs[batch])},
+                    settings["warmup"],
+                    settings["repeats"],
+                )
+                speedup = timed["original"]["median_s"] / timed["compressed"]["median_s"]
+                row[f"tf_b{batch}"] = {
+                    "original_ms": 1000 * timed["original"]["median_s"],
+                    "compressed_ms": 1000 * timed["compressed"]["median_s"],
+                    "latency_ratio": 1.0 / speedup,
+                    "speedup": speedup,
+                    "fraction_of_ideal_speedup": speedup / row["ideal_speedup"],
+                    "runs": timed["original"]["runs"],
+                }
+            if use_tflite:
+                small_flatbuffer = tflite_bytes(small)
+                row["tflite_size_ratio"] = len(small_flatbuffer) / len(original_flatbuffer)
+                for batch in settings["batches"]:
+                    timed = _common.interleaved_medians(
+                        {
+                            "original": TFLiteRunner(original_flatbuffer, inputs[batch]),
+                            "compressed": TFLiteRunner(small_flatbuffer, inputs[batch]),
+                        },
+                        settings["warmup"],
+                        settings["repeats"],
+                    )
+                    speedup = timed["original"]["median_s"] / timed["compressed"]["median_s"]
+                    row[f"tflite_b{batch}"] = {
+                        "original_ms": 1000 * timed["original"]["median_s"],
+                        "compressed_ms": 1000 * timed["compressed"]["median_s"],
+                        "latency_ratio": 1.0 / speedup,
+                        "speedup": speedup,
+                        "fraction_of_ideal_speedup": speedup / row["ideal_speedup"],
+                        "runs": timed["original"]["runs"],
+                    }
+            rows.append(row)
+            del small
+            gc.collect()
+    return {
+        "model": name,
+        "input_size": size,
+        "original_macs": cost.macs,
+        "original_params": cost.params,
+        "original_keras_file_bytes": original_size,
+        "tflite": use_tflite,
+        "results": rows,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    batches = result["settings"]["batches"]
+    headers = ["model", "scheme", "target", "MAC ratio", "param ratio", ".keras size ratio", "ideal speed-up"]
+    headers += [f"TF b{b} speed-up" for b in batches] + [f"TFLite b{b} speed-up" for b in batches]
+    headers += ["peak mem. ratio (infer / train)"]
+    rows = []
+    for case in result["models"]:
+        for r in case["results"]:
+            row = [
+                f"{case['model']} {case['input_size']}px",
+                r["scheme"],
+                r["target"],
+                r["mac_ratio"],
+                r["param_ratio"],
+                r["keras_file_size_ratio"],
+                f"x{r['ideal_speedup']:.2f}",
+            ]
+            for runtime in ("tf", "tflite"):
+                for b in batches:
+                    entry = r.get(f"{runtime}_b{b}")
+                    row.append(
+                        None if entry is None else f"x{entry['speedup']:.2f} ({entry['fraction_of_ideal_speedup']:.0%})"
+                    )
+            mem = r.get("peak_memory_ratio")
+            row.append(
+                None
+                if mem is None
+                else " / ".join("-" if mem[w] is None else f"{mem[w]:.2f}" for w in ("inference", "train_step"))
+            )
+            rows.append(row)
+    mode = "quick" if result["quick"] else "full"
+    notes = [
+        "Speed-up = original latency / compressed latency, measured side by side (interleaved runs, median); "
+        "in brackets the share of the ideal speed-up 1 / MAC ratio. Ranks are uniform: every eligible Conv2D at "
+        "the rank `tfc.rank_for_ratio` gives for the target (Dense layers untouched).",
+    ]
+    if not result["settings"]["memory"]:
+        notes.append("Peak memory was not measured in this mode (a subprocess per model; run the full mode).")
+    else:
+        notes.append(
+            "Peak memory: peak RSS (Linux VmHWM, reset after importing TensorFlow) of a fresh process that loads "
+            f"the .keras file and runs inference (or one SGD step) at batch {result['settings']['memory_batch']}, "
+            f"minus its RSS after the imports ({result['settings']['memory_baseline_mb']:.0f} MB); "
+            "compressed / original."
+        )
+    return (
+        f"## Real speed of uniform decompositions ({mode} mode)\n\n"
+        + _common.md_table(headers, rows)
+        + "\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + "\n\n"
+        + _common.md_machine(result["machine"])
+    )
+
+
+def main() -> None:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+        parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+        parser.add_argument("--memory", action="store_true", help="measure peak memory in --quick mode too")
+
+    args = _common.parse_args(__doc__.split("\n\n")[0], extra)
+    _common.quiet_tensorflow()
+    if args.quick:
+        settings = {
+            "size": 64,
+            "targets": [0.5],
+            "batches": [1, 8],
+            "tflite": ["MobileNetV2"],
+            "memory": args.memory and not args.no_memory,
+            "memory_batch": 8,
+            "warmup": 2,
+            "repeats": 7,
+        }
+    else:
+        settings = {
+            "size": 224,
+            "targets": [0.75, 0.5, 0.3],
+            "batches": [1, 8],
+            "tflite": True,
+            "memory": not args.no_memory,
+            "memory_batch": 8,
+            "warmup": 3,
+            "repeats": 15,
+        }
+    machine = _common.machine_info()
+    if settings["memory"]:
+        settings["memory_baseline_mb"] = peak_memory_mb("", "none", 1)["after_import_mb"]
+    models = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            models.append(run_model(name, args, settings, folder))
+            gc.collect()
+    result = {
+        "benchmark": "real_speed",
+        "quick": args.quick,
+        "settings": settings,
+        "machine": machine,
+        "models": models,
+    }
+    paths = _common.write_results(args.output_dir, "real_speed", result, markdown(result))
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""What does the greedy rank selection of ``tfc.compress_model`` cost, and what would rebuilding per candidate cost?
+
+For each model, one run of ``tfc.compress_model`` (spatial SVD, greedy, MAC target 0.5) is split into the time
+spent in the eval callback and the toolkit's own overhead (``stats.timings``), with the number of eval calls and
+the SVD time. The callback is wrapped to timestamp every call, so the time of each candidate evaluation in place
+(kernel swap + callback + restore) is known. Then, in the same process, a sample of the same (layer, rank)
+candidates is evaluated the way AIMET does it: rebuild the compressed model (``tfc.rewrite_model``) and call
+the same callback on it; for a smaller sample also save the rebuilt model as ``.keras`` and load it back. The
+speed ratio is median rebuild time per candidate / median in-place time per candidate.
+
+    python benchmarks/selection_cost.py --quick        # digits CNN + ResNet50 at 64x64, N=3 (about a minute)
+    python benchmarks/selection_cost.py                # digits CNN + ResNet50 at 224x224, N=10
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import time
+from typing import Any
+
+import _common
+
+SCHEME = "spatial_svd"
+
+
+class TimedCallback:
+    """Wraps an eval callback and records when each call starts and ends."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def __call__(self, model: Any, iterations: Any) -> float:
+        self.starts.append(time.perf_counter())
+        try:
+            return self.callback(model, iterations)
+        finally:
+            self.ends.append(time.perf_counter())
+
+
+def digits_case(quick: bool, seed: int) -> dict[str, Any]:
+    import keras
+    import numpy as np
+
+    from tfcompress.demo import digits_cnn, digits_data
+
+    keras.utils.set_random_seed(seed)
+    x_train, y_train, x_test, y_test = digits_data(seed)
+    model = digits_cnn()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=2 if quick else 5, batch_size=32, verbose=0)
+
+    def accuracy(m: Any, iterations: Any) -> float:
+        return float(np.mean(m.predict(x_test, verbose=0).argmax(1) == y_test))
+
+    return {
+        "name": "digits_cnn",
+        "model": model,
+        "callback": accuracy,
+        "callback_description": f"test accuracy with model.predict on {len(x_test)} real 8x8 digits",
+        "target": 0.5,
+        "num_comp_ratio_candidates": 5 if quick else 10,
+        "rebuild_samples": 4 if quick else 8,
+        "reload_samples": 2 if quick else 4,
+    }
+
+
+def resnet_case(quick: bool, seed: int) -> dict[str, Any]:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    size = 64 if quick else 224
+    model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
+    x = _common.random_images((size, size, 3), 4, seed)
+    return {
+        "name": f"resnet50_{size}",
+        "model": model,
+        "callback": _common.output_mse_callback(model, x),
+        "callback_description": f"minus output MSE vs the original, model.predict on 4 random {size}x{size} images",
+        # spatial SVD reaches only ResNet50's 7x7 and 3x3 convolutions (about half of its MACs)
+        "target": 0.75,
+        "num_comp_ratio_candidates": 3 if quick else 10,
+        "rebuild_samples": 3 if quick else 8,
+        "reload_samples": 1 if quick else 3,
+    }
+
+
+def _spread(items: list[Any], k: int) -> list[Any]:
+    """``k`` items evenly spread over ``items`` (first and last included)."""
+    if k >= len(items):
+        return list(items)
+    if k == 1:
+        return [items[len(items) // 2]]
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    import keras
+
+    import tfcompress as tfc
+
+    model = case["model"]
+    timed = TimedCallback(case["callback"])
+    params = tfc.SpatialSvdParameters(
+        tfc.Mode.auto,
+        tfc.SpatialSvdParameters.AutoModeParams(
+            tfc.GreedySelectionParameters(
+                target_comp_ratio=case["target"], num_comp_ratio_candidates=case["num_comp_ratio_candidates"]
+            )
+        ),
+    )
+    start = time.perf_counter()
+    _, stats = tfc.compress_model(model, timed, None, SCHEME, "mac", params, verbose=0)
+    wall = time.perf_counter() - start
+    timings = stats.timings
+    # calls: baseline, the candidates in order, the compressed model
+    n = len(timed.ends)
+    in_place = [timed.ends[i] - timed.ends[i - 1] for i in range(1, n - 1)]
+    in_place_overhead = [timed.starts[i] - timed.ends[i - 1] for i in range(1, n - 1)]
+    in_place_callback = [timed.ends[i] - timed.starts[i] for i in range(1, n - 1)]
+
+    # the same candidates, evaluated by rebuilding the model
+    candidates = [
+        (layer, ratio, tfc.rank_for_ratio(model.get_layer(layer), ratio, SCHEME))
+        for layer, table in stats.eval_scores.items()
+        for ratio in sorted(table)
+    ]
+    seen, unique = set(), []
+    for layer, ratio, rank in candidates:
+        if (layer, rank) not in seen:
+            seen.add((layer, rank))
+            unique.append((layer, ratio, rank))
+    rebuild, reload, score_gaps = [], [], []
+    for layer, ratio, rank in _spread(unique, case["rebuild_samples"]):
+        begin = time.perf_counter()
+        rebuilt = tfc.rewrite_model(model, {layer: (SCHEME, rank)})
+        score = case["callback"](rebuilt, None)
+        rebuild.append(time.perf_counter() - begin)
+        score_gaps.append(abs(score - stats.eval_scores[layer][ratio]))
+        del rebuilt
+        gc.collect()
+    with tempfile.TemporaryDirectory() as folder:
+        for layer, _ratio, rank in _spread(unique, case["reload_samples"]):
+            path = os.path.join(folder, "candidate.keras")
+            begin = time.perf_counter()
+            rebuilt = tfc.rewrite_model(model, {layer: (SCHEME, rank)})
+            rebuilt.save(path)
+            loaded = keras.models.load_model(path)
+            case["callback"](loaded, None)
+            reload.append(time.perf_counter() - begin)
+            del rebuilt, loaded
+            gc.collect()
+
+    per_candidate = _common.median(in_place)
+    rebuild_median = _common.median(rebuild)
+    reload_median = _common.median(reload)
+    total = timings["total_seconds"]
+    n_candidates = len(in_place)
+    baseline_and_final = (timed.ends[0] - timed.starts[0]) + (timed.ends[-1] - timed.starts[-1])
+    estimated_rebuild_total = n_candidates * rebuild_median + baseline_and_final
+    overhead_share = timings["overhead_seconds"] / total if total else float("nan")
+    swaps_and_svd = sum(in_place_overhead)
+    ratio_rebuild = rebuild_median / per_candidate
+    return {
+        "model": case["name"],
+        "callback": case["callback_description"],
+        "scheme": SCHEME,
+        "target_comp_ratio": case["target"],
+        "num_comp_ratio_candidates": case["num_comp_ratio_candidates"],
+        "eligible_layers": len(stats.eval_scores),
+        "mac_compression_ratio": stats.mac_compression_ratio,
+        "num_eval_calls": stats.num_eval_calls,
+        "num_candidate_evaluations": n_candidates,
+        "compress_model_wall_seconds": wall,
+        "total_seconds": total,
+        "eval_callback_seconds": timings["eval_callback_seconds"],
+        "overhead_seconds": timings["overhead_seconds"],
+        "svd_seconds": timings["svd_seconds"],
+        "overhead_share": overhead_share,
+        # overhead = SVD + kernel swaps between the candidate callbacks + fixed costs (working copy, final rewrite, costs)
+        "overhead_between_candidates_seconds": swaps_and_svd,
+        "overhead_fixed_seconds": max(timings["overhead_seconds"] - swaps_and_svd, 0.0),
+        "in_place_per_candidate_median_seconds": per_candidate,
+        "in_place_overhead_per_candidate_median_seconds": _common.median(in_place_overhead),
+        "in_place_callback_per_candidate_median_seconds": _common.median(in_place_callback),
+        "rebuild_samples": len(rebuild),
+        "rebuild_per_candidate_median_seconds": rebuild_median,
+        "reload_samples": len(reload),
+        "save_reload_per_candidate_median_seconds": reload_median,
+        "speedup_vs_rebuild_per_candidate": ratio_rebuild,
+        "speedup_vs_save_reload_per_candidate": reload_median / per_candidate,
+        "estimated_rebuild_selection_seconds": estimated_rebuild_total,
+        "estimated_selection_speedup_vs_rebuild": estimated_rebuild_total / total,
+        "max_score_difference_rebuild_vs_in_place": max(score_gaps) if score_gaps else None,
+        "goals": {
+            "overhead_below_10_percent": bool(overhead_share < 0.10),
+            "selection_10x_faster_than_rebuild": bool(ratio_rebuild >= 10.0),
+        },
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        (
+            r["model"],
+            r["num_candidate_evaluations"],
+            r["num_eval_calls"],
+            r["total_seconds"],
+            r["eval_callback_seconds"],
+            r["svd_seconds"],
+            f"{100 * r['overhead_share']:.1f}%",
+            f"{1000 * r['in_place_per_candidate_median_seconds']:.1f}",
+            f"{1000 * r['rebuild_per_candidate_median_seconds']:.0f}",
+            f"{1000 * r['save_reload_per_candidate_median_seconds']:.0f}",
+            f"x{r['speedup_vs_rebuild_per_candidate']:.1f}",
+            f"x{r['speedup_vs_save_reload_per_candidate']:.1f}",
+        )
+        for r in result["cases"]
+    ]
+    headers = (
+        "model",
+        "candidates",
+        "eval calls",
+        "total s",
+        "callback s",
+        "SVD s",
+        "overhead",
+        "in place ms/cand.",
+        "rebuild ms/cand.",
+        "save+reload ms/cand.",
+        "speed-up vs rebuild",
+        "vs save+reload",
+    )
+    goals = [
+        f"- {r['model']}: overhead < 10%: {'yes' if r['goals']['overhead_below_10_percent'] else 'NO'}; "
+        f"in place >= 10x faster than rebuild per candidate: "
+        f"{'yes' if r['goals']['selection_10x_faster_than_rebuild'] else 'NO'}"
+        for r in result["cases"]
+    ]
+    mode = "quick" if result["quick"] else "full"
+    return (
+        f"## Selection cost ({mode} mode)\n\n"
+        f"`tfc.compress_model`, {SCHEME}, greedy, MAC target "
+        + ", ".join(f"{r['target_comp_ratio']} ({r['model']})" for r in result["cases"])
+        + "; per-candidate times are medians; "
+        "rebuild = `tfc.rewrite_model` + the same callback; save+reload adds `.keras` save and load.\n\n"
+        + _common.md_table(headers, rows)
+        + "\n"
+        + "\n".join(goals)
+        + "\n\n"
+        + _common.md_machine(result["machine"])
+    )
+
+
+def main() -> None:
+    args = _common.parse_args(__doc__.split("\n\n")[0])
+    _common.quiet_tensorflow()
+    machine = _common.machine_info()
+    cases = []
+    for make in (digits_case, resnet_case):
+        case = make(args.quick, args.seed)
+        print(f"selection_cost: {case['name']} ...", flush=True)
+        cases.append(run_case(case))
+        r = cases[-1]
+        print(
+            f"  {r['num_candidate_evaluations']} candidates, overhead {100 * r['overhead_share']:.1f}%, "
+            f"in place x{r['speedup_vs_rebuild_per_candidate']:.1f} faster than rebuild per candidate",
+            flush=True,
+        )
+        del case
+        gc.collect()
+    result = {"benchmark": "selection_cost", "quick": args.quick, "machine": machine, "cases": cases}
+    paths = _common.write_results(args.output_dir, "selection_cost", result, markdown(result))
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()

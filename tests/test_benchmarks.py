@@ -1,0 +1,107 @@
+"""The benchmark scripts run end to end in --quick mode and write the results they promise.
+
+Only structure and sanity are checked (keys, counts, ratios > 0); timings are never compared to thresholds here,
+since they depend on the machine and its load.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+
+
+def run_quick(script, tmp_path, *extra):
+    out = tmp_path / "results"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--quick", "--output-dir", str(out), *extra],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    name = script.removesuffix(".py")
+    with open(out / f"{name}.json", encoding="utf-8") as handle:
+        data = json.load(handle)
+    markdown = (out / f"{name}.md").read_text(encoding="utf-8")
+    assert markdown.startswith("## ") and "| --- |" in markdown
+    assert data["benchmark"] == name and data["quick"] is True
+    for key in ("cpu", "cores", "python", "tensorflow", "keras", "numpy", "date"):
+        assert key in data["machine"]
+    return data, markdown
+
+
+def positive(value):
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_selection_cost_quick(tmp_path):
+    data, markdown = run_quick("selection_cost.py", tmp_path)
+    cases = {case["model"]: case for case in data["cases"]}
+    assert set(cases) == {"digits_cnn", "resnet50_64"}
+    for case in cases.values():
+        assert case["num_candidate_evaluations"] > 0
+        assert case["num_eval_calls"] == case["num_candidate_evaluations"] + 2  # plus baseline and final
+        assert case["rebuild_samples"] > 0 and case["reload_samples"] > 0
+        for key in (
+            "total_seconds",
+            "eval_callback_seconds",
+            "in_place_per_candidate_median_seconds",
+            "rebuild_per_candidate_median_seconds",
+            "save_reload_per_candidate_median_seconds",
+            "speedup_vs_rebuild_per_candidate",
+            "speedup_vs_save_reload_per_candidate",
+            "estimated_selection_speedup_vs_rebuild",
+        ):
+            assert positive(case[key]), (case["model"], key, case[key])
+        assert case["svd_seconds"] >= 0 and 0 <= case["overhead_share"] <= 1
+        assert 0 < case["mac_compression_ratio"] < 1
+        assert set(case["goals"]) == {"overhead_below_10_percent", "selection_10x_faster_than_rebuild"}
+        # the rebuilt candidate computes the same function as the in-place one
+        # (accuracy may flip on an image or two from float rounding)
+        assert case["max_score_difference_rebuild_vs_in_place"] <= 0.01
+    assert "resnet50_64" in markdown
+
+
+@pytest.mark.slow
+def test_real_speed_quick(tmp_path):
+    data, _ = run_quick("real_speed.py", tmp_path, "--models", "MobileNetV2")  # the one converted to TFLite
+    assert [m["model"] for m in data["models"]] == ["MobileNetV2"]
+    for case in data["models"]:
+        schemes = [r["scheme"] for r in case["results"]]
+        assert schemes == ["weight_svd", "spatial_svd", "tucker"]
+        for row in case["results"]:
+            assert row["layers_rewritten"] > 0
+            assert 0 < row["mac_ratio"] < 1 and positive(row["param_ratio"]) and positive(row["keras_file_size_ratio"])
+            assert math.isclose(row["ideal_speedup"], 1 / row["mac_ratio"])
+            for batch in data["settings"]["batches"]:
+                entry = row[f"tf_b{batch}"]
+                assert positive(entry["speedup"]) and positive(entry["latency_ratio"])
+                assert positive(entry["original_ms"]) and positive(entry["compressed_ms"]) and entry["runs"] > 0
+                if case["tflite"]:
+                    assert positive(row[f"tflite_b{batch}"]["speedup"])
+    assert data["models"][0]["tflite"] is True
+
+
+@pytest.mark.slow
+def test_latency_plans_quick(tmp_path):
+    data, _ = run_quick("latency_plans.py", tmp_path, "--models", "ResNet50")
+    (case,) = data["models"]
+    assert case["model"] == "ResNet50" and case["compressible_layers"] == 4
+    assert 0 < case["target_comp_ratio"] < 1
+    (row,) = case["results"]
+    assert row["batch_size"] == 1 and positive(row["original_ms"])
+    for plan in ("mac_plan", "latency_plan"):
+        assert positive(row[plan]["measured_speedup"]) and 0 < row[plan]["mac_ratio"] <= 1
+        assert row[plan]["num_eval_calls"] > 0 and isinstance(row[plan]["target_reached"], bool)
+    assert row["latency_plan"]["latency_measurements"] > 0
+    assert positive(row["latency_plan_vs_mac_plan_speed"])
