@@ -35,3 +35,16 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> Non
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert 'pip install --quiet -e ".[test]"' in ci
     assert re.search(r"^pytest$", ci, flags=re.M), "CI must run the README's plain `pytest` command"
+
+
+def test_readme_demo_command_installs_what_the_demo_imports() -> None:
+    """The demo needs scikit-learn (its data) and matplotlib (its report): the README's extra must bring both."""
+    import configparser
+
+    demo = _blocks("bash")[0]
+    extra = re.search(r'pip install -e "\.\[(\w+)\]"', demo)
+    assert extra, demo
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    packages = config["options.extras_require"][extra.group(1)]
+    assert "scikit-learn" in packages and "matplotlib" in packages, packages

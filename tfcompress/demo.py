@@ -27,7 +27,12 @@ def digits_data(seed: int = 0, test_fraction: float = 0.33) -> tuple[np.ndarray,
         >>> x_train.shape[1:], len(x_train) + len(x_test)
         ((8, 8, 1), 1797)
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError(
+            'the demo\'s data ships with scikit-learn, which is not installed: pip install "tfcompress[demo]"'
+        ) from None
 
     digits = load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
