@@ -658,21 +658,14 @@ def _greedy(
     stats.eval_scores = {c.path: dict(sorted(table.get(c.path, {}).items())) for c in candidates}
     if not scores:
         raise ValueError("compress_model: no candidate ratio of any layer saves cost; nothing to select.")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        selection = greedy_select(
-            scores,
-            {p: costs[p] for p in scores},
-            {c.path: float(c.original) for c in candidates if c.path in scores},
-            float(total_cost),
-            select_params.target_comp_ratio,
-            use_monotonic_fit=select_params.use_monotonic_fit,
-        )
-    for warning in caught:
-        warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=3)
-    if not selection.reached:
-        stats.notes.append(selection.message)
-    stats.selected_comp_ratio = selection.model_ratio
+    selection = _select_greedy(
+        scores,
+        {p: costs[p] for p in scores},
+        {c.path: float(c.original) for c in candidates if c.path in scores},
+        total_cost,
+        select_params,
+        stats,
+    )
     plan: dict[str, Any] = {}
     chosen: dict[str, float] = {}
     for path, ratio in selection.ratios.items():
@@ -765,21 +758,14 @@ def _auto_scheme(
         chosen = {p: next(iter(row)) for p, row in best.items()}
     else:
         select_params = parameters.params.select_params
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            selection = greedy_select(
-                {p: {r: v[0] for r, v in row.items()} for p, row in best.items()},
-                {p: {r: float(v[1].cost(v[2])) for r, v in row.items()} for p, row in best.items()},
-                {c.path: float(c.original) for c in candidates if c.path in best},
-                float(total_cost),
-                select_params.target_comp_ratio,
-                use_monotonic_fit=select_params.use_monotonic_fit,
-            )
-        for warning in caught:
-            warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=3)
-        if not selection.reached:
-            stats.notes.append(selection.message)
-        stats.selected_comp_ratio = selection.model_ratio
+        selection = _select_greedy(
+            {p: {r: v[0] for r, v in row.items()} for p, row in best.items()},
+            {p: {r: float(v[1].cost(v[2])) for r, v in row.items()} for p, row in best.items()},
+            {c.path: float(c.original) for c in candidates if c.path in best},
+            total_cost,
+            select_params,
+            stats,
+        )
         chosen = {p: _match(best[p], r) for p, r in selection.ratios.items() if r < 1.0}
     plan = {p: best[p][r][2] for p, r in chosen.items()}
     winners = {p: best[p][r][1] for p, r in chosen.items()}
@@ -808,6 +794,33 @@ def _latency_total(
     stats.timings["latency_compressible_layers_seconds"] = layers
     stats.timings["latency_remainder_seconds"] = remainder
     return layers + remainder
+
+
+def _select_greedy(
+    scores: dict[str, dict[float, float]],
+    costs: dict[str, dict[float, float]],
+    originals: dict[str, float],
+    total_cost: float,
+    select_params: Any,
+    stats: CompressionStats,
+) -> Any:
+    """Run :func:`greedy_select`, re-raise its warnings as compress_model's and record the outcome in ``stats``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        selection = greedy_select(
+            scores,
+            costs,
+            originals,
+            float(total_cost),
+            select_params.target_comp_ratio,
+            use_monotonic_fit=select_params.use_monotonic_fit,
+        )
+    for warning in caught:
+        warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=4)
+    if not selection.reached:
+        stats.notes.append(selection.message)
+    stats.selected_comp_ratio = selection.model_ratio
+    return selection
 
 
 def _plan_ratio(plan: dict[str, Any], candidates: list[_Candidate], total_cost: float) -> float:
