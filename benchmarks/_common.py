@@ -10,7 +10,6 @@ import argparse
 import datetime
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -92,23 +91,9 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".md", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(output_dir: str, name: str, data: dict[str, Any], markdown: str) -> tuple[str, str]:
     """Write ``NAME.json`` (atomically, with tfcompress's writer) and ``NAME.md`` into ``output_dir``."""
-    from tfcompress.stats import write_json_atomic
+    from tfcompress.atomic import write_json_atomic, write_text_atomic
 
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"{name}.json")

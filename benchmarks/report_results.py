@@ -17,6 +17,8 @@ import sys
 
 import _common
 
+from tfcompress.atomic import write_text_atomic
+
 ORDER = ("selection_cost", "real_speed", "latency_plans")
 
 
@@ -43,7 +45,7 @@ def main() -> int:
     names = [n for n in ORDER if n in sections] + sorted(n for n in sections if n not in ORDER)
     text = "## Results\n\n" + "\n".join(sections[n] for n in names)
     output = args.output or os.path.join(args.output_dir, "RESULTS.md")
-    _common.write_text_atomic(output, text)
+    write_text_atomic(output, text)
     print("wrote", output)
     return 0
 

@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .atomic import save_model_atomic
 from .stats import _fmt_big
 
 __all__ = ["main", "build_parser", "CLIError", "load_eval_function", "output_agreement_eval"]
@@ -580,18 +581,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- compress
 
 
-def _save_model_atomic(model: Any, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _cmd_compress(args: argparse.Namespace) -> int:
     sub = args.subparser  # usage errors name the subcommand
     if args.manual:
@@ -686,7 +675,7 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         "model": os.path.join(args.output, "compressed.keras"),
         "stats": os.path.join(args.output, "stats.json"),
     }
-    _save_model_atomic(compressed, files["model"])
+    save_model_atomic(compressed, files["model"])
     stats.to_json(files["stats"])
     if not args.no_report:
         from .report import report

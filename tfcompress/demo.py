@@ -118,7 +118,7 @@ def run_demo(
 
     import tfcompress as tfc
 
-    from .stats import write_json_atomic
+    from .atomic import save_model_atomic, write_json_atomic
 
     def say(text: str) -> None:
         if verbose:
@@ -162,9 +162,7 @@ def run_demo(
         "stats": os.path.join(output_dir, "stats.json"),
         "summary": os.path.join(output_dir, "summary.json"),
     }
-    tmp_model = files["model"] + ".tmp.keras"
-    compressed.save(tmp_model)
-    os.replace(tmp_model, files["model"])
+    save_model_atomic(compressed, files["model"])
     compressed.export(files["saved_model"], verbose=False)
     stats.to_json(files["stats"])
     try:

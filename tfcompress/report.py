@@ -27,12 +27,12 @@ import base64
 import html
 import io
 import os
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .stats import CompressionStats, _fmt_big
 
 __all__ = ["PLOT_KINDS", "MissingDependencyError", "plot_stats", "figure_png", "render_html", "report"]
@@ -526,22 +526,6 @@ def render_html(stats: Any, title: str = "tfcompress report") -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    """Temp file next to ``path`` (created with the usual umask permissions, unlike mkstemp's 0600), then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def report(stats: Any, path: str | os.PathLike, title: str = "tfcompress report") -> str:
     """Write the HTML report of ``stats`` to ``path`` atomically and return the path.
 
@@ -567,5 +551,5 @@ def report(stats: Any, path: str | os.PathLike, title: str = "tfcompress report"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write the report to {path!r}: the folder {folder!r} does not exist.")
-    _write_text_atomic(path, render_html(stats, title=title))
+    write_text_atomic(path, render_html(stats, title=title))
     return path

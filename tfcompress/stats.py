@@ -4,39 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .atomic import write_json_atomic
+
 __all__ = ["LayerStats", "CompressionStats", "write_json_atomic"]
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically: a temp file in the same folder, fsync, rename.
-
-    Example:
-        >>> import tempfile, os, json
-        >>> p = os.path.join(tempfile.mkdtemp(), "x.json")
-        >>> write_json_atomic(p, {"a": 1})
-        >>> json.load(open(p))
-        {'a': 1}
-    """
-    path = os.fspath(path)
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        # mkstemp creates 0600 files; give the result the target's mode, or the usual rw-r--r--
-        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Atomic file writes: a temporary file in the target's folder, then one rename.
+
+A reader sees either the old file or the complete new one, never a half-written
+file, and nothing is left behind when writing fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+__all__ = ["save_model_atomic", "write_json_atomic", "write_text_atomic"]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    The file gets the mode of the file it replaces, or the usual ``rw-r--r--``.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "x.txt")
+        >>> write_text_atomic(p, "hello")
+        >>> open(p).read()
+        'hello'
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        # mkstemp creates 0600 files; give the result the target's mode, or the usual rw-r--r--
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (NaN and infinity are refused before anything is written).
+
+    Example:
+        >>> import tempfile, os, json
+        >>> p = os.path.join(tempfile.mkdtemp(), "x.json")
+        >>> write_json_atomic(p, {"a": 1})
+        >>> json.load(open(p))
+        {'a': 1}
+    """
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False))
+
+
+def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
+    """``model.save`` to a temporary ``.keras`` file next to ``path``, then rename it over ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
