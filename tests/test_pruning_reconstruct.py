@@ -86,3 +86,18 @@ def test_prune_then_reconstruct_compensates_for_removed_correlated_channel():
     new_kernel, new_bias = reconstruct_weights(extract_patches(x[..., kept], 3), y, kernel_size=3)
     pruned_out = extract_patches(x[..., kept], 3) @ new_kernel.reshape(-1, 5) + new_bias
     np.testing.assert_allclose(pruned_out, y, atol=1e-8)
+
+
+def test_reconstruction_stays_at_the_original_weights_where_the_data_says_nothing():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(40, 6))
+    x[:, 5] = 0.0  # never active: the data cannot determine its weights
+    w = rng.normal(size=(6, 2))
+    b = np.array([0.5, -1.0])
+    kernel, bias = reconstruct_weights(x, x @ w + b, initial=(w, b))
+    np.testing.assert_allclose(kernel, w, atol=1e-10)  # determined rows exact, the dead row kept as trained
+    np.testing.assert_allclose(bias, b, atol=1e-10)
+    plain, _ = reconstruct_weights(x, x @ w + b)
+    np.testing.assert_allclose(plain[5], 0.0, atol=1e-10)  # min-norm alone would zero it
+    with pytest.raises(ValueError, match="initial kernel"):
+        reconstruct_weights(x, x @ w, initial=(w[:3], None))

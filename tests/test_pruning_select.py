@@ -78,3 +78,64 @@ def test_greedy_error_matches_lstsq_and_decreases_with_keep():
 def test_greedy_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="samples"):
         greedy_channels(np.ones((10, 3)), np.ones((9, 2)), 1)
+
+
+def _brute_force_greedy(x, y, keep, fixed=()):
+    """Forward selection by refitting lstsq on samples for every candidate (the definition)."""
+    chosen = list(fixed)
+    order = []
+    for _ in range(keep):
+        rest = [c for c in range(x.shape[1]) if c not in chosen]
+        errors = [reconstruction_error(x, y, [*chosen, c]) for c in rest]
+        best = rest[int(np.argmin(errors))]
+        chosen.append(best)
+        order.append(best)
+    return order
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_channel_order_matches_brute_force_forward_selection(seed):
+    from tfcompress.pruning import ChannelProblem, channel_order
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(120, 7, 3)) * rng.uniform(0.2, 2.0, size=(1, 7, 1))
+    x[:, 5] = x[:, 1] + 0.05 * rng.normal(size=(120, 3))  # a near-duplicate channel
+    y = np.einsum("sct,ctn->sn", x, rng.normal(size=(7, 3, 4))) + rng.normal(size=(120, 4))
+    problem = ChannelProblem.from_samples(x, y)
+    assert channel_order([problem], 6).tolist() == _brute_force_greedy(x, y, 6)
+
+
+def test_channel_order_with_fixed_channels_and_two_problems():
+    from tfcompress.pruning import ChannelProblem, channel_order
+
+    rng = np.random.default_rng(4)
+    shared = rng.normal(size=(200, 5, 2))
+    # problem A reads the 5 group channels plus 2 channels of its own (kept, e.g. another concat input)
+    own = rng.normal(size=(200, 2, 2))
+    xa = np.concatenate([own, shared], axis=1)
+    ya = np.einsum("sct,ctn->sn", xa, rng.normal(size=(7, 2, 3)))
+    # problem B reads the group channels only, and depends on channel 4 alone
+    yb = 5.0 * shared[:, 4, :1]
+    pa = ChannelProblem.from_samples(xa, ya, channels=np.arange(2, 7), fixed=np.array([0, 1]))
+    pb = ChannelProblem.from_samples(shared, yb)
+    order = channel_order([pa, pb], 5)
+    assert sorted(order.tolist()) == [0, 1, 2, 3, 4]
+
+    # the first pick maximises the summed gain: check against brute force on the summed error
+    def total_error(kept):
+        return reconstruction_error(xa, ya, [0, 1, *[c + 2 for c in kept]]) + reconstruction_error(shared, yb, kept)
+
+    singles = [total_error([c]) for c in range(5)]
+    assert order[0] == int(np.argmin(singles))
+    with pytest.raises(ValueError, match="same number"):
+        channel_order([pa, ChannelProblem.from_samples(shared[:, :4], yb)], 2)
+
+
+def test_channel_order_ignores_dead_channels():
+    from tfcompress.pruning import ChannelProblem, channel_order
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(100, 4, 9))
+    x[:, 2] = 0.0  # a dead (always zero) channel
+    y = np.einsum("sct,ctn->sn", x, rng.normal(size=(4, 9, 3)))
+    assert 2 not in channel_order([ChannelProblem.from_samples(x, y)], 3).tolist()

@@ -1,6 +1,6 @@
 """Channel pruning: choose input channels, refit the kept weights, and winnow the producers upstream.
 
-- :mod:`.select` (numpy): :func:`magnitude_channels`, :func:`greedy_channels`.
+- :mod:`.select` (numpy): :func:`magnitude_channels`, :func:`greedy_channels`, :func:`channel_order`.
 - :mod:`.reconstruct` (numpy): :func:`extract_patches`, :func:`reconstruct_weights`.
 - :mod:`.winnow` (Keras): :func:`prune_input_channels`, :func:`prunable_layers`.
 
@@ -18,10 +18,18 @@ from tfcompress.pruning.reconstruct import (
     reconstruct_weights,
     sample_positions,
 )
-from tfcompress.pruning.select import greedy_channels, magnitude_channels, reconstruction_error
+from tfcompress.pruning.select import (
+    ChannelProblem,
+    channel_order,
+    greedy_channels,
+    magnitude_channels,
+    reconstruction_error,
+)
 from tfcompress.pruning.winnow import ChannelChain, PruneResult, find_chain, prunable_layers, prune_input_channels
 
 __all__ = [
+    "ChannelProblem",
+    "channel_order",
     "ChannelChain",
     "PruneResult",
     "all_positions",

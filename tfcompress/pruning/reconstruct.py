@@ -159,11 +159,16 @@ def reconstruct_weights(
     kernel_size: int | Sequence[int] | None = None,
     *,
     use_bias: bool = True,
+    initial: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Least-squares kernel (and bias) mapping ``patches`` to ``targets``.
 
-    Solves ``min ||[patches, 1] @ [W; b] - targets||`` with ``np.linalg.lstsq`` (the
-    minimum-norm solution when the data does not determine it).
+    Solves ``min ||[patches, 1] @ [W; b] - targets||`` with ``np.linalg.lstsq``. When
+    the data does not determine the solution (fewer samples than columns, dead or
+    duplicated inputs), the minimum-norm solution is taken; with ``initial`` (the
+    kept rows of the original kernel and the original bias) it is the solution
+    *closest to the original weights*, so under-determined directions keep their
+    trained values instead of being zeroed.
 
     Args:
         patches: ``(samples, kh*kw*k)`` kept-channel input patches from the pruned
@@ -172,6 +177,9 @@ def reconstruct_weights(
         kernel_size: ``(kh, kw)`` to get a Conv2D kernel ``(kh, kw, k, N)``; ``None``
             for a Dense kernel ``(k, N)``.
         use_bias: fit a bias too (else it is ``None`` and no constant is fitted).
+        initial: ``(kernel, bias)`` to stay closest to: the kernel shaped like the result
+            (``(kh, kw, k, N)`` or ``(k, N)``) or flat ``(kh*kw*k, N)``, the bias ``(N,)``
+            or ``None``.
 
     Example:
         >>> import numpy as np
@@ -194,7 +202,19 @@ def reconstruct_weights(
         if cols % (kh * kw):
             raise ValueError(f"reconstruct_weights: {cols} patch columns are not a multiple of kh*kw = {kh * kw}.")
     design = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1) if use_bias else x
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    start = np.zeros((design.shape[1], y.shape[1]))
+    if initial is not None:
+        kernel0 = np.asarray(initial[0], dtype=np.float64).reshape(-1, y.shape[1]) if initial[0] is not None else None
+        if kernel0 is None or kernel0.shape[0] != cols:
+            raise ValueError(
+                f"reconstruct_weights: the initial kernel must have {cols} rows of {y.shape[1]} outputs like the "
+                f"patches, got {None if kernel0 is None else kernel0.shape}."
+            )
+        start[:cols] = kernel0
+        if use_bias and initial[1] is not None:
+            start[cols] = np.asarray(initial[1], dtype=np.float64).reshape(y.shape[1])
+    delta, *_ = np.linalg.lstsq(design, y - design @ start, rcond=None)
+    coef = start + delta
     kernel = coef[:cols]
     bias = coef[cols] if use_bias else None
     if kernel_size is not None:

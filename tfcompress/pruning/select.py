@@ -14,9 +14,12 @@ Both return the kept channel indices as a sorted ``int64`` array.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["magnitude_channels", "greedy_channels", "reconstruction_error"]
+__all__ = ["ChannelProblem", "channel_order", "magnitude_channels", "greedy_channels", "reconstruction_error"]
 
 
 def _check_keep(keep: int, channels: int, what: str) -> int:
@@ -64,15 +67,6 @@ def _as_channel_blocks(x_cols: np.ndarray) -> np.ndarray:
     return x
 
 
-def _orthonormal_range(z: np.ndarray, scale: float) -> np.ndarray:
-    """An orthonormal basis (columns) of the column space of ``z``, dropping directions below ``scale``'s noise."""
-    if z.shape[1] == 0:
-        return z
-    u, s, _ = np.linalg.svd(z, full_matrices=False)
-    tol = max(z.shape) * np.finfo(np.float64).eps * max(scale, float(s[0]) if s.size else 0.0)
-    return u[:, s > tol]
-
-
 def greedy_channels(x_cols: np.ndarray, y: np.ndarray, keep: int, *, fit_intercept: bool = True) -> np.ndarray:
     """Input channels chosen by greedy forward selection for least-squares reconstruction of ``y``.
 
@@ -85,16 +79,9 @@ def greedy_channels(x_cols: np.ndarray, y: np.ndarray, keep: int, *, fit_interce
         keep: how many channels to keep.
         fit_intercept: also fit a constant per output (the bias is re-fitted later).
 
-    Algorithm (exact forward selection, order-recursive least squares): keep an
-    orthonormal basis ``Q`` of the columns chosen so far (starting with the ones
-    column when ``fit_intercept``) and the residual ``R = y - Q Q^T y``. For every
-    channel ``c`` not yet kept, orthogonalise its columns against ``Q``
-    (``Z = X_c - Q Q^T X_c``), take an orthonormal basis ``U`` of ``Z`` (SVD,
-    numerically null directions dropped) and score the drop of the squared
-    least-squares error that adding ``c`` would give, ``||U^T R||_F^2``. Keep the
-    channel with the largest drop (ties: lower index), append ``U`` to ``Q``,
-    update ``R``, and repeat ``keep`` times. After each step ``||R||_F^2`` equals the
-    error of ``lstsq`` on all kept channels' columns. Cost: ``keep * C`` small SVDs.
+    This is :func:`channel_order` on one :class:`ChannelProblem`, sorted: at each step
+    the channel whose columns reduce the least-squares error of the fit the most is
+    added (exact forward selection; see :func:`channel_order` for the algorithm).
 
     Returns:
         The kept channel indices, sorted.
@@ -108,34 +95,178 @@ def greedy_channels(x_cols: np.ndarray, y: np.ndarray, keep: int, *, fit_interce
         array([0, 2])
     """
     x = _as_channel_blocks(x_cols)
-    samples, channels, _ = x.shape
-    r = np.asarray(y, dtype=np.float64)
-    if r.ndim == 1:
-        r = r[:, None]
-    if r.ndim != 2 or r.shape[0] != samples:
-        raise ValueError(
-            f"greedy_channels: y must be (samples, N) with samples = {samples} like x_cols, got shape {r.shape}."
-        )
-    keep = _check_keep(keep, channels, "greedy_channels")
-    scale = float(np.abs(x).max()) * np.sqrt(samples) if x.size else 0.0
-    q = np.ones((samples, 1)) / np.sqrt(samples) if fit_intercept else np.zeros((samples, 0))
-    r = r - q @ (q.T @ r)
+    keep = _check_keep(keep, x.shape[1], "greedy_channels")
+    problem = ChannelProblem.from_samples(x, y, fit_intercept=fit_intercept)
+    return np.sort(channel_order([problem], keep)).astype(np.int64)
+
+
+@dataclass
+class ChannelProblem:
+    """One layer's least-squares reconstruction problem, reduced to Gram matrices.
+
+    For design columns ``X`` (``samples x C*k``, channel-major: channel ``c`` owns
+    columns ``c*k .. c*k+k-1``) and targets ``Y`` (``samples x N``), the error of the
+    best fit from a subset of channels depends only on ``gram = X^T X`` and
+    ``cross = X^T Y`` (centred when an intercept is fitted), so selection cost does
+    not grow with the number of samples.
+
+    Attributes:
+        gram: ``(C*k, C*k)``.
+        cross: ``(C*k, N)``.
+        k: columns per channel.
+        channels: ``(n,)`` the problem's channel for each selectable (unit) channel;
+            ``None`` means all ``C`` channels, in order.
+        fixed: channels of the problem that are always kept (e.g. the inputs of a
+            concatenation that belong to other units).
+    """
+
+    gram: np.ndarray
+    cross: np.ndarray
+    k: int = 1
+    channels: np.ndarray | None = None
+    fixed: np.ndarray | None = None
+
+    @classmethod
+    def from_samples(
+        cls,
+        x_cols: np.ndarray,
+        y: np.ndarray,
+        *,
+        fit_intercept: bool = True,
+        channels: np.ndarray | None = None,
+        fixed: np.ndarray | None = None,
+    ) -> ChannelProblem:
+        """The problem for ``x_cols`` ``(samples, C, k)`` (or ``(samples, C)``) and ``y`` ``(samples, N)``.
+
+        Example:
+            >>> import numpy as np
+            >>> p = ChannelProblem.from_samples(np.eye(3), np.eye(3)[:, :1], fit_intercept=False)
+            >>> p.gram.shape, p.cross.shape, p.k
+            ((3, 3), (3, 1), 1)
+        """
+        x = _as_channel_blocks(x_cols)
+        samples, channels_in, k = x.shape
+        target = np.asarray(y, dtype=np.float64)
+        if target.ndim == 1:
+            target = target[:, None]
+        if target.ndim != 2 or target.shape[0] != samples:
+            raise ValueError(
+                f"greedy_channels: y must be (samples, N) with samples = {samples} like x_cols, got shape {target.shape}."
+            )
+        design = x.reshape(samples, channels_in * k)
+        if fit_intercept:
+            design = design - design.mean(axis=0)
+            target = target - target.mean(axis=0)
+        return cls(design.T @ design, design.T @ target, k, channels, fixed)
+
+
+def _inv_sqrt_basis(blocks: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per block ``M`` (``(..., k, k)`` symmetric PSD): eigenvectors and ``1/sqrt(eigenvalue)`` (0 below ``tol``)."""
+    values, vectors = np.linalg.eigh(blocks)
+    scale = np.where(values > tol, 1.0 / np.sqrt(np.maximum(values, tol)), 0.0)
+    return vectors, scale
+
+
+class _GramState:
+    """Exact forward selection state of one problem: residual cross terms and Schur-complement blocks."""
+
+    def __init__(self, problem: ChannelProblem) -> None:
+        gram = np.asarray(problem.gram, dtype=np.float64)
+        cross = np.asarray(problem.cross, dtype=np.float64)
+        k = int(problem.k)
+        if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] % k:
+            raise ValueError(f"channel_order: gram must be square with C*k rows (k={k}), got shape {gram.shape}.")
+        if cross.ndim != 2 or cross.shape[0] != gram.shape[0]:
+            raise ValueError(f"channel_order: cross must be (C*k, N) = ({gram.shape[0]}, N), got shape {cross.shape}.")
+        self.k = k
+        self.channels_in = gram.shape[0] // k
+        self.gram = gram
+        self.residual = cross.copy()  # X^T (I - P) Y
+        blocks = gram.reshape(self.channels_in, k, self.channels_in, k)
+        idx = np.arange(self.channels_in)
+        self.schur = blocks[idx, :, idx, :].copy()  # (C, k, k): X_c^T (I - P) X_c
+        self._rows = np.zeros((0, gram.shape[0]))  # rows w (E_{chosen, .} whitened), grown in chunks
+        self.used = 0
+        self.tol = 1e-10 * max(float(np.max(np.diag(gram))) if gram.size else 0.0, 1e-300)
+        self.map = np.arange(self.channels_in) if problem.channels is None else np.asarray(problem.channels, np.int64)
+        for c in [] if problem.fixed is None else np.asarray(problem.fixed, np.int64).tolist():
+            self.add(int(c))
+
+    def gains(self) -> np.ndarray:
+        """Drop of the squared error if each problem channel were added now, ``(C,)``."""
+        vectors, scale = _inv_sqrt_basis(self.schur, self.tol)
+        rows = self.residual.reshape(self.channels_in, self.k, -1)
+        projected = np.matmul(np.swapaxes(vectors, 1, 2), rows) * scale[:, :, None]
+        return np.sum(projected * projected, axis=(1, 2))
+
+    def add(self, channel: int) -> None:
+        """Add problem channel ``channel``'s columns to the fit."""
+        cols = slice(channel * self.k, (channel + 1) * self.k)
+        basis = self._rows[: self.used]
+        row_block = self.gram[cols, :] - basis[:, cols].T @ basis  # E_{j, .}
+        vectors, scale = _inv_sqrt_basis(self.schur[channel], self.tol)
+        keep = scale > 0
+        whiten = (vectors[:, keep] * scale[keep]).T  # (r, k): diag(l)^{-1/2} V^T
+        w = whiten @ row_block  # (r, C*k)
+        self.residual -= w.T @ (whiten @ self.residual[cols])
+        if self.used + len(w) > len(self._rows):  # grow geometrically: no quadratic copying
+            grown = np.zeros((max(2 * len(self._rows), self.used + len(w), 8 * self.k), self._rows.shape[1]))
+            grown[: self.used] = self._rows[: self.used]
+            self._rows = grown
+        self._rows[self.used : self.used + len(w)] = w
+        self.used += len(w)
+        w3 = w.reshape(len(w), self.channels_in, self.k)
+        w3 = np.swapaxes(w3, 0, 1)  # (C, r, k)
+        self.schur -= np.matmul(np.swapaxes(w3, 1, 2), w3)
+
+
+def channel_order(problems: Sequence[ChannelProblem], keep: int) -> np.ndarray:
+    """The first ``keep`` channels picked by exact greedy forward selection, in the order picked.
+
+    All problems share the ``n`` selectable channels (a channel group read by several
+    layers: each layer is one problem, and ``problems[p].channels`` says which of its
+    input channels each selectable channel is). At every step the channel with the
+    largest total drop of squared reconstruction error over all problems is added
+    (ties: lower index), so the order's prefixes are the greedy selections for every
+    ``keep`` at once.
+
+    Algorithm, per problem, in Gram space (no samples needed): keep the residual cross
+    terms ``R = X^T (I - P) Y`` and the Schur blocks ``M_c = X_c^T (I - P) X_c`` where
+    ``P`` projects onto the columns chosen so far. Adding channel ``c`` lowers the
+    squared error by ``tr(R_c^T M_c^+ R_c)``. After choosing ``j``, with
+    ``M_j = V diag(l) V^T``, the new whitened directions ``w = diag(l)^{-1/2} V^T E_{j,.}``
+    (``E = X^T (I - P) X``, rebuilt for the row block ``j`` from the stored ``w`` rows)
+    update ``R -= w^T diag(l)^{-1/2} V^T R_j`` and ``M_c -= w_c^T w_c``. Numerically
+    null directions (eigenvalues below ``1e-10`` of the largest diagonal entry) are
+    dropped, so dead or duplicated channels gain nothing.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(100, 3))
+        >>> p = ChannelProblem.from_samples(x, x[:, [2]] + 0.1 * x[:, [0]])
+        >>> channel_order([p], 2).tolist()
+        [2, 0]
+    """
+    if not problems:
+        raise ValueError("channel_order: give at least one ChannelProblem.")
+    states = [_GramState(p) for p in problems]
+    n = len(states[0].map)
+    if any(len(s.map) != n for s in states):
+        raise ValueError("channel_order: every problem must map the same number of selectable channels.")
+    keep = _check_keep(keep, n, "channel_order")
     chosen: list[int] = []
+    available = np.ones(n, dtype=bool)
     for _ in range(keep):
-        best, best_gain, best_basis = -1, -1.0, None
-        for c in range(channels):
-            if c in chosen:
-                continue
-            block = x[:, c, :]
-            basis = _orthonormal_range(block - q @ (q.T @ block), scale)
-            gain = float(np.sum((basis.T @ r) ** 2))
-            if gain > best_gain:
-                best, best_gain, best_basis = c, gain, basis
-        assert best_basis is not None
+        total = np.zeros(n)
+        for state in states:
+            total += state.gains()[state.map]
+        total = np.where(available, total, -np.inf)
+        best = int(np.argmax(total))  # first maximum: ties go to the lower index
         chosen.append(best)
-        q = np.concatenate([q, best_basis], axis=1)
-        r = r - best_basis @ (best_basis.T @ r)
-    return np.array(sorted(chosen), dtype=np.int64)
+        available[best] = False
+        for state in states:
+            state.add(int(state.map[best]))
+    return np.array(chosen, dtype=np.int64)
 
 
 def reconstruction_error(x_cols: np.ndarray, y: np.ndarray, kept: np.ndarray, *, fit_intercept: bool = True) -> float:
