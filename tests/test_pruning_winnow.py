@@ -100,7 +100,7 @@ def test_bn_relu_pool_chain_exact_when_dropped_channels_unused():
     assert tfc.model_cost(new).macs < tfc.model_cost(model).macs
 
 
-def test_residual_add_and_concatenate_are_skipped_and_model_still_runs():
+def test_residual_add_groups_and_concatenate_parts():
     inp = keras.Input((10, 10, 4), name="img")
     a = L.Conv2D(8, 3, padding="same", name="a")(inp)
     b = L.Conv2D(8, 1, name="b")(a)
@@ -112,17 +112,21 @@ def test_residual_add_and_concatenate_are_skipped_and_model_still_runs():
     f = L.Conv2D(7, 3, name="f")(cat)
     g = L.Conv2D(2, 1, name="g")(f)
     model = keras.Model(inp, [g, L.Flatten(name="flat")(f)])
-    plan = {"b": [0, 1, 2], "c": [0, 1], "d": [0, 1, 2], "f": [0, 1, 2, 3], "g": [0, 1, 2], "a": [0, 1]}
+    plan = {"b": [0, 1, 2], "c": [0, 1], "d": [0, 1, 2], "f": [0, 1, 2, 5], "g": [0, 1, 2], "a": [0, 1]}
     result = prune_input_channels(model, plan)
-    assert "fan-out" in result.skipped["b"]  # a feeds both b and the Add
-    assert "Add" in result.skipped["c"]
-    assert "fan-out" in result.skipped["d"]  # c feeds d and e
-    assert "Concatenate" in result.skipped["f"]
-    assert "fan-out" in result.skipped["g"]  # f also feeds the Flatten of the second output
+    assert "['c']" in result.skipped["b"]  # a and b are summed by the Add: one group read by b and c
+    assert "['b']" in result.skipped["c"]
+    assert "['e']" in result.skipped["d"]  # c feeds d and e
+    assert "Flatten" in result.skipped["g"]  # f also feeds the Flatten of the second output
     assert "model input" in result.skipped["a"]
-    assert result.pruned == {}
-    outs = result.model(np.zeros((1, 10, 10, 4)))
-    assert [tuple(o.shape) for o in outs] == [(1, 8, 8, 2), (1, 8 * 8 * 7)]
+    assert list(result.pruned) == ["f"]  # the two parts of the Concatenate are private to f
+    new = result.model
+    assert new.get_layer("d").kernel.shape[-1] == 3 and new.get_layer("e").kernel.shape[-1] == 1
+    assert new.get_layer("f").kernel.shape[-2] == 4
+    _zero_dropped(model, "f", plan["f"])
+    x = np.random.default_rng(0).normal(size=(2, 10, 10, 4)).astype(np.float32)
+    for got, want in zip(new.predict(x, verbose=0), model.predict(x, verbose=0), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fan_out_versus_model_output_reasons():
