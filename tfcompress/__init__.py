@@ -17,6 +17,7 @@ from .latency import LatencyOptions
 from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
 from .params import (
     AutoSchemeParameters,
+    ChannelPruningParameters,
     GreedySelectionParameters,
     SpatialSvdParameters,
     TarRankSelectionParameters,
@@ -27,11 +28,14 @@ from .report import report
 from .rewrite import rewrite_model
 from .stats import CompressionStats, LayerStats
 from .train import FitTrainer
+from .workflow import SvdThenPruneResult, svd_then_prune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoSchemeParameters",
+    "ChannelPruningParameters",
+    "SvdThenPruneResult",
     "CompressionScheme",
     "CompressionStats",
     "FitTrainer",
@@ -55,4 +59,5 @@ __all__ = [
     "rank_for_ratio",
     "report",
     "rewrite_model",
+    "svd_then_prune",
 ]

@@ -56,6 +56,7 @@ from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv2d, check_source_dense
 from .params import (
     AutoSchemeParameters,
+    ChannelPruningParameters,
     SpatialSvdParameters,
     TuckerParameters,
     WeightSvdParameters,
@@ -83,6 +84,7 @@ _PARAMS_FOR_SCHEME = {
     CompressionScheme.spatial_svd: SpatialSvdParameters,
     CompressionScheme.tucker: TuckerParameters,
     CompressionScheme.auto: AutoSchemeParameters,
+    CompressionScheme.channel_pruning: ChannelPruningParameters,
 }
 
 
@@ -387,11 +389,6 @@ def compress_model(
     start_time = time.perf_counter()
     check_graph_model(model)
     scheme = coerce_enum(compress_scheme, CompressionScheme, "compress_scheme")
-    if scheme is CompressionScheme.channel_pruning:
-        raise NotImplementedError(
-            "compress_scheme='channel_pruning' is not available in this version of tfcompress; "
-            "use 'weight_svd', 'spatial_svd' or 'tucker'."
-        )
     metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
     if latency_options is not None and not isinstance(latency_options, LatencyOptions):
         raise TypeError(f"`latency_options` must be LatencyOptions(...) or None, got {type(latency_options).__name__}.")
@@ -419,6 +416,12 @@ def compress_model(
 
     # one working copy for every candidate evaluation
     work = rewrite_model(model, {})
+    if scheme is CompressionScheme.channel_pruning:
+        from .pruning.driver import compress_channels
+
+        compressed = compress_channels(model, work, parameters, metric, evaluator, stats, trainer, verbose)
+        del work
+        return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=0.0)
     refs = walk_layers(model)
     work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
 
@@ -532,11 +535,6 @@ def compress_model(
     del work
 
     # ---- final numbers
-    stats.compressed_model_accuracy = evaluator(compressed, "the compressed model")
-    final = model_cost(compressed)
-    stats.compressed_macs, stats.compressed_params = final.macs, final.params
-    stats.mac_compression_ratio = final.macs / original.macs if original.macs else 1.0
-    stats.memory_compression_ratio = final.params / original.params if original.params else 1.0
     for path in forward:
         candidate = by_path[path]
         rank = plan[path]
@@ -561,8 +559,26 @@ def compress_model(
         stats.timings["latency_compressed_measured_seconds"] = meter.model(compressed)
         stats.timings["latency_measurement_seconds"] = meter.seconds
         stats.timings["latency_measurements"] = float(meter.timings)
+    return compressed, _finish(
+        stats, evaluator, compressed, original, start_time, svd_seconds=sum(c.svd_seconds for c in candidates)
+    )
+
+
+def _finish(
+    stats: CompressionStats,
+    evaluator: _Evaluator,
+    compressed: keras.Model,
+    original: Any,
+    start_time: float,
+    svd_seconds: float,
+) -> CompressionStats:
+    """Evaluate the compressed model and fill in the whole-model numbers and timings."""
+    stats.compressed_model_accuracy = evaluator(compressed, "the compressed model")
+    final = model_cost(compressed)
+    stats.compressed_macs, stats.compressed_params = final.macs, final.params
+    stats.mac_compression_ratio = final.macs / original.macs if original.macs else 1.0
+    stats.memory_compression_ratio = final.params / original.params if original.params else 1.0
     total = time.perf_counter() - start_time
-    svd_seconds = sum(c.svd_seconds for c in candidates)
     stats.timings.update(
         {
             "total_seconds": total,
@@ -574,13 +590,13 @@ def compress_model(
     stats.num_eval_calls = evaluator.calls
     logger.info(
         "compressed %s: MAC ratio %.4f, memory ratio %.4f, score %.4f -> %.4f",
-        model.name,
+        compressed.name,
         stats.mac_compression_ratio,
         stats.memory_compression_ratio,
         stats.baseline_model_accuracy,
         stats.compressed_model_accuracy,
     )
-    return compressed, stats
+    return stats
 
 
 def _open_cache(model: keras.Model, cache_path: str, tag: str) -> tuple[str, dict[str, dict[float, float]]]:

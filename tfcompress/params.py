@@ -17,6 +17,7 @@ __all__ = [
     "SpatialSvdParameters",
     "TuckerParameters",
     "AutoSchemeParameters",
+    "ChannelPruningParameters",
 ]
 
 
@@ -314,8 +315,101 @@ class AutoSchemeParameters(_SchemeParameters):
         return super().__repr__()[:-1] + f", data_free={self.data_free})"
 
 
+class ChannelPruningParameters(_SchemeParameters):
+    """Parameters for ``CompressionScheme.channel_pruning``: input channels of Conv2D/Dense layers removed.
+
+    A layer's ratio is the fraction of its input channels kept (rounded to
+    ``multiplicity``, at least 1). Channels that several layers share (a residual
+    ``Add``, a ``Concatenate``, fan-out) are pruned together as one group, named
+    after the group's first consumer layer.
+
+    Args:
+        data: model inputs to sample activations from: a numpy array (or tensor) with
+            the batch axis first, or a ``tf.data.Dataset`` of batches; ``(x, y)`` or
+            ``(x, y, weights)`` elements and tuples are fine (labels are ignored).
+        num_reconstruction_samples: how many output positions per layer (randomly drawn
+            over images and pixels, about 8 per image) feed the channel choice and the
+            least-squares reconstruction. Use more than the number of kept weights per
+            output (``kh*kw*kept``) for a well-determined fit.
+        allow_custom_downsample_ops: where the channels cannot be removed upstream (they
+            come from a model input, reach a model output, or pass through a layer that
+            mixes channels), insert a :class:`tfcompress.layers.ChannelGather` before the
+            layer instead of skipping it.
+        mode, params, multiplicity: as for the other schemes (``Mode.auto`` with greedy
+            selection, or ``Mode.manual`` with ``(layer, kept_fraction)`` pairs).
+        channel_selection: ``"greedy"`` (data-driven: the channels whose loss the
+            least-squares refit can absorb best, see :func:`tfcompress.pruning.channel_order`)
+            or ``"magnitude"`` (largest kernel L2 norm per input channel, data-free).
+        reconstruct: refit the kept weights (and bias) by least squares; ``False`` just
+            drops the channels (for comparison).
+        seed: seed of the sampled positions.
+
+    Example:
+        >>> import numpy as np, tfcompress as tfc
+        >>> x = np.zeros((16, 8, 8, 1), "float32")
+        >>> p = tfc.ChannelPruningParameters(x, 500, False, tfc.Mode.manual,
+        ...     tfc.ChannelPruningParameters.ManualModeParams([("conv2", 0.5)]))
+        >>> p.num_reconstruction_samples, p.channel_selection
+        (500, 'greedy')
+    """
+
+    scheme_name = "channel_pruning"
+
+    def __init__(
+        self,
+        data: Any,
+        num_reconstruction_samples: int,
+        allow_custom_downsample_ops: bool,
+        mode: Mode | str,
+        params: Any,
+        multiplicity: int = 1,
+        *,
+        channel_selection: str = "greedy",
+        reconstruct: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(mode, params, multiplicity)
+        if data is None or isinstance(data, str | bytes | int | float):
+            raise TypeError(
+                "ChannelPruningParameters: data must be model inputs (a numpy array or a tf.data.Dataset of batches), "
+                f"got {data!r}."
+            )
+        n = num_reconstruction_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"ChannelPruningParameters: num_reconstruction_samples must be an int >= 1, got {n!r}.")
+        for name, value in (("allow_custom_downsample_ops", allow_custom_downsample_ops), ("reconstruct", reconstruct)):
+            if not isinstance(value, bool):
+                raise TypeError(f"ChannelPruningParameters: {name} must be True or False, got {value!r}.")
+        if channel_selection not in ("greedy", "magnitude"):
+            raise ValueError(
+                f"ChannelPruningParameters: channel_selection must be 'greedy' or 'magnitude', got {channel_selection!r}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"ChannelPruningParameters: seed must be an int, got {seed!r}.")
+        self.data = data
+        self.num_reconstruction_samples = n
+        self.allow_custom_downsample_ops = allow_custom_downsample_ops
+        self.channel_selection = channel_selection
+        self.reconstruct = reconstruct
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return (
+            f"ChannelPruningParameters(data=<{type(self.data).__name__}>, num_reconstruction_samples="
+            f"{self.num_reconstruction_samples}, allow_custom_downsample_ops={self.allow_custom_downsample_ops}, "
+            f"mode={self.mode.value!r}, params={self.params!r}, multiplicity={self.multiplicity}, "
+            f"channel_selection={self.channel_selection!r}, reconstruct={self.reconstruct})"
+        )
+
+
 # AIMET's classes are distinct per scheme; nested params of one scheme work with the others too.
-for _cls in (WeightSvdParameters, SpatialSvdParameters, TuckerParameters, AutoSchemeParameters):
+for _cls in (
+    WeightSvdParameters,
+    SpatialSvdParameters,
+    TuckerParameters,
+    AutoSchemeParameters,
+    ChannelPruningParameters,
+):
     _cls.AutoModeParams = type(
         "AutoModeParams",
         (_SchemeParameters.AutoModeParams,),

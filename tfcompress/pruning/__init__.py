@@ -2,7 +2,9 @@
 
 - :mod:`.select` (numpy): :func:`magnitude_channels`, :func:`greedy_channels`, :func:`channel_order`.
 - :mod:`.reconstruct` (numpy): :func:`extract_patches`, :func:`reconstruct_weights`.
-- :mod:`.winnow` (Keras): :func:`prune_input_channels`, :func:`prunable_layers`.
+- :mod:`.winnow` (Keras): :func:`prune_units` (dependency groups), :func:`apply_pruning`,
+  :func:`prune_input_channels`, :func:`prunable_layers`.
+- :mod:`.driver`: the ``channel_pruning`` scheme of :func:`tfcompress.compress_model`.
 
 Example:
     >>> import numpy as np
@@ -25,13 +27,26 @@ from tfcompress.pruning.select import (
     magnitude_channels,
     reconstruction_error,
 )
-from tfcompress.pruning.winnow import ChannelChain, PruneResult, find_chain, prunable_layers, prune_input_channels
+from tfcompress.pruning.winnow import (
+    ChannelChain,
+    ChannelSlot,
+    PruneResult,
+    PruneUnit,
+    apply_pruning,
+    find_chain,
+    prunable_layers,
+    prune_input_channels,
+    prune_units,
+)
 
 __all__ = [
     "ChannelProblem",
     "channel_order",
     "ChannelChain",
+    "ChannelSlot",
     "PruneResult",
+    "PruneUnit",
+    "apply_pruning",
     "all_positions",
     "conv_output_size",
     "extract_patches",
@@ -40,6 +55,7 @@ __all__ = [
     "magnitude_channels",
     "prunable_layers",
     "prune_input_channels",
+    "prune_units",
     "reconstruct_weights",
     "reconstruction_error",
     "sample_positions",

@@ -1,0 +1,313 @@
+"""compress_model(..., "channel_pruning") and svd_then_prune: end to end on real digits, and exact cases."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfcompress as tfc
+from tfcompress.pruning import prune_units
+from tfcompress.pruning.driver import keep_count, model_inputs
+
+CP = tfc.ChannelPruningParameters
+
+
+def auto_params(data, target, **kwargs):
+    return CP(data, 1000, False, "auto", CP.AutoModeParams(tfc.GreedySelectionParameters(target)), **kwargs)
+
+
+def manual_params(data, pairs, **kwargs):
+    return CP(data, 1000, False, "manual", CP.ManualModeParams(pairs), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from tfcompress.demo import digits_cnn, digits_data
+
+    x_train, y_train, x_test, y_test = digits_data(seed=0)
+    keras.utils.set_random_seed(0)
+    tf.random.set_seed(0)
+    model = digits_cnn()
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+    x_val, y_val = x_test[:300], y_test[:300]
+    x_hold, y_hold = x_test[300:], y_test[300:]
+
+    def accuracy(m, iterations, x=x_val, y=y_val):
+        return float(np.mean(np.argmax(m.predict(x, verbose=0, batch_size=1024), -1) == y))
+
+    def held_out(m):
+        return accuracy(m, None, x_hold, y_hold)
+
+    assert accuracy(model, None) > 0.9
+    return model, accuracy, held_out, x_train
+
+
+def snapshot(model):
+    return [w.copy() for w in model.get_weights()], model.get_config()
+
+
+@pytest.mark.slow
+def test_digits_half_macs_reconstruction_beats_plain_pruning_and_file_shrinks(digits, tmp_path):
+    model, accuracy, held_out, x_train = digits
+    weights, config = snapshot(model)
+    small, stats = tfc.compress_model(
+        model, accuracy, None, "channel_pruning", "mac", auto_params(x_train, 0.5), verbose=0
+    )
+    # the user's model is untouched
+    assert model.get_config() == config
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))
+    # really smaller, at the reported ratio
+    assert stats.mac_compression_ratio <= 0.5 + 1e-3
+    assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
+    assert stats.mac_compression_ratio > 0.3  # it used the budget, not everything
+    kept = {row.name: row.rank for row in stats.per_layer_stats}
+    assert set(kept) <= {"conv2", "conv3", "fc"} and kept
+    assert small.get_layer("conv1").filters == kept.get("conv2", 32)
+    assert "conv1" in stats.skipped_layers and "model input" in stats.skipped_layers["conv1"]
+    # the same plan without reconstruction loses more accuracy
+    plain, plain_stats = tfc.compress_model(
+        model,
+        accuracy,
+        None,
+        "channel_pruning",
+        "mac",
+        manual_params(x_train, [(row.name, row.ratio) for row in stats.per_layer_stats], reconstruct=False),
+        verbose=0,
+    )
+    assert plain_stats.mac_compression_ratio == pytest.approx(stats.mac_compression_ratio)
+    assert held_out(small) > held_out(plain) + 0.02, (held_out(small), held_out(plain))
+    assert stats.compressed_model_accuracy > plain_stats.compressed_model_accuracy
+    # the .keras file is smaller and loads with the same outputs
+    tfc_path, orig_path = tmp_path / "small.keras", tmp_path / "orig.keras"
+    small.save(tfc_path)
+    model.save(orig_path)
+    assert os.path.getsize(tfc_path) < 0.75 * os.path.getsize(orig_path)
+    loaded = keras.saving.load_model(tfc_path)
+    x = x_train[:64]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), small.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_greedy_channel_choice_beats_magnitude_on_digits(digits):
+    model, accuracy, _held_out, x_train = digits
+    x = x_train[:400]
+    reference = model.predict(x, verbose=0)
+
+    def mse(m):
+        return float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+
+    pairs = [("conv2", 0.25), ("conv3", 0.25)]
+    by_greedy, _ = tfc.compress_model(
+        model, accuracy, None, "channel_pruning", "mac", manual_params(x_train, pairs), verbose=0
+    )
+    by_magnitude, _ = tfc.compress_model(
+        model,
+        accuracy,
+        None,
+        "channel_pruning",
+        "mac",
+        manual_params(x_train, pairs, channel_selection="magnitude"),
+        verbose=0,
+    )
+    assert mse(by_greedy) < mse(by_magnitude)
+
+
+def linear_model():
+    """1x1 convs without activations: conv2's 8 input channels span only 3 dimensions."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(8, 1, name="c1")(inputs)
+    h = keras.layers.Conv2D(5, 1, name="c2")(h)
+    return keras.Model(inputs, h)
+
+
+def test_reconstruction_is_exact_when_the_kept_channels_span_the_inputs():
+    model = linear_model()
+    x = np.random.default_rng(0).normal(size=(40, 6, 6, 3)).astype("float32")
+    reference = model.predict(x, verbose=0)
+
+    def score(m, _):
+        return -float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+
+    small, _stats = tfc.compress_model(
+        model, score, None, "channel_pruning", "mac", manual_params(x, [("c2", 3 / 8)]), verbose=0
+    )
+    assert small.get_layer("c2").kernel.shape == (1, 1, 3, 5)
+    assert small.get_layer("c1").kernel.shape == (1, 1, 3, 3)
+    np.testing.assert_allclose(small.predict(x, verbose=0), reference, atol=1e-4)
+    plain, _ = tfc.compress_model(
+        model, score, None, "channel_pruning", "mac", manual_params(x, [("c2", 3 / 8)], reconstruct=False), verbose=0
+    )
+    assert np.max(np.abs(plain.predict(x, verbose=0) - reference)) > 1e-2
+
+
+def test_candidates_are_evaluated_in_place_without_rebuilding(monkeypatch):
+    model = linear_model()
+    x = np.random.default_rng(0).normal(size=(20, 6, 6, 3)).astype("float32")
+    seen = []
+
+    def score(m, _):
+        seen.append(id(m))
+        return float(np.mean(m.predict(x[:4], verbose=0)))
+
+    clones = []
+    original_clone = keras.models.clone_model
+
+    def counting_clone(*args, **kwargs):
+        clones.append(1)
+        return original_clone(*args, **kwargs)
+
+    monkeypatch.setattr(keras.models, "clone_model", counting_clone)
+    params = CP(x, 200, False, "auto", CP.AutoModeParams(tfc.GreedySelectionParameters(0.7, 4)))
+    _, stats = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
+    # baseline + candidates on one working copy; the final model is a different object
+    assert len(set(seen[:-1])) == 1 and seen[-1] != seen[0]
+    assert stats.num_eval_calls == len(seen) == 1 + 3 + 1
+    assert len(clones) <= 3  # working copy and final model, not one per candidate
+
+
+def test_keep_count_rounding():
+    assert keep_count(0.5, 32) == 16
+    assert keep_count(0.3, 32, multiplicity=8) == 8
+    assert keep_count(0.9, 32, multiplicity=8) == 32
+    assert keep_count(0.01, 3) == 1
+
+
+def test_model_inputs_from_dataset_array_and_tuple():
+    model = linear_model()
+    x = np.arange(10 * 6 * 6 * 3, dtype="float32").reshape(10, 6, 6, 3)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(10))).batch(4)
+    np.testing.assert_array_equal(model_inputs(ds, model, 7), x[:7])
+    np.testing.assert_array_equal(model_inputs(tf.data.Dataset.from_tensor_slices(x), model, 3), x[:3])
+    np.testing.assert_array_equal(model_inputs((x, np.zeros(10)), model, 20), x)
+    with pytest.raises(ValueError, match="do not fit the model input"):
+        model_inputs(np.zeros((4, 5, 5, 3)), model, 4)
+
+
+def test_errors_name_the_problem():
+    model = linear_model()
+    x = np.zeros((8, 6, 6, 3), "float32")
+
+    def score(m, _):
+        return 0.0
+
+    with pytest.raises(ValueError, match=r"'c1'.*model input"):
+        tfc.compress_model(model, score, None, "channel_pruning", "mac", manual_params(x, [("c1", 0.5)]), verbose=0)
+    with pytest.raises(ValueError, match="nope"):
+        tfc.compress_model(model, score, None, "channel_pruning", "mac", manual_params(x, [("nope", 0.5)]), verbose=0)
+    with pytest.raises(ValueError, match="latency"):
+        tfc.compress_model(model, score, None, "channel_pruning", "latency", auto_params(x, 0.5), verbose=0)
+    with pytest.raises(TypeError, match="ChannelPruningParameters"):
+        tfc.compress_model(
+            model,
+            score,
+            None,
+            "channel_pruning",
+            "mac",
+            tfc.SpatialSvdParameters("manual", tfc.SpatialSvdParameters.ManualModeParams([("c2", 0.5)])),
+        )
+    tar = CP(x, 100, False, "auto", CP.AutoModeParams(tfc.TarRankSelectionParameters(5, 0.5)))
+    with pytest.raises(ValueError, match="TAR"):
+        tfc.compress_model(model, score, None, "channel_pruning", "mac", tar, verbose=0)
+    with pytest.raises(TypeError, match="data"):
+        CP(None, 100, False, "manual", CP.ManualModeParams([("c2", 0.5)]))
+    with pytest.raises(ValueError, match="channel_selection"):
+        CP(x, 100, False, "manual", CP.ManualModeParams([("c2", 0.5)]), channel_selection="random")
+    with pytest.raises(ValueError, match="num_reconstruction_samples"):
+        CP(x, 0, False, "manual", CP.ManualModeParams([("c2", 0.5)]))
+
+
+def test_first_conv_pruned_with_a_gather_layer_when_allowed():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 6)),
+            keras.layers.Conv2D(8, 3, name="a"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    x = np.random.default_rng(0).normal(size=(30, 8, 8, 6)).astype("float32")
+    params = CP(x, 500, True, "manual", CP.ManualModeParams([("a", 0.5)]))
+    small, stats = tfc.compress_model(model, lambda m, _: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    assert any(type(layer).__name__ == "ChannelGather" for layer in small.layers)
+    assert small.get_layer("a").kernel.shape == (3, 3, 3, 8)
+    assert stats.mac_compression_ratio < 0.6
+    assert stats.per_layer_stats[0].scheme == "channel_pruning+gather"
+
+
+def test_score_cache_is_reused(tmp_path):
+    model = linear_model()
+    x = np.random.default_rng(0).normal(size=(20, 6, 6, 3)).astype("float32")
+    reference = model.predict(x, verbose=0)
+
+    def score(m, _):
+        return -float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+
+    cache = str(tmp_path / "scores.json")
+    params = CP(
+        x, 300, False, "auto", CP.AutoModeParams(tfc.GreedySelectionParameters(0.7, 4, saved_eval_scores_dict=cache))
+    )
+    _first, s1 = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
+    _second, s2 = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
+    assert s1.num_eval_calls == 5 and s2.num_eval_calls == 2  # baseline + final only
+    assert s1.eval_scores == s2.eval_scores
+    assert [r.rank for r in s1.per_layer_stats] == [r.rank for r in s2.per_layer_stats]
+
+
+@pytest.mark.slow
+def test_trainer_is_called_after_each_pruned_group(digits):
+    model, accuracy, _held_out, x_train = digits
+    calls = []
+
+    class Recorder:
+        def train_model(self, m, layer, train_flag=True):
+            calls.append(layer.name)
+
+    params = manual_params(x_train, [("conv2", 0.5), ("conv3", 0.5)])
+    small, _stats = tfc.compress_model(model, accuracy, None, "channel_pruning", "mac", params, Recorder(), verbose=0)
+    assert calls == ["conv2", "conv3"]
+    reference, _ = tfc.compress_model(model, accuracy, None, "channel_pruning", "mac", params, verbose=0)
+    assert [lay.get_weights()[0].shape for lay in small.layers if lay.weights] == [
+        lay.get_weights()[0].shape for lay in reference.layers if lay.weights
+    ]
+    x = x_train[:50]
+    np.testing.assert_allclose(small.predict(x, verbose=0), reference.predict(x, verbose=0), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_svd_then_prune_on_digits(digits):
+    model, accuracy, _held_out, x_train = digits
+    small, result = tfc.svd_then_prune(
+        model, accuracy, None, data=x_train, target_comp_ratio=0.5, ssvd_ratios=(0.75, 1.0), tolerance=0.05, verbose=0
+    )
+    assert len(result.steps) == 2
+    first = result.steps[0]
+    assert first.ssvd_stats.mac_compression_ratio <= 0.751
+    assert first.prune_stats is not None and first.prune_ratio == pytest.approx(
+        0.5 / first.ssvd_stats.mac_compression_ratio
+    )
+    for step in result.steps:
+        assert step.mac_compression_ratio <= 0.5 + 2e-3
+    assert result.best.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
+    assert result.to_dict()["chosen"] == result.chosen
+    assert "spatial SVD" in str(result)
+
+
+@pytest.mark.slow
+def test_resnet50_pruned_everywhere_at_0_7_builds_saves_and_reports_its_ratio(tmp_path):
+    model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
+    x = np.random.default_rng(0).normal(size=(8, 64, 64, 3)).astype("float32")
+    units, _ = prune_units(model)
+    pairs = [(unit.name, 0.7) for unit in units]
+    params = CP(x, 300, False, "manual", CP.ManualModeParams(pairs), channel_selection="magnitude", reconstruct=False)
+    small, stats = tfc.compress_model(model, lambda m, _: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
+    assert 0.4 < stats.mac_compression_ratio < 0.75
+    path = tmp_path / "r50.keras"
+    small.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x[:2], verbose=0), small.predict(x[:2], verbose=0), atol=1e-5)

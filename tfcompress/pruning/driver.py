@@ -1,0 +1,731 @@
+"""``compress_model(..., compress_scheme="channel_pruning")``: choose, refit and remove input channels.
+
+How a run goes (the SVD schemes' principles hold: one working copy, in-place candidates):
+
+1. :func:`tfcompress.pruning.prune_units` splits the model into *units*: channel
+   groups that must lose the same channels together (one Conv2D/Dense input, or a
+   residual stage whose ``Add`` ties several layers), each named after its first
+   consumer layer. Layers that cannot be pruned are listed with the reason.
+2. For a unit at a candidate ratio (fraction of channels kept), the kept channels
+   are chosen (greedy least squares on sampled activations, or kernel magnitude),
+   each consumer's kept weights and bias are refitted by least squares to
+   reproduce the original layer's outputs, and the result is evaluated **in place**:
+   the consumer's kernel in the working copy gets zeros on the dropped input
+   channels and the refitted weights on the kept ones, which computes exactly
+   what the pruned layer will. No rebuild per candidate.
+3. Greedy selection (the same selector and score cache as the SVD schemes) picks a
+   ratio per unit; unit costs are estimated one unit at a time, so the plan's true
+   cost (a layer pruned on both sides shrinks by the product) is computed exactly
+   and the target tightened until the plan fits.
+4. The plan is applied in forward order: each unit's channels are chosen and its
+   consumers refitted on the inputs of the model pruned so far, against the
+   original model's outputs. The masked working copy is then winnowed into a
+   really smaller model by :func:`tfcompress.pruning.apply_pruning`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..cost import model_cost
+from ..enums import CostMetric, Mode, RankSelectScheme
+from ..graph import walk_layers
+from ..select import greedy_select, save_eval_scores
+from ..stats import CompressionStats, LayerStats
+from .reconstruct import extract_patches, reconstruct_weights, sample_positions
+from .select import ChannelProblem, channel_order
+from .winnow import PruneUnit, apply_pruning, prune_units
+
+__all__ = ["compress_channels", "keep_count", "model_inputs"]
+
+logger = logging.getLogger("tfcompress")
+
+#: about this many sampled output positions are taken per image
+POSITIONS_PER_IMAGE = 8
+
+
+def keep_count(ratio: float, channels: int, multiplicity: int = 1) -> int:
+    """Channels kept at ``ratio`` (fraction kept): rounded to a multiple of ``multiplicity``, within 1..channels.
+
+    Example:
+        >>> keep_count(0.5, 10), keep_count(0.5, 10, multiplicity=4), keep_count(0.01, 10)
+        (5, 4, 1)
+    """
+    m = int(multiplicity)
+    keep = m * round(ratio * channels / m)
+    if keep < 1:
+        keep = m if m <= channels else 1
+    return int(min(keep, channels))
+
+
+# ---------------------------------------------------------------- data
+
+
+def _first(element: Any) -> Any:
+    """The inputs of one dataset element: ``x`` of ``(x, y)`` / ``(x, y, w)``."""
+    if isinstance(element, tuple | list) and len(element) in (2, 3) and not isinstance(element[0], dict):
+        return element[0]
+    return element
+
+
+def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
+    """Up to ``limit`` model inputs from ``data`` (array, tensor, ``(x, y)`` tuple or ``tf.data.Dataset``).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> m = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3)])
+        >>> model_inputs((np.zeros((10, 4, 4, 1)), np.zeros(10)), m, 6).shape
+        (6, 4, 4, 1)
+    """
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"channel pruning: model '{model.name}' has {len(model.inputs)} inputs; only single-input models are "
+            "supported for now."
+        )
+    expected = tuple(model.inputs[0].shape)
+    chunks: list[np.ndarray] = []
+    count = 0
+    if hasattr(data, "as_numpy_iterator") or hasattr(data, "element_spec"):
+        iterator: Iterable[Any] = data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else data
+    else:
+        iterator = [data]
+    for element in iterator:
+        x = np.asarray(keras.ops.convert_to_numpy(_first(element)), dtype=np.float32)
+        if x.ndim == len(expected) - 1:
+            x = x[None]  # an unbatched dataset: one example per element
+        if x.ndim != len(expected) or any(
+            e is not None and e != s for e, s in zip(expected[1:], x.shape[1:], strict=False)
+        ):
+            raise ValueError(
+                f"ChannelPruningParameters.data: inputs of shape {x.shape} do not fit the model input {expected}; give "
+                "model inputs with the batch axis first (labels, if any, as the second element of a tuple)."
+            )
+        chunks.append(x[: limit - count])
+        count += len(chunks[-1])
+        if count >= limit:
+            break
+    if not count:
+        raise ValueError("ChannelPruningParameters.data holds no inputs.")
+    return np.concatenate(chunks, axis=0)
+
+
+class _Sampler:
+    """Consumer-layer inputs at fixed sampled positions (the same positions for every model compared)."""
+
+    def __init__(self, images: np.ndarray, samples: int, seed: int, batch_size: int = 32) -> None:
+        self.images = images
+        self.samples = samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self._positions: dict[tuple[str, tuple], np.ndarray] = {}
+        self.seconds = 0.0
+
+    def _positions_for(self, name: str, batch: int, out_hw: tuple[int, int]) -> np.ndarray:
+        key = (name, (batch, *out_hw))
+        if key not in self._positions:
+            seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+            self._positions[key] = sample_positions(batch, out_hw, self.samples, seed=seed)
+        return self._positions[key]
+
+    def patches(self, model: keras.Model, names: list[str]) -> dict[str, np.ndarray]:
+        """``{name: (P, cols)}``: each layer's input patches (Conv2D, columns like ``kernel.reshape(-1, N)``)
+        or input rows (Dense) at the sampled positions, computed on ``model``."""
+        start = time.perf_counter()
+        layers = [model.get_layer(n) for n in names]
+        feature = keras.Model(model.inputs[0], [layer.input for layer in layers])
+        maps: list[list[np.ndarray]] = [[] for _ in names]
+        for lo in range(0, len(self.images), self.batch_size):
+            outs = feature(self.images[lo : lo + self.batch_size], training=False)
+            outs = outs if isinstance(outs, list | tuple) else [outs]
+            for i, out in enumerate(outs):
+                maps[i].append(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32))
+        result = {}
+        for name, layer, chunks in zip(names, layers, maps, strict=True):
+            x = np.concatenate(chunks, axis=0)
+            if isinstance(layer, keras.layers.Conv2D):
+                from .reconstruct import conv_output_size
+
+                out_hw = conv_output_size(
+                    x.shape[1:3], layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate
+                )
+                positions = self._positions_for(name, len(x), out_hw)
+                result[name] = extract_patches(
+                    x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate, positions
+                )
+            else:
+                rows = x.reshape(-1, x.shape[-1])
+                pick = self._positions_for(name, 1, (1, len(rows)))[:, 2]
+                result[name] = rows[pick]
+        self.seconds += time.perf_counter() - start
+        return result
+
+
+# ---------------------------------------------------------------- one unit
+
+
+@dataclass
+class _Consumer:
+    """One consumer layer of a unit: its sampled inputs, its original outputs there, and its weights."""
+
+    name: str
+    index: np.ndarray  # unit channel -> input channel
+    kernel_size: tuple[int, int] | None  # None for Dense
+    taps: int
+    channels_in: int
+    x: np.ndarray  # (P, C, taps) inputs on the current model, channel-major
+    y: np.ndarray  # (P, N) the ORIGINAL layer's outputs on the ORIGINAL model's inputs
+    kernel: np.ndarray  # current kernel, (taps, C, N)
+    bias: np.ndarray | None
+    removed: set[int]  # input channels already removed by earlier units
+
+    def kept_inputs(self, dropped: np.ndarray) -> np.ndarray:
+        gone = self.removed | {int(c) for c in self.index[dropped]}
+        return np.array([c for c in range(self.channels_in) if c not in gone], dtype=np.int64)
+
+    def refit(self, kept: np.ndarray, reconstruct: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Kept-input kernel ``(taps, k, N)`` and bias: refitted by least squares, or just sliced."""
+        sliced = self.kernel[:, kept, :]
+        if not reconstruct:
+            return sliced, self.bias
+        design = self.x[:, kept, :].transpose(0, 2, 1).reshape(len(self.x), -1)  # columns (tap, channel)
+        kernel, bias = reconstruct_weights(
+            design, self.y, use_bias=self.bias is not None, initial=(sliced.reshape(-1, sliced.shape[-1]), self.bias)
+        )
+        return kernel.reshape(sliced.shape), bias
+
+    def full_kernel(self, kept: np.ndarray, kernel: np.ndarray, shape: tuple) -> np.ndarray:
+        """The layer-shaped kernel with ``kernel`` on the kept inputs and zeros on the others."""
+        full = np.zeros((self.taps, self.channels_in, kernel.shape[-1]), dtype=np.float32)
+        full[:, kept, :] = kernel
+        return full.reshape(shape)
+
+
+def _kernel_taps(kernel: np.ndarray) -> np.ndarray:
+    """A Conv2D ``(kh, kw, C, N)`` or Dense ``(C, N)`` kernel as ``(taps, C, N)``."""
+    return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
+
+
+def _consumers(
+    unit: PruneUnit,
+    current: keras.Model,
+    original: keras.Model,
+    sampler: _Sampler,
+    removed: dict[str, set[int]],
+    current_is_original: bool = False,
+) -> list[_Consumer]:
+    """The unit's consumers with inputs sampled on ``current`` and target outputs from ``original``."""
+    names = [slot.layer for slot in unit.consumers]
+    now = sampler.patches(current, names)
+    before = now if current_is_original else sampler.patches(original, names)
+    result = []
+    for slot in unit.consumers:
+        layer = current.get_layer(slot.layer)
+        source = original.get_layer(slot.layer)
+        w0 = [np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64) for v in source.weights]
+        y = before[slot.layer].astype(np.float64) @ w0[0].reshape(-1, w0[0].shape[-1])
+        if len(w0) > 1 and source.use_bias:
+            y = y + w0[1]
+        kernel = _kernel_taps(np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64))
+        bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64) if layer.use_bias else None
+        taps, channels_in = kernel.shape[0], kernel.shape[1]
+        x = now[slot.layer].reshape(len(y), taps, channels_in).transpose(0, 2, 1)
+        result.append(
+            _Consumer(
+                name=slot.layer,
+                index=np.asarray(slot.index, dtype=np.int64),
+                kernel_size=tuple(layer.kernel_size) if isinstance(layer, keras.layers.Conv2D) else None,
+                taps=taps,
+                channels_in=channels_in,
+                x=x.astype(np.float64),
+                y=y,
+                kernel=kernel,
+                bias=bias,
+                removed=set(removed.get(slot.layer, set())),
+            )
+        )
+    return result
+
+
+def _order(consumers: list[_Consumer], n: int, keep: int, selection: str) -> np.ndarray:
+    """The unit's channels in the order they are kept (the first ``keep`` of them)."""
+    if selection == "magnitude":
+        score = np.zeros(n)
+        for c in consumers:
+            per_channel = np.sum(c.kernel[:, c.index, :] ** 2, axis=(0, 2))
+            score += per_channel / max(float(np.sum(c.kernel**2)), 1e-300)
+        return np.argsort(-score, kind="stable")[:keep]
+    problems = []
+    for c in consumers:
+        selectable = set(c.index.tolist())
+        fixed = np.array([i for i in range(c.channels_in) if i not in selectable and i not in c.removed], np.int64)
+        problems.append(
+            ChannelProblem.from_samples(c.x, c.y, fit_intercept=c.bias is not None, channels=c.index, fixed=fixed)
+        )
+    return channel_order(problems, keep)
+
+
+def _unit_cost(
+    unit: PruneUnit, keep: int, layer_costs: dict[str, tuple[float, float]], model: keras.Model
+) -> tuple[float, float]:
+    """``(macs, params)`` of the unit's layers when the unit keeps ``keep`` of its channels (others unchanged)."""
+    removed = unit.channels - keep
+    macs = params = 0.0
+    for role, slots in (("in", unit.consumers), ("out", unit.producers), ("cw", unit.channelwise)):
+        for slot in slots:
+            layer = model.get_layer(slot.layer)
+            m, _ = layer_costs[slot.layer]
+            if role == "in":
+                c = int(layer.kernel.shape[-2])
+                kernel = int(np.prod(layer.kernel.shape))
+                bias = int(layer.bias.shape[0]) if layer.use_bias else 0
+                macs += m * (c - removed) / c
+                params += kernel * (c - removed) / c + bias
+            elif role == "out":
+                c = int(layer.kernel.shape[-1])
+                macs += m * (c - removed) / c
+                params += layer.count_params() * (c - removed) / c
+            else:
+                c = _channels_of(layer)
+                macs += m * (c - removed) / c
+                params += layer.count_params() * (c - removed) / c
+    return macs, params
+
+
+def _channels_of(layer: Any) -> int:
+    shape = layer.output.shape
+    return int(shape[-1])
+
+
+# ---------------------------------------------------------------- the plan's true cost
+
+
+def _plan_cost(
+    plan: dict[str, int], units: dict[str, PruneUnit], model: keras.Model, layer_costs: dict[str, tuple[float, float]]
+) -> tuple[float, float]:
+    """Exact ``(macs, params)`` of the whole model when each unit of ``plan`` keeps that many channels."""
+    in_removed: dict[str, int] = {}
+    out_removed: dict[str, int] = {}
+    for name, keep in plan.items():
+        unit = units[name]
+        gone = unit.channels - keep
+        for slot in unit.consumers:
+            in_removed[slot.layer] = in_removed.get(slot.layer, 0) + gone
+        for slot in (*unit.producers, *unit.channelwise):
+            out_removed[slot.layer] = out_removed.get(slot.layer, 0) + gone
+    total_macs = sum(m for m, _ in layer_costs.values())
+    total_params = sum(p for _, p in layer_costs.values())
+    for name in set(in_removed) | set(out_removed):
+        layer = model.get_layer(name)
+        m, p = layer_costs[name]
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and not isinstance(
+            layer, keras.layers.DepthwiseConv2D
+        ):
+            c_in, c_out = int(layer.kernel.shape[-2]), int(layer.kernel.shape[-1])
+            f_in = (c_in - in_removed.get(name, 0)) / c_in
+            f_out = (c_out - out_removed.get(name, 0)) / c_out
+            kernel = float(np.prod(layer.kernel.shape))
+            bias = float(layer.bias.shape[0]) if layer.use_bias else 0.0
+            new_m, new_p = m * f_in * f_out, kernel * f_in * f_out + bias * f_out
+        else:
+            c = _channels_of(layer)
+            f = (c - out_removed.get(name, 0)) / c
+            new_m, new_p = m * f, p * f
+        total_macs += new_m - m
+        total_params += new_p - p
+    return total_macs, total_params
+
+
+# ---------------------------------------------------------------- in-place swaps
+
+
+class _Swap:
+    """Assign kernels/biases of layers in place and restore them on exit."""
+
+    def __init__(self, assignments: list[tuple[Any, np.ndarray]]) -> None:
+        self.assignments = assignments
+        self.saved: list[tuple[Any, np.ndarray]] = []
+
+    def __enter__(self) -> _Swap:
+        for variable, value in self.assignments:
+            self.saved.append((variable, keras.ops.convert_to_numpy(variable)))
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for variable, value in reversed(self.saved):
+            variable.assign(value)
+
+
+def _refits(consumers: list[_Consumer], dropped: np.ndarray, reconstruct: bool) -> dict[str, tuple]:
+    """``{consumer: (kept inputs, kept-input kernel (taps, k, N), bias)}`` when the unit drops ``dropped``."""
+    fitted = {}
+    for c in consumers:
+        kept = c.kept_inputs(dropped)
+        kernel, bias = c.refit(kept, reconstruct)
+        fitted[c.name] = (kept, kernel, bias)
+    return fitted
+
+
+def _assignments(work: keras.Model, consumers: list[_Consumer], fitted: dict[str, tuple]) -> list:
+    """Variable assignments that make ``work`` compute the pruned unit (zeros on the dropped inputs)."""
+    out = []
+    for c in consumers:
+        layer = work.get_layer(c.name)
+        kept, kernel, bias = fitted[c.name]
+        out.append((layer.kernel, c.full_kernel(kept, kernel, tuple(layer.kernel.shape))))
+        if bias is not None and layer.use_bias:
+            out.append((layer.bias, bias))
+    return out
+
+
+# ---------------------------------------------------------------- the main job
+
+
+def compress_channels(
+    model: keras.Model,
+    work: keras.Model,
+    parameters: Any,
+    metric: CostMetric,
+    evaluator: Any,
+    stats: CompressionStats,
+    trainer: Any,
+    verbose: int,
+) -> keras.Model:
+    """The channel-pruning path of :func:`tfcompress.compress_model`.
+
+    Checks everything that can be checked first, then evaluates the baseline on ``work`` (the working copy, same
+    layer names as ``model``), selects, and returns the pruned model; fills ``stats``.
+    """
+    from ..compress import _match, _open_cache, _progress, _settings_tag
+
+    if metric is CostMetric.latency:
+        raise ValueError("compress_scheme='channel_pruning' supports cost_metric 'mac' and 'memory', not 'latency'.")
+    manual = parameters.mode is Mode.manual
+    if not manual and parameters.params.rank_select_scheme is not RankSelectScheme.greedy:
+        raise ValueError(
+            "compress_scheme='channel_pruning' uses greedy selection (GreedySelectionParameters) or manual mode; TAR "
+            "needs singular values and does not apply to channel pruning."
+        )
+    start = time.perf_counter()
+    units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
+    for name, why in reasons.items():
+        stats.skipped_layers[name] = why
+    units = {u.name: u for u in units_list}
+    consumer_units: dict[str, list[str]] = {}
+    for u in units_list:
+        for slot in u.consumers:
+            consumer_units.setdefault(slot.layer, []).append(u.name)
+    multiplicity = parameters.multiplicity
+    cost_rows = model_cost(model).layers
+    layer_costs = {path: (float(row.macs), float(row.params)) for path, row in cost_rows.items()}
+    original = model_cost(model)
+    total_cost = float(original.metric(metric))
+
+    def metric_of(pair: tuple[float, float]) -> float:
+        return pair[0] if metric is CostMetric.mac else pair[1]
+
+    # ---- which units, at which ratios
+    ratios_of: dict[str, list[float]] = {}
+    if manual:
+        problems = []
+        names = [getattr(layer, "name", layer) for layer, _ in parameters.params.list_of_module_comp_ratio_pairs]
+        top = {r.path for r in walk_layers(model)}
+        for (_, ratio), name in zip(parameters.params.list_of_module_comp_ratio_pairs, names, strict=True):
+            if not isinstance(name, str) or name not in top:
+                problems.append(f"'{name}': no such layer in '{model.name}'")
+            elif name in consumer_units:
+                for unit_name in consumer_units[name]:
+                    if unit_name in ratios_of:
+                        problems.append(f"'{name}': its channel group '{unit_name}' is listed twice")
+                    ratios_of[unit_name] = [ratio]
+            elif name in reasons:
+                problems.append(f"'{name}': {reasons[name]}")
+            else:
+                problems.append(
+                    f"'{name}': not a Conv2D/Dense layer whose input channels can be pruned (name the layer whose "
+                    "INPUT channels should shrink)"
+                )
+        if problems:
+            raise ValueError("ManualModeParams cannot be applied: " + "; ".join(problems) + ".")
+    else:
+        auto = parameters.params
+        stats.rank_select_scheme = auto.rank_select_scheme.value
+        stats.target_comp_ratio = auto.target_comp_ratio
+        ignored = {getattr(m, "name", m) for m in auto.modules_to_ignore}
+        unknown = sorted(n for n in ignored if not isinstance(n, str) or n not in {r.path for r in walk_layers(model)})
+        if unknown:
+            raise ValueError(f"modules_to_ignore: no layer named {unknown} in '{model.name}'.")
+        for u in units_list:
+            members = {s.layer for s in u.consumers}
+            if members & ignored:
+                for layer in members:
+                    stats.skipped_layers[layer] = (
+                        "in modules_to_ignore"
+                        if layer in ignored
+                        else f"its channel group '{u.name}' has a layer in modules_to_ignore"
+                    )
+                continue
+            if u.channels < 2:
+                stats.skipped_layers.setdefault(u.name, "a single channel cannot be pruned")
+                continue
+            ratios_of[u.name] = list(auto.select_params.candidates)
+        if not ratios_of:
+            raise ValueError(
+                f"compress_model: no layer of '{model.name}' can be channel-pruned: "
+                + "; ".join(f"{k}: {v}" for k, v in stats.skipped_layers.items())
+            )
+
+    # ---- a score cache that cannot be used is an error before any evaluation
+    cache_path = digest = tag = None
+    table: dict[str, dict[float, float]] = {}
+    if not manual and parameters.params.select_params.saved_eval_scores_dict is not None:
+        cache_path = os.fspath(parameters.params.select_params.saved_eval_scores_dict)
+        tag = _settings_tag(stats_scheme(stats), metric, multiplicity) + (
+            f"/{parameters.channel_selection}/r{int(parameters.reconstruct)}/s{parameters.num_reconstruction_samples}"
+        )
+        digest, table = _open_cache(model, cache_path, tag)
+        if table:
+            logger.info("read eval scores of %d channel group(s) from %s", len(table), cache_path)
+
+    images = model_inputs(
+        parameters.data, model, max(16, math.ceil(parameters.num_reconstruction_samples / POSITIONS_PER_IMAGE))
+    )
+    sampler = _Sampler(images, parameters.num_reconstruction_samples, parameters.seed)
+    stats.notes.append(
+        f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per layer, "
+        f"{parameters.channel_selection} channel selection, reconstruction {'on' if parameters.reconstruct else 'off'}"
+    )
+    order_seconds = 0.0
+    logger.info("evaluating the baseline model")
+    stats.baseline_model_accuracy = evaluator(work, "the baseline model")
+
+    # ---- greedy: evaluate each unit alone at each candidate, in place
+    keeps: dict[str, dict[float, int]] = {}
+    for name, ratios in ratios_of.items():
+        n = units[name].channels
+        keeps[name] = {}
+        for ratio in ratios:
+            k = keep_count(ratio, n, multiplicity)
+            if manual or k < n:
+                keeps[name][ratio] = k
+    plan: dict[str, int] = {}
+    if manual:
+        plan = {name: next(iter(row.values())) for name, row in keeps.items() if row}
+    else:
+        select_params = parameters.params.select_params
+        todo = {
+            name: sorted(
+                {k for r, k in row.items() if not any(math.isclose(r, t, rel_tol=1e-6) for t in table.get(name, {}))}
+            )
+            for name, row in keeps.items()
+        }
+        total_evals = sum(len(v) for v in todo.values())
+        logger.info("channel pruning: %d unit(s), %d candidate evaluation(s)", len(keeps), total_evals)
+        progbar = _progress(total_evals, verbose)
+        done = 0
+        for name, pending in todo.items():
+            if not pending:
+                continue
+            unit = units[name]
+            consumers = _consumers(unit, work, model, sampler, {}, current_is_original=True)
+            t0 = time.perf_counter()
+            order = _order(consumers, unit.channels, max(pending), parameters.channel_selection)
+            order_seconds += time.perf_counter() - t0
+            by_keep = {}
+            for k in pending:
+                dropped = np.setdiff1d(np.arange(unit.channels), order[:k])
+                refits = _refits(consumers, dropped, parameters.reconstruct)
+                with _Swap(_assignments(work, consumers, refits)):
+                    by_keep[k] = evaluator(work, f"channel group '{name}' keeping {k} of {unit.channels} channels")
+                done += 1
+                progbar.update(done, values=[("score", by_keep[k])])
+            row = dict(table.get(name, {}))
+            for ratio, k in keeps[name].items():
+                if k in by_keep:
+                    row[ratio] = by_keep[k]
+            table[name] = row
+            if cache_path is not None:
+                save_eval_scores(cache_path, table, f"{digest}|{tag}")
+        scores = {name: {r: _lookup(table[name], r) for r in keeps[name]} for name in keeps if keeps[name]}
+        stats.eval_scores = {name: dict(sorted(table.get(name, {}).items())) for name in keeps}
+        if not scores:
+            raise ValueError("compress_model: no candidate ratio of any channel group saves cost; nothing to select.")
+        costs = {
+            name: {r: metric_of(_unit_cost(units[name], k, layer_costs, model)) for r, k in keeps[name].items()}
+            for name in scores
+        }
+        originals = {
+            name: metric_of(_unit_cost(units[name], units[name].channels, layer_costs, model)) for name in scores
+        }
+        target = float(select_params.target_comp_ratio)
+
+        # A layer can belong to two units (its input group and its output group), so the units' own costs may add up
+        # to more than the model. The selector only compares savings: pad the total by the overlap, and move the goal
+        # so that the same savings meet it.
+        overlap = max(sum(originals.values()) - total_cost, 0.0)
+
+        def plan_for(goal: float) -> tuple[dict[str, int], float, Any]:
+            padded = total_cost + overlap
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                selection = greedy_select(
+                    scores,
+                    costs,
+                    originals,
+                    padded,
+                    (goal * total_cost + overlap) / padded,
+                    use_monotonic_fit=select_params.use_monotonic_fit,
+                )
+            chosen = {n: keeps[n][_match(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
+            return chosen, metric_of(_plan_cost(chosen, units, model, layer_costs)) / total_cost, selection
+
+        plan, true_ratio, selection = plan_for(target)
+        goal = target
+        if true_ratio > target + 1e-3:
+            # unit costs were estimated one unit at a time; tighten the goal until the exact cost fits
+            lo, hi, best = 0.0, target, None
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                found = plan_for(max(mid, 1e-6))
+                if found[1] <= target + 1e-3:
+                    best, lo = found, mid
+                else:
+                    hi = mid
+            if best is not None:
+                (plan, true_ratio, selection), goal = best, lo
+                stats.notes.append(
+                    f"the selector's goal was tightened to {goal:.4f} so that the exact cost of the plan "
+                    f"({true_ratio:.4f}) meets the target {target}"
+                )
+        if true_ratio > target + 1e-3:
+            stats.notes.append(f"target {target} not reached: the smallest plan found costs {true_ratio:.4f}")
+        elif not selection.reached and true_ratio < target - 0.05:
+            stats.notes.append(selection.message)
+        stats.selected_comp_ratio = true_ratio
+    for name in ratios_of:
+        if name not in plan:
+            stats.skipped_layers.setdefault(name, "kept at full size by the selection")
+
+    # ---- apply the plan in forward order on the pruned-so-far model
+    ordered = [u for u in units_list if u.name in plan]
+    kept_channels: dict[str, np.ndarray] = {}
+    fitted: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+    removed: dict[str, set[int]] = {}
+    if trainer is None:
+        for unit in ordered:
+            consumers = _consumers(unit, work, model, sampler, removed)
+            t0 = time.perf_counter()
+            order = _order(consumers, unit.channels, plan[unit.name], parameters.channel_selection)
+            order_seconds += time.perf_counter() - t0
+            kept = np.sort(order)
+            dropped = np.setdiff1d(np.arange(unit.channels), kept)
+            refits = _refits(consumers, dropped, parameters.reconstruct)
+            for variable, value in _assignments(work, consumers, refits):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+            fitted.update(refits)
+            for c in consumers:
+                removed.setdefault(c.name, set()).update(int(i) for i in c.index[dropped])
+            kept_channels[unit.name] = kept
+        weights = _final_weights(fitted, model, units, kept_channels)
+        compressed = apply_pruning(model, kept_channels, units=units_list, weights=weights)
+    else:
+        compressed = model
+        for unit0 in ordered:
+            current_units = {
+                u.name: u
+                for u in prune_units(compressed, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)[0]
+            }
+            unit = current_units.get(unit0.name)
+            if unit is None:
+                stats.notes.append(
+                    f"channel group '{unit0.name}' could not be found after pruning earlier groups; left as is"
+                )
+                continue
+            consumers = _consumers(unit, compressed, model, sampler, {})
+            order = _order(consumers, unit.channels, plan[unit.name], parameters.channel_selection)
+            kept = np.sort(order)
+            dropped = np.setdiff1d(np.arange(unit.channels), kept)
+            refits = _refits(consumers, dropped, parameters.reconstruct)
+            weights = _final_weights(refits, compressed, current_units, {unit.name: kept})
+            compressed = apply_pruning(
+                compressed, {unit.name: kept}, units=list(current_units.values()), weights=weights
+            )
+            kept_channels[unit.name] = kept
+            logger.info("fine-tuning after pruning %s", unit.name)
+            trainer.train_model(compressed, compressed.get_layer(unit.consumers[0].layer), train_flag=True)
+
+    # ---- stats
+    stats.timings["channel_selection_seconds"] = order_seconds
+    stats.timings["activation_sampling_seconds"] = sampler.seconds
+    for name, kept in kept_channels.items():
+        unit = units[name]
+        before = _unit_cost(unit, unit.channels, layer_costs, model)
+        after = _unit_cost(unit, len(kept), layer_costs, model)
+        first = model.get_layer(unit.consumers[0].layer)
+        stats.per_layer_stats.append(
+            LayerStats(
+                name=name,
+                scheme="channel_pruning" + ("+gather" if unit.gather else ""),
+                original_shape=list(first.kernel.shape),
+                rank=len(kept),
+                ratio=len(kept) / unit.channels,
+                macs_before=round(before[0]),
+                macs_after=round(after[0]),
+                params_before=round(before[1]),
+                params_after=round(after[1]),
+            )
+        )
+        members = [s.layer for s in unit.consumers]
+        if len(members) > 1:
+            stats.notes.append(f"channel group '{name}' ({len(kept)} of {unit.channels} kept) covers {members}")
+    stats.timings["channel_pruning_seconds"] = time.perf_counter() - start
+    return compressed
+
+
+def stats_scheme(stats: CompressionStats) -> Any:
+    from ..enums import CompressionScheme
+
+    return CompressionScheme(stats.compress_scheme)
+
+
+def _lookup(row: dict[float, float], ratio: float) -> float:
+    for key, value in row.items():
+        if math.isclose(key, ratio, rel_tol=1e-6):
+            return value
+    raise KeyError(ratio)
+
+
+def _final_weights(
+    fitted: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    model: keras.Model,
+    units: dict[str, PruneUnit],
+    kept_channels: dict[str, np.ndarray],
+) -> dict[str, list[np.ndarray]]:
+    """Refitted consumer weights shaped for ``apply_pruning``: kept inputs, and kept outputs where the layer is
+    also a producer of a pruned unit."""
+    out_keep: dict[str, np.ndarray] = {}
+    for name, kept in kept_channels.items():
+        for slot in units[name].producers:
+            out_keep[slot.layer] = np.asarray(slot.index)[kept]
+    weights = {}
+    for name, (_, kernel, bias) in fitted.items():
+        layer = model.get_layer(name)
+        shape = (*tuple(layer.kernel.shape[:-2]), kernel.shape[1], kernel.shape[2])
+        k = kernel.reshape(shape)
+        b = bias
+        if name in out_keep:
+            k = np.take(k, out_keep[name], axis=-1)
+            b = None if b is None else np.take(b, out_keep[name], axis=-1)
+        weights[name] = [k.astype(np.float32)] + ([np.asarray(b, dtype=np.float32)] if b is not None else [])
+    return weights
