@@ -32,18 +32,20 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
 import numpy as np
 
-from ..cost import model_cost
+from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..enums import CostMetric, Mode, RankSelectScheme
 from ..graph import walk_layers
+from ..layers import SVDDense
+from ..layers.base import DecomposedConv2D
 from ..select import greedy_select, save_eval_scores
 from ..stats import CompressionStats, LayerStats
-from .reconstruct import extract_patches, reconstruct_weights, sample_positions
+from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
 from .select import ChannelProblem, channel_order
 from .winnow import PruneUnit, apply_pruning, prune_units
 
@@ -153,15 +155,12 @@ class _Sampler:
         result = {}
         for name, layer, chunks in zip(names, layers, maps, strict=True):
             x = np.concatenate(chunks, axis=0)
-            if isinstance(layer, keras.layers.Conv2D):
-                from .reconstruct import conv_output_size
-
-                out_hw = conv_output_size(
-                    x.shape[1:3], layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate
-                )
+            view = _view(layer)
+            if view.kernel_size is not None:
+                out_hw = conv_output_size(x.shape[1:3], view.kernel_size, view.strides, view.padding, view.dilation)
                 positions = self._positions_for(name, len(x), out_hw)
                 result[name] = extract_patches(
-                    x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate, positions
+                    x, view.kernel_size, view.strides, view.padding, view.dilation, positions
                 )
             else:
                 rows = x.reshape(-1, x.shape[-1])
@@ -169,6 +168,92 @@ class _Sampler:
                 result[name] = rows[pick]
         self.seconds += time.perf_counter() - start
         return result
+
+
+# ---------------------------------------------------------------- what a layer looks like to the pruner
+
+
+@dataclass
+class _View:
+    """The input side of a prunable layer: the kernel whose axis -2 is the layer's input channels, its conv
+    geometry (``kernel_size`` is ``None`` for Dense), and the bias added right after it (``None`` when the first
+    stage of a decomposed layer has none)."""
+
+    kernel: Any
+    kernel_size: tuple[int, int] | None
+    strides: Any = 1
+    padding: str = "valid"
+    dilation: Any = 1
+    bias: Any = None
+
+
+def _view(layer: Any) -> _View:
+    if isinstance(layer, DecomposedConv2D):
+        variable, strides, padding, dilation = layer._stages()[0]
+        return _View(variable, tuple(int(k) for k in variable.shape[:2]), strides, padding, dilation)
+    if isinstance(layer, SVDDense):
+        return _View(layer.kernel_a, None)
+    bias = layer.bias if layer.use_bias else None
+    if isinstance(layer, keras.layers.Conv2D):
+        return _View(layer.kernel, tuple(layer.kernel_size), layer.strides, layer.padding, layer.dilation_rate, bias)
+    return _View(layer.kernel, None, bias=bias)
+
+
+def _rank_of(layer: Any) -> Any:
+    return getattr(layer, "ranks", None) or getattr(layer, "rank", None)
+
+
+def _layer_cost(layer: Any, removed_in: int = 0, removed_out: int = 0) -> tuple[float, float]:
+    """Exact ``(macs, params)`` of ``layer`` with ``removed_in`` input and ``removed_out`` output channels gone.
+
+    Conv2D/Dense and the decomposed layers use the cost formulas; per-channel layers (BatchNormalization,
+    DepthwiseConv2D) shrink in proportion to their channels (``removed_out``).
+    """
+    try:
+        geometry = layer_geometry(layer)
+    except TypeError:
+        row_macs = _generic_cost(layer)
+        channels = int(layer.output.shape[-1])
+        share = (channels - removed_out) / channels
+        return row_macs * share, layer.count_params() * share
+    smaller = replace(
+        geometry, in_channels=geometry.in_channels - removed_in, out_channels=geometry.out_channels - removed_out
+    )
+    scheme = layer_scheme(layer)
+    cost = original_cost(smaller) if scheme is None else decomposed_cost(smaller, scheme, _rank_of(layer))
+    return float(cost.macs), float(cost.params)
+
+
+def _generic_cost(layer: Any) -> float:
+    from ..cost import _generic_macs, _shape_of
+
+    return float(max(_generic_macs(layer, _shape_of(layer.input), _shape_of(layer.output)), 0))
+
+
+def _rank_fits(layer: Any, removed_in: int, removed_out: int) -> bool:
+    """Whether a decomposed layer's rank stays within its bound once it has that many fewer channels."""
+    if layer_scheme(layer) is None:
+        return True
+    g = layer_geometry(layer)
+    c, n = g.in_channels - removed_in, g.out_channels - removed_out
+    if c < 1 or n < 1:
+        return False
+    shape = (c, n) if g.kind == "dense" else (*g.kernel_size, c, n)
+    bound, rank = type(layer).max_rank_for(shape), _rank_of(layer)
+    if isinstance(rank, tuple | list):
+        return all(int(r) <= int(b) for r, b in zip(rank, bound, strict=True))
+    return int(rank) <= int(bound)
+
+
+def _smallest_keep(unit: PruneUnit, model: keras.Model) -> int:
+    """The fewest channels ``unit`` may keep without pushing a decomposed layer's rank past its bound."""
+    for keep in range(1, unit.channels + 1):
+        gone = unit.channels - keep
+        if all(_rank_fits(model.get_layer(s.layer), gone, 0) for s in unit.consumers) and all(
+            _rank_fits(model.get_layer(s.layer), 0, gone) for s in unit.producers
+        ):
+            return keep
+    return unit.channels
 
 
 # ---------------------------------------------------------------- one unit
@@ -230,21 +315,20 @@ def _consumers(
     before = now if current_is_original else sampler.patches(original, names)
     result = []
     for slot in unit.consumers:
-        layer = current.get_layer(slot.layer)
-        source = original.get_layer(slot.layer)
-        w0 = [np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64) for v in source.weights]
-        y = before[slot.layer].astype(np.float64) @ w0[0].reshape(-1, w0[0].shape[-1])
-        if len(w0) > 1 and source.use_bias:
-            y = y + w0[1]
-        kernel = _kernel_taps(np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64))
-        bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64) if layer.use_bias else None
+        view, source = _view(current.get_layer(slot.layer)), _view(original.get_layer(slot.layer))
+        w0 = np.asarray(keras.ops.convert_to_numpy(source.kernel), dtype=np.float64)
+        y = before[slot.layer].astype(np.float64) @ w0.reshape(-1, w0.shape[-1])
+        if source.bias is not None:
+            y = y + np.asarray(keras.ops.convert_to_numpy(source.bias), dtype=np.float64)
+        kernel = _kernel_taps(np.asarray(keras.ops.convert_to_numpy(view.kernel), dtype=np.float64))
+        bias = None if view.bias is None else np.asarray(keras.ops.convert_to_numpy(view.bias), dtype=np.float64)
         taps, channels_in = kernel.shape[0], kernel.shape[1]
         x = now[slot.layer].reshape(len(y), taps, channels_in).transpose(0, 2, 1)
         result.append(
             _Consumer(
                 name=slot.layer,
                 index=np.asarray(slot.index, dtype=np.int64),
-                kernel_size=tuple(layer.kernel_size) if isinstance(layer, keras.layers.Conv2D) else None,
+                kernel_size=view.kernel_size,
                 taps=taps,
                 channels_in=channels_in,
                 x=x.astype(np.float64),
@@ -276,74 +360,42 @@ def _order(consumers: list[_Consumer], n: int, keep: int, selection: str) -> np.
 
 
 def _unit_cost(
-    unit: PruneUnit, keep: int, layer_costs: dict[str, tuple[float, float]], model: keras.Model
+    unit: PruneUnit, keep: int, model: keras.Model, layer_costs: dict[str, tuple[float, float]]
 ) -> tuple[float, float]:
-    """``(macs, params)`` of the unit's layers when the unit keeps ``keep`` of its channels (others unchanged)."""
-    removed = unit.channels - keep
-    macs = params = 0.0
-    for role, slots in (("in", unit.consumers), ("out", unit.producers), ("cw", unit.channelwise)):
-        for slot in slots:
-            layer = model.get_layer(slot.layer)
-            m, _ = layer_costs[slot.layer]
-            if role == "in":
-                c = int(layer.kernel.shape[-2])
-                kernel = int(np.prod(layer.kernel.shape))
-                bias = int(layer.bias.shape[0]) if layer.use_bias else 0
-                macs += m * (c - removed) / c
-                params += kernel * (c - removed) / c + bias
-            elif role == "out":
-                c = int(layer.kernel.shape[-1])
-                macs += m * (c - removed) / c
-                params += layer.count_params() * (c - removed) / c
-            else:
-                c = _channels_of(layer)
-                macs += m * (c - removed) / c
-                params += layer.count_params() * (c - removed) / c
-    return macs, params
-
-
-def _channels_of(layer: Any) -> int:
-    shape = layer.output.shape
-    return int(shape[-1])
-
-
-# ---------------------------------------------------------------- the plan's true cost
+    """``(macs, params)`` of the unit's layers when the unit keeps ``keep`` of its channels (other units unpruned)."""
+    return _plan_cost({unit.name: keep}, {unit.name: unit}, model, layer_costs, only=set(unit.layers))
 
 
 def _plan_cost(
-    plan: dict[str, int], units: dict[str, PruneUnit], model: keras.Model, layer_costs: dict[str, tuple[float, float]]
+    plan: dict[str, int],
+    units: dict[str, PruneUnit],
+    model: keras.Model,
+    layer_costs: dict[str, tuple[float, float]],
+    only: set[str] | None = None,
 ) -> tuple[float, float]:
-    """Exact ``(macs, params)`` of the whole model when each unit of ``plan`` keeps that many channels."""
-    in_removed: dict[str, int] = {}
-    out_removed: dict[str, int] = {}
+    """Exact ``(macs, params)`` when each unit of ``plan`` keeps that many channels: of the whole model, or of the
+    layers in ``only``. A layer pruned on both sides shrinks by both (the product for a Conv2D/Dense)."""
+    removed_in: dict[str, int] = {}
+    removed_out: dict[str, int] = {}
     for name, keep in plan.items():
         unit = units[name]
         gone = unit.channels - keep
         for slot in unit.consumers:
-            in_removed[slot.layer] = in_removed.get(slot.layer, 0) + gone
+            removed_in[slot.layer] = removed_in.get(slot.layer, 0) + (0 if unit.gather else gone)
         for slot in (*unit.producers, *unit.channelwise):
-            out_removed[slot.layer] = out_removed.get(slot.layer, 0) + gone
-    total_macs = sum(m for m, _ in layer_costs.values())
-    total_params = sum(p for _, p in layer_costs.values())
-    for name in set(in_removed) | set(out_removed):
-        layer = model.get_layer(name)
-        m, p = layer_costs[name]
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and not isinstance(
-            layer, keras.layers.DepthwiseConv2D
-        ):
-            c_in, c_out = int(layer.kernel.shape[-2]), int(layer.kernel.shape[-1])
-            f_in = (c_in - in_removed.get(name, 0)) / c_in
-            f_out = (c_out - out_removed.get(name, 0)) / c_out
-            kernel = float(np.prod(layer.kernel.shape))
-            bias = float(layer.bias.shape[0]) if layer.use_bias else 0.0
-            new_m, new_p = m * f_in * f_out, kernel * f_in * f_out + bias * f_out
-        else:
-            c = _channels_of(layer)
-            f = (c - out_removed.get(name, 0)) / c
-            new_m, new_p = m * f, p * f
-        total_macs += new_m - m
-        total_params += new_p - p
-    return total_macs, total_params
+            removed_out[slot.layer] = removed_out.get(slot.layer, 0) + gone
+    gathered = {s.layer: units[n].channels - k for n, k in plan.items() if units[n].gather for s in units[n].consumers}
+    macs = params = 0.0
+    for name, (m, p) in layer_costs.items():
+        if only is not None and name not in only:
+            continue
+        if name in removed_in or name in removed_out or name in gathered:
+            m, p = _layer_cost(
+                model.get_layer(name), removed_in.get(name, 0) + gathered.get(name, 0), removed_out.get(name, 0)
+            )
+        macs += m
+        params += p
+    return macs, params
 
 
 # ---------------------------------------------------------------- in-place swaps
@@ -381,11 +433,11 @@ def _assignments(work: keras.Model, consumers: list[_Consumer], fitted: dict[str
     """Variable assignments that make ``work`` compute the pruned unit (zeros on the dropped inputs)."""
     out = []
     for c in consumers:
-        layer = work.get_layer(c.name)
+        view = _view(work.get_layer(c.name))
         kept, kernel, bias = fitted[c.name]
-        out.append((layer.kernel, c.full_kernel(kept, kernel, tuple(layer.kernel.shape))))
-        if bias is not None and layer.use_bias:
-            out.append((layer.bias, bias))
+        out.append((view.kernel, c.full_kernel(kept, kernel, tuple(view.kernel.shape))))
+        if bias is not None and view.bias is not None:
+            out.append((view.bias, bias))
     return out
 
 
@@ -514,9 +566,18 @@ def compress_channels(
     keeps: dict[str, dict[float, int]] = {}
     for name, ratios in ratios_of.items():
         n = units[name].channels
+        smallest = _smallest_keep(units[name], model)
         keeps[name] = {}
         for ratio in ratios:
             k = keep_count(ratio, n, multiplicity)
+            if k < smallest:
+                if not manual:
+                    continue
+                stats.notes.append(
+                    f"channel group '{name}' keeps {smallest} channels, not {k}: fewer would push the rank of a "
+                    "decomposed layer in it past its bound"
+                )
+                k = smallest
             if manual or k < n:
                 keeps[name][ratio] = k
     plan: dict[str, int] = {}
@@ -562,11 +623,11 @@ def compress_channels(
         if not scores:
             raise ValueError("compress_model: no candidate ratio of any channel group saves cost; nothing to select.")
         costs = {
-            name: {r: metric_of(_unit_cost(units[name], k, layer_costs, model)) for r, k in keeps[name].items()}
+            name: {r: metric_of(_unit_cost(units[name], k, model, layer_costs)) for r, k in keeps[name].items()}
             for name in scores
         }
         originals = {
-            name: metric_of(_unit_cost(units[name], units[name].channels, layer_costs, model)) for name in scores
+            name: metric_of(_unit_cost(units[name], units[name].channels, model, layer_costs)) for name in scores
         }
         target = float(select_params.target_comp_ratio)
 
@@ -670,14 +731,14 @@ def compress_channels(
     stats.timings["activation_sampling_seconds"] = sampler.seconds
     for name, kept in kept_channels.items():
         unit = units[name]
-        before = _unit_cost(unit, unit.channels, layer_costs, model)
-        after = _unit_cost(unit, len(kept), layer_costs, model)
+        before = _unit_cost(unit, unit.channels, model, layer_costs)
+        after = _unit_cost(unit, len(kept), model, layer_costs)
         first = model.get_layer(unit.consumers[0].layer)
         stats.per_layer_stats.append(
             LayerStats(
                 name=name,
                 scheme="channel_pruning" + ("+gather" if unit.gather else ""),
-                original_shape=list(first.kernel.shape),
+                original_shape=list(_view(first).kernel.shape),
                 rank=len(kept),
                 ratio=len(kept) / unit.channels,
                 macs_before=round(before[0]),
@@ -712,20 +773,27 @@ def _final_weights(
     units: dict[str, PruneUnit],
     kept_channels: dict[str, np.ndarray],
 ) -> dict[str, list[np.ndarray]]:
-    """Refitted consumer weights shaped for ``apply_pruning``: kept inputs, and kept outputs where the layer is
-    also a producer of a pruned unit."""
+    """Each refitted consumer's full weight list for ``apply_pruning``: the refitted input-side kernel (and bias),
+    the other factors of a decomposed layer as they are, and the output side cut to the kept outputs where the
+    layer is also a producer of a pruned unit."""
     out_keep: dict[str, np.ndarray] = {}
     for name, kept in kept_channels.items():
         for slot in units[name].producers:
             out_keep[slot.layer] = np.asarray(slot.index)[kept]
-    weights = {}
+    result = {}
     for name, (_, kernel, bias) in fitted.items():
         layer = model.get_layer(name)
-        shape = (*tuple(layer.kernel.shape[:-2]), kernel.shape[1], kernel.shape[2])
-        k = kernel.reshape(shape)
-        b = bias
+        view = _view(layer)
+        weights = [np.asarray(w) for w in layer.get_weights()]
+        has_bias = bool(layer.use_bias)
+        first = kernel.reshape((*tuple(view.kernel.shape[:-2]), kernel.shape[1], kernel.shape[2]))
+        weights[0] = first
+        if bias is not None and view.bias is not None:
+            weights[-1] = np.asarray(bias)
         if name in out_keep:
-            k = np.take(k, out_keep[name], axis=-1)
-            b = None if b is None else np.take(b, out_keep[name], axis=-1)
-        weights[name] = [k.astype(np.float32)] + ([np.asarray(b, dtype=np.float32)] if b is not None else [])
-    return weights
+            last = len(weights) - 2 if has_bias else len(weights) - 1
+            weights[last] = np.take(weights[last], out_keep[name], axis=-1)
+            if has_bias:
+                weights[-1] = np.take(weights[-1], out_keep[name], axis=-1)
+        result[name] = [np.asarray(w, dtype=np.float32) for w in weights]
+    return result
