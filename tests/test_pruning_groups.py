@@ -8,7 +8,7 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress.layers import ChannelGather
-from tfcompress.pruning.winnow import ChannelSlot, PruneUnit, apply_pruning, prune_units
+from tfcompress.pruning.winnow import ChannelSlot, PruneUnit, apply_pruning, kept_channels, prune_units
 
 L = keras.layers
 
@@ -171,6 +171,12 @@ def test_concatenate_and_add_units_equal_zero_masked_original(tmp_path):
     assert [(s.layer, s.index.tolist()) for s in right.channelwise] == [("dw", [0, 1, 2, 3]), ("cat_bn", [6, 7, 8, 9])]
     assert reasons == {"stem": "its input channels come straight from the model input 'img'"}
     kept = {"res": [1, 4, 6], "mix[0:6]": [0, 5], "mix[6:10]": [2], "fc": [0, 2, 4]}
+    plan = kept_channels(model, kept, units=units)
+    np.testing.assert_array_equal(plan["mix"].inputs, [0, 5, 8])
+    np.testing.assert_array_equal(plan["res"].inputs, [1, 4, 6])
+    np.testing.assert_array_equal(plan["res"].outputs, [1, 4, 6])
+    np.testing.assert_array_equal(plan["cat_bn"].channels, [0, 5, 8])
+    assert plan["mix"].outputs.tolist() == [0, 2, 4] and next(iter(plan)) == "stem"
     new = apply_pruning(model, kept, units=units)
     assert new.get_layer("stem").kernel.shape[-1] == 3 and new.get_layer("res").kernel.shape[-2:] == (3, 3)
     assert new.get_layer("mix").kernel.shape[-2] == 3 and new.get_layer("dw").kernel.shape[-2] == 1

@@ -50,6 +50,8 @@ __all__ = [
     "PruneUnit",
     "prune_units",
     "apply_pruning",
+    "KeptChannels",
+    "kept_channels",
     "PruneResult",
     "ChannelChain",
     "find_chain",
@@ -646,7 +648,7 @@ def _analyse(model: keras.Model) -> _Analysis:
         if extra or (kind not in ("merge", "concat") and len(refs) != 1):
             kind, why = "opaque", f"which is called with {len(refs)} tensor inputs"
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and kind != "producer":
-            result.reasons[name] = f"'{name}' is {why}" if why and why.startswith("a ") else f"'{name}': {why}"
+            result.reasons[name] = f"'{name}' ({type(layer).__name__}): {why.removeprefix('which ')}"
         if kind == "opaque":
             label = f"'{name}' ({type(layer).__name__}), {why}"
             pin_all(refs, f"they pass through {label}")
@@ -825,7 +827,7 @@ def prune_units(
 # ---------------------------------------------------------------- rebuilding
 
 
-def _kept_unit(value: Any, unit: PruneUnit) -> np.ndarray:
+def _kept_unit(value: Any, unit: PruneUnit, what: str) -> np.ndarray:
     try:
         kept = np.asarray(value)
     except (TypeError, ValueError):
@@ -834,12 +836,12 @@ def _kept_unit(value: Any, unit: PruneUnit) -> np.ndarray:
         kept = np.flatnonzero(kept)
     if kept.ndim != 1 or kept.size == 0 or not np.issubdtype(kept.dtype, np.integer):
         raise ValueError(
-            f"apply_pruning: unit '{unit.name}': give the kept unit channels as a non-empty list of ints in "
+            f"{what}: unit '{unit.name}': give the kept unit channels as a non-empty list of ints in "
             f"0..{unit.channels - 1} (at least one), got {value!r}."
         )
     if kept.min() < 0 or kept.max() >= unit.channels or len(np.unique(kept)) != kept.size:
         raise ValueError(
-            f"apply_pruning: unit '{unit.name}': kept channels must be distinct indices in 0..{unit.channels - 1}, "
+            f"{what}: unit '{unit.name}': kept channels must be distinct indices in 0..{unit.channels - 1}, "
             f"got {value!r}."
         )
     return np.sort(kept).astype(np.int64)
@@ -926,6 +928,112 @@ def _rebuild(model: keras.Model, keep_out: Mapping[str, np.ndarray], gathers: Ma
         return keras.models.clone_model(model, clone_function=clone_function, **extra)
 
 
+def _plan(
+    model: keras.Model, kept: Mapping[str, Any], units: Sequence[PruneUnit] | None, what: str
+) -> tuple[
+    Sequence[PruneUnit], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]
+]:
+    """(units, kept inputs, kept outputs, kept channelwise channels, gather indices) per changed layer."""
+    check_graph_model(model)
+    if not isinstance(kept, Mapping):
+        raise TypeError(f"{what}: kept must be a dict {{unit name: kept channels}}, got {type(kept).__name__}.")
+    if units is None:
+        units, _ = prune_units(model, allow_custom_downsample_ops=True)
+    by_name = {unit.name: unit for unit in units}
+    unknown = [name for name in kept if name not in by_name]
+    if unknown:
+        hints = [
+            f"'{name}'"
+            + (
+                f" (did you mean {close}?)"
+                if (close := difflib.get_close_matches(str(name), list(by_name), n=3))
+                else ""
+            )
+            for name in unknown
+        ]
+        raise ValueError(
+            f"{what}: unknown pruning unit(s) {', '.join(hints)}; unit names come from prune_units(model) "
+            f"(known: {sorted(by_name)[:10]}{' ...' if len(by_name) > 10 else ''})."
+        )
+    removed_in: dict[str, set[int]] = {}
+    removed_out: dict[str, set[int]] = {}
+    removed_cw: dict[str, set[int]] = {}
+    gathers: dict[str, np.ndarray] = {}
+    for name, value in kept.items():
+        unit = by_name[name]
+        keep = _kept_unit(value, unit, what)
+        drop = np.setdiff1d(np.arange(unit.channels), keep)
+        if unit.gather:
+            gathers[unit.consumers[0].layer] = unit.consumers[0].index[keep]
+        for slots, table in (
+            (unit.consumers, removed_in),
+            (unit.producers, removed_out),
+            (unit.channelwise, removed_cw),
+        ):
+            for slot in slots:
+                table.setdefault(slot.layer, set()).update(int(i) for i in slot.index[drop])
+    existing = {layer.name for layer in model.layers}
+    for name in gathers:
+        if f"{name}_gather" in existing:
+            raise ValueError(
+                f"{what}: unit '{name}' needs a ChannelGather layer named '{name}_gather', but the model already "
+                "has a layer of that name; rename it first."
+            )
+    layers = {layer.name: layer for layer in model.layers}
+    missing = sorted((set(removed_in) | set(removed_out) | set(removed_cw)) - set(layers))
+    if missing:
+        raise ValueError(
+            f"{what}: the units name layers {missing} that are not in model '{model.name}'; "
+            "pass units computed by prune_units(model) for this model."
+        )
+    keep_in = {n: _complement(int(layers[n].kernel.shape[-2]), r) for n, r in removed_in.items()}
+    keep_out = {n: _complement(int(layers[n].kernel.shape[-1]), r) for n, r in removed_out.items()}
+    keep_cw = {n: _complement(_channelwise_count(layers[n]), r) for n, r in removed_cw.items()}
+    keep_in = {n: v for n, v in keep_in.items() if v is not None}
+    keep_out = {n: v for n, v in keep_out.items() if v is not None}
+    keep_cw = {n: v for n, v in keep_cw.items() if v is not None}
+    return units, keep_in, keep_out, keep_cw, gathers
+
+
+@dataclass(frozen=True, eq=False)
+class KeptChannels:
+    """The channels one layer keeps after :func:`apply_pruning` (``None``: all of them).
+
+    ``inputs``: kernel input channels (consumers); ``outputs``: filters/units
+    (producers); ``channels``: per-channel weights (BatchNormalization, DepthwiseConv2D).
+    """
+
+    inputs: np.ndarray | None = None
+    outputs: np.ndarray | None = None
+    channels: np.ndarray | None = None
+
+
+def kept_channels(
+    model: keras.Model, kept: Mapping[str, Sequence[int] | np.ndarray], *, units: Sequence[PruneUnit] | None = None
+) -> dict[str, KeptChannels]:
+    """What :func:`apply_pruning` with the same arguments keeps of each layer it changes.
+
+    Use it to shape replacement weights: a consumer's ``inputs`` are its kept input
+    channels (the complement of the removals of all its units), and its ``outputs``
+    the kept output channels when it is also a producer of a pruned unit.
+
+    Example:
+        >>> import keras
+        >>> inp = keras.Input((6, 6, 2))
+        >>> a = keras.layers.Conv2D(3, 1, name="a")(inp)
+        >>> b = keras.layers.Conv2D(2, 1, name="b")(inp)
+        >>> out = keras.layers.Conv2D(1, 1, name="c")(keras.layers.Concatenate()([a, b]))
+        >>> m = keras.Model(inp, out)
+        >>> [u.name for u in prune_units(m)[0]]
+        ['c[0:3]', 'c[3:5]']
+        >>> kept_channels(m, {"c[0:3]": [1], "c[3:5]": [0]})["c"].inputs
+        array([1, 3])
+    """
+    units, keep_in, keep_out, keep_cw, _ = _plan(model, kept, units, "kept_channels")
+    names = [layer.name for layer in model.layers if layer.name in {*keep_in, *keep_out, *keep_cw}]
+    return {n: KeptChannels(keep_in.get(n), keep_out.get(n), keep_cw.get(n)) for n in names}
+
+
 def apply_pruning(
     model: keras.Model,
     kept: Mapping[str, Sequence[int] | np.ndarray],
@@ -965,64 +1073,7 @@ def apply_pruning(
         >>> [tuple(w.shape) for w in new.get_layer("b").get_weights()], new.get_layer("bn").get_weights()[0].shape
         ([(3, 3, 3, 2), (2,)], (3,))
     """
-    check_graph_model(model)
-    if not isinstance(kept, Mapping):
-        raise TypeError(f"apply_pruning: kept must be a dict {{unit name: kept channels}}, got {type(kept).__name__}.")
-    if units is None:
-        units, _ = prune_units(model, allow_custom_downsample_ops=True)
-    by_name = {unit.name: unit for unit in units}
-    unknown = [name for name in kept if name not in by_name]
-    if unknown:
-        hints = [
-            f"'{name}'"
-            + (
-                f" (did you mean {close}?)"
-                if (close := difflib.get_close_matches(str(name), list(by_name), n=3))
-                else ""
-            )
-            for name in unknown
-        ]
-        raise ValueError(
-            f"apply_pruning: unknown pruning unit(s) {', '.join(hints)}; unit names come from prune_units(model) "
-            f"(known: {sorted(by_name)[:10]}{' ...' if len(by_name) > 10 else ''})."
-        )
-    removed_in: dict[str, set[int]] = {}
-    removed_out: dict[str, set[int]] = {}
-    removed_cw: dict[str, set[int]] = {}
-    gathers: dict[str, np.ndarray] = {}
-    for name, value in kept.items():
-        unit = by_name[name]
-        keep = _kept_unit(value, unit)
-        drop = np.setdiff1d(np.arange(unit.channels), keep)
-        if unit.gather:
-            gathers[unit.consumers[0].layer] = unit.consumers[0].index[keep]
-        for slots, table in (
-            (unit.consumers, removed_in),
-            (unit.producers, removed_out),
-            (unit.channelwise, removed_cw),
-        ):
-            for slot in slots:
-                table.setdefault(slot.layer, set()).update(int(i) for i in slot.index[drop])
-    existing = {layer.name for layer in model.layers}
-    for name in gathers:
-        if f"{name}_gather" in existing:
-            raise ValueError(
-                f"apply_pruning: unit '{name}' needs a ChannelGather layer named '{name}_gather', but the model already "
-                "has a layer of that name; rename it first."
-            )
-    layers = {layer.name: layer for layer in model.layers}
-    missing = sorted((set(removed_in) | set(removed_out) | set(removed_cw)) - set(layers))
-    if missing:
-        raise ValueError(
-            f"apply_pruning: the units name layers {missing} that are not in model '{model.name}'; "
-            "pass units computed by prune_units(model) for this model."
-        )
-    keep_in = {n: _complement(int(layers[n].kernel.shape[-2]), r) for n, r in removed_in.items()}
-    keep_out = {n: _complement(int(layers[n].kernel.shape[-1]), r) for n, r in removed_out.items()}
-    keep_cw = {n: _complement(_channelwise_count(layers[n]), r) for n, r in removed_cw.items()}
-    keep_in = {n: v for n, v in keep_in.items() if v is not None}
-    keep_out = {n: v for n, v in keep_out.items() if v is not None}
-    keep_cw = {n: v for n, v in keep_cw.items() if v is not None}
+    units, keep_in, keep_out, keep_cw, gathers = _plan(model, kept, units, "apply_pruning")
     new_weights: dict[str, list[np.ndarray]] = {}
     for layer in model.layers:
         original = layer.get_weights()
