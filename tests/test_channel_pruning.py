@@ -311,3 +311,42 @@ def test_resnet50_pruned_everywhere_at_0_7_builds_saves_and_reports_its_ratio(tm
     small.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(loaded.predict(x[:2], verbose=0), small.predict(x[:2], verbose=0), atol=1e-5)
+
+
+def test_decomposed_layers_are_pruned_through_their_first_and_last_factors():
+    from tfcompress.demo import digits_cnn
+    from tfcompress.pruning import apply_pruning
+
+    keras.utils.set_random_seed(3)
+    model = digits_cnn()
+    small = tfc.rewrite_model(
+        model,
+        {"conv1": ("spatial_svd", 2), "conv2": ("spatial_svd", 20), "conv3": ("weight_svd", 20), "fc": ("svd", 5)},
+    )
+    units, _ = prune_units(small)
+    assert [(u.name, [s.layer for s in u.producers]) for u in units] == [
+        ("conv2", ["conv1"]),
+        ("conv3", ["conv2"]),
+        ("fc", ["conv3"]),
+    ]
+    kept = {u.name: np.arange(0, u.channels, 2) for u in units}
+    pruned = apply_pruning(small, kept, units=units)
+    shapes = {layer.name: [w.shape for w in layer.get_weights()] for layer in pruned.layers if layer.weights}
+    assert shapes["conv2"] == [(3, 1, 16, 20), (1, 3, 20, 32), (32,)]  # first factor's inputs, last factor's outputs
+    assert shapes["fc"] == [(32, 5), (5, 10), (10,)]
+    masked = tfc.rewrite_model(small, {})  # the same function: zeros on the dropped inputs of each first factor
+    for unit in units:
+        drop = np.setdiff1d(np.arange(unit.channels), kept[unit.name])
+        for slot in unit.consumers:
+            layer = masked.get_layer(slot.layer)
+            weights = layer.get_weights()
+            weights[0][..., slot.index[drop], :] = 0.0
+            layer.set_weights(weights)
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), masked.predict(x, verbose=0), atol=1e-5)
+    # a weight-SVD layer cannot keep fewer input channels than its rank: such candidates are not offered
+    x_many = np.random.default_rng(1).random((40, 8, 8, 1)).astype("float32")
+    params = CP(x_many, 300, False, "manual", CP.ManualModeParams([("conv3", 0.25)]))
+    out, stats = tfc.compress_model(small, lambda m, _: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    assert out.get_layer("conv3").get_weights()[0].shape[-2] == 20
+    assert any("rank of a decomposed layer" in note for note in stats.notes)

@@ -168,7 +168,7 @@ def svd_then_prune(
         >>> ref = model.predict(x, verbose=0)
         >>> score = lambda m, _: -float(np.mean((m.predict(x, verbose=0) - ref) ** 2))
         >>> small, result = tfc.svd_then_prune(model, score, None, data=x, target_comp_ratio=0.6,
-        ...                                    ssvd_ratios=[0.8], tolerance=1.0, verbose=0)
+        ...     ssvd_ratios=[0.8], tolerance=1.0, num_reconstruction_samples=200, num_comp_ratio_candidates=4, verbose=0)
         >>> result.best.mac_compression_ratio <= 0.61
         True
     """

@@ -305,18 +305,24 @@ def _consumers(
     unit: PruneUnit,
     current: keras.Model,
     original: keras.Model,
-    sampler: _Sampler,
+    sampler: _Sampler | None,
     removed: dict[str, set[int]],
     current_is_original: bool = False,
 ) -> list[_Consumer]:
-    """The unit's consumers with inputs sampled on ``current`` and target outputs from ``original``."""
+    """The unit's consumers with inputs sampled on ``current`` and target outputs from ``original``
+    (``sampler=None``: no data is needed, for magnitude selection without reconstruction)."""
     names = [slot.layer for slot in unit.consumers]
-    now = sampler.patches(current, names)
-    before = now if current_is_original else sampler.patches(original, names)
+    if sampler is None:
+        now = before = {n: None for n in names}
+    else:
+        now = sampler.patches(current, names)
+        before = now if current_is_original else sampler.patches(original, names)
     result = []
     for slot in unit.consumers:
         view, source = _view(current.get_layer(slot.layer)), _view(original.get_layer(slot.layer))
         w0 = np.asarray(keras.ops.convert_to_numpy(source.kernel), dtype=np.float64)
+        if before[slot.layer] is None:
+            before[slot.layer] = now[slot.layer] = np.zeros((0, w0[..., 0].size))
         y = before[slot.layer].astype(np.float64) @ w0.reshape(-1, w0.shape[-1])
         if source.bias is not None:
             y = y + np.asarray(keras.ops.convert_to_numpy(source.bias), dtype=np.float64)
@@ -553,7 +559,8 @@ def compress_channels(
     images = model_inputs(
         parameters.data, model, max(16, math.ceil(parameters.num_reconstruction_samples / POSITIONS_PER_IMAGE))
     )
-    sampler = _Sampler(images, parameters.num_reconstruction_samples, parameters.seed)
+    needs_data = parameters.reconstruct or parameters.channel_selection != "magnitude"
+    sampler = _Sampler(images, parameters.num_reconstruction_samples, parameters.seed) if needs_data else None
     stats.notes.append(
         f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per layer, "
         f"{parameters.channel_selection} channel selection, reconstruction {'on' if parameters.reconstruct else 'off'}"
@@ -728,7 +735,7 @@ def compress_channels(
 
     # ---- stats
     stats.timings["channel_selection_seconds"] = order_seconds
-    stats.timings["activation_sampling_seconds"] = sampler.seconds
+    stats.timings["activation_sampling_seconds"] = 0.0 if sampler is None else sampler.seconds
     for name, kept in kept_channels.items():
         unit = units[name]
         before = _unit_cost(unit, unit.channels, model, layer_costs)

@@ -224,10 +224,29 @@ def _activation_name(layer: Any) -> str | None:
     return None
 
 
+def _is_decomposed(layer: Any) -> bool:
+    """A tfcompress decomposed layer: its first factor reads the input channels, its last factor makes the outputs."""
+    from ..layers import SVDDense
+    from ..layers.base import DecomposedConv2D
+
+    return isinstance(layer, DecomposedConv2D | SVDDense)
+
+
 def _is_target_type(layer: Any) -> bool:
-    return type(layer) is keras.layers.Dense or (
-        type(layer) is keras.layers.Conv2D and int(layer.groups) == 1 and layer.data_format == "channels_last"
+    return (
+        type(layer) is keras.layers.Dense
+        or (type(layer) is keras.layers.Conv2D and int(layer.groups) == 1 and layer.data_format == "channels_last")
+        or (_is_decomposed(layer) and getattr(layer, "data_format", "channels_last") == "channels_last")
     )
+
+
+def _kernels(weights: list[np.ndarray], layer: Any) -> int:
+    """How many of ``layer``'s weights are kernels (the rest, at most one, is the bias)."""
+    return len(weights) - (1 if getattr(layer, "use_bias", False) else 0)
+
+
+def _out_channels(layer: Any) -> int:
+    return int(layer.filters if hasattr(layer, "filters") else layer.units)
 
 
 def _producer_problem(layer: Any) -> str | None:
@@ -304,6 +323,9 @@ def _chain(graph: _Graph, name: str, channels: int) -> ChannelChain | str:
 
 
 def _in_channels(layer: Any) -> int:
+    """Input channels of a Conv2D/Dense or of a decomposed layer (its first factor's axis -2)."""
+    if _is_decomposed(layer):
+        return int(layer.weights[0].shape[-2])
     return int(layer.kernel.shape[-2])
 
 
@@ -656,8 +678,8 @@ def _analyse(model: keras.Model) -> _Analysis:
             continue
         if kind == "producer":
             result.consumers[name] = list(segments(refs[0]))
-            result.in_channels[name] = int(layer.kernel.shape[-2])
-            size = int(layer.filters if isinstance(layer, keras.layers.Conv2D) else layer.units)
+            result.in_channels[name] = _in_channels(layer)
+            size = _out_channels(layer)
             problem = _producer_problem(layer)
             base = spaces.new(size, None if problem is None else f"producer '{name}': {problem}")
             result.producers[name] = base
@@ -866,7 +888,9 @@ def _slice_weights(
     keep_out: np.ndarray | None,
     keep_cw: np.ndarray | None,
 ) -> list[np.ndarray]:
-    if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and type(layer) is not keras.layers.DepthwiseConv2D:
+    if _is_target_type(layer) or (
+        isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and type(layer) is not keras.layers.DepthwiseConv2D
+    ):
         return _sliced(layer, weights, keep_in, keep_out)
     if keep_cw is None:
         return weights
@@ -890,10 +914,8 @@ def _rebuild(model: keras.Model, keep_out: Mapping[str, np.ndarray], gathers: Ma
 
     def clone_function(layer: Any) -> Any:
         config = layer.get_config()
-        if layer.name in keep_out and isinstance(layer, keras.layers.Conv2D):
-            config["filters"] = len(keep_out[layer.name])
-        elif layer.name in keep_out and isinstance(layer, keras.layers.Dense):
-            config["units"] = len(keep_out[layer.name])
+        if layer.name in keep_out:
+            config["filters" if "filters" in config else "units"] = len(keep_out[layer.name])
         return layer.__class__.from_config(config)
 
     def gather_layer(name: str) -> Any:
@@ -986,8 +1008,8 @@ def _plan(
             f"{what}: the units name layers {missing} that are not in model '{model.name}'; "
             "pass units computed by prune_units(model) for this model."
         )
-    keep_in = {n: _complement(int(layers[n].kernel.shape[-2]), r) for n, r in removed_in.items()}
-    keep_out = {n: _complement(int(layers[n].kernel.shape[-1]), r) for n, r in removed_out.items()}
+    keep_in = {n: _complement(_in_channels(layers[n]), r) for n, r in removed_in.items()}
+    keep_out = {n: _complement(_out_channels(layers[n]), r) for n, r in removed_out.items()}
     keep_cw = {n: _complement(_channelwise_count(layers[n]), r) for n, r in removed_cw.items()}
     keep_in = {n: v for n, v in keep_in.items() if v is not None}
     keep_out = {n: v for n, v in keep_out.items() if v is not None}
@@ -1128,15 +1150,20 @@ def _kept_indices(value: Any, channels: int, name: str) -> np.ndarray:
 
 
 def _sliced(layer: Any, weights: list[np.ndarray], keep_in: np.ndarray | None, keep_out: np.ndarray | None) -> list:
-    """``layer``'s weights with input channels ``keep_in`` and output channels ``keep_out`` only."""
-    if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
-        kernel = weights[0]
+    """``layer``'s weights with input channels ``keep_in`` and output channels ``keep_out`` only.
+
+    Conv2D/Dense: the kernel's axes -2 and -1 and the bias. A decomposed layer: its first factor's input axis
+    and its last factor's output axis (and the bias); the factors in between are untouched.
+    """
+    if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) or _is_decomposed(layer):
+        out = list(weights)
+        kernels = _kernels(out, layer)
         if keep_in is not None:
-            kernel = np.take(kernel, keep_in, axis=-2)
+            out[0] = np.take(out[0], keep_in, axis=-2)
         if keep_out is not None:
-            kernel = np.take(kernel, keep_out, axis=-1)
-        rest = [w if keep_out is None else np.take(w, keep_out, axis=-1) for w in weights[1:]]
-        return [kernel, *rest]
+            out[kernels - 1] = np.take(out[kernels - 1], keep_out, axis=-1)
+            out[kernels:] = [np.take(w, keep_out, axis=-1) for w in out[kernels:]]
+        return out
     if keep_out is None:
         return weights
     # BatchNormalization: gamma, beta, moving mean, moving variance are all per channel
