@@ -227,6 +227,18 @@ def test_compress_manual_mode(files, tmp_path) -> None:
 
 
 @pytest.mark.usefixtures("eval_on_path")
+def test_compress_channel_pruning(files, tmp_path) -> None:
+    argv = ["compress", files["model"], "--scheme", "channel_pruning", "--eval", f"{EVAL_MODULE}:agreement"]
+    argv += ["--data", files["data"], "--samples", "300", "--target", "0.6", "--candidates", "4"]
+    assert _run([*argv, "--no-report", "-q", "-o", tmp_path / "out"]) == 0
+    stats = tfc.CompressionStats.from_json(tmp_path / "out" / "stats.json")
+    assert stats.compress_scheme == "channel_pruning" and stats.mac_compression_ratio <= 0.6 + 1e-3
+    compressed = keras.models.load_model(tmp_path / "out" / "compressed.keras", safe_mode=True)
+    assert tfc.model_cost(compressed).macs == stats.compressed_macs
+    assert "model input" in stats.skipped_layers["c1"]
+
+
+@pytest.mark.usefixtures("eval_on_path")
 def test_compress_cache_skips_evaluations_on_a_rerun(files, tmp_path) -> None:
     cache = tmp_path / "scores.json"
     argv = ["compress", files["model"], "--eval", f"{EVAL_MODULE}:agreement", "--data", files["data"]]

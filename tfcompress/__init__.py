@@ -14,7 +14,7 @@ from .compress import ModelCompressor, compress_model
 from .cost import model_cost, rank_for_ratio
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
 from .latency import LatencyOptions
-from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
+from .layers import ChannelGather, SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
 from .params import (
     AutoSchemeParameters,
     ChannelPruningParameters,
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoSchemeParameters",
+    "ChannelGather",
     "ChannelPruningParameters",
     "SvdThenPruneResult",
     "CompressionScheme",

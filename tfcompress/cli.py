@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  tfcompress compress model.keras --scheme weight_svd --multiplicity 8 --ignore conv1 --eval "
         "my_eval:accuracy -o out\n"
         "  tfcompress compress model.keras --manual conv2=0.4 conv3=0.6 -o out\n"
+        "  tfcompress compress model.keras --scheme channel_pruning --data val.npz --eval my_eval:accuracy -o out\n"
         "  tfcompress compress model.keras --eval my_eval.py:accuracy --cache out/scores.json -o out\n\n"
         "my_eval.py:\n"
         "  import numpy as np\n"
@@ -178,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("model", metavar="MODEL.keras", help="a saved Sequential or Functional Keras model")
     compress.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
     compress.add_argument(
-        "--scheme", choices=_SCHEMES, default="spatial_svd", help="decomposition scheme (default: %(default)s)"
+        "--scheme",
+        choices=(*_SCHEMES, "channel_pruning"),
+        default="spatial_svd",
+        help="decomposition scheme, or channel_pruning (needs --data with model inputs 'x') (default: %(default)s)",
     )
     compress.add_argument(
         "--target",
@@ -196,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="eval function(model, iterations) -> float, higher is better (default: data-free output agreement)",
     )
     compress.add_argument("--data", metavar="FILE.npz", help="arrays passed to the eval function as a dict (see above)")
+    compress.add_argument(
+        "--samples",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="channel_pruning: sampled output positions per layer for the least-squares refit (default: %(default)s)",
+    )
     compress.add_argument(
         "--ignore", metavar="NAME", nargs="+", action="extend", default=[], help="layers to leave alone (auto mode)"
     )
@@ -604,6 +615,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         sub.error("--candidates must be >= 2")
     if args.multiplicity < 1:
         sub.error("--multiplicity must be >= 1")
+    if args.scheme == "channel_pruning" and not args.data:
+        sub.error("--scheme channel_pruning needs --data FILE.npz with an array 'x' of model inputs")
+    if args.samples < 1:
+        sub.error("--samples must be >= 1")
 
     model_path = _check_model_path(args.model)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -653,16 +668,26 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         "weight_svd": tfc.WeightSvdParameters,
         "spatial_svd": tfc.SpatialSvdParameters,
         "tucker": tfc.TuckerParameters,
+        "channel_pruning": tfc.ChannelPruningParameters,
     }[args.scheme]
+    leading: tuple = ()
+    if args.scheme == "channel_pruning":
+        if data is None or "x" not in data:
+            raise CLIError(f"--data {args.data!r} has no array 'x' of model inputs, which channel_pruning samples")
+        leading = (data["x"], args.samples, False)
     if args.manual:
         parameters = parameters_class(
-            tfc.Mode.manual, parameters_class.ManualModeParams(list(args.manual)), multiplicity=args.multiplicity
+            *leading,
+            tfc.Mode.manual,
+            parameters_class.ManualModeParams(list(args.manual)),
+            multiplicity=args.multiplicity,
         )
     else:
         greedy = tfc.GreedySelectionParameters(
             target_comp_ratio=target, num_comp_ratio_candidates=candidates, saved_eval_scores_dict=args.cache
         )
         parameters = parameters_class(
+            *leading,
             tfc.Mode.auto,
             parameters_class.AutoModeParams(greedy, modules_to_ignore=list(args.ignore)),
             multiplicity=args.multiplicity,
