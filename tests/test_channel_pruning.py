@@ -62,7 +62,7 @@ def test_digits_half_macs_reconstruction_beats_plain_pruning_and_file_shrinks(di
     # really smaller, at the reported ratio
     assert stats.mac_compression_ratio <= 0.5 + 1e-3
     assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
-    assert stats.mac_compression_ratio > 0.3  # it used the budget, not everything
+    assert stats.mac_compression_ratio > 0.45  # the budget left by the threshold search is spent
     kept = {row.name: row.rank for row in stats.per_layer_stats}
     assert set(kept) <= {"conv2", "conv3", "fc"} and kept
     assert small.get_layer("conv1").filters == kept.get("conv2", 32)

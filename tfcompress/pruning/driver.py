@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
+from ..decompose import blas_single_thread
 from ..enums import CostMetric, Mode, RankSelectScheme
 from ..graph import walk_layers
 from ..layers import SVDDense
@@ -347,6 +348,7 @@ def _consumers(
     return result
 
 
+@blas_single_thread()
 def _order(consumers: list[_Consumer], n: int, keep: int, selection: str) -> np.ndarray:
     """The unit's channels in the order they are kept (the first ``keep`` of them)."""
     if selection == "magnitude":
@@ -425,6 +427,7 @@ class _Swap:
             variable.assign(value)
 
 
+@blas_single_thread()
 def _refits(consumers: list[_Consumer], dropped: np.ndarray, reconstruct: bool) -> dict[str, tuple]:
     """``{consumer: (kept inputs, kept-input kernel (taps, k, N), bias)}`` when the unit drops ``dropped``."""
     fitted = {}
@@ -643,7 +646,7 @@ def compress_channels(
         # so that the same savings meet it.
         overlap = max(sum(originals.values()) - total_cost, 0.0)
 
-        def plan_for(goal: float) -> tuple[dict[str, int], float, Any]:
+        def plan_for(goal: float) -> tuple[dict[str, int], float]:
             padded = total_cost + overlap
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -656,9 +659,9 @@ def compress_channels(
                     use_monotonic_fit=select_params.use_monotonic_fit,
                 )
             chosen = {n: keeps[n][_match(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
-            return chosen, metric_of(_plan_cost(chosen, units, model, layer_costs)) / total_cost, selection
+            return chosen, metric_of(_plan_cost(chosen, units, model, layer_costs)) / total_cost
 
-        plan, true_ratio, selection = plan_for(target)
+        plan, true_ratio = plan_for(target)
         goal = target
         if true_ratio > target + 1e-3:
             # unit costs were estimated one unit at a time; tighten the goal until the exact cost fits
@@ -671,15 +674,28 @@ def compress_channels(
                 else:
                     hi = mid
             if best is not None:
-                (plan, true_ratio, selection), goal = best, lo
+                (plan, true_ratio), goal = best, lo
                 stats.notes.append(
                     f"the selector's goal was tightened to {goal:.4f} so that the exact cost of the plan "
                     f"({true_ratio:.4f}) meets the target {target}"
                 )
         if true_ratio > target + 1e-3:
             stats.notes.append(f"target {target} not reached: the smallest plan found costs {true_ratio:.4f}")
-        elif not selection.reached and true_ratio < target - 0.05:
-            stats.notes.append(selection.message)
+        elif plan:
+            # the threshold search moves in whole candidates: spend what is left up to the target on more channels
+            loss = {
+                n: stats.baseline_model_accuracy - _lookup(scores[n], _ratio_of(keeps[n], k)) for n, k in plan.items()
+            }
+            filled = _fill_budget(
+                plan, keeps, loss, units, model, layer_costs, target * total_cost, metric_of, multiplicity
+            )
+            filled_ratio = metric_of(_plan_cost(filled, units, model, layer_costs)) / total_cost
+            if filled_ratio > true_ratio + 1e-9:
+                stats.notes.append(
+                    f"greedy selection gave ratio {true_ratio:.4f}; the budget left up to the target was spent on "
+                    f"more channels (most score-sensitive groups first), giving {filled_ratio:.4f}"
+                )
+            plan, true_ratio = filled, filled_ratio
         stats.selected_comp_ratio = true_ratio
     for name in ratios_of:
         if name not in plan:
@@ -765,6 +781,57 @@ def stats_scheme(stats: CompressionStats) -> Any:
     from ..enums import CompressionScheme
 
     return CompressionScheme(stats.compress_scheme)
+
+
+def _ratio_of(row: dict[float, int], keep: int) -> float:
+    """The candidate ratio of ``row`` (ratio -> keep) that gives ``keep`` channels."""
+    return next(r for r, k in row.items() if k == keep)
+
+
+def _fill_budget(
+    plan: dict[str, int],
+    keeps: dict[str, dict[float, int]],
+    loss: dict[str, float],
+    units: dict[str, PruneUnit],
+    model: keras.Model,
+    layer_costs: dict[str, tuple[float, float]],
+    budget: float,
+    metric_of: Any,
+    multiplicity: int,
+) -> dict[str, int]:
+    """Give channels back, ``multiplicity`` at a time, while the exact cost stays within ``budget``.
+
+    The unit that lost the most score at its chosen candidate goes first, first up to its next candidate's keep,
+    then (second pass) beyond, up to all its channels (then it is not pruned at all).
+    """
+    plan = dict(plan)
+    order = sorted(plan, key=lambda n: (-loss[n], n))
+    for capped in (True, False):
+        active = list(order)
+        while active:
+            progressed = False
+            for name in list(active):
+                if name not in plan:
+                    active.remove(name)
+                    continue
+                keep, channels = plan[name], units[name].channels
+                higher = sorted(k for k in keeps[name].values() if k > keep)
+                limit = higher[0] if capped and higher else channels
+                new = min(keep + multiplicity, limit, channels)
+                trial = dict(plan)
+                if new >= channels:
+                    del trial[name]
+                else:
+                    trial[name] = new
+                if new <= keep or metric_of(_plan_cost(trial, units, model, layer_costs)) > budget:
+                    active.remove(name)
+                    continue
+                plan = trial
+                progressed = True
+                break  # most sensitive first: start again from the top
+            if not progressed:
+                break
+    return plan
 
 
 def _lookup(row: dict[float, float], ratio: float) -> float:
