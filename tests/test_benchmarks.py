@@ -105,3 +105,75 @@ def test_latency_plans_quick(tmp_path):
         assert row[plan]["num_eval_calls"] > 0 and isinstance(row[plan]["target_reached"], bool)
     assert row["latency_plan"]["latency_measurements"] > 0
     assert positive(row["latency_plan_vs_mac_plan_speed"])
+
+
+def _fashion_mnist_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fashion_mnist", os.path.join(BENCHMARKS, "fashion_mnist.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(path, array, type_code=0x08):
+    import gzip
+
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(array.dtype.newbyteorder(">")).tobytes())
+
+
+def test_fashion_mnist_idx_parser_and_loader(tmp_path):
+    import numpy as np
+
+    fm = _fashion_mnist_module()
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([9, 0, 3], dtype=np.uint8)
+    _write_idx(tmp_path / "img.gz", images)
+    np.testing.assert_array_equal(fm.read_idx(tmp_path / "img.gz"), images)
+    floats = np.array([[1.5, -2.0]], dtype=np.float32)
+    _write_idx(tmp_path / "f.gz", floats, type_code=0x0D)
+    got = fm.read_idx(tmp_path / "f.gz")
+    assert got.dtype == np.float32 and got.dtype.isnative
+    np.testing.assert_array_equal(got, floats)
+
+    with pytest.raises(ValueError, match="magic"):
+        fm.parse_idx(b"\x01\x00\x08\x01\x00\x00\x00\x01\x05")
+    with pytest.raises(ValueError, match="promises shape"):
+        fm.parse_idx(bytes([0, 0, 8, 1, 0, 0, 0, 3, 1, 2]))  # 3 values promised, 2 present
+    with pytest.raises(ValueError, match="value type"):
+        fm.parse_idx(bytes([0, 0, 7, 1, 0, 0, 0, 1, 1]))
+
+    # missing files: the message names the Debian package
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        fm.load_fashion_mnist(tmp_path)
+    assert not fm.available(tmp_path)
+
+    # a complete tiny copy loads as float32 images in [0, 1] with a channel axis
+    for split, n in (("train", 3), ("t10k", 2)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images[:n])
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels[:n])
+    x_train, y_train, x_test, y_test = fm.load_fashion_mnist(tmp_path)
+    assert x_train.shape == (3, 28, 28, 1) and x_test.shape == (2, 28, 28, 1) and x_train.dtype == np.float32
+    assert y_train.tolist() == [9, 0, 3] and y_test.tolist() == [9, 0]
+    np.testing.assert_allclose(x_train[..., 0], images / 255.0, rtol=1e-6)
+
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)  # 3 labels for 2 images
+    with pytest.raises(ValueError, match="dataset-fashion-mnist"):
+        fm.load_fashion_mnist(tmp_path)
+
+
+FASHION_MNIST_MISSING = "Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)"
+
+
+def test_fashion_mnist_real_data():
+    import numpy as np
+
+    fm = _fashion_mnist_module()
+    if not fm.available():
+        pytest.skip(FASHION_MNIST_MISSING)
+    x_train, y_train, x_test, y_test = fm.load_fashion_mnist()
+    assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
+    assert 0.0 <= float(x_train.min()) and float(x_train.max()) <= 1.0
+    assert np.bincount(y_train).tolist() == [6000] * 10 and np.bincount(y_test).tolist() == [1000] * 10
