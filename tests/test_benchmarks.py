@@ -177,3 +177,36 @@ def test_fashion_mnist_real_data():
     assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     assert 0.0 <= float(x_train.min()) and float(x_train.max()) <= 1.0
     assert np.bincount(y_train).tolist() == [6000] * 10 and np.bincount(y_test).tolist() == [1000] * 10
+
+
+@pytest.mark.slow
+def test_accuracy_quick(tmp_path):
+    if not _fashion_mnist_module().available():
+        pytest.skip(FASHION_MNIST_MISSING)
+    # the VGG-style model only: the ResNet-style one takes twice as long (the full run covers it)
+    data, markdown = run_quick("accuracy.py", tmp_path, "--models", "vgg_cnn")
+    (case,) = data["models"]
+    assert case["model"] == "vgg_cnn" and case["macs"] > 0
+    assert 0 <= case["baseline"]["test_accuracy"] <= 1 and case["baseline"]["source"] == "trained in this run"
+    methods = [r["method"] for r in case["results"]]
+    assert methods == list(data["methods"]) and data["settings"]["targets"] == [0.5]
+    for row in case["results"]:
+        if row["method"] in ("channel_pruning", "svd_then_prune"):
+            assert row["status"] in ("ok", "not available"), row
+        else:
+            assert row["status"] == "ok", row
+        if row["status"] == "ok":
+            assert 0 < row["mac_ratio"] < 1 and 0 < row["param_ratio"] <= 1.5
+            assert 0 <= row["test_accuracy_before_ft"] <= 1 and 0 <= row["test_accuracy_after_ft"] <= 1
+            assert math.isclose(
+                row["delta_after_ft"], row["test_accuracy_after_ft"] - case["baseline"]["test_accuracy"]
+            )
+    rows = {r["method"]: r for r in case["results"]}
+    # SVD methods reach the target without exceeding it (TAR allows 0.001 above it)
+    for method in ("spatial_svd_greedy", "weight_svd_greedy", "weight_svd_uniform", "weight_svd_data_free"):
+        assert rows[method]["mac_ratio"] <= 0.5 + 2e-3, rows[method]
+    assert 0 < rows["weight_svd_uniform"]["per_layer_ratio"] <= 1
+    assert set(data["goals"]) >= {"goal_within_1_point_holds", "goal_greedy_above_uniform_holds"}
+    assert "vgg_cnn" in markdown and "Goal 1" in markdown
+    assert data["plot"] is None or (tmp_path / "results" / data["plot"]).exists()
+    assert not list((tmp_path / "results").glob("*.weights.h5"))  # quick mode never caches weights

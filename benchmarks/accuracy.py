@@ -1,0 +1,768 @@
+"""Accuracy vs compression on Fashion-MNIST: tfcompress's greedy selection against the recipes users would pick.
+
+Two small CNNs (VGG-style, and ResNet-style with BatchNorm and residual ``Add``) are trained to a stable baseline
+on real data (Debian package ``dataset-fashion-mnist``). For each MAC target, each method compresses the trained
+model; test accuracy is measured before and after the same short fine-tuning. Methods: greedy spatial SVD, greedy
+weight SVD, channel pruning, spatial SVD then channel pruning (the last two when this version of tfcompress has
+them), one uniform ratio for every layer (plain per-layer weight SVD), and ranks chosen from the singular values
+alone (data-free, no evaluation). The greedy searches score candidates by accuracy on a validation split held out
+of the training set; the table reports accuracy on the separate test set.
+
+    apt-get install -y dataset-fashion-mnist        # the data: /usr/share/datasets/fashion-mnist/*.gz
+    python benchmarks/accuracy.py --quick           # small subsets, 1 epoch, target 0.5 (a minute or two)
+    python benchmarks/accuracy.py                   # full: targets 0.75, 0.5, 0.3 (about 25 minutes)
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import _common
+import fashion_mnist
+
+CLASSIFIER = "logits"  # the 10-way output layer: left uncompressed by every method (its MACs are negligible)
+
+METHODS = {
+    "spatial_svd_greedy": "greedy spatial SVD",
+    "weight_svd_greedy": "greedy weight SVD",
+    "channel_pruning": "channel pruning (greedy)",
+    "svd_then_prune": "spatial SVD then channel pruning",
+    "weight_svd_uniform": "uniform weight SVD (one ratio for all layers)",
+    "weight_svd_data_free": "data-free weight SVD (singular values only)",
+}
+
+
+def settings_for(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {
+            "train_images": 2000,
+            "validation_images": 300,
+            "test_images": 500,
+            "baseline_epochs": 1,
+            "baseline_batch_size": 64,
+            "baseline_learning_rate": 2e-3,
+            "finetune_images": 256,
+            "finetune_batch_size": 64,
+            "finetune_learning_rate": 1e-4,
+            "targets": [0.5],
+            "num_comp_ratio_candidates": 3,
+            "tar_num_rank_indices": 50,
+            "calibration_images": 100,
+            "num_reconstruction_samples": 300,
+            "svd_then_prune_ssvd_ratio": 0.85,
+        }
+    return {
+        "train_images": 55000,
+        "validation_images": 3000,
+        "test_images": 10000,
+        "baseline_epochs": 4,
+        "baseline_batch_size": 128,
+        "baseline_learning_rate": 2e-3,
+        "finetune_images": 9600,
+        "finetune_batch_size": 64,
+        "finetune_learning_rate": 1e-4,
+        "targets": [0.75, 0.5, 0.3],
+        "num_comp_ratio_candidates": 10,
+        "tar_num_rank_indices": 100,
+        "calibration_images": 1000,
+        "num_reconstruction_samples": 2000,
+        "svd_then_prune_ssvd_ratio": 0.85,
+    }
+
+
+# ---------------------------------------------------------------- models
+
+
+def vgg_cnn() -> Any:
+    """VGG-style: three stages of two 3x3 convolutions (16, 32, 64 filters) and max pooling, then two Dense layers."""
+    import keras
+
+    layers = keras.layers
+    x = inputs = keras.Input((28, 28, 1), name="image")
+    index = 0
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        for _ in range(2):
+            index += 1
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{index}")(x)
+        x = layers.MaxPooling2D(name=f"pool{stage}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="fc1")(x)
+    outputs = layers.Dense(10, name=CLASSIFIER)(x)
+    return keras.Model(inputs, outputs, name="vgg_cnn")
+
+
+def resnet_cnn() -> Any:
+    """ResNet-style: a 3x3 stem (16 filters, 28x28), three stages of basic residual blocks (32, 64, 128 filters at
+    14x14, 7x7, 4x4; 1, 2, 1 blocks; BatchNorm, ``Add``, 1x1 projection shortcut when the shape changes), global
+    average pooling and the classifier."""
+    import keras
+
+    layers = keras.layers
+
+    def conv_bn(x: Any, filters: int, strides: int, name: str, relu: bool = True) -> Any:
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    def block(x: Any, filters: int, strides: int, name: str) -> Any:
+        shortcut = x
+        y = conv_bn(x, filters, strides, f"{name}_conv1")
+        y = conv_bn(y, filters, 1, f"{name}_conv2", relu=False)
+        if strides != 1 or x.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
+            shortcut = layers.BatchNormalization(momentum=0.9, name=f"{name}_proj_bn")(shortcut)
+        return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+    x = inputs = keras.Input((28, 28, 1), name="image")
+    x = conv_bn(x, 16, 1, "stem")
+    for stage, (filters, strides, blocks) in enumerate(((32, 2, 1), (64, 2, 2), (128, 2, 1)), start=1):
+        for b in range(blocks):
+            x = block(x, filters, strides if b == 0 else 1, f"s{stage}b{b + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(10, name=CLASSIFIER)(x)
+    return keras.Model(inputs, outputs, name="resnet_cnn")
+
+
+MODELS: dict[str, Callable[[], Any]] = {"vgg_cnn": vgg_cnn, "resnet_cnn": resnet_cnn}
+
+
+def compile_model(model: Any, learning_rate: Any) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def accuracy(model: Any, x: Any, y: Any) -> float:
+    import numpy as np
+
+    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(axis=1) == y))
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_data(settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Train / validation (held out of the 60,000 training images) / test, subsampled as the settings say."""
+    import numpy as np
+
+    x_train, y_train, x_test, y_test = fashion_mnist.load_fashion_mnist()
+    order = np.random.default_rng(seed).permutation(len(x_train))
+    n_val, n_train = settings["validation_images"], settings["train_images"]
+    val, train = order[:n_val], order[n_val : n_val + n_train]
+    test = np.arange(min(settings["test_images"], len(x_test)))
+    return {
+        "x_train": x_train[train],
+        "y_train": y_train[train],
+        "x_val": x_train[val],
+        "y_val": y_train[val],
+        "x_test": x_test[test],
+        "y_test": y_test[test],
+    }
+
+
+# ---------------------------------------------------------------- baseline
+
+
+def _baseline_key(name: str, model: Any, settings: dict[str, Any], seed: int) -> str:
+    import keras
+
+    described = {
+        "config": model.get_config(),
+        "keras": keras.__version__,
+        "seed": seed,
+        **{k: settings[k] for k in settings if k.startswith("baseline_") or k in ("train_images", "validation_images")},
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def baseline(
+    name: str, data: dict[str, Any], settings: dict[str, Any], seed: int, cache_dir: str | None, reuse: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """Train the model (fixed seeds; cosine-decayed Adam), or load weights cached by an earlier full run.
+
+    With ``cache_dir``, the trained weights are saved there (if under 2 MB) under a name that hashes the
+    architecture, seed and training settings, and reused by the next run when ``reuse``."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = MODELS[name]()
+    epochs, batch = settings["baseline_epochs"], settings["baseline_batch_size"]
+    steps = epochs * -(-len(data["x_train"]) // batch)
+    schedule = keras.optimizers.schedules.CosineDecay(settings["baseline_learning_rate"], steps, alpha=0.02)
+    compile_model(model, schedule)
+    info: dict[str, Any] = {}
+    cache = None
+    if cache_dir is not None:
+        cache = os.path.join(
+            cache_dir, f"accuracy_baseline_{name}_{_baseline_key(name, model, settings, seed)}.weights.h5"
+        )
+    if cache is not None and reuse and os.path.exists(cache):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the file has no optimizer state (the optimizer is not built yet)
+            model.load_weights(cache)
+        info.update(source="cached weights", cache_file=os.path.basename(cache))
+    else:
+        start = time.perf_counter()
+        history = model.fit(
+            data["x_train"],
+            data["y_train"],
+            batch_size=batch,
+            epochs=epochs,
+            validation_data=(data["x_val"], data["y_val"]),
+            verbose=0,
+        )
+        info.update(
+            source="trained in this run",
+            train_seconds=time.perf_counter() - start,
+            val_accuracy_per_epoch=[float(v) for v in history.history["val_accuracy"]],
+            train_accuracy_per_epoch=[float(v) for v in history.history["accuracy"]],
+        )
+        if cache is not None:
+            _save_small_weights(model, cache, name)
+            info["cache_file"] = os.path.basename(cache) if os.path.exists(cache) else None
+    return model, info
+
+
+def _save_small_weights(model: Any, path: str, name: str, limit_bytes: int = 2_000_000) -> None:
+    """Cache the weights next to the results if the file is small (< 2 MB); drop older caches of this model."""
+    import glob
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, temp = tempfile.mkstemp(suffix=".weights.h5", dir=folder)
+    os.close(fd)
+    try:
+        bare = MODELS[name]()  # not compiled: the file holds the weights only, not the optimizer's state
+        bare.set_weights(model.get_weights())
+        bare.save_weights(temp, overwrite=True)
+        if os.path.getsize(temp) >= limit_bytes:
+            return
+        for old in glob.glob(os.path.join(folder, f"accuracy_baseline_{name}_*.weights.h5")):
+            os.remove(old)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+# ---------------------------------------------------------------- methods
+# Each returns (compressed_model, notes); the whole-model MAC ratio is measured afterwards with tfc.model_cost.
+
+
+def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cache: str) -> Any:
+    import tfcompress as tfc
+
+    return scheme_parameters(
+        tfc.Mode.auto,
+        scheme_parameters.AutoModeParams(
+            tfc.GreedySelectionParameters(
+                target_comp_ratio=target,
+                num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+                saved_eval_scores_dict=cache,
+            ),
+            modules_to_ignore=[CLASSIFIER],
+        ),
+    )
+
+
+def spatial_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_spatial_svd_scores.json")
+    params = _greedy(tfc.SpatialSvdParameters, target, ctx["settings"], cache)
+    compressed, stats = tfc.compress_model(model, evaluate, None, "spatial_svd", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+def weight_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_scores.json")
+    params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache)
+    compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+def channel_pruning(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    settings = ctx["settings"]
+    cache = os.path.join(ctx["scratch"], f"{model.name}_channel_pruning_scores.json")
+    params = tfc.ChannelPruningParameters(
+        data=ctx["x_calib"],
+        num_reconstruction_samples=settings["num_reconstruction_samples"],
+        allow_custom_downsample_ops=False,
+        mode=tfc.Mode.auto,
+        params=tfc.ChannelPruningParameters.AutoModeParams(
+            tfc.GreedySelectionParameters(
+                target_comp_ratio=target,
+                num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+                saved_eval_scores_dict=cache,
+            ),
+            modules_to_ignore=[CLASSIFIER],
+        ),
+    )
+    compressed, stats = tfc.compress_model(model, evaluate, None, "channel_pruning", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+def svd_then_prune(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    settings = ctx["settings"]
+    ssvd = max(settings["svd_then_prune_ssvd_ratio"], target)  # one spatial-SVD ratio: half the search time
+    compressed, result = tfc.svd_then_prune(
+        model,
+        evaluate,
+        None,
+        data=ctx["x_calib"],
+        target_comp_ratio=target,
+        ssvd_ratios=[ssvd],
+        num_reconstruction_samples=settings["num_reconstruction_samples"],
+        num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+        modules_to_ignore=[CLASSIFIER],
+        verbose=0,
+    )
+    step = result.steps[result.chosen]
+    return compressed, {
+        "ssvd_ratio": step.ssvd_ratio,
+        "prune_ratio": step.prune_ratio,
+        "val_accuracy_after_ssvd": step.ssvd_score,
+        "val_accuracy": step.score,
+    }
+
+
+def _weight_svd_layers(model: Any) -> list[Any]:
+    """Conv2D/Dense layers (not the classifier) whose rank-1 weight SVD is cheaper than the layer itself."""
+    import keras
+
+    from tfcompress.cost import decomposed_cost, layer_geometry, original_cost
+
+    out = []
+    for layer in model.layers:
+        if layer.name == CLASSIFIER or not isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+            continue
+        geometry = layer_geometry(layer)
+        if decomposed_cost(geometry, "weight_svd", 1).macs < original_cost(geometry).macs:
+            out.append(layer)
+    return out
+
+
+def uniform_ratio_for(model: Any, target: float) -> tuple[float, float]:
+    """Bisect the one per-layer ratio ``r`` whose whole-model MAC ratio is the largest not above ``target``.
+
+    Costs come from tfcompress's formulas (``rank_for_ratio`` then the decomposed layer's MACs), so no model is
+    built during the search. Returns ``(r, predicted model MAC ratio)``.
+    """
+    import tfcompress as tfc
+    from tfcompress.cost import decomposed_cost, layer_geometry, original_cost
+
+    total = tfc.model_cost(model).macs
+    layers = [(layer, layer_geometry(layer)) for layer in _weight_svd_layers(model)]
+
+    def model_ratio(r: float) -> float:
+        saved = 0
+        for layer, geometry in layers:
+            rank = tfc.rank_for_ratio(layer, r, "weight_svd", "mac")
+            saved += original_cost(geometry).macs - decomposed_cost(geometry, "weight_svd", rank).macs
+        return (total - saved) / total
+
+    low, high = 1e-4, 1.0  # model_ratio is non-decreasing in r
+    if model_ratio(low) > target:
+        return low, model_ratio(low)
+    for _ in range(40):
+        mid = (low + high) / 2
+        if model_ratio(mid) <= target:
+            low = mid
+        else:
+            high = mid
+    return low, model_ratio(low)
+
+
+def weight_svd_uniform(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    ratio, predicted = uniform_ratio_for(model, target)
+    pairs = [(layer.name, ratio) for layer in _weight_svd_layers(model)]
+    params = tfc.WeightSvdParameters(tfc.Mode.manual, tfc.WeightSvdParameters.ManualModeParams(pairs))
+
+    def no_eval(m: Any, iterations: Any) -> float:
+        return 0.0
+
+    compressed, _ = tfc.compress_model(model, no_eval, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, {"per_layer_ratio": ratio, "layers": len(pairs), "predicted_mac_ratio": predicted}
+
+
+def weight_svd_data_free(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """TAR selection with a constant score: every layer keeps the rank whose relative reconstruction error
+    ``||W - W_r|| / ||W||`` (the discarded share of singular-value energy, square-rooted) is closest to one common
+    level ``i/N``; with equal scores TAR takes the level whose model ratio is closest to the target without
+    exceeding it. The weights' singular values alone decide; no data, no evaluation."""
+    import tfcompress as tfc
+
+    def constant(m: Any, iterations: Any) -> float:
+        return 0.0
+
+    params = tfc.WeightSvdParameters(
+        tfc.Mode.auto,
+        tfc.WeightSvdParameters.AutoModeParams(
+            tfc.TarRankSelectionParameters(ctx["settings"]["tar_num_rank_indices"], target_comp_ratio=target),
+            modules_to_ignore=[CLASSIFIER],
+        ),
+    )
+    compressed, stats = tfc.compress_model(model, constant, None, "weight_svd", "mac", params, verbose=0)
+    level = next((n for n in stats.notes if n.startswith("TAR chose")), None)
+    return compressed, {"tar_choice": level}
+
+
+def available_methods() -> dict[str, Callable[..., Any] | None]:
+    """Method name -> function, or None when this version of tfcompress does not have it."""
+    import tfcompress as tfc
+
+    return {
+        "spatial_svd_greedy": spatial_svd_greedy,
+        "weight_svd_greedy": weight_svd_greedy,
+        "channel_pruning": channel_pruning if hasattr(tfc, "ChannelPruningParameters") else None,
+        "svd_then_prune": svd_then_prune if hasattr(tfc, "svd_then_prune") else None,
+        "weight_svd_uniform": weight_svd_uniform,
+        "weight_svd_data_free": weight_svd_data_free,
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def fine_tune(model: Any, data: dict[str, Any], settings: dict[str, Any], seed: int) -> float:
+    """The same short fine-tuning for every method: one pass over a fixed subset, Adam with a low rate decayed to
+    zero (cosine), fixed seed."""
+    import keras
+
+    keras.utils.set_random_seed(seed + 1)
+    n, batch = settings["finetune_images"], settings["finetune_batch_size"]
+    steps = -(-min(n, len(data["x_train"])) // batch)
+    compile_model(model, keras.optimizers.schedules.CosineDecay(settings["finetune_learning_rate"], steps, alpha=0.0))
+    start = time.perf_counter()
+    model.fit(
+        data["x_train"][:n],
+        data["y_train"][:n],
+        batch_size=batch,
+        epochs=1,
+        shuffle=True,
+        verbose=0,
+    )
+    return time.perf_counter() - start
+
+
+def run_model(
+    name: str,
+    data: dict[str, Any],
+    settings: dict[str, Any],
+    seed: int,
+    cache_dir: str | None,
+    reuse: bool,
+    scratch: str,
+) -> dict[str, Any]:
+    import tfcompress as tfc
+
+    model, info = baseline(name, data, settings, seed, cache_dir, reuse)
+    cost = tfc.model_cost(model)
+    base_test = accuracy(model, data["x_test"], data["y_test"])
+    base_val = accuracy(model, data["x_val"], data["y_val"])
+    print(f"accuracy: {name}: baseline test accuracy {base_test:.4f} ({info['source']})", flush=True)
+
+    def evaluate(m: Any, iterations: Any) -> float:
+        return accuracy(m, data["x_val"], data["y_val"])
+
+    ctx = {"settings": settings, "scratch": scratch, "x_calib": data["x_train"][: settings["calibration_images"]]}
+    rows = []
+    for target in settings["targets"]:
+        for method, function in available_methods().items():
+            row: dict[str, Any] = {"method": method, "label": METHODS[method], "target": target}
+            if function is None:
+                row["status"] = "not available"
+                row["reason"] = "this version of tfcompress does not have it"
+                rows.append(row)
+                continue
+            try:
+                start = time.perf_counter()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    compressed, notes = function(model, evaluate, target, ctx)
+                row["compress_seconds"] = time.perf_counter() - start
+                messages = sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+                if messages:
+                    row["warnings"] = messages
+            except Exception as err:  # one failing method must not lose the others' results
+                row.update(status="error", reason=f"{type(err).__name__}: {err}")
+                rows.append(row)
+                print(f"  {method} @ {target}: ERROR {row['reason']}", flush=True)
+                continue
+            after_cost = tfc.model_cost(compressed)
+            before = accuracy(compressed, data["x_test"], data["y_test"])
+            row["finetune_seconds"] = fine_tune(compressed, data, settings, seed)
+            after = accuracy(compressed, data["x_test"], data["y_test"])
+            row.update(
+                status="ok",
+                mac_ratio=after_cost.macs / cost.macs,
+                param_ratio=after_cost.params / cost.params,
+                test_accuracy_before_ft=before,
+                test_accuracy_after_ft=after,
+                delta_before_ft=before - base_test,
+                delta_after_ft=after - base_test,
+                **notes,
+            )
+            rows.append(row)
+            print(
+                f"  {method} @ {target}: MAC ratio {row['mac_ratio']:.3f}, test accuracy {before:.4f} -> "
+                f"{after:.4f} after fine-tuning",
+                flush=True,
+            )
+            del compressed
+            gc.collect()
+    return {
+        "model": name,
+        "macs": cost.macs,
+        "params": cost.params,
+        "baseline": {"test_accuracy": base_test, "val_accuracy": base_val, **info},
+        "results": rows,
+    }
+
+
+def goals(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """Goal 1: some tfcompress method within 1 point of the baseline at 0.5 MACs after fine-tuning, per model.
+    Goal 2: greedy weight SVD above uniform weight SVD (same decomposition) before fine-tuning, per target."""
+    out: dict[str, Any] = {"within_1_point_at_0.5_after_ft": {}, "greedy_above_uniform_before_ft": {}}
+    tfcompress_methods = ("spatial_svd_greedy", "weight_svd_greedy", "channel_pruning", "svd_then_prune")
+    for case in models:
+        rows = [r for r in case["results"] if r["status"] == "ok"]
+        at_half = [r for r in rows if r["target"] == 0.5 and r["method"] in tfcompress_methods]
+        within = [r["method"] for r in at_half if r["delta_after_ft"] >= -0.01]
+        if at_half:
+            best = max(at_half, key=lambda r: r["test_accuracy_after_ft"])
+            out["within_1_point_at_0.5_after_ft"][case["model"]] = {
+                "holds": bool(within),
+                "methods_within": within,
+                "best_method": best["method"],
+                "best_delta_after_ft": best["delta_after_ft"],
+            }
+        comparisons = {}
+        for target in sorted({r["target"] for r in rows}, reverse=True):
+            by = {r["method"]: r for r in rows if r["target"] == target}
+            if "weight_svd_greedy" in by and "weight_svd_uniform" in by:
+                greedy, uniform = by["weight_svd_greedy"], by["weight_svd_uniform"]
+                comparisons[str(target)] = {
+                    "greedy": greedy["test_accuracy_before_ft"],
+                    "uniform": uniform["test_accuracy_before_ft"],
+                    "holds": greedy["test_accuracy_before_ft"] > uniform["test_accuracy_before_ft"],
+                }
+        out["greedy_above_uniform_before_ft"][case["model"]] = comparisons
+    out["goal_within_1_point_holds"] = bool(out["within_1_point_at_0.5_after_ft"]) and all(
+        v["holds"] for v in out["within_1_point_at_0.5_after_ft"].values()
+    )
+    flat = [c["holds"] for v in out["greedy_above_uniform_before_ft"].values() for c in v.values()]
+    out["goal_greedy_above_uniform_holds"] = bool(flat) and all(flat)
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _delta(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:+.2f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    mode = "quick" if result["quick"] else "full"
+    lines = [
+        f"## Accuracy vs compression on Fashion-MNIST ({mode} mode)\n",
+        f"Real data (Debian `dataset-fashion-mnist`): {s['train_images']:,} training images, a validation split of "
+        f"{s['validation_images']:,} held out of the training set (the greedy searches score candidates on it), "
+        f"test accuracy on {s['test_images']:,} test images (in %). Baselines trained {s['baseline_epochs']} "
+        f"epoch(s) (Adam {s['baseline_learning_rate']:g}, cosine decay, batch {s['baseline_batch_size']}). "
+        f"Fine-tuning, the same for every method: one pass over {s['finetune_images']:,} training images, "
+        f"Adam {s['finetune_learning_rate']:g} decayed to 0 (cosine), batch {s['finetune_batch_size']}, fixed seed. "
+        f"The classifier layer `{CLASSIFIER}` is left alone by every method.\n",
+        '- greedy spatial SVD / greedy weight SVD: `tfc.compress_model(..., "spatial_svd"|"weight_svd", '
+        f'"mac", ...)` in auto mode, greedy selection with {s["num_comp_ratio_candidates"]} candidate ratios '
+        "per layer, eval callback = validation accuracy (score table cached across targets).",
+        '- channel pruning: `compress_model(..., "channel_pruning", ...)`, greedy, '
+        f"{s['calibration_images']} calibration images, {s['num_reconstruction_samples']} reconstruction samples; "
+        "spatial SVD then channel pruning: `tfc.svd_then_prune` (when available in this version).",
+        "- uniform weight SVD: the plain per-layer SVD recipe, every eligible layer (Conv2D/Dense whose rank-1 "
+        "weight SVD is cheaper than the layer) at one ratio r in manual mode, r bisected so the whole-model MAC "
+        "ratio is the largest not above the target.",
+        "- data-free weight SVD: ranks from the singular values only (no data, no evaluation): TAR selection "
+        f"(`TarRankSelectionParameters({s['tar_num_rank_indices']}, target)`) with a constant score, so every "
+        "layer keeps the rank whose relative reconstruction error `||W - W_r|| / ||W||` is closest to one common "
+        "level, the level whose model MAC ratio is closest to the target without exceeding it.\n",
+    ]
+    for case in result["models"]:
+        b = case["baseline"]
+        trained = (
+            f"trained in {b['train_seconds']:.0f} s, validation accuracy per epoch "
+            + ", ".join(f"{100 * v:.2f}" for v in b["val_accuracy_per_epoch"])
+            if "train_seconds" in b
+            else f"weights cached by an earlier run (`{b.get('cache_file')}`)"
+        )
+        lines.append(
+            f"### {case['model']}: baseline test accuracy {_pct(b['test_accuracy'])}% "
+            f"({case['macs'] / 1e6:.2f} M MACs, {case['params']:,} parameters; {trained})\n"
+        )
+        rows = []
+        for r in case["results"]:
+            if r["status"] != "ok":
+                rows.append((r["label"], r["target"], r["status"], "-", "-", "-", "-"))
+                continue
+            rows.append(
+                (
+                    r["label"],
+                    r["target"],
+                    f"{r['mac_ratio']:.3f}",
+                    _pct(r["test_accuracy_before_ft"]),
+                    _pct(r["test_accuracy_after_ft"]),
+                    _delta(r["delta_before_ft"]),
+                    _delta(r["delta_after_ft"]),
+                )
+            )
+        rows.sort(key=lambda row: (list(METHODS.values()).index(row[0]), -row[1]))
+        headers = ("method", "target", "MAC ratio", "test acc. before FT", "after FT", "delta before", "delta after")
+        lines.append(_common.md_table(headers, rows))
+    g = result["goals"]
+    lines.append("**Goals.**\n")
+    for model, v in g["within_1_point_at_0.5_after_ft"].items():
+        lines.append(
+            f"- {model}, within 1 point of the baseline at 0.5 MACs after fine-tuning: "
+            f"{'yes' if v['holds'] else 'NO'} (best: {METHODS[v['best_method']]}, "
+            f"{_delta(v['best_delta_after_ft'])} points; within: "
+            f"{', '.join(METHODS[m] for m in v['methods_within']) or 'none'})."
+        )
+    for model, comparisons in g["greedy_above_uniform_before_ft"].items():
+        parts = [
+            f"{t}: {_pct(c['greedy'])} vs {_pct(c['uniform'])} {'(yes)' if c['holds'] else '(NO)'}"
+            for t, c in comparisons.items()
+        ]
+        lines.append(
+            f"- {model}, greedy weight SVD above uniform weight SVD before fine-tuning: " + "; ".join(parts) + "."
+        )
+    lines.append(
+        f"\nGoal 1 (within 1 point at 0.5 after FT, every model): "
+        f"{'holds' if g['goal_within_1_point_holds'] else 'does NOT hold'}. "
+        f"Goal 2 (greedy above uniform before FT, every model and target): "
+        f"{'holds' if g['goal_greedy_above_uniform_holds'] else 'does NOT hold'}.\n"
+    )
+    if result.get("plot"):
+        lines.append(f"Plot: `{result['plot']}` (test accuracy against MAC ratio; open: before, filled: after FT).\n")
+    lines.append(f"Run time {result['seconds']:.0f} s. " + _common.md_machine(result["machine"]))
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str) -> bool:
+    """Test accuracy against MAC ratio, one panel per model; open markers before, filled after fine-tuning."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cases = result["models"]
+    fig, axes = plt.subplots(1, len(cases), figsize=(6.5 * len(cases), 4.8), squeeze=False)
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for ax, case in zip(axes[0], cases, strict=True):
+        base = case["baseline"]["test_accuracy"]
+        ax.axhline(100 * base, color="black", lw=1, ls=":", label="baseline")
+        ax.axhspan(100 * (base - 0.01), 100 * base, color="0.9", zorder=0)
+        for method, label in METHODS.items():
+            rows = sorted(
+                (r for r in case["results"] if r["method"] == method and r["status"] == "ok"),
+                key=lambda r: r["mac_ratio"],
+            )
+            if not rows:
+                continue
+            x = [r["mac_ratio"] for r in rows]
+            ax.plot(x, [100 * r["test_accuracy_before_ft"] for r in rows], "o--", color=colors[method], mfc="none")
+            ax.plot(x, [100 * r["test_accuracy_after_ft"] for r in rows], "o-", color=colors[method], label=label)
+        ax.set_title(f"{case['model']} (baseline {100 * base:.2f}%)")
+        ax.set_xlabel("MAC ratio (compressed / original)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        low = min(
+            [100 * r[k] for r in case["results"] if r["status"] == "ok" for k in ("test_accuracy_after_ft",)]
+            + [100 * base - 5]
+        )
+        ax.set_ylim(max(low - 2, 0), 100 * base + 1.5)
+    axes[0][0].legend(fontsize=7, loc="lower right", title="dashed/open: before FT, solid: after", title_fontsize=7)
+    fig.tight_layout()
+    temp = f"{path}.{os.getpid()}.tmp"  # atomic: a temp file in the same folder, then one rename
+    try:
+        fig.savefig(temp, format="png", dpi=110)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(temp):
+            os.remove(temp)
+    return True
+
+
+def main() -> None:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+        parser.add_argument("--retrain", action="store_true", help="ignore baseline weights cached by a full run")
+
+    args = _common.parse_args(__doc__.split("\n\n")[0], extra)
+    try:
+        available = fashion_mnist.available()
+        if not available:
+            fashion_mnist.load_fashion_mnist()  # raises the message naming the package
+    except FileNotFoundError as err:
+        raise SystemExit(f"accuracy.py: {err}") from None
+    _common.quiet_tensorflow()
+    machine = _common.machine_info()
+    settings = settings_for(args.quick)
+    start = time.perf_counter()
+    data = load_data(settings, args.seed)
+    cache_dir = None if args.quick else args.output_dir  # quick mode never caches
+    models = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.models:
+            models.append(run_model(name, data, settings, args.seed, cache_dir, not args.retrain, scratch))
+            gc.collect()
+    result = {
+        "benchmark": "accuracy",
+        "quick": args.quick,
+        "machine": machine,
+        "settings": settings,
+        "methods": METHODS,
+        "models": models,
+        "goals": goals(models),
+        "seconds": time.perf_counter() - start,
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    png = os.path.join(args.output_dir, "accuracy.png")
+    result["plot"] = os.path.basename(png) if plot(result, png) else None
+    paths = _common.write_results(args.output_dir, "accuracy", result, markdown(result))
+    print("wrote", *paths, *([png] if result["plot"] else []))
+
+
+if __name__ == "__main__":
+    main()
