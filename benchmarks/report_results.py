@@ -1,10 +1,14 @@
-"""Gather the Markdown tables of the benchmark results into one "Results" section.
+"""Gather the benchmark results into one Markdown "Results" section, and regenerate the README's from the JSON.
 
-    python benchmarks/report_results.py                         # reads benchmarks/results/*.json
-    python benchmarks/report_results.py --output-dir DIR -o results.md
+    python benchmarks/report_results.py                         # benchmarks/results/*.json -> results/RESULTS.md
+    python benchmarks/report_results.py --readme                # also rewrite README.md's "Results" section
+    python benchmarks/report_results.py --output-dir DIR -o results.md --readme path/to/README.md
 
-Each ``NAME.json`` written by a benchmark script has a ``NAME.md`` next to it; this script checks that the JSON
-is a benchmark record, puts the sections in a fixed order, and writes ``RESULTS.md`` (or ``-o``) atomically.
+Each ``NAME.json`` written by a benchmark script has a ``NAME.md`` next to it; ``RESULTS.md`` is those tables in a
+fixed order. ``--readme`` writes a shorter summary computed from the JSON files themselves (headline numbers,
+the goals, the machine, versions and dates) between the markers ``<!-- results:start -->`` and
+``<!-- results:end -->`` of the README; when the README has no markers yet, the section is appended at its end.
+Files are written atomically.
 """
 
 from __future__ import annotations
@@ -14,39 +18,271 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import _common
 
 from tfcompress.atomic import write_text_atomic
 
-ORDER = ("selection_cost", "real_speed", "latency_plans")
+ORDER = ("accuracy", "selection_cost", "real_speed", "latency_plans")
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+DEFAULT_README = os.path.join(os.path.dirname(_common.HERE), "README.md")
+MACHINE_KEYS = ("cpu", "cores", "python", "tensorflow", "keras", "numpy")
+
+
+def load_results(folder: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(file stem, data)`` of every benchmark record in ``folder``, in ORDER then by name."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("benchmark"), str) and isinstance(data.get("machine"), dict):
+            found.append((os.path.splitext(os.path.basename(path))[0], data))
+
+    def key(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
+        name = item[1]["benchmark"]
+        return (ORDER.index(name) if name in ORDER else len(ORDER), item[0])
+
+    return sorted(found, key=key)
+
+
+def results_markdown(folder: str, records: list[tuple[str, dict[str, Any]]]) -> str:
+    """The benchmarks' own Markdown files, headings one level down, under one "Results" heading."""
+    sections = []
+    for stem, _ in records:
+        markdown = os.path.join(folder, f"{stem}.md")
+        if os.path.exists(markdown):
+            with open(markdown, encoding="utf-8") as handle:
+                sections.append(
+                    handle.read().replace("\n### ", "\n#### ").replace("\n## ", "\n### ").replace("## ", "### ", 1)
+                )
+    return "## Results\n\n" + "\n".join(sections)
+
+
+# ---------------------------------------------------------------- README summary, one function per benchmark
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _x(value: Any) -> str:
+    return "-" if value is None else f"x{value:.2f}"
+
+
+def _mode(data: dict[str, Any]) -> str:
+    date = str(data["machine"].get("date", "?"))[:10]
+    return f"{'quick' if data.get('quick') else 'full'} mode, {date}"
+
+
+def summary_accuracy(stem: str, data: dict[str, Any], link: str) -> str:
+    methods = data.get("methods", {})
+    targets = sorted({r["target"] for case in data["models"] for r in case["results"]}, reverse=True)
+    lines = [
+        f"**Accuracy vs compression on Fashion-MNIST** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)). "
+        "Test accuracy (%) after the same short fine-tuning, before it in brackets, and the MAC ratio reached, "
+        "per MAC target:\n"
+    ]
+    headers = ["model", "method"] + [f"target {t}" for t in targets]
+    rows = []
+    for case in data["models"]:
+        name = f"{case['model']} (baseline {_pct(case['baseline']['test_accuracy'])})"
+        for method, label in methods.items():
+            by_target = {r["target"]: r for r in case["results"] if r["method"] == method}
+            if not by_target:
+                continue
+            cells = []
+            for t in targets:
+                r = by_target.get(t)
+                if r is None:
+                    cells.append("-")
+                elif r["status"] != "ok":
+                    cells.append(r["status"])
+                else:
+                    cells.append(
+                        f"{_pct(r['test_accuracy_after_ft'])} ({_pct(r['test_accuracy_before_ft'])}) "
+                        f"@{r['mac_ratio']:.2f}"
+                    )
+            rows.append([name, label, *cells])
+    lines.append(_common.md_table(headers, rows))
+    goals = data.get("goals", {})
+    if goals:
+        within = goals.get("within_1_point_at_0.5_after_ft", {})
+        parts = [
+            f"{model}: best {methods.get(v['best_method'], v['best_method'])} {100 * v['best_delta_after_ft']:+.2f} points"
+            for model, v in within.items()
+        ]
+        lines.append(
+            f"- Within 1 point of the baseline at 0.5 MACs after fine-tuning: "
+            f"{'yes' if goals.get('goal_within_1_point_holds') else 'NO'} ({'; '.join(parts)})."
+        )
+        comparisons = goals.get("greedy_above_uniform_before_ft", {})
+        parts = [
+            f"{model} " + ", ".join(f"{t}: {_pct(c['greedy'])} vs {_pct(c['uniform'])}" for t, c in per.items())
+            for model, per in comparisons.items()
+        ]
+        lines.append(
+            f"- Greedy weight SVD above uniform weight SVD before fine-tuning: "
+            f"{'yes' if goals.get('goal_greedy_above_uniform_holds') else 'NO'} ({'; '.join(parts)})."
+        )
+    if data.get("plot"):
+        lines.append(f"\n![Fashion-MNIST test accuracy against MAC ratio]({link}/{data['plot']})")
+    return "\n".join(lines) + "\n"
+
+
+def summary_selection_cost(stem: str, data: dict[str, Any], link: str) -> str:
+    rows = [
+        (
+            c["model"],
+            c["num_candidate_evaluations"],
+            f"{c['total_seconds']:.1f}",
+            f"{100 * c['overhead_share']:.0f}%",
+            _x(c["speedup_vs_rebuild_per_candidate"]),
+            _x(c["speedup_vs_save_reload_per_candidate"]),
+        )
+        for c in data["cases"]
+    ]
+    headers = ("model", "candidates", "compress_model s", "toolkit overhead", "vs rebuild", "vs save+reload")
+    return (
+        f"**Selection cost** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): one greedy spatial-SVD "
+        "`compress_model` run, and how much faster in-place candidate evaluation is per candidate than "
+        "rebuilding the model (or saving and reloading it):\n\n" + _common.md_table(headers, rows)
+    )
+
+
+def summary_real_speed(stem: str, data: dict[str, Any], link: str) -> str:
+    rows = []
+    for case in data["models"]:
+        for r in case["results"]:
+            rows.append(
+                (
+                    f"{case['model']} {case['input_size']}px",
+                    r["scheme"],
+                    f"{r['mac_ratio']:.2f}",
+                    _x(r["ideal_speedup"]),
+                    _x(r.get("tf_b1", {}).get("speedup")),
+                    _x(r.get("tf_b8", {}).get("speedup")),
+                    _x(r.get("tflite_b1", {}).get("speedup")),
+                )
+            )
+    headers = ("model", "scheme (uniform ranks)", "MAC ratio", "ideal", "TF b1", "TF b8", "TFLite b1")
+    return (
+        f"**Real speed of fewer MACs** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): CPU speed-ups "
+        "(original / compressed latency, measured side by side):\n\n" + _common.md_table(headers, rows)
+    )
+
+
+def summary_latency_plans(stem: str, data: dict[str, Any], link: str) -> str:
+    rows = []
+    for case in data["models"]:
+        for r in case["results"]:
+            rows.append(
+                (
+                    f"{case['model']} {case['input_size']}px",
+                    r["batch_size"],
+                    case["target_comp_ratio"],
+                    _x(r["mac_plan"]["measured_speedup"]),
+                    _x(r["latency_plan"]["measured_speedup"]),
+                    _x(r["latency_plan_vs_mac_plan_speed"]),
+                )
+            )
+    headers = ("model", "batch", "target", "MAC plan speed-up", "latency plan speed-up", "latency vs MAC plan")
+    return f"**MAC- vs latency-targeted plans** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)):\n\n" + _common.md_table(
+        headers, rows
+    )
+
+
+SUMMARIES: dict[str, Callable[[str, dict[str, Any], str], str]] = {
+    "accuracy": summary_accuracy,
+    "selection_cost": summary_selection_cost,
+    "real_speed": summary_real_speed,
+    "latency_plans": summary_latency_plans,
+}
+
+
+def machine_line(records: list[tuple[str, dict[str, Any]]]) -> str:
+    machines = {tuple(str(d["machine"].get(k, "?")) for k in MACHINE_KEYS) for _, d in records}
+    dates = sorted(str(d["machine"].get("date", "?")) for _, d in records)
+    span = dates[0][:10] if dates[0][:10] == dates[-1][:10] else f"{dates[0][:10]} to {dates[-1][:10]}"
+    if len(machines) == 1:
+        cpu, cores, python, tf, keras, numpy = next(iter(machines))
+        where = f"{cpu}, {cores} cores; Python {python}, TensorFlow {tf}, Keras {keras}, numpy {numpy}"
+    else:
+        where = "several machines or versions (each benchmark's Markdown file names its own)"
+    return f"Machine: {where}. Runs dated {span} (UTC)."
+
+
+def readme_section(records: list[tuple[str, dict[str, Any]]], link: str) -> str:
+    parts = [
+        START,
+        "## Results",
+        "",
+        "Generated from `benchmarks/results/*.json` by `python benchmarks/report_results.py --readme`; "
+        "`benchmarks/README.md` explains every number, and each benchmark's Markdown file has the full tables. "
+        + machine_line(records),
+        "",
+    ]
+    for stem, data in records:
+        summary = SUMMARIES.get(data["benchmark"])
+        if summary is None:
+            parts.append(f"**{data['benchmark']}** ({_mode(data)}): see [{stem}.md]({link}/{stem}.md).\n")
+            continue
+        try:
+            parts.append(summary(stem, data, link))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{stem}.json does not look like a {data['benchmark']} record ({err!r})") from None
+    parts.append(END)
+    return "\n".join(parts) + "\n"
+
+
+def update_readme(path: str, section: str) -> None:
+    """Replace the text between the markers (markers included), or append the section at the end."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    start, end = text.find(START), text.find(END)
+    if start >= 0 and end > start:
+        text = text[:start] + section + text[end + len(END) :].lstrip("\n")
+        if not text.endswith("\n"):
+            text += "\n"
+    elif start >= 0 or end >= 0:
+        raise ValueError(f"{path}: found only one of the markers {START} / {END}; fix the README by hand.")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text_atomic(path, text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default=_common.DEFAULT_OUTPUT_DIR, help="folder holding the results")
     parser.add_argument("-o", "--output", default=None, help="Markdown file to write (default OUTPUT_DIR/RESULTS.md)")
+    parser.add_argument(
+        "--readme",
+        nargs="?",
+        const=DEFAULT_README,
+        default=None,
+        help=f"also regenerate the README's Results section between the markers (default file {DEFAULT_README})",
+    )
     args = parser.parse_args()
-    sections = {}
-    for path in sorted(glob.glob(os.path.join(args.output_dir, "*.json"))):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, json.JSONDecodeError):
-            continue
-        name = data.get("benchmark") if isinstance(data, dict) else None
-        markdown = os.path.splitext(path)[0] + ".md"
-        if name and os.path.exists(markdown):
-            with open(markdown, encoding="utf-8") as handle:
-                sections[name] = handle.read().replace("\n## ", "\n### ").replace("## ", "### ", 1)
-    if not sections:
+    records = load_results(args.output_dir)
+    if not records:
         print(f"no benchmark results in {args.output_dir}; run the scripts first", file=sys.stderr)
         return 1
-    names = [n for n in ORDER if n in sections] + sorted(n for n in sections if n not in ORDER)
-    text = "## Results\n\n" + "\n".join(sections[n] for n in names)
     output = args.output or os.path.join(args.output_dir, "RESULTS.md")
-    write_text_atomic(output, text)
+    write_text_atomic(output, results_markdown(args.output_dir, records))
     print("wrote", output)
+    if args.readme:
+        readme = os.path.abspath(args.readme)
+        link = os.path.relpath(os.path.abspath(args.output_dir), os.path.dirname(readme)).replace(os.sep, "/")
+        try:
+            update_readme(readme, readme_section(records, link))
+        except (OSError, ValueError) as err:
+            print(f"report_results.py: {err}", file=sys.stderr)
+            return 1
+        print("updated the Results section of", readme)
     return 0
 
 

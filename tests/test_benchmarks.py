@@ -210,3 +210,44 @@ def test_accuracy_quick(tmp_path):
     assert "vgg_cnn" in markdown and "Goal 1" in markdown
     assert data["plot"] is None or (tmp_path / "results" / data["plot"]).exists()
     assert not list((tmp_path / "results").glob("*.weights.h5"))  # quick mode never caches weights
+
+
+@pytest.mark.slow
+def test_report_results_regenerates_readme_section(tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in os.listdir(os.path.join(BENCHMARKS, "results")):
+        if path.endswith((".json", ".md")) and not path.startswith("RESULTS"):
+            shutil.copy(os.path.join(BENCHMARKS, "results", path), results / path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\nintro\n\n<!-- results:start -->\nstale\n<!-- results:end -->\n\n## After\n")
+
+    def run():
+        done = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(BENCHMARKS, "report_results.py"),
+                "--output-dir",
+                str(results),
+                "--readme",
+                str(readme),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return readme.read_text()
+
+    text = run()
+    assert text.startswith("# project\n\nintro\n\n<!-- results:start -->\n## Results\n") and text.endswith("## After\n")
+    assert "stale" not in text and text.count("<!-- results:start -->") == 1
+    assert "Machine: " in text and "TensorFlow " in text and "Runs dated " in text
+    for name in ("selection_cost", "real_speed", "latency_plans", "accuracy"):
+        if (results / f"{name}.json").exists():
+            assert f"({name}.md)" in text or f"results/{name}.md)" in text
+    assert run() == text  # regenerating changes nothing
+    assert (results / "RESULTS.md").read_text().startswith("## Results\n")
