@@ -685,7 +685,7 @@ def plot(result: dict[str, Any], path: str) -> bool:
     except ImportError:
         return False
     cases = result["models"]
-    fig, axes = plt.subplots(1, len(cases), figsize=(6.5 * len(cases), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(cases), figsize=(6.5 * len(cases), 5.6), squeeze=False)
     colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for ax, case in zip(axes[0], cases, strict=True):
         base = case["baseline"]["test_accuracy"]
@@ -705,13 +705,20 @@ def plot(result: dict[str, Any], path: str) -> bool:
         ax.set_xlabel("MAC ratio (compressed / original)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        low = min(
-            [100 * r[k] for r in case["results"] if r["status"] == "ok" for k in ("test_accuracy_after_ft",)]
-            + [100 * base - 5]
-        )
-        ax.set_ylim(max(low - 2, 0), 100 * base + 1.5)
-    axes[0][0].legend(fontsize=7, loc="lower right", title="dashed/open: before FT, solid: after", title_fontsize=7)
-    fig.tight_layout()
+        keys = ("test_accuracy_before_ft", "test_accuracy_after_ft")
+        low = min([100 * r[k] for r in case["results"] if r["status"] == "ok" for k in keys] + [100 * base - 5])
+        ax.set_ylim(max(low - 1, 0), 100 * base + 1)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=4,
+        fontsize=8,
+        title="dashed, open markers: before fine-tuning; solid, filled: after; grey band: within 1 point",
+        title_fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     temp = f"{path}.{os.getpid()}.tmp"  # atomic: a temp file in the same folder, then one rename
     try:
         fig.savefig(temp, format="png", dpi=110)
@@ -724,12 +731,28 @@ def plot(result: dict[str, Any], path: str) -> bool:
     return True
 
 
+def rewrite_outputs(output_dir: str) -> None:
+    """Redraw the Markdown table and the plot of an existing ``accuracy.json`` (no training, no compression)."""
+    with open(os.path.join(output_dir, "accuracy.json"), encoding="utf-8") as handle:
+        result = json.load(handle)
+    png = os.path.join(output_dir, "accuracy.png")
+    result["plot"] = os.path.basename(png) if plot(result, png) else None
+    paths = _common.write_results(output_dir, "accuracy", result, markdown(result))
+    print("wrote", *paths, *([png] if result["plot"] else []))
+
+
 def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
         parser.add_argument("--retrain", action="store_true", help="ignore baseline weights cached by a full run")
+        parser.add_argument(
+            "--from-json", action="store_true", help="only redraw accuracy.md and accuracy.png from accuracy.json"
+        )
 
     args = _common.parse_args(__doc__.split("\n\n")[0], extra)
+    if args.from_json:
+        rewrite_outputs(args.output_dir)
+        return
     try:
         available = fashion_mnist.available()
         if not available:
