@@ -350,3 +350,43 @@ def test_decomposed_layers_are_pruned_through_their_first_and_last_factors():
     out, stats = tfc.compress_model(small, lambda m, _: 0.0, None, "channel_pruning", "mac", params, verbose=0)
     assert out.get_layer("conv3").get_weights()[0].shape[-2] == 20
     assert any("rank of a decomposed layer" in note for note in stats.notes)
+
+
+def test_four_conv_chain_pruned_at_half_through_compress_model():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [keras.Input((12, 12, 1))]
+        + [
+            keras.layers.Conv2D(n, 3, padding="same", activation="relu", name=f"c{i}")
+            for i, n in enumerate((10, 20, 30, 40), 1)
+        ]
+    )
+    x = np.random.default_rng(0).random((24, 12, 12, 1)).astype("float32")
+    params = manual_params(x, [("c2", 0.5), ("c3", 0.5), ("c4", 0.5)])
+    small, stats = tfc.compress_model(model, lambda m, _: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    assert [tuple(small.get_layer(f"c{i}").kernel.shape[-2:]) for i in range(1, 5)] == [
+        (1, 5),
+        (5, 10),
+        (10, 15),
+        (15, 40),
+    ]
+    assert [(row.name, row.rank) for row in stats.per_layer_stats] == [("c2", 5), ("c3", 10), ("c4", 15)]
+    assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
+
+
+def test_svd_then_prune_choice_rule():
+    from tfcompress.workflow import SvdThenPruneResult, SvdThenPruneStep, _choose
+
+    def step(ratio, score, ok=True):
+        return SvdThenPruneStep(0.75, tfc.CompressionStats(), score, 0.6, None, score, ratio, ratio, ok)
+
+    result = SvdThenPruneResult(0.5, 0.01, 0.9, [step(0.4999, 0.90), step(0.4995, 0.93), step(0.45, 0.95)])
+    _choose(result)
+    assert result.chosen == 1  # near-equal distance to the target: the higher score wins; 0.45 is too far
+    result = SvdThenPruneResult(0.5, 0.01, 0.9, [step(0.5, 0.95, ok=False), step(0.3, 0.99, ok=True)])
+    _choose(result)
+    assert result.chosen == 1  # only steps within tolerance count
+    result = SvdThenPruneResult(0.5, 0.01, 0.9, [step(0.5, 0.5, ok=False), step(0.45, 0.6, ok=False)])
+    with pytest.warns(UserWarning, match="no final model is within tolerance"):
+        _choose(result)
+    assert result.chosen == 1 and result.notes

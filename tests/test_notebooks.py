@@ -18,7 +18,11 @@ def _ids(paths: list[pathlib.Path]) -> list[str]:
 
 
 def test_the_notebooks_are_there() -> None:
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_greedy_selection.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_quickstart.ipynb",
+        "02_greedy_selection.ipynb",
+        "03_channel_pruning.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

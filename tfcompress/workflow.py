@@ -29,6 +29,9 @@ __all__ = ["svd_then_prune", "SvdThenPruneResult", "SvdThenPruneStep"]
 
 logger = logging.getLogger("tfcompress")
 
+#: MAC ratios this close count as equally close to the target when choosing the final model
+RATIO_TIE = 0.01
+
 
 @dataclass
 class SvdThenPruneStep:
@@ -117,6 +120,27 @@ def _finetuner(finetune: Any) -> Callable[[keras.Model], None] | None:
     )
 
 
+def _choose(result: SvdThenPruneResult) -> None:
+    """Set ``result.chosen``: within tolerance, the MAC ratio closest to the target (ratios within ``RATIO_TIE`` of
+    the closest are ties, the higher score wins); when no step is within tolerance, the best score, with a warning."""
+    target, tolerance = result.target_comp_ratio, result.tolerance
+    within = [i for i, s in enumerate(result.steps) if s.meets_tolerance]
+    if within:
+        # closest to the target; ratios within RATIO_TIE of the closest count as equally close (higher score wins)
+        distance = {i: abs(result.steps[i].mac_compression_ratio - target) for i in within}
+        closest = min(distance.values())
+        near = [i for i in within if distance[i] <= closest + RATIO_TIE]
+        result.chosen = max(near, key=lambda i: (result.steps[i].score, -distance[i]))
+    else:
+        result.chosen = max(range(len(result.steps)), key=lambda i: result.steps[i].score)
+        message = (
+            f"svd_then_prune: no final model is within tolerance {tolerance} of the baseline score "
+            f"{result.baseline_score:.4f}; returning the best-scoring one ({result.best.score:.4f})."
+        )
+        result.notes.append(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def svd_then_prune(
     model: keras.Model,
     eval_callback: Callable[..., float],
@@ -140,8 +164,9 @@ def svd_then_prune(
     spatial SVD of ``model`` to ``C_ssvd`` MACs, ``finetune``, then greedy channel pruning
     of that model to ``target / (its MAC ratio)``, ``finetune`` again. Of the final models
     whose score is within ``tolerance`` of the baseline, the one whose MAC ratio is
-    closest to the target is returned (ties: the higher score); if none is within
-    tolerance, the best-scoring one, with a warning.
+    closest to the target is returned (ratios within 0.01 of the closest count as
+    ties, and the higher score wins); if none is within tolerance, the best-scoring
+    one, with a warning.
 
     Args:
         model: trained Keras model (never modified).
@@ -247,20 +272,7 @@ def svd_then_prune(
         step.meets_tolerance = step.score >= result.baseline_score - tolerance
         result.steps.append(step)
         models.append(stage)
-    within = [i for i, s in enumerate(result.steps) if s.meets_tolerance]
-    if within:
-        result.chosen = min(
-            within,
-            key=lambda i: (abs(result.steps[i].mac_compression_ratio - target), -result.steps[i].score),
-        )
-    else:
-        result.chosen = max(range(len(result.steps)), key=lambda i: result.steps[i].score)
-        message = (
-            f"svd_then_prune: no final model is within tolerance {tolerance} of the baseline score "
-            f"{result.baseline_score:.4f}; returning the best-scoring one ({result.best.score:.4f})."
-        )
-        result.notes.append(message)
-        warnings.warn(message, UserWarning, stacklevel=2)
+    _choose(result)
     if not math.isclose(result.best.mac_compression_ratio, target, abs_tol=0.02):
         result.notes.append(
             f"the chosen model's MAC ratio {result.best.mac_compression_ratio:.4f} differs from the target {target}"
