@@ -20,6 +20,8 @@ How a run goes:
 4. The plan is applied to the user's model with :func:`tfcompress.rewrite_model`
    (with a ``trainer``, one layer at a time, fine-tuning after each), the
    compressed model is evaluated, and :class:`CompressionStats` reports it all.
+   The rewrite takes the SVDs computed during selection
+   (:func:`tfcompress.decompose.reuse_svds`) rather than factorising again.
 """
 
 from __future__ import annotations
@@ -501,37 +503,39 @@ def compress_model(
     logger.info("evaluating the baseline model")
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
 
-    # ---- choose ranks
-    plan: dict[str, Any] = {}
-    chosen_ratio: dict[str, float] = {}
-    if scheme is CompressionScheme.auto:
-        plan, chosen_ratio, candidates = _auto_scheme(
-            work, candidates, parameters, manual_ratios, evaluator, stats, total_cost, verbose
-        )
-    elif manual:
-        for candidate in candidates:
-            ratio = manual_ratios[candidate.path]
-            plan[candidate.path] = candidate.rank_for(ratio)
-            chosen_ratio[candidate.path] = ratio
-    elif parameters.params.rank_select_scheme is RankSelectScheme.greedy:
-        plan, chosen_ratio = _greedy(model, work, candidates, parameters, evaluator, stats, total_cost, verbose)
-    else:
-        plan, chosen_ratio = _tar(work, candidates, parameters, evaluator, stats, total_cost, verbose)
+    # ---- choose ranks, then apply the plan; inside reuse_svds() the final rewrite's decomposed layers take the
+    # SVDs computed during selection (equal matrices, so the very same factors) instead of factorising again
+    with decompose.reuse_svds():
+        plan: dict[str, Any] = {}
+        chosen_ratio: dict[str, float] = {}
+        if scheme is CompressionScheme.auto:
+            plan, chosen_ratio, candidates = _auto_scheme(
+                work, candidates, parameters, manual_ratios, evaluator, stats, total_cost, verbose
+            )
+        elif manual:
+            for candidate in candidates:
+                ratio = manual_ratios[candidate.path]
+                plan[candidate.path] = candidate.rank_for(ratio)
+                chosen_ratio[candidate.path] = ratio
+        elif parameters.params.rank_select_scheme is RankSelectScheme.greedy:
+            plan, chosen_ratio = _greedy(model, work, candidates, parameters, evaluator, stats, total_cost, verbose)
+        else:
+            plan, chosen_ratio = _tar(work, candidates, parameters, evaluator, stats, total_cost, verbose)
 
-    # ---- apply the plan to the user's model
-    by_path = {c.path: c for c in candidates}
-    forward = [c.path for c in candidates if c.path in plan]
-    if trainer is None:
-        compressed = rewrite_model(model, {p: (by_path[p].scheme, plan[p]) for p in forward})
-    else:
-        compressed = model
-        for path in forward:
-            compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
-            target_layer = {r.path: r.layer for r in walk_layers(compressed)}[path]
-            logger.info("fine-tuning after compressing %s", path)
-            trainer.train_model(compressed, target_layer, train_flag=True)
-        if not forward:
-            compressed = rewrite_model(model, {})
+        # apply the plan to the user's model
+        by_path = {c.path: c for c in candidates}
+        forward = [c.path for c in candidates if c.path in plan]
+        if trainer is None:
+            compressed = rewrite_model(model, {p: (by_path[p].scheme, plan[p]) for p in forward})
+        else:
+            compressed = model
+            for path in forward:
+                compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
+                target_layer = {r.path: r.layer for r in walk_layers(compressed)}[path]
+                logger.info("fine-tuning after compressing %s", path)
+                trainer.train_model(compressed, target_layer, train_flag=True)
+            if not forward:
+                compressed = rewrite_model(model, {})
     del work
 
     # ---- final numbers

@@ -28,8 +28,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "tucker2_factors",
     "tucker2_compose",
     "relative_residuals",
+    "reuse_svds",
 ]
 
 
@@ -68,6 +70,60 @@ def blas_single_thread() -> Iterator[None]:
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+# ---------------------------------------------------------------- scoped reuse of SVDs
+
+# Inside ``reuse_svds()``: {(shape): [(read-only matrix, its SVD), ...]}; None outside.
+_SVD_MEMO: contextvars.ContextVar[dict[tuple[int, ...], list[tuple[np.ndarray, TruncatedSVD]]] | None] = (
+    contextvars.ContextVar("tfcompress_svd_memo", default=None)
+)
+
+
+@contextlib.contextmanager
+def reuse_svds() -> Iterator[None]:
+    """Inside the block, :meth:`TruncatedSVD.of` does not factorise a matrix equal to one it already did.
+
+    Matrices are compared by exact equality (shape and every value), so the SVD handed out is the very
+    one a new computation would give. ``compress_model`` wraps selection and the final rewrite in this
+    block: the decomposed layers then get the factors of the SVDs computed during selection instead of
+    factorising every chosen layer a second time. Nothing outlives the block; an inner block shares
+    the outer one's memo.
+
+    Example:
+        >>> m = np.arange(12.0).reshape(3, 4)
+        >>> with reuse_svds():
+        ...     TruncatedSVD.of(m) is TruncatedSVD.of(m.copy())
+        True
+        >>> TruncatedSVD.of(m) is TruncatedSVD.of(m)
+        False
+    """
+    if _SVD_MEMO.get() is not None:
+        yield
+        return
+    token = _SVD_MEMO.set({})
+    try:
+        yield
+    finally:
+        _SVD_MEMO.reset(token)
+
+
+def _remembered_svd(matrix: np.ndarray, compute: Callable[[np.ndarray], TruncatedSVD]) -> TruncatedSVD:
+    """``compute(matrix)``; inside :func:`reuse_svds` the SVD already computed for an equal matrix, if any."""
+    memo = _SVD_MEMO.get()
+    if memo is None:
+        return compute(matrix)
+    entries = memo.setdefault(matrix.shape, [])
+    for known, svd in entries:
+        if np.array_equal(known, matrix):
+            return svd
+    matrix = matrix.copy()  # the memo's own read-only copy: later changes to the caller's array cannot leak in
+    matrix.flags.writeable = False
+    svd = compute(matrix)
+    for array in (svd.u, svd.s, svd.vt):
+        array.flags.writeable = False  # shared by every caller in the block: nobody may change it in place
+    entries.append((matrix, svd))
+    return svd
 
 
 def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
@@ -107,6 +163,10 @@ class TruncatedSVD:
         matrix = np.asarray(matrix, dtype=np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"TruncatedSVD.of expects a matrix, got shape {matrix.shape}.")
+        return _remembered_svd(matrix, cls._compute)
+
+    @classmethod
+    def _compute(cls, matrix: np.ndarray) -> TruncatedSVD:
         with blas_single_thread():
             u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         return cls(u, s, vt, matrix)
