@@ -63,13 +63,26 @@ def blas_single_thread() -> Iterator[None]:
     because the two fight over the cores. Nothing global is changed: the previous
     limits are restored on exit. Without threadpoolctl this does nothing.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+    controller = _blas_controller()
+    if controller is None:  # pragma: no cover - threadpoolctl is a dependency
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):
         yield
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (numpy's is loaded with numpy).
+
+    ``threadpool_limits(...)`` looks the libraries up anew on every use, which costs about 10 ms;
+    reusing the controller makes a limit cost about 0.2 ms.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return None
+    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------- scoped reuse of SVDs
