@@ -138,6 +138,12 @@ def test_trainer_changes_later_kernels_so_they_are_factorised_anew(svd_calls):
         kernel = kernel + np.float32(0.01)  # what the trainer did to it before it was rewritten
     for ours, theirs in zip(last.get_weights()[:2], decompose.spatial_svd_factors(kernel, last.rank), strict=True):
         np.testing.assert_array_equal(ours, theirs.astype("float32"))
+    # the trainer's time is the user's, not toolkit overhead
+    t = stats.timings
+    assert t["trainer_seconds"] > 0 and t["final_rewrite_seconds"] > 0 and t["working_copy_seconds"] > 0
+    assert t["overhead_seconds"] == pytest.approx(
+        t["total_seconds"] - t["eval_callback_seconds"] - t["trainer_seconds"], abs=1e-6
+    )
 
 
 def test_memo_compares_values_and_keeps_its_own_copy():

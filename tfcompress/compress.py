@@ -224,13 +224,22 @@ class _Candidate:
 
 
 @contextlib.contextmanager
-def _kernels_swapped(swaps: list[tuple[Any, np.ndarray]]) -> Iterator[None]:
-    """Assign each (layer, kernel) in place and restore the original kernels afterwards, whatever happens."""
+def _kernels_swapped(
+    swaps: list[tuple[Any, np.ndarray]], original_kernels: dict[int, np.ndarray] | None = None
+) -> Iterator[None]:
+    """Assign each (layer, kernel) in place and restore the original kernels afterwards, whatever happens.
+
+    ``original_kernels`` (one dict per selection run) keeps each kernel's original value from its first swap, so
+    it is read from the variable once per layer instead of once per candidate.
+    """
+    originals = {} if original_kernels is None else original_kernels
     saved = []
     try:
         for layer, kernel in swaps:
             variable = layer.kernel
-            saved.append((variable, keras.ops.convert_to_numpy(variable)))
+            if id(variable) not in originals:
+                originals[id(variable)] = keras.ops.convert_to_numpy(variable)
+            saved.append((variable, originals[id(variable)]))
             variable.assign(np.asarray(kernel, dtype=variable.dtype))
         yield
     finally:
@@ -417,7 +426,9 @@ def compress_model(
     total_cost = original.metric(metric) if meter is None else 0.0  # latency: set once the candidates are known
 
     # one working copy for every candidate evaluation
+    clone_start = time.perf_counter()
     work = rewrite_model(model, {})
+    stats.timings["working_copy_seconds"] = time.perf_counter() - clone_start
     if scheme is CompressionScheme.channel_pruning:
         from .pruning.driver import compress_channels
 
@@ -523,6 +534,8 @@ def compress_model(
             plan, chosen_ratio = _tar(work, candidates, parameters, evaluator, stats, total_cost, verbose)
 
         # apply the plan to the user's model
+        rewrite_start = time.perf_counter()
+        trainer_seconds = 0.0
         by_path = {c.path: c for c in candidates}
         forward = [c.path for c in candidates if c.path in plan]
         if trainer is None:
@@ -533,9 +546,14 @@ def compress_model(
                 compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
                 target_layer = {r.path: r.layer for r in walk_layers(compressed)}[path]
                 logger.info("fine-tuning after compressing %s", path)
+                train_start = time.perf_counter()
                 trainer.train_model(compressed, target_layer, train_flag=True)
+                trainer_seconds += time.perf_counter() - train_start
             if not forward:
                 compressed = rewrite_model(model, {})
+        stats.timings["final_rewrite_seconds"] = time.perf_counter() - rewrite_start - trainer_seconds
+        if trainer is not None:
+            stats.timings["trainer_seconds"] = trainer_seconds
     del work
 
     # ---- final numbers
@@ -583,11 +601,12 @@ def _finish(
     stats.mac_compression_ratio = final.macs / original.macs if original.macs else 1.0
     stats.memory_compression_ratio = final.params / original.params if original.params else 1.0
     total = time.perf_counter() - start_time
+    trainer_seconds = stats.timings.get("trainer_seconds", 0.0)  # the user's fine-tuning is not toolkit overhead
     stats.timings.update(
         {
             "total_seconds": total,
             "eval_callback_seconds": evaluator.seconds,
-            "overhead_seconds": max(total - evaluator.seconds, 0.0),
+            "overhead_seconds": max(total - evaluator.seconds - trainer_seconds, 0.0),
             "svd_seconds": svd_seconds,
         }
     )
@@ -654,6 +673,7 @@ def _greedy(
     total_evals = sum(len(v) for v in todo.values())
     logger.info("greedy selection: %d layer(s), %d candidate evaluation(s)", len(candidates), total_evals)
     progbar = _progress(total_evals, verbose)
+    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
     done = 0
     for candidate in candidates:
         pending = todo.get(candidate.path)
@@ -662,7 +682,7 @@ def _greedy(
         row = dict(table.get(candidate.path, {}))
         for ratio_list in pending.values():
             rank = ranks[candidate.path][ratio_list[0]]
-            with _kernels_swapped([(candidate.work_layer, candidate.reconstructed(rank))]):
+            with _kernels_swapped([(candidate.work_layer, candidate.reconstructed(rank))], original_kernels):
                 score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
             for ratio in ratio_list:
                 row[ratio] = score
@@ -744,6 +764,7 @@ def _auto_scheme(
         ratios_of = {c.path: list(parameters.params.select_params.candidates) for c in candidates}
     total_evals = 0 if data_free else sum(len(ratios_of[c.path]) * len(_auto_variants(c)) for c in candidates)
     progbar = _progress(total_evals, verbose)
+    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
     done = 0
     best: dict[str, dict[float, tuple[float, _Candidate, Any]]] = {}
     for candidate in candidates:
@@ -760,7 +781,7 @@ def _auto_scheme(
                     if data_free:
                         seen[key] = -_relative_error(variant, rank)
                     else:
-                        with _kernels_swapped([(variant.work_layer, variant.reconstructed(rank))]):
+                        with _kernels_swapped([(variant.work_layer, variant.reconstructed(rank))], original_kernels):
                             seen[key] = evaluator(work, f"layer '{variant.path}' with {variant.scheme} at rank {rank}")
                         done += 1
                         progbar.update(done, values=[("score", seen[key])])
@@ -939,10 +960,11 @@ def _tar(
         ratios[i] = (total_cost - saved_total + compressed + untouched) / total_cost
     meets = tar_indices_to_evaluate(ratios, target)
     progbar = _progress(len(meets), verbose)
+    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
     scores: dict[int, float] = {}
     for done, i in enumerate(meets, start=1):
         swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in ranks_at[i].items()]
-        with _kernels_swapped(swaps):
+        with _kernels_swapped(swaps, original_kernels):
             scores[i] = evaluator(work, f"TAR residual index {i}/{n}")
         progbar.update(done, values=[("score", scores[i])])
     with warnings.catch_warnings(record=True) as caught:

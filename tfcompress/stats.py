@@ -52,7 +52,10 @@ class CompressionStats:
 
     Ratios are compressed cost / original cost of the whole model. ``eval_scores``
     is the greedy table ``{layer: {ratio: score}}``; ``timings`` holds the seconds
-    spent in the eval callback versus the toolkit's own overhead.
+    spent in the eval callback versus the toolkit's own overhead (``total_seconds``,
+    ``eval_callback_seconds``, ``overhead_seconds`` = total minus callback minus the
+    trainer's ``trainer_seconds``; of the overhead: ``svd_seconds``, ``working_copy_seconds``,
+    ``final_rewrite_seconds``).
 
     Example:
         >>> s = CompressionStats(baseline_model_accuracy=0.9, compressed_model_accuracy=0.88,
@@ -178,9 +181,10 @@ class CompressionStats:
             callback = self.timings.get("eval_callback_seconds", 0.0)
             overhead = self.timings.get("overhead_seconds", 0.0)
             share = 100.0 * overhead / total if total else 0.0
+            svd = self.timings.get("svd_seconds", 0.0)
             lines.append(
                 f"  time             {total:.1f} s total: {callback:.1f} s in eval callback ({self.num_eval_calls} calls), "
-                f"{overhead:.1f} s toolkit overhead ({share:.1f}%)"
+                f"{overhead:.1f} s toolkit overhead ({share:.1f}%{f', {svd:.1f} s of it SVD' if svd else ''})"
             )
         if self.per_layer_stats:
             header = (
