@@ -40,8 +40,8 @@ import numpy as np
 
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..decompose import blas_single_thread
-from ..enums import CostMetric, Mode, RankSelectScheme
-from ..graph import walk_layers
+from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
+from ..graph import resolve_layers, walk_layers
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
 from ..select import greedy_select, save_eval_scores
@@ -453,6 +453,40 @@ def _assignments(work: keras.Model, consumers: list[_Consumer], fitted: dict[str
 # ---------------------------------------------------------------- the main job
 
 
+@dataclass
+class _Run:
+    """What every step of one channel-pruning run shares."""
+
+    model: keras.Model  # the user's model: read, never changed
+    work: keras.Model  # the working copy: candidates and the masked plan are written into it
+    parameters: Any
+    metric: CostMetric
+    stats: CompressionStats
+    units_list: list[PruneUnit]
+    units: dict[str, PruneUnit]
+    layer_costs: dict[str, tuple[float, float]]
+    total_cost: float
+    sampler: _Sampler | None = None
+    order_seconds: float = 0.0
+
+    def cost(self, pair: tuple[float, float]) -> float:
+        """The number the cost metric compares."""
+        return pair[0] if self.metric is CostMetric.mac else pair[1]
+
+    def plan_cost(self, plan: dict[str, int]) -> float:
+        return self.cost(_plan_cost(plan, self.units, self.model, self.layer_costs))
+
+    def unit_cost(self, name: str, keep: int) -> float:
+        return self.cost(_unit_cost(self.units[name], keep, self.model, self.layer_costs))
+
+    def choose(self, consumers: list[_Consumer], unit: PruneUnit, keep: int) -> np.ndarray:
+        """The order in which the unit's channels are kept (the first ``keep``), timed."""
+        start = time.perf_counter()
+        order = _order(consumers, unit.channels, keep, self.parameters.channel_selection)
+        self.order_seconds += time.perf_counter() - start
+        return order
+
+
 def compress_channels(
     model: keras.Model,
     work: keras.Model,
@@ -468,8 +502,6 @@ def compress_channels(
     Checks everything that can be checked first, then evaluates the baseline on ``work`` (the working copy, same
     layer names as ``model``), selects, and returns the pruned model; fills ``stats``.
     """
-    from ..compress import _match, _open_cache, _progress, _settings_tag
-
     if metric is CostMetric.latency:
         raise ValueError("compress_scheme='channel_pruning' supports cost_metric 'mac' and 'memory', not 'latency'.")
     manual = parameters.mode is Mode.manual
@@ -480,288 +512,322 @@ def compress_channels(
         )
     start = time.perf_counter()
     units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
-    for name, why in reasons.items():
-        stats.skipped_layers[name] = why
-    units = {u.name: u for u in units_list}
-    consumer_units: dict[str, list[str]] = {}
-    for u in units_list:
-        for slot in u.consumers:
-            consumer_units.setdefault(slot.layer, []).append(u.name)
-    multiplicity = parameters.multiplicity
-    cost_rows = model_cost(model).layers
-    layer_costs = {path: (float(row.macs), float(row.params)) for path, row in cost_rows.items()}
+    stats.skipped_layers.update(reasons)
     original = model_cost(model)
-    total_cost = float(original.metric(metric))
-
-    def metric_of(pair: tuple[float, float]) -> float:
-        return pair[0] if metric is CostMetric.mac else pair[1]
-
-    # ---- which units, at which ratios
-    ratios_of: dict[str, list[float]] = {}
-    if manual:
-        problems = []
-        names = [getattr(layer, "name", layer) for layer, _ in parameters.params.list_of_module_comp_ratio_pairs]
-        top = {r.path for r in walk_layers(model)}
-        for (_, ratio), name in zip(parameters.params.list_of_module_comp_ratio_pairs, names, strict=True):
-            if not isinstance(name, str) or name not in top:
-                problems.append(f"'{name}': no such layer in '{model.name}'")
-            elif name in consumer_units:
-                for unit_name in consumer_units[name]:
-                    if unit_name in ratios_of:
-                        problems.append(f"'{name}': its channel group '{unit_name}' is listed twice")
-                    ratios_of[unit_name] = [ratio]
-            elif name in reasons:
-                problems.append(f"'{name}': {reasons[name]}")
-            else:
-                problems.append(
-                    f"'{name}': not a Conv2D/Dense layer whose input channels can be pruned (name the layer whose "
-                    "INPUT channels should shrink)"
-                )
-        if problems:
-            raise ValueError("ManualModeParams cannot be applied: " + "; ".join(problems) + ".")
-    else:
-        auto = parameters.params
-        stats.rank_select_scheme = auto.rank_select_scheme.value
-        stats.target_comp_ratio = auto.target_comp_ratio
-        ignored = {getattr(m, "name", m) for m in auto.modules_to_ignore}
-        unknown = sorted(n for n in ignored if not isinstance(n, str) or n not in {r.path for r in walk_layers(model)})
-        if unknown:
-            raise ValueError(f"modules_to_ignore: no layer named {unknown} in '{model.name}'.")
-        for u in units_list:
-            members = {s.layer for s in u.consumers}
-            if members & ignored:
-                for layer in members:
-                    stats.skipped_layers[layer] = (
-                        "in modules_to_ignore"
-                        if layer in ignored
-                        else f"its channel group '{u.name}' has a layer in modules_to_ignore"
-                    )
-                continue
-            if u.channels < 2:
-                stats.skipped_layers.setdefault(u.name, "a single channel cannot be pruned")
-                continue
-            ratios_of[u.name] = list(auto.select_params.candidates)
-        if not ratios_of:
-            raise ValueError(
-                f"compress_model: no layer of '{model.name}' can be channel-pruned: "
-                + "; ".join(f"{k}: {v}" for k, v in stats.skipped_layers.items())
-            )
-
-    # ---- a score cache that cannot be used is an error before any evaluation
-    cache_path = digest = tag = None
-    table: dict[str, dict[float, float]] = {}
-    if not manual and parameters.params.select_params.saved_eval_scores_dict is not None:
-        cache_path = os.fspath(parameters.params.select_params.saved_eval_scores_dict)
-        tag = _settings_tag(stats_scheme(stats), metric, multiplicity) + (
-            f"/{parameters.channel_selection}/r{int(parameters.reconstruct)}/s{parameters.num_reconstruction_samples}"
-        )
-        digest, table = _open_cache(model, cache_path, tag)
-        if table:
-            logger.info("read eval scores of %d channel group(s) from %s", len(table), cache_path)
+    run = _Run(
+        model,
+        work,
+        parameters,
+        metric,
+        stats,
+        units_list,
+        {u.name: u for u in units_list},
+        {path: (float(row.macs), float(row.params)) for path, row in original.layers.items()},
+        float(original.metric(metric)),
+    )
+    ratios_of = _manual_ratios(run, reasons) if manual else _auto_ratios(run)
+    cache = None if manual else _open_score_cache(run)
 
     images = model_inputs(
         parameters.data, model, max(16, math.ceil(parameters.num_reconstruction_samples / POSITIONS_PER_IMAGE))
     )
-    needs_data = parameters.reconstruct or parameters.channel_selection != "magnitude"
-    sampler = _Sampler(images, parameters.num_reconstruction_samples, parameters.seed) if needs_data else None
+    if parameters.reconstruct or parameters.channel_selection != "magnitude":
+        run.sampler = _Sampler(images, parameters.num_reconstruction_samples, parameters.seed)
     stats.notes.append(
         f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per layer, "
         f"{parameters.channel_selection} channel selection, reconstruction {'on' if parameters.reconstruct else 'off'}"
     )
-    order_seconds = 0.0
     logger.info("evaluating the baseline model")
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
 
-    # ---- greedy: evaluate each unit alone at each candidate, in place
+    keeps = _candidate_keeps(run, ratios_of, manual)
+    if manual:
+        plan = {name: next(iter(row.values())) for name, row in keeps.items() if row}
+    else:
+        table = _score_table(run, keeps, cache, evaluator, verbose)
+        plan = _select(run, keeps, table)
+    for name in ratios_of:
+        if name not in plan:
+            stats.skipped_layers.setdefault(name, "kept at full size by the selection")
+
+    ordered = [u for u in units_list if u.name in plan]
+    if trainer is None:
+        compressed, kept_channels = _apply_masked(run, ordered, plan)
+    else:
+        compressed, kept_channels = _apply_with_trainer(run, ordered, plan, trainer)
+    _record(run, kept_channels)
+    stats.timings["channel_pruning_seconds"] = time.perf_counter() - start
+    return compressed
+
+
+def _manual_ratios(run: _Run, reasons: dict[str, str]) -> dict[str, list[float]]:
+    """``{unit: [ratio]}`` from ManualModeParams; each named layer's units (a concat reader has several)."""
+    consumer_units: dict[str, list[str]] = {}
+    for u in run.units_list:
+        for slot in u.consumers:
+            consumer_units.setdefault(slot.layer, []).append(u.name)
+    top = {r.path for r in walk_layers(run.model)}
+    ratios_of: dict[str, list[float]] = {}
+    problems = []
+    for layer, ratio in run.parameters.params.list_of_module_comp_ratio_pairs:
+        name = getattr(layer, "name", layer)
+        if not isinstance(name, str) or name not in top:
+            problems.append(f"'{name}': no such layer in '{run.model.name}'")
+        elif name in consumer_units:
+            for unit_name in consumer_units[name]:
+                if unit_name in ratios_of:
+                    problems.append(f"'{name}': its channel group '{unit_name}' is listed twice")
+                ratios_of[unit_name] = [ratio]
+        elif name in reasons:
+            problems.append(f"'{name}': {reasons[name]}")
+        else:
+            problems.append(
+                f"'{name}': not a Conv2D/Dense layer whose input channels can be pruned (name the layer whose INPUT "
+                "channels should shrink)"
+            )
+    if problems:
+        raise ValueError("ManualModeParams cannot be applied: " + "; ".join(problems) + ".")
+    return ratios_of
+
+
+def _auto_ratios(run: _Run) -> dict[str, list[float]]:
+    """``{unit: candidate ratios}`` for every unit not touched by ``modules_to_ignore``."""
+    auto = run.parameters.params
+    run.stats.rank_select_scheme = auto.rank_select_scheme.value
+    run.stats.target_comp_ratio = auto.target_comp_ratio
+    refs = resolve_layers(walk_layers(run.model), auto.modules_to_ignore, what="modules_to_ignore")
+    ignored = {ref.path for ref in refs.values()}
+    ratios_of: dict[str, list[float]] = {}
+    for u in run.units_list:
+        members = {s.layer for s in u.consumers}
+        if members & ignored:
+            for layer in members:
+                run.stats.skipped_layers[layer] = (
+                    "in modules_to_ignore"
+                    if layer in ignored
+                    else f"its channel group '{u.name}' has a layer in modules_to_ignore"
+                )
+        elif u.channels < 2:
+            run.stats.skipped_layers.setdefault(u.name, "a single channel cannot be pruned")
+        else:
+            ratios_of[u.name] = list(auto.select_params.candidates)
+    if not ratios_of:
+        raise ValueError(
+            f"compress_model: no layer of '{run.model.name}' can be channel-pruned: "
+            + "; ".join(f"{k}: {v}" for k, v in run.stats.skipped_layers.items())
+        )
+    return ratios_of
+
+
+def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]]] | None:
+    """``(path, fingerprint, table)`` of the score cache, checked before any evaluation (None: no cache)."""
+    from ..compress import _open_cache, _settings_tag
+
+    path = run.parameters.params.select_params.saved_eval_scores_dict
+    if path is None:
+        return None
+    p = run.parameters
+    tag = _settings_tag(CompressionScheme.channel_pruning, run.metric, p.multiplicity) + (
+        f"/{p.channel_selection}/r{int(p.reconstruct)}/s{p.num_reconstruction_samples}"
+    )
+    digest, table = _open_cache(run.model, os.fspath(path), tag)
+    if table:
+        logger.info("read eval scores of %d channel group(s) from %s", len(table), path)
+    return os.fspath(path), f"{digest}|{tag}", table
+
+
+def _candidate_keeps(run: _Run, ratios_of: dict[str, list[float]], manual: bool) -> dict[str, dict[float, int]]:
+    """``{unit: {ratio: channels kept}}``: rounded to the multiplicity; candidates that keep everything, or fewer
+    channels than a decomposed layer's rank allows, are dropped (manual mode: raised to the smallest allowed)."""
     keeps: dict[str, dict[float, int]] = {}
     for name, ratios in ratios_of.items():
-        n = units[name].channels
-        smallest = _smallest_keep(units[name], model)
+        n = run.units[name].channels
+        smallest = _smallest_keep(run.units[name], run.model)
         keeps[name] = {}
         for ratio in ratios:
-            k = keep_count(ratio, n, multiplicity)
+            k = keep_count(ratio, n, run.parameters.multiplicity)
             if k < smallest:
                 if not manual:
                     continue
-                stats.notes.append(
+                run.stats.notes.append(
                     f"channel group '{name}' keeps {smallest} channels, not {k}: fewer would push the rank of a "
                     "decomposed layer in it past its bound"
                 )
                 k = smallest
             if manual or k < n:
                 keeps[name][ratio] = k
-    plan: dict[str, int] = {}
-    if manual:
-        plan = {name: next(iter(row.values())) for name, row in keeps.items() if row}
-    else:
-        select_params = parameters.params.select_params
-        todo = {
-            name: sorted(
-                {k for r, k in row.items() if not any(math.isclose(r, t, rel_tol=1e-6) for t in table.get(name, {}))}
+    return keeps
+
+
+def _score_table(
+    run: _Run, keeps: dict[str, dict[float, int]], cache: Any, evaluator: Any, verbose: int
+) -> dict[str, dict[float, float]]:
+    """Evaluate each unit alone at each candidate, in place in the working copy (cached scores are reused)."""
+    from ..compress import _progress
+
+    table = dict(cache[2]) if cache else {}
+    todo = {
+        name: sorted(
+            {k for r, k in row.items() if not any(math.isclose(r, t, rel_tol=1e-6) for t in table.get(name, {}))}
+        )
+        for name, row in keeps.items()
+    }
+    total_evals = sum(len(v) for v in todo.values())
+    logger.info("channel pruning: %d group(s), %d candidate evaluation(s)", len(keeps), total_evals)
+    progbar = _progress(total_evals, verbose)
+    done = 0
+    for name, pending in todo.items():
+        if not pending:
+            continue
+        unit = run.units[name]
+        consumers = _consumers(unit, run.work, run.model, run.sampler, {}, current_is_original=True)
+        order = run.choose(consumers, unit, max(pending))
+        by_keep = {}
+        for k in pending:
+            dropped = np.setdiff1d(np.arange(unit.channels), order[:k])
+            refits = _refits(consumers, dropped, run.parameters.reconstruct)
+            with _Swap(_assignments(run.work, consumers, refits)):
+                by_keep[k] = evaluator(run.work, f"channel group '{name}' keeping {k} of {unit.channels} channels")
+            done += 1
+            progbar.update(done, values=[("score", by_keep[k])])
+        row = dict(table.get(name, {}))
+        row.update({ratio: by_keep[k] for ratio, k in keeps[name].items() if k in by_keep})
+        table[name] = row
+        if cache:
+            save_eval_scores(cache[0], table, cache[1])
+    run.stats.eval_scores = {name: dict(sorted(table.get(name, {}).items())) for name in keeps}
+    return table
+
+
+def _select(run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]) -> dict[str, int]:
+    """Greedy selection on the score table, made to fit the target by the exact cost, then the leftover budget
+    spent on more channels. Returns ``{unit: channels kept}``."""
+    stats = run.stats
+    select_params = run.parameters.params.select_params
+    scores = {name: {r: _lookup(table[name], r) for r in keeps[name]} for name in keeps if keeps[name]}
+    if not scores:
+        raise ValueError("compress_model: no candidate ratio of any channel group saves cost; nothing to select.")
+    costs = {name: {r: run.unit_cost(name, k) for r, k in keeps[name].items()} for name in scores}
+    originals = {name: run.unit_cost(name, run.units[name].channels) for name in scores}
+    target, total = float(select_params.target_comp_ratio), run.total_cost
+    # A layer can belong to two units (its input group and its output group), so the units' own costs may add up
+    # to more than the model. The selector only compares savings: pad the total by the overlap, and move the goal
+    # so that the same savings meet it.
+    overlap = max(sum(originals.values()) - total, 0.0)
+
+    def plan_for(goal: float) -> tuple[dict[str, int], float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            selection = greedy_select(
+                scores,
+                costs,
+                originals,
+                total + overlap,
+                (goal * total + overlap) / (total + overlap),
+                use_monotonic_fit=select_params.use_monotonic_fit,
             )
-            for name, row in keeps.items()
-        }
-        total_evals = sum(len(v) for v in todo.values())
-        logger.info("channel pruning: %d unit(s), %d candidate evaluation(s)", len(keeps), total_evals)
-        progbar = _progress(total_evals, verbose)
-        done = 0
-        for name, pending in todo.items():
-            if not pending:
-                continue
-            unit = units[name]
-            consumers = _consumers(unit, work, model, sampler, {}, current_is_original=True)
-            t0 = time.perf_counter()
-            order = _order(consumers, unit.channels, max(pending), parameters.channel_selection)
-            order_seconds += time.perf_counter() - t0
-            by_keep = {}
-            for k in pending:
-                dropped = np.setdiff1d(np.arange(unit.channels), order[:k])
-                refits = _refits(consumers, dropped, parameters.reconstruct)
-                with _Swap(_assignments(work, consumers, refits)):
-                    by_keep[k] = evaluator(work, f"channel group '{name}' keeping {k} of {unit.channels} channels")
-                done += 1
-                progbar.update(done, values=[("score", by_keep[k])])
-            row = dict(table.get(name, {}))
-            for ratio, k in keeps[name].items():
-                if k in by_keep:
-                    row[ratio] = by_keep[k]
-            table[name] = row
-            if cache_path is not None:
-                save_eval_scores(cache_path, table, f"{digest}|{tag}")
-        scores = {name: {r: _lookup(table[name], r) for r in keeps[name]} for name in keeps if keeps[name]}
-        stats.eval_scores = {name: dict(sorted(table.get(name, {}).items())) for name in keeps}
-        if not scores:
-            raise ValueError("compress_model: no candidate ratio of any channel group saves cost; nothing to select.")
-        costs = {
-            name: {r: metric_of(_unit_cost(units[name], k, model, layer_costs)) for r, k in keeps[name].items()}
-            for name in scores
-        }
-        originals = {
-            name: metric_of(_unit_cost(units[name], units[name].channels, model, layer_costs)) for name in scores
-        }
-        target = float(select_params.target_comp_ratio)
+        chosen = {n: keeps[n][_match_ratio(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
+        return chosen, run.plan_cost(chosen) / total
 
-        # A layer can belong to two units (its input group and its output group), so the units' own costs may add up
-        # to more than the model. The selector only compares savings: pad the total by the overlap, and move the goal
-        # so that the same savings meet it.
-        overlap = max(sum(originals.values()) - total_cost, 0.0)
-
-        def plan_for(goal: float) -> tuple[dict[str, int], float]:
-            padded = total_cost + overlap
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                selection = greedy_select(
-                    scores,
-                    costs,
-                    originals,
-                    padded,
-                    (goal * total_cost + overlap) / padded,
-                    use_monotonic_fit=select_params.use_monotonic_fit,
-                )
-            chosen = {n: keeps[n][_match(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
-            return chosen, metric_of(_plan_cost(chosen, units, model, layer_costs)) / total_cost
-
-        plan, true_ratio = plan_for(target)
-        goal = target
-        if true_ratio > target + 1e-3:
-            # unit costs were estimated one unit at a time; tighten the goal until the exact cost fits
-            lo, hi, best = 0.0, target, None
-            for _ in range(30):
-                mid = (lo + hi) / 2
-                found = plan_for(max(mid, 1e-6))
-                if found[1] <= target + 1e-3:
-                    best, lo = found, mid
-                else:
-                    hi = mid
-            if best is not None:
-                (plan, true_ratio), goal = best, lo
-                stats.notes.append(
-                    f"the selector's goal was tightened to {goal:.4f} so that the exact cost of the plan "
-                    f"({true_ratio:.4f}) meets the target {target}"
-                )
-        if true_ratio > target + 1e-3:
-            stats.notes.append(f"target {target} not reached: the smallest plan found costs {true_ratio:.4f}")
-        elif plan:
-            # the threshold search moves in whole candidates: spend what is left up to the target on more channels
-            loss = {
-                n: stats.baseline_model_accuracy - _lookup(scores[n], _ratio_of(keeps[n], k)) for n, k in plan.items()
-            }
-            filled = _fill_budget(
-                plan, keeps, loss, units, model, layer_costs, target * total_cost, metric_of, multiplicity
+    plan, ratio = plan_for(target)
+    if ratio > target + 1e-3:
+        # unit costs were estimated one unit at a time; tighten the goal until the exact cost fits
+        lo, hi, best = 0.0, target, None
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            found = plan_for(max(mid, 1e-6))
+            if found[1] <= target + 1e-3:
+                best, lo = found, mid
+            else:
+                hi = mid
+        if best is not None:
+            plan, ratio = best
+            stats.notes.append(
+                f"the selector's goal was tightened to {lo:.4f} so that the exact cost of the plan ({ratio:.4f}) meets "
+                f"the target {target}"
             )
-            filled_ratio = metric_of(_plan_cost(filled, units, model, layer_costs)) / total_cost
-            if filled_ratio > true_ratio + 1e-9:
-                stats.notes.append(
-                    f"greedy selection gave ratio {true_ratio:.4f}; the budget left up to the target was spent on "
-                    f"more channels (most score-sensitive groups first), giving {filled_ratio:.4f}"
-                )
-            plan, true_ratio = filled, filled_ratio
-        stats.selected_comp_ratio = true_ratio
-    for name in ratios_of:
-        if name not in plan:
-            stats.skipped_layers.setdefault(name, "kept at full size by the selection")
+    if ratio > target + 1e-3:
+        stats.notes.append(f"target {target} not reached: the smallest plan found costs {ratio:.4f}")
+    elif plan:
+        # the threshold search moves in whole candidates: spend what is left up to the target on more channels
+        loss = {n: stats.baseline_model_accuracy - _lookup(scores[n], _ratio_of(keeps[n], k)) for n, k in plan.items()}
+        filled = _fill_budget(run, plan, keeps, loss, target * total)
+        filled_ratio = run.plan_cost(filled) / total
+        if filled_ratio > ratio + 1e-9:
+            stats.notes.append(
+                f"greedy selection gave ratio {ratio:.4f}; the budget left up to the target was spent on more "
+                f"channels (most score-sensitive groups first), giving {filled_ratio:.4f}"
+            )
+        plan, ratio = filled, filled_ratio
+    stats.selected_comp_ratio = ratio
+    return plan
 
-    # ---- apply the plan in forward order on the pruned-so-far model
-    ordered = [u for u in units_list if u.name in plan]
+
+def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, removed: dict[str, set[int]]) -> tuple:
+    """Choose the unit's kept channels and refit its consumers on ``current``'s inputs against the original outputs.
+
+    Returns ``(kept unit channels, dropped unit channels, consumers, refits)``.
+    """
+    consumers = _consumers(unit, current, run.model, run.sampler, removed)
+    kept = np.sort(run.choose(consumers, unit, keep))
+    dropped = np.setdiff1d(np.arange(unit.channels), kept)
+    return kept, dropped, consumers, _refits(consumers, dropped, run.parameters.reconstruct)
+
+
+def _apply_masked(run: _Run, ordered: list[PruneUnit], plan: dict[str, int]) -> tuple[keras.Model, dict]:
+    """Apply the plan in forward order to the working copy as masks (zeros on dropped inputs, refitted weights), so
+    each unit is refitted on the inputs of the model pruned so far; then winnow once."""
     kept_channels: dict[str, np.ndarray] = {}
-    fitted: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+    fitted: dict[str, tuple] = {}
     removed: dict[str, set[int]] = {}
-    if trainer is None:
-        for unit in ordered:
-            consumers = _consumers(unit, work, model, sampler, removed)
-            t0 = time.perf_counter()
-            order = _order(consumers, unit.channels, plan[unit.name], parameters.channel_selection)
-            order_seconds += time.perf_counter() - t0
-            kept = np.sort(order)
-            dropped = np.setdiff1d(np.arange(unit.channels), kept)
-            refits = _refits(consumers, dropped, parameters.reconstruct)
-            for variable, value in _assignments(work, consumers, refits):
-                variable.assign(np.asarray(value, dtype=variable.dtype))
-            fitted.update(refits)
-            for c in consumers:
-                removed.setdefault(c.name, set()).update(int(i) for i in c.index[dropped])
-            kept_channels[unit.name] = kept
-        weights = _final_weights(fitted, model, units, kept_channels)
-        compressed = apply_pruning(model, kept_channels, units=units_list, weights=weights)
-    else:
-        compressed = model
-        for unit0 in ordered:
-            current_units = {
-                u.name: u
-                for u in prune_units(compressed, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)[0]
-            }
-            unit = current_units.get(unit0.name)
-            if unit is None:
-                stats.notes.append(
-                    f"channel group '{unit0.name}' could not be found after pruning earlier groups; left as is"
-                )
-                continue
-            consumers = _consumers(unit, compressed, model, sampler, {})
-            order = _order(consumers, unit.channels, plan[unit.name], parameters.channel_selection)
-            kept = np.sort(order)
-            dropped = np.setdiff1d(np.arange(unit.channels), kept)
-            refits = _refits(consumers, dropped, parameters.reconstruct)
-            weights = _final_weights(refits, compressed, current_units, {unit.name: kept})
-            compressed = apply_pruning(
-                compressed, {unit.name: kept}, units=list(current_units.values()), weights=weights
-            )
-            kept_channels[unit.name] = kept
-            logger.info("fine-tuning after pruning %s", unit.name)
-            trainer.train_model(compressed, compressed.get_layer(unit.consumers[0].layer), train_flag=True)
+    for unit in ordered:
+        kept, dropped, consumers, refits = _prune_unit(run, unit, plan[unit.name], run.work, removed)
+        for variable, value in _assignments(run.work, consumers, refits):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        fitted.update(refits)
+        for c in consumers:
+            removed.setdefault(c.name, set()).update(int(i) for i in c.index[dropped])
+        kept_channels[unit.name] = kept
+    weights = _final_weights(fitted, run.model, run.units, kept_channels)
+    return apply_pruning(run.model, kept_channels, units=run.units_list, weights=weights), kept_channels
 
-    # ---- stats
-    stats.timings["channel_selection_seconds"] = order_seconds
-    stats.timings["activation_sampling_seconds"] = 0.0 if sampler is None else sampler.seconds
+
+def _apply_with_trainer(run: _Run, ordered: list[PruneUnit], plan: dict[str, int], trainer: Any) -> tuple:
+    """Apply the plan one unit at a time, rebuilding the smaller model and fine-tuning it after each unit."""
+    compressed = run.model
+    kept_channels: dict[str, np.ndarray] = {}
+    allow = run.parameters.allow_custom_downsample_ops
+    for planned in ordered:
+        current_units = {u.name: u for u in prune_units(compressed, allow_custom_downsample_ops=allow)[0]}
+        unit = current_units.get(planned.name)
+        if unit is None:
+            run.stats.notes.append(
+                f"channel group '{planned.name}' could not be found after pruning earlier groups; left as is"
+            )
+            continue
+        kept, _, _, refits = _prune_unit(run, unit, plan[unit.name], compressed, {})
+        weights = _final_weights(refits, compressed, current_units, {unit.name: kept})
+        compressed = apply_pruning(compressed, {unit.name: kept}, units=list(current_units.values()), weights=weights)
+        kept_channels[unit.name] = kept
+        logger.info("fine-tuning after pruning %s", unit.name)
+        trainer.train_model(compressed, compressed.get_layer(unit.consumers[0].layer), train_flag=True)
+    return compressed, kept_channels
+
+
+def _record(run: _Run, kept_channels: dict[str, np.ndarray]) -> None:
+    """One ``LayerStats`` row per pruned group: the MACs/params of every layer it touches, before and after."""
+    stats = run.stats
+    stats.timings["channel_selection_seconds"] = run.order_seconds
+    stats.timings["activation_sampling_seconds"] = 0.0 if run.sampler is None else run.sampler.seconds
     for name, kept in kept_channels.items():
-        unit = units[name]
-        before = _unit_cost(unit, unit.channels, model, layer_costs)
-        after = _unit_cost(unit, len(kept), model, layer_costs)
-        first = model.get_layer(unit.consumers[0].layer)
+        unit = run.units[name]
+        before = _unit_cost(unit, unit.channels, run.model, run.layer_costs)
+        after = _unit_cost(unit, len(kept), run.model, run.layer_costs)
         stats.per_layer_stats.append(
             LayerStats(
                 name=name,
                 scheme="channel_pruning" + ("+gather" if unit.gather else ""),
-                original_shape=list(_view(first).kernel.shape),
+                original_shape=list(_view(run.model.get_layer(unit.consumers[0].layer)).kernel.shape),
                 rank=len(kept),
                 ratio=len(kept) / unit.channels,
                 macs_before=round(before[0]),
@@ -770,17 +836,18 @@ def compress_channels(
                 params_after=round(after[1]),
             )
         )
-        members = [s.layer for s in unit.consumers]
-        if len(members) > 1:
-            stats.notes.append(f"channel group '{name}' ({len(kept)} of {unit.channels} kept) covers {members}")
-    stats.timings["channel_pruning_seconds"] = time.perf_counter() - start
-    return compressed
+        if len(unit.consumers) > 1:
+            stats.notes.append(
+                f"channel group '{name}' ({len(kept)} of {unit.channels} kept) is read by "
+                f"{[s.layer for s in unit.consumers]}; its row's MACs/params cover {sorted(set(unit.layers))}"
+            )
 
 
-def stats_scheme(stats: CompressionStats) -> Any:
-    from ..enums import CompressionScheme
-
-    return CompressionScheme(stats.compress_scheme)
+def _match_ratio(row: dict[float, Any], ratio: float) -> float:
+    for key in row:
+        if math.isclose(key, ratio, rel_tol=1e-6):
+            return key
+    raise KeyError(ratio)
 
 
 def _ratio_of(row: dict[float, int], keep: int) -> float:
@@ -789,15 +856,7 @@ def _ratio_of(row: dict[float, int], keep: int) -> float:
 
 
 def _fill_budget(
-    plan: dict[str, int],
-    keeps: dict[str, dict[float, int]],
-    loss: dict[str, float],
-    units: dict[str, PruneUnit],
-    model: keras.Model,
-    layer_costs: dict[str, tuple[float, float]],
-    budget: float,
-    metric_of: Any,
-    multiplicity: int,
+    run: _Run, plan: dict[str, int], keeps: dict[str, dict[float, int]], loss: dict[str, float], budget: float
 ) -> dict[str, int]:
     """Give channels back, ``multiplicity`` at a time, while the exact cost stays within ``budget``.
 
@@ -814,16 +873,16 @@ def _fill_budget(
                 if name not in plan:
                     active.remove(name)
                     continue
-                keep, channels = plan[name], units[name].channels
+                keep, channels = plan[name], run.units[name].channels
                 higher = sorted(k for k in keeps[name].values() if k > keep)
                 limit = higher[0] if capped and higher else channels
-                new = min(keep + multiplicity, limit, channels)
+                new = min(keep + run.parameters.multiplicity, limit, channels)
                 trial = dict(plan)
                 if new >= channels:
                     del trial[name]
                 else:
                     trial[name] = new
-                if new <= keep or metric_of(_plan_cost(trial, units, model, layer_costs)) > budget:
+                if new <= keep or run.plan_cost(trial) > budget:
                     active.remove(name)
                     continue
                 plan = trial
