@@ -1,12 +1,14 @@
 """What does the greedy rank selection of ``tfc.compress_model`` cost, and what would rebuilding per candidate cost?
 
-For each model, one run of ``tfc.compress_model`` (spatial SVD, greedy, MAC target 0.5) is split into the time
-spent in the eval callback and the toolkit's own overhead (``stats.timings``), with the number of eval calls and
-the SVD time. The callback is wrapped to timestamp every call, so the time of each candidate evaluation in place
-(kernel swap + callback + restore) is known. Then, in the same process, a sample of the same (layer, rank)
+For each model, one run of ``tfc.compress_model`` (spatial SVD, greedy, MAC target 0.5 for the digits CNN, 0.75
+for ResNet50) is split into the time spent in the eval callback and the toolkit's own overhead (``stats.timings``),
+with the number of eval calls; the overhead is split into the SVD of the eligible kernels (inherent to SVD-based
+selection, computed once per layer) and the rest (working copy, swaps, final rewrite). The callback is wrapped to
+timestamp every call, so the time of each candidate evaluation in place (kernel swap + callback + restore) is known. Then, in the same process, a sample of the same (layer, rank)
 candidates is evaluated the way AIMET does it: rebuild the compressed model (``tfc.rewrite_model``) and call
 the same callback on it; for a smaller sample also save the rebuilt model as ``.keras`` and load it back. The
-speed ratio is median rebuild time per candidate / median in-place time per candidate.
+speed ratio is median rebuild time per candidate / median in-place time per candidate (a per-candidate ratio; the
+whole-selection estimate multiplies the median rebuild by the number of candidates).
 
     python benchmarks/selection_cost.py --quick        # digits CNN + ResNet50 at 64x64, N=3 (about a minute)
     python benchmarks/selection_cost.py                # digits CNN + ResNet50 at 224x224, N=10
@@ -133,10 +135,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         if (layer, rank) not in seen:
             seen.add((layer, rank))
             unique.append((layer, ratio, rank))
-    rebuild, reload, score_gaps = [], [], []
+    rebuild, rebuild_rewrite, reload, score_gaps = [], [], [], []
     for layer, ratio, rank in _spread(unique, case["rebuild_samples"]):
         begin = time.perf_counter()
         rebuilt = tfc.rewrite_model(model, {layer: (SCHEME, rank)})
+        rebuild_rewrite.append(time.perf_counter() - begin)
         score = case["callback"](rebuilt, None)
         rebuild.append(time.perf_counter() - begin)
         score_gaps.append(abs(score - stats.eval_scores[layer][ratio]))
@@ -155,6 +158,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             gc.collect()
 
     per_candidate = _common.median(in_place)
+    callback_median = _common.median(in_place_callback)
     rebuild_median = _common.median(rebuild)
     reload_median = _common.median(reload)
     total = timings["total_seconds"]
@@ -162,6 +166,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     baseline_and_final = (timed.ends[0] - timed.starts[0]) + (timed.ends[-1] - timed.starts[-1])
     estimated_rebuild_total = n_candidates * rebuild_median + baseline_and_final
     overhead_share = timings["overhead_seconds"] / total if total else float("nan")
+    svd = timings["svd_seconds"]
     swaps_and_svd = sum(in_place_overhead)
     ratio_rebuild = rebuild_median / per_candidate
     return {
@@ -178,20 +183,31 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "total_seconds": total,
         "eval_callback_seconds": timings["eval_callback_seconds"],
         "overhead_seconds": timings["overhead_seconds"],
-        "svd_seconds": timings["svd_seconds"],
+        "svd_seconds": svd,
         "overhead_share": overhead_share,
+        # the SVD of every eligible kernel (once per layer; the final rewrite reuses it) is the part of the overhead
+        # any SVD-based selection must pay; the rest is the toolkit's own machinery
+        "svd_share": svd / total if total else float("nan"),
+        "overhead_excluding_svd_seconds": max(timings["overhead_seconds"] - svd, 0.0),
+        "overhead_excluding_svd_share": max(timings["overhead_seconds"] - svd, 0.0) / total if total else float("nan"),
+        "working_copy_seconds": timings.get("working_copy_seconds"),
+        "final_rewrite_seconds": timings.get("final_rewrite_seconds"),
         # overhead = SVD + kernel swaps between the candidate callbacks + fixed costs (working copy, final rewrite, costs)
         "overhead_between_candidates_seconds": swaps_and_svd,
+        "overhead_between_candidates_excluding_svd_seconds": max(swaps_and_svd - svd, 0.0),
         "overhead_fixed_seconds": max(timings["overhead_seconds"] - swaps_and_svd, 0.0),
         "in_place_per_candidate_median_seconds": per_candidate,
         "in_place_overhead_per_candidate_median_seconds": _common.median(in_place_overhead),
-        "in_place_callback_per_candidate_median_seconds": _common.median(in_place_callback),
+        "in_place_callback_per_candidate_median_seconds": callback_median,
         "rebuild_samples": len(rebuild),
         "rebuild_per_candidate_median_seconds": rebuild_median,
+        "rebuild_rewrite_per_candidate_median_seconds": _common.median(rebuild_rewrite),
         "reload_samples": len(reload),
         "save_reload_per_candidate_median_seconds": reload_median,
         "speedup_vs_rebuild_per_candidate": ratio_rebuild,
         "speedup_vs_save_reload_per_candidate": reload_median / per_candidate,
+        # what in place could reach with no toolkit cost at all: rebuild time / the callback's own time in place
+        "speedup_vs_rebuild_per_candidate_ceiling": rebuild_median / callback_median,
         "estimated_rebuild_selection_seconds": estimated_rebuild_total,
         "estimated_selection_speedup_vs_rebuild": estimated_rebuild_total / total,
         "max_score_difference_rebuild_vs_in_place": max(score_gaps) if score_gaps else None,
@@ -200,6 +216,42 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "selection_10x_faster_than_rebuild": bool(ratio_rebuild >= 10.0),
         },
     }
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _goal_lines(r: dict[str, Any]) -> list[str]:
+    """The two goals of the issue, each with its numbers, and what part of the overhead is inherent."""
+    total, svd = r["total_seconds"], r["svd_seconds"]
+    share, rest = r["overhead_share"], r["overhead_excluding_svd_share"]
+    per, rebuild = r["in_place_per_candidate_median_seconds"], r["rebuild_per_candidate_median_seconds"]
+    callback = r["in_place_callback_per_candidate_median_seconds"]
+    between = r["overhead_between_candidates_excluding_svd_seconds"]
+    other = r["overhead_excluding_svd_seconds"] - r["working_copy_seconds"] - r["final_rewrite_seconds"] - between
+    return [
+        f"- **{r['model']}, overhead below 10% of the total: {_yes(r['goals']['overhead_below_10_percent'])}** "
+        f"({100 * share:.1f}%: {r['overhead_seconds']:.2f} s of {total:.2f} s). Of it, {svd:.2f} s "
+        f"({100 * r['svd_share']:.1f}% of the total) is the SVD of the {r['eligible_layers']} eligible kernels, once "
+        "each (the final rewrite reuses them): any SVD-based selection pays it, whatever the callback. The rest, "
+        f"the toolkit's own machinery, is {r['overhead_excluding_svd_seconds']:.2f} s = {100 * rest:.1f}% "
+        f"({'below' if rest < 0.10 else 'not below'} 10%): working copy {r['working_copy_seconds']:.2f} s, final "
+        f"rewrite {r['final_rewrite_seconds']:.2f} s, kernel reconstruction and swaps between the candidates "
+        f"{between:.2f} s, the rest (model costs, checks, bookkeeping) {max(other, 0.0):.2f} s.",
+        f"- **{r['model']}, in-place candidates at least 10x faster than rebuilding per candidate: "
+        f"{_yes(r['goals']['selection_10x_faster_than_rebuild'])}** (x{r['speedup_vs_rebuild_per_candidate']:.1f}: "
+        f"median {1000 * per:.0f} ms per candidate in place against {1000 * rebuild:.0f} ms to rebuild "
+        f"({1000 * r['rebuild_rewrite_per_candidate_median_seconds']:.0f} ms of it `rewrite_model`, which factorises the "
+        "layer anew) and call the same callback). Against save+reload (AIMET's other way): "
+        f"x{r['speedup_vs_save_reload_per_candidate']:.1f} "
+        f"({_yes(r['speedup_vs_save_reload_per_candidate'] >= 10)}). Whole selection, estimated as the candidates "
+        f"times the median rebuild: x{r['estimated_selection_speedup_vs_rebuild']:.1f}. These are ratios of "
+        "medians per candidate, measured in the same process; the callback alone takes "
+        f"{1000 * callback:.0f} ms in place, so even with no toolkit cost at all the ratio against rebuilding could "
+        f"not exceed x{r['speedup_vs_rebuild_per_candidate_ceiling']:.1f} with this callback: the ratio depends on "
+        "how long the callback takes compared with a rebuild.",
+    ]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -212,6 +264,7 @@ def markdown(result: dict[str, Any]) -> str:
             r["eval_callback_seconds"],
             r["svd_seconds"],
             f"{100 * r['overhead_share']:.1f}%",
+            f"{100 * r['overhead_excluding_svd_share']:.1f}%",
             f"{1000 * r['in_place_per_candidate_median_seconds']:.1f}",
             f"{1000 * r['rebuild_per_candidate_median_seconds']:.0f}",
             f"{1000 * r['save_reload_per_candidate_median_seconds']:.0f}",
@@ -228,30 +281,38 @@ def markdown(result: dict[str, Any]) -> str:
         "callback s",
         "SVD s",
         "overhead",
+        "overhead w/o SVD",
         "in place ms/cand.",
         "rebuild ms/cand.",
         "save+reload ms/cand.",
         "speed-up vs rebuild",
         "vs save+reload",
     )
-    goals = [
-        f"- {r['model']}: overhead < 10%: {'yes' if r['goals']['overhead_below_10_percent'] else 'NO'}; "
-        f"in place >= 10x faster than rebuild per candidate: "
-        f"{'yes' if r['goals']['selection_10x_faster_than_rebuild'] else 'NO'}"
-        for r in result["cases"]
-    ]
+    goals = [line for r in result["cases"] for line in _goal_lines(r)]
     mode = "quick" if result["quick"] else "full"
+    machine = result["machine"]
+    load, cores = machine.get("load_average_1min"), machine.get("cores")
+    busy = (
+        f"Other processes were running (1-minute load average {load} on {cores} cores when the run started): "
+        "absolute times are inflated and vary; compare the ratios, which are measured side by side in this run.\n\n"
+        if isinstance(load, int | float) and isinstance(cores, int) and load > 0.75 * cores
+        else ""
+    )
     return (
         f"## Selection cost ({mode} mode)\n\n"
         f"`tfc.compress_model`, {SCHEME}, greedy, MAC target "
         + ", ".join(f"{r['target_comp_ratio']} ({r['model']})" for r in result["cases"])
-        + "; per-candidate times are medians; "
-        "rebuild = `tfc.rewrite_model` + the same callback; save+reload adds `.keras` save and load.\n\n"
+        + "; overhead = total minus the time in the eval callback; per-candidate times are medians; "
+        "rebuild = `tfc.rewrite_model` + the same callback; save+reload adds `.keras` save and load. "
+        "Callbacks: "
+        + "; ".join(f"{r['model']}: {r['callback']}" for r in result["cases"])
+        + ".\n\n"
         + _common.md_table(headers, rows)
         + "\n"
         + "\n".join(goals)
         + "\n\n"
-        + _common.md_machine(result["machine"])
+        + busy
+        + _common.md_machine(machine)
     )
 
 
