@@ -38,6 +38,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ..compress import _lookup, _match, _open_cache, _progress, _settings_tag
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..decompose import blas_single_thread
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
@@ -621,8 +622,6 @@ def _auto_ratios(run: _Run) -> dict[str, list[float]]:
 
 def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]]] | None:
     """``(path, fingerprint, table)`` of the score cache, checked before any evaluation (None: no cache)."""
-    from ..compress import _open_cache, _settings_tag
-
     path = run.parameters.params.select_params.saved_eval_scores_dict
     if path is None:
         return None
@@ -663,8 +662,6 @@ def _score_table(
     run: _Run, keeps: dict[str, dict[float, int]], cache: Any, evaluator: Any, verbose: int
 ) -> dict[str, dict[float, float]]:
     """Evaluate each unit alone at each candidate, in place in the working copy (cached scores are reused)."""
-    from ..compress import _progress
-
     table = dict(cache[2]) if cache else {}
     todo = {
         name: sorted(
@@ -726,7 +723,7 @@ def _select(run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict
                 (goal * total + overlap) / (total + overlap),
                 use_monotonic_fit=select_params.use_monotonic_fit,
             )
-        chosen = {n: keeps[n][_match_ratio(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
+        chosen = {n: keeps[n][_match(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
         return chosen, run.plan_cost(chosen) / total
 
     plan, ratio = plan_for(target)
@@ -843,13 +840,6 @@ def _record(run: _Run, kept_channels: dict[str, np.ndarray]) -> None:
             )
 
 
-def _match_ratio(row: dict[float, Any], ratio: float) -> float:
-    for key in row:
-        if math.isclose(key, ratio, rel_tol=1e-6):
-            return key
-    raise KeyError(ratio)
-
-
 def _ratio_of(row: dict[float, int], keep: int) -> float:
     """The candidate ratio of ``row`` (ratio -> keep) that gives ``keep`` channels."""
     return next(r for r, k in row.items() if k == keep)
@@ -891,13 +881,6 @@ def _fill_budget(
             if not progressed:
                 break
     return plan
-
-
-def _lookup(row: dict[float, float], ratio: float) -> float:
-    for key, value in row.items():
-        if math.isclose(key, ratio, rel_tol=1e-6):
-            return value
-    raise KeyError(ratio)
 
 
 def _final_weights(

@@ -163,16 +163,8 @@ class _Graph:
 
 def _histories(obj: Any) -> Iterator[str]:
     """Names of the layers whose tensors appear in one serialised call (args/kwargs, nested)."""
-    if isinstance(obj, dict):
-        history = obj.get("config", {}).get("keras_history") if obj.get("class_name") == "__keras_tensor__" else None
-        if history is not None:
-            yield history[0]
-            return
-        for value in obj.values():
-            yield from _histories(value)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            yield from _histories(value)
+    for name, _, _ in _refs(obj):
+        yield name
 
 
 def _graph(model: keras.Model) -> _Graph:
