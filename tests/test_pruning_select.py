@@ -139,3 +139,18 @@ def test_channel_order_ignores_dead_channels():
     x[:, 2] = 0.0  # a dead (always zero) channel
     y = np.einsum("sct,ctn->sn", x, rng.normal(size=(4, 9, 3)))
     assert 2 not in channel_order([ChannelProblem.from_samples(x, y)], 3).tolist()
+
+
+def test_channel_order_in_batches_for_large_keeps():
+    from tfcompress.pruning import ChannelProblem, channel_order
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(300, 40, 1))
+    y = x[:, :10, 0] @ rng.normal(size=(10, 3)) * 5 + 0.1 * x[:, 10:, 0] @ rng.normal(size=(30, 3))
+    problem = ChannelProblem.from_samples(x, y)
+    exact = channel_order([problem], 20)
+    batched = channel_order([problem], 20, max_steps=5)  # 4 channels per step
+    assert sorted(batched[:10].tolist()) == sorted(exact[:10].tolist()) == list(range(10))
+    assert len(set(batched.tolist())) == 20
+    with pytest.raises(ValueError, match="max_steps"):
+        channel_order([problem], 3, max_steps=0)

@@ -220,8 +220,8 @@ class _GramState:
         self.schur -= np.matmul(np.swapaxes(w3, 1, 2), w3)
 
 
-def channel_order(problems: Sequence[ChannelProblem], keep: int) -> np.ndarray:
-    """The first ``keep`` channels picked by exact greedy forward selection, in the order picked.
+def channel_order(problems: Sequence[ChannelProblem], keep: int, *, max_steps: int = 256) -> np.ndarray:
+    """The first ``keep`` channels picked by greedy forward selection, in the order picked.
 
     All problems share the ``n`` selectable channels (a channel group read by several
     layers: each layer is one problem, and ``problems[p].channels`` says which of its
@@ -240,6 +240,10 @@ def channel_order(problems: Sequence[ChannelProblem], keep: int) -> np.ndarray:
     null directions (eigenvalues below ``1e-10`` of the largest diagonal entry) are
     dropped, so dead or duplicated channels gain nothing.
 
+    The selection is exact for ``keep <= max_steps``. Beyond that, each step adds the
+    ``ceil(keep / max_steps)`` channels with the largest gains at once (then updates),
+    so a group of thousands of channels costs at most ``max_steps`` gain evaluations.
+
     Example:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).normal(size=(100, 3))
@@ -254,18 +258,23 @@ def channel_order(problems: Sequence[ChannelProblem], keep: int) -> np.ndarray:
     if any(len(s.map) != n for s in states):
         raise ValueError("channel_order: every problem must map the same number of selectable channels.")
     keep = _check_keep(keep, n, "channel_order")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"channel_order: max_steps must be an int >= 1, got {max_steps!r}.")
+    batch = -(-keep // max_steps)
     chosen: list[int] = []
     available = np.ones(n, dtype=bool)
-    for _ in range(keep):
+    while len(chosen) < keep:
         total = np.zeros(n)
         for state in states:
             total += state.gains()[state.map]
         total = np.where(available, total, -np.inf)
-        best = int(np.argmax(total))  # first maximum: ties go to the lower index
-        chosen.append(best)
-        available[best] = False
-        for state in states:
-            state.add(int(state.map[best]))
+        # largest gains first; ties go to the lower index (stable sort of the negated gains)
+        picks = np.argsort(-total, kind="stable")[: min(batch, keep - len(chosen))]
+        for best in picks.tolist():
+            chosen.append(best)
+            available[best] = False
+            for state in states:
+                state.add(int(state.map[best]))
     return np.array(chosen, dtype=np.int64)
 
 
