@@ -133,6 +133,7 @@ class _Sampler:
         self.seed = seed
         self.batch_size = batch_size
         self._positions: dict[tuple[str, tuple], np.ndarray] = {}
+        self._original: dict[str, np.ndarray] = {}
         self.seconds = 0.0
 
     def _positions_for(self, name: str, batch: int, out_hw: tuple[int, int]) -> np.ndarray:
@@ -141,6 +142,13 @@ class _Sampler:
             seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
             self._positions[key] = sample_positions(batch, out_hw, self.samples, seed=seed)
         return self._positions[key]
+
+    def original_patches(self, model: keras.Model, names: list[str], every: list[str]) -> dict[str, np.ndarray]:
+        """:meth:`patches` of the ORIGINAL model, computed once for all layers in ``every`` (one pass) and kept."""
+        if any(name not in self._original for name in names):
+            missing = [name for name in every if name not in self._original]
+            self._original.update(self.patches(model, missing))
+        return {name: self._original[name] for name in names}
 
     def patches(self, model: keras.Model, names: list[str]) -> dict[str, np.ndarray]:
         """``{name: (P, cols)}``: each layer's input patches (Conv2D, columns like ``kernel.reshape(-1, N)``)
@@ -309,16 +317,18 @@ def _consumers(
     original: keras.Model,
     sampler: _Sampler | None,
     removed: dict[str, set[int]],
+    every: list[str] | None = None,
     current_is_original: bool = False,
 ) -> list[_Consumer]:
     """The unit's consumers with inputs sampled on ``current`` and target outputs from ``original``
-    (``sampler=None``: no data is needed, for magnitude selection without reconstruction)."""
+    (``sampler=None``: no data is needed, for magnitude selection without reconstruction). The original model's
+    patches are computed once, for all layers in ``every`` (default: this unit's consumers)."""
     names = [slot.layer for slot in unit.consumers]
     if sampler is None:
         now = before = {n: None for n in names}
     else:
-        now = sampler.patches(current, names)
-        before = now if current_is_original else sampler.patches(original, names)
+        before = sampler.original_patches(original, names, every or names)
+        now = before if current_is_original else sampler.patches(current, names)
     result = []
     for slot in unit.consumers:
         view, source = _view(current.get_layer(slot.layer)), _view(original.get_layer(slot.layer))
@@ -469,6 +479,11 @@ class _Run:
     total_cost: float
     sampler: _Sampler | None = None
     order_seconds: float = 0.0
+
+    @property
+    def consumer_names(self) -> list[str]:
+        """Every layer whose input channels some unit prunes, in forward order, once."""
+        return list(dict.fromkeys(slot.layer for unit in self.units_list for slot in unit.consumers))
 
     def cost(self, pair: tuple[float, float]) -> float:
         """The number the cost metric compares."""
@@ -677,7 +692,7 @@ def _score_table(
         if not pending:
             continue
         unit = run.units[name]
-        consumers = _consumers(unit, run.work, run.model, run.sampler, {}, current_is_original=True)
+        consumers = _consumers(unit, run.work, run.model, run.sampler, {}, run.consumer_names, current_is_original=True)
         order = run.choose(consumers, unit, max(pending))
         by_keep = {}
         for k in pending:
@@ -765,7 +780,7 @@ def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, rem
 
     Returns ``(kept unit channels, dropped unit channels, consumers, refits)``.
     """
-    consumers = _consumers(unit, current, run.model, run.sampler, removed)
+    consumers = _consumers(unit, current, run.model, run.sampler, removed, run.consumer_names)
     kept = np.sort(run.choose(consumers, unit, keep))
     dropped = np.setdiff1d(np.arange(unit.channels), kept)
     return kept, dropped, consumers, _refits(consumers, dropped, run.parameters.reconstruct)
