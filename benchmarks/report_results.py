@@ -28,7 +28,6 @@ from tfcompress.atomic import write_text_atomic
 ORDER = ("accuracy", "selection_cost", "real_speed", "latency_plans")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_README = os.path.join(os.path.dirname(_common.HERE), "README.md")
-MACHINE_KEYS = ("cpu", "cores", "python", "tensorflow", "keras", "numpy")
 
 
 def load_results(folder: str) -> list[tuple[str, dict[str, Any]]]:
@@ -205,15 +204,18 @@ SUMMARIES: dict[str, Callable[[str, dict[str, Any], str], str]] = {
 
 
 def machine_line(records: list[tuple[str, dict[str, Any]]]) -> str:
-    machines = {tuple(str(d["machine"].get(k, "?")) for k in MACHINE_KEYS) for _, d in records}
+    """One line: the CPU(s), cores and versions of the runs (one value when they agree) and the dates."""
+
+    def values(key: str) -> str:
+        found = sorted({str(d["machine"].get(key, "?")) for _, d in records})
+        return found[0] if len(found) == 1 else " / ".join(found)
+
     dates = sorted(str(d["machine"].get("date", "?")) for _, d in records)
     span = dates[0][:10] if dates[0][:10] == dates[-1][:10] else f"{dates[0][:10]} to {dates[-1][:10]}"
-    if len(machines) == 1:
-        cpu, cores, python, tf, keras, numpy = next(iter(machines))
-        where = f"{cpu}, {cores} cores; Python {python}, TensorFlow {tf}, Keras {keras}, numpy {numpy}"
-    else:
-        where = "several machines or versions (each benchmark's Markdown file names its own)"
-    return f"Machine: {where}. Runs dated {span} (UTC)."
+    return (
+        f"Machine: {values('cpu')}, {values('cores')} cores; Python {values('python')}, TensorFlow "
+        f"{values('tensorflow')}, Keras {values('keras')}, numpy {values('numpy')}. Runs dated {span} (UTC)."
+    )
 
 
 def readme_section(records: list[tuple[str, dict[str, Any]]], link: str) -> str:
