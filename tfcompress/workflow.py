@@ -273,7 +273,14 @@ def svd_then_prune(
         result.steps.append(step)
         models.append(stage)
     _choose(result)
-    if not math.isclose(result.best.mac_compression_ratio, target, abs_tol=0.02):
+    if result.best.mac_compression_ratio > target + 0.02:
+        message = (
+            f"svd_then_prune: the chosen model's MAC ratio {result.best.mac_compression_ratio:.4f} is above the target "
+            f"{target}: channel pruning could not remove enough (see the steps' prune_stats notes and skipped layers)."
+        )
+        result.notes.append(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    elif not math.isclose(result.best.mac_compression_ratio, target, abs_tol=0.02):
         result.notes.append(
             f"the chosen model's MAC ratio {result.best.mac_compression_ratio:.4f} differs from the target {target}"
         )
