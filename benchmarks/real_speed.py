@@ -2,12 +2,16 @@
 
 For ResNet50, VGG16 and MobileNetV2 (``weights=None``) and each scheme (weight SVD, spatial SVD, Tucker-2),
 every eligible ``Conv2D`` (kernel larger than 1x1 for spatial SVD and Tucker-2) is rewritten at the rank
-``tfc.rank_for_ratio(layer, target, scheme)`` gives for the MAC target, with ``tfc.rewrite_model``. Reported:
+``tfc.rank_for_ratio(layer, target, scheme)`` gives for the MAC target, with ``tfc.rewrite_model``; for channel
+pruning, every channel group keeps one common fraction of its channels (kernel magnitude), bisected to the MAC
+target, and the model is winnowed with ``tfc.pruning.apply_pruning`` ("layers_rewritten" counts the groups). Reported:
 MAC and parameter ratios (``tfc.model_cost``), the ``.keras`` file size ratio, and CPU latency ratios at batch 1
 and 8 measured side by side with the original (interleaved runs, median after warm-up) under TensorFlow (a
 compiled ``tf.function``) and the TFLite interpreter, and how much of the ideal speed-up ``1 / MAC ratio`` the
 measured speed-up reaches. In full mode, peak memory (``ru_maxrss``) of inference and of one training step is
 measured in a fresh subprocess per model and measurement (peak RSS above the RSS after importing TensorFlow).
+At the layer-breakdown target (0.5), every changed layer is also timed alone, original against compressed, at
+its real input shape, to show which layers lose time and how much of the model's time they held.
 
     python benchmarks/real_speed.py --quick     # 64x64 inputs, target 0.5, TFLite for MobileNetV2 only
     python benchmarks/real_speed.py             # 224x224 inputs, targets 0.75/0.5/0.3, TFLite and memory for all
@@ -28,7 +32,7 @@ from typing import Any
 
 import _common
 
-SCHEMES = ("weight_svd", "spatial_svd", "tucker")
+SCHEMES = ("weight_svd", "spatial_svd", "tucker", "channel_pruning")
 MODELS = ("ResNet50", "VGG16", "MobileNetV2")
 
 
@@ -36,6 +40,37 @@ def build(name: str, size: int) -> Any:
     import keras
 
     return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+
+
+def uniform_pruning(model: Any, target: float) -> tuple[Any, int]:
+    """``model`` with every channel group (``tfc.pruning.prune_units``) keeping one common fraction of its channels,
+    chosen by kernel magnitude, the fraction bisected so the MAC ratio is at most ``target``; and the group count."""
+    import numpy as np
+
+    import tfcompress as tfc
+    from tfcompress.pruning import apply_pruning, magnitude_channels, prune_units
+
+    units, _ = prune_units(model)
+    macs = tfc.model_cost(model).macs
+    norms = {}
+    for unit in units:
+        slot = unit.consumers[0]
+        kernel = model.get_layer(slot.layer).get_weights()[0]
+        norms[unit.name] = np.take(kernel, slot.index, axis=-2)
+
+    def pruned(fraction: float) -> Any:
+        kept = {u.name: magnitude_channels(norms[u.name], max(1, round(fraction * u.channels))) for u in units}
+        return apply_pruning(model, kept, units=units)
+
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        small = pruned(mid)
+        if tfc.model_cost(small).macs / macs <= target:
+            lo, best = mid, small
+        else:
+            hi = mid
+    return (best if best is not None else pruned(lo)), len(units)
 
 
 def uniform_plan(model: Any, scheme: str, target: float) -> dict[str, tuple[str, Any]]:
@@ -167,14 +202,17 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
     for scheme in SCHEMES:
         for target in settings["targets"]:
             print(f"real_speed: {name} {size}x{size} {scheme} target {target}", flush=True)
-            plan = uniform_plan(model, scheme, target)
-            small = tfc.rewrite_model(model, plan)
+            if scheme == "channel_pruning":
+                small, rewritten = uniform_pruning(model, target)
+            else:
+                plan = uniform_plan(model, scheme, target)
+                small, rewritten = tfc.rewrite_model(model, plan), len(plan)
             small_cost = tfc.model_cost(small)
             mac_ratio = small_cost.macs / cost.macs
             row: dict[str, Any] = {
                 "scheme": scheme,
                 "target": target,
-                "layers_rewritten": len(plan),
+                "layers_rewritten": rewritten,
                 "mac_ratio": mac_ratio,
                 "param_ratio": small_cost.params / cost.params,
                 "ideal_speedup": 1.0 / mac_ratio,
@@ -226,6 +264,11 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
                         "fraction_of_ideal_speedup": speedup / row["ideal_speedup"],
                         "runs": timed["original"]["runs"],
                     }
+            if target in settings["layer_targets"]:
+                whole = {b: row[f"tf_b{b}"]["original_ms"] for b in settings["batches"]}
+                row["layer_breakdown"] = layer_breakdown(
+                    model, small, settings["layer_batches"], settings["warmup"], settings["repeats"], args.seed, whole
+                )
             rows.append(row)
             del small
             gc.collect()
@@ -238,6 +281,101 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
         "tflite": use_tflite,
         "results": rows,
     }
+
+
+def changed_layers(model: Any, small: Any) -> list[tuple[str, float]]:
+    """Names of the layers whose MACs differ between ``model`` and ``small`` (rewritten or pruned), in model
+    order, with each one's MAC ratio."""
+    import tfcompress as tfc
+
+    before, after = tfc.model_cost(model).layers, tfc.model_cost(small).layers
+    return [
+        (name, after[name].macs / row.macs)
+        for name, row in before.items()
+        if row.macs > 0 and name in after and after[name].macs != row.macs
+    ]
+
+
+def _alone(layer: Any) -> Any:
+    """A one-layer model holding a fresh copy of ``layer`` (config and weights) at its real input shape."""
+    import keras
+
+    from tfcompress.latency import _fresh_copy, layer_input_shape
+
+    shape = layer_input_shape(layer)
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, _fresh_copy(layer, (None, *shape))(inputs)), shape
+
+
+def _identity(shape: tuple[int, ...]) -> Any:
+    import keras
+
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, keras.layers.Identity()(inputs))
+
+
+def layer_breakdown(
+    model: Any, small: Any, batches: list[int], warmup: int, repeats: int, seed: int, whole_ms: dict[int, float]
+) -> dict[str, Any]:
+    """Each changed layer timed alone (TensorFlow, compiled), original and compressed side by side.
+
+    Per batch: the changed layers' share of the original model's time (the rest bounds the speed-up, as Amdahl's
+    law says), their summed speed-up against the ideal for their MACs, and every layer's speed-up and "lost"
+    milliseconds: its compressed time minus what it would take if time shrank like its MACs.
+    """
+    names = changed_layers(model, small)
+    rows = []
+    for name, mac_ratio in names:
+        original, shape = _alone(model.get_layer(name))
+        compressed, small_shape = _alone(small.get_layer(name))
+        row: dict[str, Any] = {
+            "layer": name,
+            "class": type(small.get_layer(name)).__name__,
+            "input_shape": list(shape),
+            "mac_ratio": mac_ratio,
+        }
+        for batch in batches:
+            x = _common.random_images(shape, batch, seed)
+            timed = _common.interleaved_medians(
+                {
+                    "original": TFRunner(original, x),
+                    "compressed": TFRunner(compressed, _common.random_images(small_shape, batch, seed)),
+                    "call": TFRunner(_identity(shape), x),
+                },
+                warmup,
+                repeats,
+            )
+            # a call's fixed cost (dispatch, copying the result out) is timed with an identity model on the same
+            # input and taken off both, so small layers are not drowned by it
+            call_ms = 1000 * timed["call"]["median_s"]
+            o_ms, c_ms = (max(1000 * timed[k]["median_s"] - call_ms, 1e-3) for k in ("original", "compressed"))
+            row[f"b{batch}"] = {
+                "original_ms": o_ms,
+                "compressed_ms": c_ms,
+                "call_overhead_ms": call_ms,
+                "speedup": o_ms / c_ms,
+                "lost_ms": c_ms - o_ms * mac_ratio,
+            }
+        rows.append(row)
+        del original, compressed
+    summary = {}
+    for batch in batches:
+        key = f"b{batch}"
+        o_sum = sum(r[key]["original_ms"] for r in rows)
+        c_sum = sum(r[key]["compressed_ms"] for r in rows)
+        ideal_c = sum(r[key]["original_ms"] * r["mac_ratio"] for r in rows)
+        worst = sorted(rows, key=lambda r: -r[key]["lost_ms"])[:5]
+        summary[key] = {
+            "changed_layers": len(rows),
+            "share_of_model_time": o_sum / whole_ms[batch] if whole_ms.get(batch) else None,
+            "changed_layers_speedup": o_sum / c_sum if c_sum > 0 else None,
+            "changed_layers_ideal_speedup": o_sum / ideal_c if ideal_c > 0 else None,
+            "slower_than_original": [r["layer"] for r in rows if r[key]["speedup"] < 1.0],
+            "most_time_lost": [
+                {"layer": r["layer"], "mac_ratio": r["mac_ratio"], **r[key]} for r in worst if r[key]["lost_ms"] > 0
+            ],
+        }
+    return {"layers": rows, "summary": summary}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -274,7 +412,8 @@ def markdown(result: dict[str, Any]) -> str:
     notes = [
         "Speed-up = original latency / compressed latency, measured side by side (interleaved runs, median); "
         "in brackets the share of the ideal speed-up 1 / MAC ratio. Ranks are uniform: every eligible Conv2D at "
-        "the rank `tfc.rank_for_ratio` gives for the target (Dense layers untouched).",
+        "the rank `tfc.rank_for_ratio` gives for the target (Dense layers untouched); channel_pruning: every channel "
+        "group keeps one common fraction of its channels (kernel magnitude), bisected to the MAC target.",
     ]
     if not result["settings"]["memory"]:
         notes.append("Peak memory was not measured in this mode (a subprocess per model; run the full mode).")
@@ -285,13 +424,67 @@ def markdown(result: dict[str, Any]) -> str:
             f"minus its RSS after the imports ({result['settings']['memory_baseline_mb']:.0f} MB); "
             "compressed / original."
         )
+    if not result.get("complete", True):
+        notes.append("Incomplete run: only the models listed were measured before it stopped.")
     return (
         f"## Real speed of uniform decompositions ({mode} mode)\n\n"
         + _common.md_table(headers, rows)
         + "\n"
         + "\n".join(f"- {n}" for n in notes)
         + "\n\n"
+        + breakdown_markdown(result)
         + _common.md_machine(result["machine"])
+    )
+
+
+def breakdown_markdown(result: dict[str, Any]) -> str:
+    """The "which layers lose time" table: each changed layer timed alone, original against compressed."""
+    headers = [
+        "model",
+        "scheme",
+        "batch",
+        "changed layers",
+        "their share of model time",
+        "their speed-up (ideal)",
+        "slower than original",
+        "most time lost (layer: speed-up at MAC ratio)",
+    ]
+    rows = []
+    for case in result["models"]:
+        for r in case["results"]:
+            breakdown = r.get("layer_breakdown")
+            if not breakdown:
+                continue
+            for key, s in breakdown["summary"].items():
+                share = s["share_of_model_time"]
+                speed = s["changed_layers_speedup"]
+                ideal = s["changed_layers_ideal_speedup"]
+                worst = ", ".join(
+                    f"{w['layer']}: x{w['speedup']:.2f} at {w['mac_ratio']:.2f}" for w in s["most_time_lost"][:3]
+                )
+                rows.append(
+                    [
+                        f"{case['model']} {case['input_size']}px",
+                        r["scheme"],
+                        key[1:],
+                        s["changed_layers"],
+                        None if share is None else f"{share:.0%}",
+                        None if speed is None else f"x{speed:.2f} (x{ideal:.2f})",
+                        len(s["slower_than_original"]),
+                        worst or None,
+                    ]
+                )
+    if not rows:
+        return ""
+    return (
+        f"### Which layers lose time (target {', '.join(map(str, result['settings']['layer_targets']))}, "
+        "TensorFlow)\n\n"
+        + _common.md_table(headers, rows)
+        + "\n- Every changed layer (rewritten or pruned) timed alone at its real input shape, original and "
+        "compressed side by side, less a call's fixed cost (an identity model on the same input). Share of model time: the changed layers' summed time over the whole original "
+        "model's time (the rest, unchanged, bounds the speed-up). Their speed-up: summed original / summed "
+        "compressed time, in brackets what it would be if each layer's time shrank like its MACs. Time lost: "
+        "compressed time minus original time x MAC ratio.\n\n"
     )
 
 
@@ -313,6 +506,8 @@ def main() -> None:
             "memory_batch": 8,
             "warmup": 2,
             "repeats": 7,
+            "layer_targets": [0.5],
+            "layer_batches": [1],
         }
     else:
         settings = {
@@ -322,25 +517,29 @@ def main() -> None:
             "tflite": True,
             "memory": not args.no_memory,
             "memory_batch": 8,
-            "warmup": 3,
-            "repeats": 15,
+            "warmup": 2,
+            "repeats": 9,
+            "layer_targets": [0.5],
+            "layer_batches": [1, 8],
         }
     machine = _common.machine_info()
     if settings["memory"]:
         settings["memory_baseline_mb"] = peak_memory_mb("", "none", 1)["after_import_mb"]
-    models = []
-    with tempfile.TemporaryDirectory() as folder:
-        for name in args.models:
-            models.append(run_model(name, args, settings, folder))
-            gc.collect()
     result = {
         "benchmark": "real_speed",
         "quick": args.quick,
         "settings": settings,
         "machine": machine,
-        "models": models,
+        "models": [],
+        "complete": False,
     }
-    paths = _common.write_results(args.output_dir, "real_speed", result, markdown(result))
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            result["models"].append(run_model(name, args, settings, folder))
+            result["complete"] = len(result["models"]) == len(args.models)
+            # written after every model, so a long full run that is stopped keeps what it measured
+            paths = _common.write_results(args.output_dir, "real_speed", result, markdown(result))
+            gc.collect()
     print("wrote", *paths)
 
 

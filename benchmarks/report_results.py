@@ -155,24 +155,60 @@ def summary_selection_cost(stem: str, data: dict[str, Any], link: str) -> str:
 
 def summary_real_speed(stem: str, data: dict[str, Any], link: str) -> str:
     rows = []
+    lost = []
     for case in data["models"]:
         for r in case["results"]:
+            mem = r.get("peak_memory_ratio") or {}
             rows.append(
                 (
                     f"{case['model']} {case['input_size']}px",
                     r["scheme"],
+                    r["target"],
                     f"{r['mac_ratio']:.2f}",
                     _x(r["ideal_speedup"]),
                     _x(r.get("tf_b1", {}).get("speedup")),
                     _x(r.get("tf_b8", {}).get("speedup")),
                     _x(r.get("tflite_b1", {}).get("speedup")),
+                    _x(r.get("tflite_b8", {}).get("speedup")),
+                    f"{r['keras_file_size_ratio']:.2f}",
+                    " / ".join("-" if mem.get(w) is None else f"{mem[w]:.2f}" for w in ("inference", "train_step"))
+                    if mem
+                    else None,
                 )
             )
-    headers = ("model", "scheme (uniform ranks)", "MAC ratio", "ideal", "TF b1", "TF b8", "TFLite b1")
-    return (
-        f"**Real speed of fewer MACs** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): CPU speed-ups "
-        "(original / compressed latency, measured side by side):\n\n" + _common.md_table(headers, rows)
+            summary = (r.get("layer_breakdown") or {}).get("summary", {}).get("b1")
+            if summary and summary["most_time_lost"]:
+                worst = summary["most_time_lost"][0]
+                lost.append(
+                    f"{case['model']} {r['scheme']}: the {summary['changed_layers']} changed layers held "
+                    f"{summary['share_of_model_time']:.0%} of the time and ran {_x(summary['changed_layers_speedup'])} "
+                    f"faster alone (ideal {_x(summary['changed_layers_ideal_speedup'])}); "
+                    f"{len(summary['slower_than_original'])} got slower; most time lost: {worst['layer']} "
+                    f"({_x(worst['speedup'])} at MAC ratio {worst['mac_ratio']:.2f})"
+                )
+    headers = (
+        "model",
+        "scheme (uniform)",
+        "target",
+        "MAC ratio",
+        "ideal",
+        "TF b1",
+        "TF b8",
+        "TFLite b1",
+        "TFLite b8",
+        ".keras size",
+        "peak mem. infer / train",
     )
+    text = (
+        f"**Real speed of fewer MACs** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): CPU speed-ups "
+        "(original / compressed latency, measured side by side; ideal = 1 / MAC ratio), file size and peak memory "
+        "ratios (compressed / original); every eligible layer at one rank, or every channel group at one kept "
+        "fraction:\n\n" + _common.md_table(headers, rows)
+    )
+    if lost:
+        text += "\nWhere the time goes at batch 1, target 0.5 (each changed layer timed alone):\n\n"
+        text += "".join(f"- {line}.\n" for line in lost)
+    return text
 
 
 def summary_latency_plans(stem: str, data: dict[str, Any], link: str) -> str:

@@ -78,8 +78,14 @@ def test_real_speed_quick(tmp_path):
     assert [m["model"] for m in data["models"]] == ["MobileNetV2"]
     for case in data["models"]:
         schemes = [r["scheme"] for r in case["results"]]
-        assert schemes == ["weight_svd", "spatial_svd", "tucker"]
+        assert schemes == ["weight_svd", "spatial_svd", "tucker", "channel_pruning"]
         for row in case["results"]:
+            breakdown = row["layer_breakdown"]  # quick mode's one target is the breakdown target
+            assert len(breakdown["layers"]) == breakdown["summary"]["b1"]["changed_layers"] > 0
+            for layer in breakdown["layers"]:
+                assert 0 < layer["mac_ratio"] < 1
+                assert positive(layer["b1"]["original_ms"]) and positive(layer["b1"]["speedup"])
+            assert positive(breakdown["summary"]["b1"]["share_of_model_time"])
             assert row["layers_rewritten"] > 0
             assert 0 < row["mac_ratio"] < 1 and positive(row["param_ratio"]) and positive(row["keras_file_size_ratio"])
             assert math.isclose(row["ideal_speedup"], 1 / row["mac_ratio"])
