@@ -69,9 +69,9 @@ class Recorder:
         return len(self.models)
 
 
-def greedy(params_cls, target=0.5, mode="auto", ignore=None, multiplicity=1, n=10, cache=None):
+def greedy(params_cls, target=0.5, mode="auto", ignore=None, multiplicity=1, n=10, cache=None, compare_plans=True):
     select = tfc.GreedySelectionParameters(
-        target_comp_ratio=target, num_comp_ratio_candidates=n, saved_eval_scores_dict=cache
+        target_comp_ratio=target, num_comp_ratio_candidates=n, saved_eval_scores_dict=cache, compare_plans=compare_plans
     )
     return params_cls(mode, params_cls.AutoModeParams(select, modules_to_ignore=ignore), multiplicity=multiplicity)
 
@@ -218,7 +218,7 @@ def test_tiny_eval_count_exact_and_deduplicated():
     # 4608 for the original; max rank min(1*3, 8*3) = 3. Ratios 0.1..0.7 give rank 1 and 0.8, 0.9 give rank 2:
     # 2 evaluations. conv2 (4608 r vs 73728) and conv3 (1536 r vs 36864 at 4x4) get 9 distinct ranks each.
     model = cnn()
-    _, stats, recorder = run(model, greedy(SPATIAL, target=0.5))
+    _, stats, recorder = run(model, greedy(SPATIAL, target=0.5, compare_plans=False))
     assert recorder.calls == 2 + 2 + 9 + 9 == stats.num_eval_calls
     assert len(set(stats.eval_scores["conv1"].values())) <= 2
     assert len(stats.eval_scores["conv1"]) == N_CANDIDATES  # every candidate ratio has a score
@@ -233,7 +233,7 @@ def test_tiny_eval_count_with_multiplicity_8():
     model = cnn()
     caps = [tfc.rank_for_ratio(model.get_layer(n), 1.0, "spatial_svd", "mac") for n in ("conv1", "conv2", "conv3")]
     assert caps == [2, 16, 24]
-    _, stats, recorder = run(model, greedy(SPATIAL, target=0.7, multiplicity=8))
+    _, stats, recorder = run(model, greedy(SPATIAL, target=0.7, multiplicity=8, compare_plans=False))
     assert recorder.calls == 2 + 1 + 1 + 2 == stats.num_eval_calls
     assert len(stats.eval_scores["conv1"]) == N_CANDIDATES and len(set(stats.eval_scores["conv1"].values())) == 1
     assert len(stats.eval_scores["conv2"]) == 5  # 0.1 .. 0.5 round to rank 8; 0.6 .. 0.9 to 16 (saves nothing)
@@ -250,7 +250,7 @@ def test_candidates_swap_kernel_in_place_without_cloning():
             return super().__call__(m, iterations)
 
     recorder = KernelRecorder(model)
-    compressed, _, _ = run(model, greedy(SPATIAL, target=0.5), callback=recorder)
+    compressed, _, _ = run(model, greedy(SPATIAL, target=0.5, compare_plans=False), callback=recorder)
     work = recorder.models[0]
     # baseline and every candidate: one working model, neither the user's model nor the result
     assert all(m is work for m in recorder.models[:-1])
@@ -414,7 +414,7 @@ def test_multiplicity_8_ranks(scheme, params_cls):
 def test_cache_roundtrip_and_reuse(tmp_path):
     path = tmp_path / "scores.json"
     model = cnn()
-    _, stats1, recorder1 = run(model, greedy(SPATIAL, target=0.5, cache=path))
+    _, stats1, recorder1 = run(model, greedy(SPATIAL, target=0.5, cache=path, compare_plans=False))
     assert recorder1.calls == 22
     document = json.loads(path.read_text())
     assert set(document) == {"eval_scores", "model_fingerprint"}
@@ -426,7 +426,7 @@ def test_cache_roundtrip_and_reuse(tmp_path):
             assert score == pytest.approx(stats1.eval_scores[layer][float(ratio)])
 
     # a different target: only baseline and final evaluations; same plan as a fresh run at that target
-    _, stats2, recorder2 = run(model, greedy(SPATIAL, target=0.7, cache=path))
+    _, stats2, recorder2 = run(model, greedy(SPATIAL, target=0.7, cache=path, compare_plans=False))
     assert recorder2.calls == 2 == stats2.num_eval_calls
     _, fresh, _ = run(model, greedy(SPATIAL, target=0.7))
     assert ranks(stats2) == ranks(fresh)
@@ -438,7 +438,7 @@ def test_cache_roundtrip_and_reuse(tmp_path):
     # the same weights in another model object are accepted
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
-    _, _, recorder3 = run(twin, greedy(SPATIAL, target=0.6, cache=path))
+    _, _, recorder3 = run(twin, greedy(SPATIAL, target=0.6, cache=path, compare_plans=False))
     assert recorder3.calls == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
 
@@ -446,12 +446,12 @@ def test_cache_roundtrip_and_reuse(tmp_path):
 def test_cache_partial_file_evaluates_missing_layers_only(tmp_path):
     path = tmp_path / "scores.json"
     model = cnn()
-    run(model, greedy(SPATIAL, target=0.5, cache=path))
+    run(model, greedy(SPATIAL, target=0.5, cache=path, compare_plans=False))
     document = json.loads(path.read_text())
     del document["eval_scores"]["conv2"]
     del document["model_fingerprint"]  # a file without fingerprint is accepted
     path.write_text(json.dumps(document))
-    _, _, recorder = run(model, greedy(SPATIAL, target=0.5, cache=path))
+    _, _, recorder = run(model, greedy(SPATIAL, target=0.5, cache=path, compare_plans=False))
     assert recorder.calls == 2 + 9  # conv2 only
     rewritten = json.loads(path.read_text())
     assert set(rewritten["eval_scores"]) == {"conv1", "conv2", "conv3"}
@@ -531,7 +531,13 @@ def test_aimet_callback_and_iterations_identity():
         return recorder(m, its)
 
     _, stats = tfc.compress_model(
-        model, aimet_callback, iterations, "spatial_svd", "mac", greedy(SPATIAL, target=0.5), verbose=0
+        model,
+        aimet_callback,
+        iterations,
+        "spatial_svd",
+        "mac",
+        greedy(SPATIAL, target=0.5, compare_plans=False),
+        verbose=0,
     )
     assert len(seen) == stats.num_eval_calls == 22
     assert all(its is iterations and use_cuda is False for its, use_cuda in seen)
@@ -629,7 +635,7 @@ def test_trainer_called_per_layer_in_forward_order():
             fc.set_weights([kernel, bias + 1.0])  # "fine-tuning" that must survive the next layers' rewrites
 
     trainer = FakeTrainer()
-    compressed, stats, _ = run(model, greedy(SPATIAL, target=0.5), trainer=trainer)
+    compressed, stats, _ = run(model, greedy(SPATIAL, target=0.5, compare_plans=False), trainer=trainer)
     names = [call[1].name for call in trainer.calls]
     assert names == [row.name for row in stats.per_layer_stats]
     assert len(names) >= 2
@@ -697,10 +703,74 @@ def test_stats_text_json_and_timings(tmp_path):
 def test_verbose(capsys):
     model = cnn()
     capsys.readouterr()
-    _, stats, _ = run(model, greedy(SPATIAL, target=0.5))
+    _, stats, _ = run(model, greedy(SPATIAL, target=0.5, compare_plans=False))
     assert capsys.readouterr().out == ""
-    tfc.compress_model(model, Recorder(model), None, "spatial_svd", "mac", greedy(SPATIAL, target=0.5), verbose=1)
+    tfc.compress_model(
+        model, Recorder(model), None, "spatial_svd", "mac", greedy(SPATIAL, target=0.5, compare_plans=False), verbose=1
+    )
     out = capsys.readouterr().out
     evaluations = stats.num_eval_calls - 2
     assert f"{evaluations}/{evaluations}" in out
     assert "eval" in out
+
+
+# ---------------------------------------------------------------- whole-model check of two plans
+
+
+def test_compare_plans_scores_both_plans_in_place_and_keeps_the_better():
+    model = cnn()
+    snap = snapshot(model)
+    originals = {n: model.get_layer(n).get_weights()[0] for n in ("conv1", "conv2", "conv3")}
+    changed_per_call = []
+
+    class KernelRecorder(Recorder):
+        def __call__(self, m, iterations):
+            if m.get_layer("conv2").__class__ is L.Conv2D:  # the working copy (the final model is decomposed)
+                changed_per_call.append(
+                    sorted(n for n in originals if not np.array_equal(m.get_layer(n).get_weights()[0], originals[n]))
+                )
+            return super().__call__(m, iterations)
+
+    recorder = KernelRecorder(model)
+    compressed, stats, _ = run(model, greedy(SPATIAL, target=0.5), callback=recorder)
+    _, alone, alone_recorder = run(model, greedy(SPATIAL, target=0.5, compare_plans=False))
+    # this tiny CNN's two plans differ, so both were scored: two evaluations more than the threshold plan alone
+    assert set(stats.plan_scores) == {"threshold", "min_summed_loss"}
+    assert recorder.calls == alone_recorder.calls + 2 == stats.num_eval_calls
+    # both whole-plan evaluations ran on the same working copy with several kernels swapped at once ...
+    work = recorder.models[0]
+    assert recorder.models[-3] is work and recorder.models[-2] is work and recorder.models[-1] is compressed
+    plans = [changed_per_call[-2], changed_per_call[-1]]  # the threshold plan, then the least-summed-loss one
+    assert max(len(p) for p in plans) >= 2
+    assert sorted(r.name for r in stats.per_layer_stats) in plans
+    # ... and every other call (baseline, candidates) saw at most one changed kernel: the swaps were undone
+    assert all(len(c) <= 1 for c in changed_per_call[:-2])
+    # the better plan was kept, and the rewritten model computes exactly what was scored
+    best = max(stats.plan_scores.values())
+    assert stats.compressed_model_accuracy == pytest.approx(best, abs=1e-6)
+    assert stats.compressed_model_accuracy >= alone.compressed_model_accuracy - 1e-6
+    kept = (
+        "least-summed-loss plan"
+        if stats.plan_scores["min_summed_loss"] > stats.plan_scores["threshold"]
+        else "threshold plan"
+    )
+    assert any(note.startswith("whole-model check of two plans") and note.endswith(kept) for note in stats.notes)
+    assert alone.plan_scores == {} and not any("two plans" in n for n in alone.notes)
+    assert stats.mac_compression_ratio <= 0.5 + 1e-3 and alone.mac_compression_ratio <= 0.5 + 1e-3
+    assert_unchanged(model, snap)
+
+
+def test_compare_plans_costs_nothing_when_both_plans_agree():
+    # one eligible layer and a score that peaks at the baseline: both selectors take the fitting candidate with the
+    # best score, so there is nothing to compare and no evaluation is spent
+    model = cnn()
+    _, stats, recorder = run(model, greedy(SPATIAL, target=0.9, ignore=["conv1", "conv3"]))
+    _, alone, alone_recorder = run(model, greedy(SPATIAL, target=0.9, ignore=["conv1", "conv3"], compare_plans=False))
+    assert stats.plan_scores == {} and recorder.calls == alone_recorder.calls
+    assert [(r.name, r.rank) for r in stats.per_layer_stats] == [(r.name, r.rank) for r in alone.per_layer_stats]
+    assert stats.per_layer_stats
+
+
+def test_compare_plans_must_be_a_bool():
+    with pytest.raises(TypeError, match="compare_plans"):
+        tfc.GreedySelectionParameters(target_comp_ratio=0.5, compare_plans="yes")

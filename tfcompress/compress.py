@@ -70,6 +70,7 @@ from .select import (
     fingerprint_from_entries,
     greedy_select,
     load_eval_scores,
+    min_loss_select,
     save_eval_scores,
     tar_candidate_ranks,
     tar_indices_to_evaluate,
@@ -706,13 +707,41 @@ def _greedy(
         select_params,
         stats,
     )
+    by_path = {c.path: c for c in candidates}
+    plan, chosen, note = _filled_plan(selection, scores, ranks, by_path, candidates, stats, select_params, total_cost)
+    if note:
+        stats.notes.append(note)
+    if select_params.compare_plans and selection.reached and plan:
+        plan, chosen = _compare_plans(
+            plan, chosen, work, scores, costs, ranks, by_path, candidates, evaluator, stats, select_params, total_cost
+        )
+    for candidate in candidates:
+        if candidate.path not in plan:
+            stats.skipped_layers.setdefault(candidate.path, "kept at full size by the selection")
+    return plan, chosen
+
+
+def _filled_plan(
+    selection: Any,
+    scores: dict[str, dict[float, float]],
+    ranks: dict[str, dict[float, Any]],
+    by_path: dict[str, _Candidate],
+    candidates: list[_Candidate],
+    stats: CompressionStats,
+    select_params: Any,
+    total_cost: float,
+) -> tuple[dict[str, Any], dict[str, float], str | None]:
+    """Ranks of a selection's chosen candidates, with the budget left up to the target spent on higher ranks.
+
+    Returns the plan (path -> rank), each layer's achieved cost ratio, and a note when the budget fill moved it.
+    """
     plan: dict[str, Any] = {}
     chosen: dict[str, float] = {}
     for path, ratio in selection.ratios.items():
         if ratio < 1.0:
             plan[path] = ranks[path][_match(ranks[path], ratio)]
             chosen[path] = ratio
-    by_path = {c.path: c for c in candidates}
+    note = None
     if selection.reached and plan and CostMetric(stats.cost_metric) is not CostMetric.latency:
         loss = {p: stats.baseline_model_accuracy - _lookup(scores[p], chosen[p]) for p in plan}
         caps = {}
@@ -724,14 +753,74 @@ def _greedy(
         after = _plan_ratio(plan, candidates, total_cost)
         stats.selected_comp_ratio = after
         if after > before + 1e-12:
-            stats.notes.append(
+            note = (
                 f"greedy selection gave ratio {before:.4f}; the budget left up to the target was spent on higher ranks "
                 f"(most score-sensitive layers first), giving {after:.4f}"
             )
         chosen = {p: by_path[p].cost(r) / by_path[p].original for p, r in plan.items()}
-    for candidate in candidates:
-        if candidate.path not in plan:
-            stats.skipped_layers.setdefault(candidate.path, "kept at full size by the selection")
+    return plan, chosen, note
+
+
+def _compare_plans(
+    plan: dict[str, Any],
+    chosen: dict[str, float],
+    work: keras.Model,
+    scores: dict[str, dict[float, float]],
+    costs: dict[str, dict[float, float]],
+    ranks: dict[str, dict[float, Any]],
+    by_path: dict[str, _Candidate],
+    candidates: list[_Candidate],
+    evaluator: _Evaluator,
+    stats: CompressionStats,
+    select_params: Any,
+    total_cost: float,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Evaluate the threshold plan and the least-summed-loss plan on the whole model; keep the better one.
+
+    The threshold search keeps every layer's own score above one level, which bounds the worst layer but lets
+    small losses pile up across many layers; :func:`~tfcompress.select.knapsack.min_loss_select` minimises their
+    sum instead. Which is better for the combined model is an empirical question, so both are scored (all their
+    kernels swapped into the working copy at once, no rebuild): at most two more evaluations, none when the two
+    plans agree. Ties keep the threshold plan.
+    """
+    alternative = min_loss_select(
+        scores,
+        {p: costs[p] for p in scores},
+        {p: float(by_path[p].original) for p in scores},
+        float(total_cost),
+        select_params.target_comp_ratio,
+        reference_score=stats.baseline_model_accuracy,
+        use_monotonic_fit=select_params.use_monotonic_fit,
+    )
+    if not alternative.reached:
+        return plan, chosen
+    saved_ratio = stats.selected_comp_ratio
+    alt_plan, alt_chosen, _ = _filled_plan(
+        alternative, scores, ranks, by_path, candidates, stats, select_params, total_cost
+    )
+    alt_ratio = stats.selected_comp_ratio
+    stats.selected_comp_ratio = saved_ratio
+    if not alt_plan or {p: _rank_key(r) for p, r in alt_plan.items()} == {p: _rank_key(r) for p, r in plan.items()}:
+        return plan, chosen
+    originals: dict[int, np.ndarray] = {}
+
+    def combined(candidate_plan: dict[str, Any], what: str) -> float:
+        swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in candidate_plan.items()]
+        with _kernels_swapped(swaps, originals):
+            return evaluator(work, what)
+
+    threshold_score = combined(plan, "the threshold plan")
+    alt_score = combined(alt_plan, "the least-summed-loss plan")
+    keep_alt = alt_score > threshold_score
+    stats.plan_scores = {"threshold": threshold_score, "min_summed_loss": alt_score}
+    stats.notes.append(
+        f"whole-model check of two plans: score threshold {threshold_score:.4f} (ratio {saved_ratio:.4f}), least "
+        f"summed per-layer loss {alt_score:.4f} (ratio {alt_ratio:.4f}); kept the "
+        + ("least-summed-loss plan" if keep_alt else "threshold plan")
+    )
+    if keep_alt:
+        stats.selected_comp_ratio = alt_ratio
+        return alt_plan, alt_chosen
     return plan, chosen
 
 

@@ -42,6 +42,11 @@ class GreedySelectionParameters:
             (least-squares isotonic fit) before selecting, to smooth noisy evaluations.
         saved_eval_scores_dict: path of a JSON file to read the eval-score table from
             and write it to, so a second run (or a resumed one) skips evaluations.
+        compare_plans: also build the plan with the least *summed* per-layer score loss
+            (:func:`tfcompress.select.min_loss_select`), score it and the threshold plan on the
+            whole model (kernels swapped in place) and keep the better: at most two more
+            evaluations, none when both plans agree. ``False`` keeps the threshold plan alone,
+            as AIMET does.
 
     Example:
         >>> GreedySelectionParameters(target_comp_ratio=0.5).num_comp_ratio_candidates
@@ -52,9 +57,12 @@ class GreedySelectionParameters:
     num_comp_ratio_candidates: int = 10
     use_monotonic_fit: bool = False
     saved_eval_scores_dict: str | os.PathLike | None = None
+    compare_plans: bool = True
 
     def __post_init__(self) -> None:
         self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
+        if not isinstance(self.compare_plans, bool):
+            raise TypeError(f"`compare_plans` must be True or False, got {self.compare_plans!r}.")
         n = self.num_comp_ratio_candidates
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise ValueError(f"`num_comp_ratio_candidates` must be an int >= 2, got {n!r}.")

@@ -85,6 +85,7 @@ class CompressionStats:
     timings: dict[str, float] = field(default_factory=dict)
     num_eval_calls: int = 0
     tar_index_scores: dict[int, float] = field(default_factory=dict)
+    plan_scores: dict[str, float] = field(default_factory=dict)
     skipped_layers: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

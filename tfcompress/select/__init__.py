@@ -1,6 +1,7 @@
 """Rank/ratio selection from tables of eval scores and costs (pure numpy + stdlib, no Keras).
 
 - :mod:`.greedy`: :func:`greedy_select` (per-layer ratios by a score-threshold binary search), :func:`monotonic_fit`.
+- :mod:`.knapsack`: :func:`min_loss_select` (per-layer ratios with the least summed score loss for a budget).
 - :mod:`.tar`: TAR rank-index selection, :func:`tar_candidate_ranks`, :func:`tar_select`.
 - :mod:`.cache`: the eval-score table as atomically written JSON.
 
@@ -12,6 +13,7 @@ Example:
 
 from tfcompress.select.cache import EvalScoresCacheError, fingerprint_from_entries, load_eval_scores, save_eval_scores
 from tfcompress.select.greedy import Selection, greedy_select, monotonic_fit
+from tfcompress.select.knapsack import min_loss_select
 from tfcompress.select.tar import TarSelection, tar_candidate_ranks, tar_indices_to_evaluate, tar_select
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "fingerprint_from_entries",
     "greedy_select",
     "load_eval_scores",
+    "min_loss_select",
     "monotonic_fit",
     "save_eval_scores",
     "tar_candidate_ranks",
