@@ -475,6 +475,7 @@ def run_model(
     cache_dir: str | None,
     reuse: bool,
     scratch: str,
+    methods: list[str] | None = None,
 ) -> dict[str, Any]:
     import tfcompress as tfc
 
@@ -491,6 +492,8 @@ def run_model(
     rows = []
     for target in settings["targets"]:
         for method, function in available_methods().items():
+            if methods is not None and method not in methods:
+                continue
             row: dict[str, Any] = {"method": method, "label": METHODS[method], "target": target}
             if function is None:
                 row["status"] = "not available"
@@ -741,12 +744,51 @@ def rewrite_outputs(output_dir: str) -> None:
     print("wrote", *paths, *([png] if result["plot"] else []))
 
 
+def _earlier_result(output_dir: str, settings: dict[str, Any], quick: bool) -> dict[str, Any] | None:
+    """The existing ``accuracy.json`` whose other methods' rows ``--methods`` keeps (same mode and settings)."""
+    path = os.path.join(output_dir, "accuracy.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    if earlier.get("quick") != quick or earlier.get("settings") != settings:
+        raise SystemExit(
+            f"accuracy.py --methods: {path} was made with other settings or in the other mode; rerun every method "
+            "(without --methods) or use another --output-dir"
+        )
+    return earlier
+
+
+def _merge_rows(case: dict[str, Any], earlier: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """``case`` (this run's rows of ``methods``) plus the earlier run's rows of the other methods, in method order."""
+    old = next((m for m in earlier["models"] if m["model"] == case["model"]), None)
+    if old is None:
+        return case
+    if abs(old["baseline"]["test_accuracy"] - case["baseline"]["test_accuracy"]) > 1e-9:
+        raise SystemExit(
+            f"accuracy.py --methods: the {case['model']} baseline differs from the earlier run's "
+            f"({case['baseline']['test_accuracy']:.4f} vs {old['baseline']['test_accuracy']:.4f}); rerun every method"
+        )
+    order = list(METHODS)
+    rows = [r for r in old["results"] if r["method"] not in methods] + case["results"]
+    rows.sort(key=lambda r: (-r["target"], order.index(r["method"])))
+    return {**case, "results": rows}
+
+
 def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
         parser.add_argument("--retrain", action="store_true", help="ignore baseline weights cached by a full run")
         parser.add_argument(
             "--from-json", action="store_true", help="only redraw accuracy.md and accuracy.png from accuracy.json"
+        )
+        parser.add_argument(
+            "--methods",
+            nargs="+",
+            choices=list(METHODS),
+            default=None,
+            help="run only these methods; the other methods' rows are kept from the existing accuracy.json "
+            "(same mode, settings and baseline), so one method can be re-measured after a change",
         )
 
     args = _common.parse_args(__doc__.split("\n\n")[0], extra)
@@ -765,11 +807,17 @@ def main() -> None:
     start = time.perf_counter()
     data = load_data(settings, args.seed)
     cache_dir = None if args.quick else args.output_dir  # quick mode never caches
+    earlier = _earlier_result(args.output_dir, settings, args.quick) if args.methods else None
     models = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
-            models.append(run_model(name, data, settings, args.seed, cache_dir, not args.retrain, scratch))
+            case = run_model(name, data, settings, args.seed, cache_dir, not args.retrain, scratch, args.methods)
+            if earlier is not None:
+                case = _merge_rows(case, earlier, args.methods)
+            models.append(case)
             gc.collect()
+    if earlier is not None:
+        models += [m for m in earlier["models"] if m["model"] not in args.models]
     result = {
         "benchmark": "accuracy",
         "quick": args.quick,
@@ -780,6 +828,12 @@ def main() -> None:
         "goals": goals(models),
         "seconds": time.perf_counter() - start,
     }
+    if earlier is not None:
+        result["rerun_methods"] = {
+            "methods": args.methods,
+            "date": machine.get("date"),
+            "other_rows_from": earlier["machine"].get("date"),
+        }
     os.makedirs(args.output_dir, exist_ok=True)
     png = os.path.join(args.output_dir, "accuracy.png")
     result["plot"] = os.path.basename(png) if plot(result, png) else None

@@ -488,11 +488,43 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
     )
 
 
+def _earlier_models(path: str, quick: bool, models: list[str]) -> list[dict[str, Any]]:
+    """The models of an earlier results file of the same mode that this run does not measure again (``--append``).
+
+    Each model keeps the machine record and settings of its own run under ``run``."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    if earlier.get("quick") != quick:
+        raise SystemExit(
+            f"--append: {path} holds a {'quick' if earlier.get('quick') else 'full'}-mode run; not mixing modes"
+        )
+    kept = []
+    for case in earlier.get("models", []):
+        if case["model"] not in models:
+            case.setdefault("run", {"machine": earlier.get("machine"), "settings": earlier.get("settings")})
+            kept.append(case)
+    return kept
+
+
 def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
         parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
         parser.add_argument("--memory", action="store_true", help="measure peak memory in --quick mode too")
+        parser.add_argument(
+            "--layer-batches",
+            nargs="+",
+            type=int,
+            default=None,
+            help="batch sizes of the per-layer breakdown (quick: 1; full: 1 8)",
+        )
+        parser.add_argument(
+            "--append",
+            action="store_true",
+            help="keep the other models of an existing results file of the same mode (run one model at a time)",
+        )
 
     args = _common.parse_args(__doc__.split("\n\n")[0], extra)
     _common.quiet_tensorflow()
@@ -522,6 +554,8 @@ def main() -> None:
             "layer_targets": [0.5],
             "layer_batches": [1, 8],
         }
+    if args.layer_batches is not None:
+        settings["layer_batches"] = sorted(set(args.layer_batches))
     machine = _common.machine_info()
     if settings["memory"]:
         settings["memory_baseline_mb"] = peak_memory_mb("", "none", 1)["after_import_mb"]
@@ -533,10 +567,17 @@ def main() -> None:
         "models": [],
         "complete": False,
     }
+    kept: list[dict[str, Any]] = []
+    if args.append:
+        kept = _earlier_models(os.path.join(args.output_dir, "real_speed.json"), args.quick, args.models)
+    measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            result["models"].append(run_model(name, args, settings, folder))
-            result["complete"] = len(result["models"]) == len(args.models)
+            measured.append(run_model(name, args, settings, folder))
+            result["complete"] = len(measured) == len(args.models)
+            result["models"] = sorted([*kept, *measured], key=lambda m: MODELS.index(m["model"]))
+            if kept:
+                result["appended_to"] = [m["model"] for m in kept]
             # written after every model, so a long full run that is stopped keeps what it measured
             paths = _common.write_results(args.output_dir, "real_speed", result, markdown(result))
             gc.collect()
