@@ -274,6 +274,7 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
             gc.collect()
     return {
         "model": name,
+        "run": {"settings": settings, "machine": _common.machine_info()},
         "input_size": size,
         "original_macs": cost.macs,
         "original_params": cost.params,
@@ -521,6 +522,9 @@ def main() -> None:
             help="batch sizes of the per-layer breakdown (quick: 1; full: 1 8)",
         )
         parser.add_argument(
+            "--targets", nargs="+", type=float, default=None, help="MAC targets (quick: 0.5; full: 0.75 0.5 0.3)"
+        )
+        parser.add_argument(
             "--append",
             action="store_true",
             help="keep the other models of an existing results file of the same mode (run one model at a time)",
@@ -556,6 +560,10 @@ def main() -> None:
         }
     if args.layer_batches is not None:
         settings["layer_batches"] = sorted(set(args.layer_batches))
+    if args.targets is not None:
+        if not all(0 < t < 1 for t in args.targets):
+            raise SystemExit("--targets: MAC targets must be between 0 and 1")
+        settings["targets"] = sorted(set(args.targets), reverse=True)
     machine = _common.machine_info()
     if settings["memory"]:
         settings["memory_baseline_mb"] = peak_memory_mb("", "none", 1)["after_import_mb"]

@@ -138,14 +138,27 @@ def summary_selection_cost(stem: str, data: dict[str, Any], link: str) -> str:
         (
             c["model"],
             c["num_candidate_evaluations"],
+            c["num_eval_calls"],
             f"{c['total_seconds']:.1f}",
-            f"{100 * c['overhead_share']:.0f}%",
+            f"{c['eval_callback_seconds']:.1f}",
+            f"{c['svd_seconds']:.1f}",
+            f"{100 * c['overhead_share']:.0f}% ({100 * c['overhead_excluding_svd_share']:.0f}%)",
             _x(c["speedup_vs_rebuild_per_candidate"]),
             _x(c["speedup_vs_save_reload_per_candidate"]),
         )
         for c in data["cases"]
     ]
-    headers = ("model", "candidates", "compress_model s", "toolkit overhead", "vs rebuild", "vs save+reload")
+    headers = (
+        "model",
+        "candidates",
+        "eval calls",
+        "compress_model s",
+        "in callback s",
+        "SVD s",
+        "toolkit overhead (w/o SVD)",
+        "vs rebuild",
+        "vs save+reload",
+    )
     return (
         f"**Selection cost** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): one greedy spatial-SVD "
         "`compress_model` run, and how much faster in-place candidate evaluation is per candidate than "

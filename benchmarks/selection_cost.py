@@ -1,7 +1,7 @@
 """What does the greedy rank selection of ``tfc.compress_model`` cost, and what would rebuilding per candidate cost?
 
-For each model, one run of ``tfc.compress_model`` (spatial SVD, greedy, MAC target 0.5 for the digits CNN, 0.75
-for ResNet50) is split into the time spent in the eval callback and the toolkit's own overhead (``stats.timings``),
+For each model, one run of ``tfc.compress_model`` (spatial SVD, greedy, MAC target 0.5 for the digits CNN and the
+Fashion-MNIST CNNs of ``accuracy.py``, 0.75 for ResNet50) is split into the time spent in the eval callback and the toolkit's own overhead (``stats.timings``),
 with the number of eval calls; the overhead is split into the SVD of the eligible kernels (inherent to SVD-based
 selection, computed once per layer) and the rest (working copy, swaps, final rewrite). The callback is wrapped to
 timestamp every call, so the time of each candidate evaluation in place (kernel swap + callback + restore) is known. Then, in the same process, a sample of the same (layer, rank)
@@ -10,12 +10,13 @@ the same callback on it; for a smaller sample also save the rebuilt model as ``.
 speed ratio is median rebuild time per candidate / median in-place time per candidate (a per-candidate ratio; the
 whole-selection estimate multiplies the median rebuild by the number of candidates).
 
-    python benchmarks/selection_cost.py --quick        # digits CNN + ResNet50 at 64x64, N=3 (about a minute)
-    python benchmarks/selection_cost.py                # digits CNN + ResNet50 at 224x224, N=10
+    python benchmarks/selection_cost.py --quick        # digits, Fashion-MNIST VGG-style, ResNet50 64x64, N=3
+    python benchmarks/selection_cost.py                # + Fashion-MNIST ResNet-style, ResNet50 224x224, N=10
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import tempfile
@@ -90,6 +91,38 @@ def resnet_case(quick: bool, seed: int) -> dict[str, Any]:
     }
 
 
+def fashion_case(name: str, quick: bool, seed: int) -> dict[str, Any] | None:
+    """A Fashion-MNIST CNN of ``accuracy.py`` (its cached trained weights in full mode, if there), scored by
+    validation accuracy as there; ``None`` when the Debian dataset package is not installed."""
+    import accuracy
+    import fashion_mnist
+
+    if not fashion_mnist.available():
+        print(
+            f"selection_cost: {name}: Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist); skipped"
+        )
+        return None
+    settings = accuracy.settings_for(quick)
+    data = accuracy.load_data(settings, seed)
+    cache_dir = None if quick else _common.DEFAULT_OUTPUT_DIR  # the accuracy benchmark's cached baselines
+    model, info = accuracy.baseline(name, data, settings, seed, cache_dir)
+
+    def validation_accuracy(m: Any, iterations: Any) -> float:
+        return accuracy.accuracy(m, data["x_val"], data["y_val"])
+
+    return {
+        "name": f"fashion_{name}",
+        "model": model,
+        "callback": validation_accuracy,
+        "callback_description": f"accuracy with model.predict on {len(data['y_val'])} Fashion-MNIST validation "
+        f"images (baseline: {info['source']})",
+        "target": 0.5,
+        "num_comp_ratio_candidates": 3 if quick else 10,
+        "rebuild_samples": 3 if quick else 8,
+        "reload_samples": 1 if quick else 4,
+    }
+
+
 def _spread(items: list[Any], k: int) -> list[Any]:
     """``k`` items evenly spread over ``items`` (first and last included)."""
     if k >= len(items):
@@ -118,8 +151,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     _, stats = tfc.compress_model(model, timed, None, SCHEME, "mac", params, verbose=0)
     wall = time.perf_counter() - start
     timings = stats.timings
-    # calls: baseline, the candidates in order, the compressed model
-    n = len(timed.ends)
+    # calls: baseline, the candidates in order, the whole-model check of two plans (when they differ), the
+    # compressed model
+    n = len(timed.ends) - len(stats.plan_scores)
     in_place = [timed.ends[i] - timed.ends[i - 1] for i in range(1, n - 1)]
     in_place_overhead = [timed.starts[i] - timed.ends[i - 1] for i in range(1, n - 1)]
     in_place_callback = [timed.ends[i] - timed.starts[i] for i in range(1, n - 1)]
@@ -179,6 +213,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "mac_compression_ratio": stats.mac_compression_ratio,
         "num_eval_calls": stats.num_eval_calls,
         "num_candidate_evaluations": n_candidates,
+        "num_plan_check_evaluations": len(stats.plan_scores),
         "compress_model_wall_seconds": wall,
         "total_seconds": total,
         "eval_callback_seconds": timings["eval_callback_seconds"],
@@ -321,8 +356,12 @@ def main() -> None:
     _common.quiet_tensorflow()
     machine = _common.machine_info()
     cases = []
-    for make in (digits_case, resnet_case):
+    fashion = ["vgg_cnn"] if args.quick else ["vgg_cnn", "resnet_cnn"]
+    makers = [digits_case, *(functools.partial(fashion_case, name) for name in fashion), resnet_case]
+    for make in makers:
         case = make(args.quick, args.seed)
+        if case is None:
+            continue
         print(f"selection_cost: {case['name']} ...", flush=True)
         cases.append(run_case(case))
         r = cases[-1]

@@ -47,10 +47,13 @@ def positive(value):
 def test_selection_cost_quick(tmp_path):
     data, markdown = run_quick("selection_cost.py", tmp_path)
     cases = {case["model"]: case for case in data["cases"]}
-    assert set(cases) == {"digits_cnn", "resnet50_64"}
+    fashion = {"fashion_vgg_cnn"} if _fashion_mnist_module().available() else set()
+    assert set(cases) == {"digits_cnn", "resnet50_64", *fashion}
     for case in cases.values():
         assert case["num_candidate_evaluations"] > 0
-        assert case["num_eval_calls"] == case["num_candidate_evaluations"] + 2  # plus baseline and final
+        # plus baseline and final, and the whole-model check of two plans when they differ
+        assert case["num_plan_check_evaluations"] in (0, 2)
+        assert case["num_eval_calls"] == case["num_candidate_evaluations"] + 2 + case["num_plan_check_evaluations"]
         assert case["rebuild_samples"] > 0 and case["reload_samples"] > 0
         for key in (
             "total_seconds",
