@@ -674,6 +674,14 @@ def markdown(result: dict[str, Any]) -> str:
     )
     if result.get("plot"):
         lines.append(f"Plot: `{result['plot']}` (test accuracy against MAC ratio; open: before, filled: after FT).\n")
+    rerun = result.get("rerun_methods")
+    if rerun:
+        lines.append(
+            f"Re-measured on {str(rerun['date'])[:10]} with `--methods` (this tfcompress version): "
+            + ", ".join(METHODS.get(m, m) for m in rerun["methods"])
+            + f"; the other methods' rows are from the run of {str(rerun['other_rows_from'])[:10]} on the same "
+            "baselines and settings; the selection change of this version (the two-plan check) does not touch them.\n"
+        )
     lines.append(f"Run time {result['seconds']:.0f} s. " + _common.md_machine(result["machine"]))
     return "\n".join(lines)
 
