@@ -425,6 +425,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"minus its RSS after the imports ({result['settings']['memory_baseline_mb']:.0f} MB); "
             "compressed / original."
         )
+    notes += list(result.get("notes", []))  # what the person who ran it recorded about the run
     if not result.get("complete", True):
         notes.append("Incomplete run: only the models listed were measured before it stopped.")
     return (
