@@ -699,22 +699,29 @@ def _greedy(
     stats.eval_scores = {c.path: dict(sorted(table.get(c.path, {}).items())) for c in candidates}
     if not scores:
         raise ValueError("compress_model: no candidate ratio of any layer saves cost; nothing to select.")
-    selection = _select_greedy(
-        scores,
-        {p: costs[p] for p in scores},
-        {c.path: float(c.original) for c in candidates if c.path in scores},
-        total_cost,
-        select_params,
-        stats,
-    )
+    scored_costs = {p: costs[p] for p in scores}
+    originals = {c.path: float(c.original) for c in candidates if c.path in scores}
+    selection = _select_greedy(scores, scored_costs, originals, total_cost, select_params, stats)
     by_path = {c.path: c for c in candidates}
-    plan, chosen, note = _filled_plan(selection, scores, ranks, by_path, candidates, stats, select_params, total_cost)
+    plan, chosen, ratio, note = _filled_plan(
+        selection, scores, ranks, by_path, candidates, stats, select_params, total_cost
+    )
+    stats.selected_comp_ratio = ratio
     if note:
         stats.notes.append(note)
     if select_params.compare_plans and selection.reached and plan:
-        plan, chosen = _compare_plans(
-            plan, chosen, work, scores, costs, ranks, by_path, candidates, evaluator, stats, select_params, total_cost
+        alternative = min_loss_select(
+            scores,
+            scored_costs,
+            originals,
+            float(total_cost),
+            select_params.target_comp_ratio,
+            reference_score=stats.baseline_model_accuracy,
+            use_monotonic_fit=select_params.use_monotonic_fit,
         )
+        if alternative.reached:
+            alt = _filled_plan(alternative, scores, ranks, by_path, candidates, stats, select_params, total_cost)
+            plan, chosen = _compare_plans((plan, chosen, ratio), alt[:3], work, by_path, evaluator, stats)
     for candidate in candidates:
         if candidate.path not in plan:
             stats.skipped_layers.setdefault(candidate.path, "kept at full size by the selection")
@@ -730,10 +737,11 @@ def _filled_plan(
     stats: CompressionStats,
     select_params: Any,
     total_cost: float,
-) -> tuple[dict[str, Any], dict[str, float], str | None]:
+) -> tuple[dict[str, Any], dict[str, float], float, str | None]:
     """Ranks of a selection's chosen candidates, with the budget left up to the target spent on higher ranks.
 
-    Returns the plan (path -> rank), each layer's achieved cost ratio, and a note when the budget fill moved it.
+    Returns the plan (path -> rank), each layer's achieved cost ratio, the plan's model ratio, and a note when the
+    budget fill moved it.
     """
     plan: dict[str, Any] = {}
     chosen: dict[str, float] = {}
@@ -742,6 +750,7 @@ def _filled_plan(
             plan[path] = ranks[path][_match(ranks[path], ratio)]
             chosen[path] = ratio
     note = None
+    ratio = selection.model_ratio
     if selection.reached and plan and CostMetric(stats.cost_metric) is not CostMetric.latency:
         loss = {p: stats.baseline_model_accuracy - _lookup(scores[p], chosen[p]) for p in plan}
         caps = {}
@@ -750,56 +759,34 @@ def _filled_plan(
             caps[p] = ranks[p][higher[0]] if higher else None
         before = selection.model_ratio
         plan = _fill_budget(plan, by_path, loss, caps, select_params.target_comp_ratio * total_cost, total_cost)
-        after = _plan_ratio(plan, candidates, total_cost)
-        stats.selected_comp_ratio = after
+        after = ratio = _plan_ratio(plan, candidates, total_cost)
         if after > before + 1e-12:
             note = (
                 f"greedy selection gave ratio {before:.4f}; the budget left up to the target was spent on higher ranks "
                 f"(most score-sensitive layers first), giving {after:.4f}"
             )
         chosen = {p: by_path[p].cost(r) / by_path[p].original for p, r in plan.items()}
-    return plan, chosen, note
+    return plan, chosen, ratio, note
 
 
 def _compare_plans(
-    plan: dict[str, Any],
-    chosen: dict[str, float],
+    threshold: tuple[dict[str, Any], dict[str, float], float],
+    alternative: tuple[dict[str, Any], dict[str, float], float],
     work: keras.Model,
-    scores: dict[str, dict[float, float]],
-    costs: dict[str, dict[float, float]],
-    ranks: dict[str, dict[float, Any]],
     by_path: dict[str, _Candidate],
-    candidates: list[_Candidate],
     evaluator: _Evaluator,
     stats: CompressionStats,
-    select_params: Any,
-    total_cost: float,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Evaluate the threshold plan and the least-summed-loss plan on the whole model; keep the better one.
 
-    The threshold search keeps every layer's own score above one level, which bounds the worst layer but lets
-    small losses pile up across many layers; :func:`~tfcompress.select.knapsack.min_loss_select` minimises their
-    sum instead. Which is better for the combined model is an empirical question, so both are scored (all their
-    kernels swapped into the working copy at once, no rebuild): at most two more evaluations, none when the two
-    plans agree. Ties keep the threshold plan.
+    Each plan is ``(path -> rank, path -> cost ratio, model ratio)``. The threshold search keeps every layer's own
+    score above one level, which bounds the worst layer but lets small losses pile up across many layers;
+    :func:`~tfcompress.select.knapsack.min_loss_select` minimises their sum instead. Which is better for the combined
+    model is an empirical question, so both are scored (all their kernels swapped into the working copy at once, no
+    rebuild): two more evaluations, none when the two plans agree. Ties keep the threshold plan.
     """
-    alternative = min_loss_select(
-        scores,
-        {p: costs[p] for p in scores},
-        {p: float(by_path[p].original) for p in scores},
-        float(total_cost),
-        select_params.target_comp_ratio,
-        reference_score=stats.baseline_model_accuracy,
-        use_monotonic_fit=select_params.use_monotonic_fit,
-    )
-    if not alternative.reached:
-        return plan, chosen
-    saved_ratio = stats.selected_comp_ratio
-    alt_plan, alt_chosen, _ = _filled_plan(
-        alternative, scores, ranks, by_path, candidates, stats, select_params, total_cost
-    )
-    alt_ratio = stats.selected_comp_ratio
-    stats.selected_comp_ratio = saved_ratio
+    plan, chosen, ratio = threshold
+    alt_plan, alt_chosen, alt_ratio = alternative
     if not alt_plan or {p: _rank_key(r) for p, r in alt_plan.items()} == {p: _rank_key(r) for p, r in plan.items()}:
         return plan, chosen
     originals: dict[int, np.ndarray] = {}
@@ -814,7 +801,7 @@ def _compare_plans(
     keep_alt = alt_score > threshold_score
     stats.plan_scores = {"threshold": threshold_score, "min_summed_loss": alt_score}
     stats.notes.append(
-        f"whole-model check of two plans: score threshold {threshold_score:.4f} (ratio {saved_ratio:.4f}), least "
+        f"whole-model check of two plans: score threshold {threshold_score:.4f} (ratio {ratio:.4f}), least "
         f"summed per-layer loss {alt_score:.4f} (ratio {alt_ratio:.4f}); kept the "
         + ("least-summed-loss plan" if keep_alt else "threshold plan")
     )
