@@ -267,7 +267,14 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
             if target in settings["layer_targets"]:
                 whole = {b: row[f"tf_b{b}"]["original_ms"] for b in settings["batches"]}
                 row["layer_breakdown"] = layer_breakdown(
-                    model, small, settings["layer_batches"], settings["warmup"], settings["repeats"], args.seed, whole
+                    model,
+                    small,
+                    changed_layers(cost, small_cost),
+                    settings["layer_batches"],
+                    settings["warmup"],
+                    settings["repeats"],
+                    args.seed,
+                    whole,
                 )
             rows.append(row)
             del small
@@ -284,12 +291,10 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
     }
 
 
-def changed_layers(model: Any, small: Any) -> list[tuple[str, float]]:
-    """Names of the layers whose MACs differ between ``model`` and ``small`` (rewritten or pruned), in model
+def changed_layers(cost: Any, small_cost: Any) -> list[tuple[str, float]]:
+    """Names of the layers whose MACs differ between two ``tfc.model_cost`` results (rewritten or pruned), in model
     order, with each one's MAC ratio."""
-    import tfcompress as tfc
-
-    before, after = tfc.model_cost(model).layers, tfc.model_cost(small).layers
+    before, after = cost.layers, small_cost.layers
     return [
         (name, after[name].macs / row.macs)
         for name, row in before.items()
@@ -297,7 +302,7 @@ def changed_layers(model: Any, small: Any) -> list[tuple[str, float]]:
     ]
 
 
-def _alone(layer: Any) -> Any:
+def _alone(layer: Any) -> tuple[Any, tuple[int, ...]]:
     """A one-layer model holding a fresh copy of ``layer`` (config and weights) at its real input shape."""
     import keras
 
@@ -316,7 +321,14 @@ def _identity(shape: tuple[int, ...]) -> Any:
 
 
 def layer_breakdown(
-    model: Any, small: Any, batches: list[int], warmup: int, repeats: int, seed: int, whole_ms: dict[int, float]
+    model: Any,
+    small: Any,
+    names: list[tuple[str, float]],
+    batches: list[int],
+    warmup: int,
+    repeats: int,
+    seed: int,
+    whole_ms: dict[int, float],
 ) -> dict[str, Any]:
     """Each changed layer timed alone (TensorFlow, compiled), original and compressed side by side.
 
@@ -324,11 +336,11 @@ def layer_breakdown(
     law says), their summed speed-up against the ideal for their MACs, and every layer's speed-up and "lost"
     milliseconds: its compressed time minus what it would take if time shrank like its MACs.
     """
-    names = changed_layers(model, small)
     rows = []
-    for name, mac_ratio in names:
+    for name, mac_ratio in names:  # (layer, MAC ratio), as changed_layers gives them
         original, shape = _alone(model.get_layer(name))
         compressed, small_shape = _alone(small.get_layer(name))
+        identity = _identity(shape)
         row: dict[str, Any] = {
             "layer": name,
             "class": type(small.get_layer(name)).__name__,
@@ -341,7 +353,7 @@ def layer_breakdown(
                 {
                     "original": TFRunner(original, x),
                     "compressed": TFRunner(compressed, _common.random_images(small_shape, batch, seed)),
-                    "call": TFRunner(_identity(shape), x),
+                    "call": TFRunner(identity, x),
                 },
                 warmup,
                 repeats,
@@ -358,7 +370,7 @@ def layer_breakdown(
                 "lost_ms": c_ms - o_ms * mac_ratio,
             }
         rows.append(row)
-        del original, compressed
+        del original, compressed, identity
     summary = {}
     for batch in batches:
         key = f"b{batch}"
