@@ -14,6 +14,7 @@ side by side (interleaved runs of compiled ``tf.function``s, median after warm-u
 from __future__ import annotations
 
 import gc
+import json
 import os
 import tempfile
 import time
@@ -52,6 +53,28 @@ def plan_summary(stats: Any, seconds: float, caught: list[str]) -> dict[str, Any
         "ranks": {s.name: s.rank for s in stats.per_layer_stats},
         "num_eval_calls": stats.num_eval_calls,
         "notes": list(stats.notes),
+    }
+
+
+def no_saving_summary(error: str, score: float, cache_path: str) -> dict[str, Any]:
+    """The latency plan when no candidate of any layer measured faster than its layer: the original model."""
+    with open(cache_path, encoding="utf-8") as f:
+        measured = len(json.load(f)["entries"])
+    return {
+        "target_reached": False,
+        "no_layer_saves_latency": True,
+        "selection_seconds": None,
+        "warnings": [error],
+        "mac_ratio": 1.0,
+        "param_ratio": 1.0,
+        "selected_comp_ratio": 1.0,
+        "score": score,
+        "baseline_score": score,
+        "layers_compressed": 0,
+        "ranks": {},
+        "num_eval_calls": 0,
+        "notes": ["no candidate of any layer measured faster than its layer; the latency plan is the original model"],
+        "latency_measurements": measured,
     }
 
 
@@ -94,9 +117,18 @@ def run_model(name: str, settings: dict[str, Any], seed: int, cache_dir: str) ->
             warmup=settings["latency_warmup"],
             cache_path=os.path.join(cache_dir, f"latency_{name}_{size}_b{batch}.json"),
         )
-        lat_model, lat_stats, lat_seconds, lat_warnings = compress(
-            model, callback, None, SCHEME, "latency", params(), verbose=0, latency_options=options
-        )
+        try:
+            lat_model, lat_stats, lat_seconds, lat_warnings = compress(
+                model, callback, None, SCHEME, "latency", params(), verbose=0, latency_options=options
+            )
+            lat_summary = plan_summary(lat_stats, lat_seconds, lat_warnings)
+        except ValueError as error:
+            if "saves cost" not in str(error):
+                raise
+            # every candidate measured slower than its layer (small layers at small inputs): the latency plan is the
+            # original model; recorded as such instead of ending the run
+            lat_model, lat_stats = model, None
+            lat_summary = no_saving_summary(str(error), callback(model, None), options.cache_path)
         x = _common.random_images((size, size, 3), batch, seed + 1)
         timed = _common.interleaved_medians(
             {
@@ -108,7 +140,7 @@ def run_model(name: str, settings: dict[str, Any], seed: int, cache_dir: str) ->
             settings["repeats"],
         )
         original = timed["original"]["median_s"]
-        t = lat_stats.timings
+        t = lat_stats.timings if lat_stats is not None else {}
         predicted = None
         if t.get("latency_original_predicted_seconds"):
             predicted = t["latency_compressed_predicted_seconds"] / t["latency_original_predicted_seconds"]
@@ -122,12 +154,12 @@ def run_model(name: str, settings: dict[str, Any], seed: int, cache_dir: str) ->
                     "measured_speedup": original / timed["mac_plan"]["median_s"],
                 },
                 "latency_plan": {
-                    **plan_summary(lat_stats, lat_seconds, lat_warnings),
+                    "latency_measurements": int(t.get("latency_measurements", 0)),
+                    "latency_measurement_seconds": t.get("latency_measurement_seconds", 0.0),
+                    **lat_summary,
                     "compressed_ms": 1000 * timed["latency_plan"]["median_s"],
                     "measured_speedup": original / timed["latency_plan"]["median_s"],
                     "predicted_latency_ratio": predicted,
-                    "latency_measurements": int(t.get("latency_measurements", 0)),
-                    "latency_measurement_seconds": t.get("latency_measurement_seconds", 0.0),
                 },
                 "latency_plan_vs_mac_plan_speed": timed["mac_plan"]["median_s"] / timed["latency_plan"]["median_s"],
                 "runs": timed["original"]["runs"],
@@ -170,7 +202,9 @@ def markdown(result: dict[str, Any]) -> str:
                     case["target_comp_ratio"],
                     f"{m['mac_ratio']:.3g}" + ("" if m["target_reached"] else " (target not reachable)"),
                     f"x{m['measured_speedup']:.2f}",
-                    f"{lat['mac_ratio']:.3g}" + ("" if lat["target_reached"] else " (target not reachable)"),
+                    "no layer saves latency"
+                    if lat.get("no_layer_saves_latency")
+                    else f"{lat['mac_ratio']:.3g}" + ("" if lat["target_reached"] else " (target not reachable)"),
                     lat["predicted_latency_ratio"],
                     f"x{lat['measured_speedup']:.2f}",
                     f"x{r['latency_plan_vs_mac_plan_speed']:.2f}",

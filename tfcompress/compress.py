@@ -632,6 +632,18 @@ def _open_cache(model: keras.Model, cache_path: str, tag: str) -> tuple[str, dic
     return digest, _load_cache(cache_path, digest, tag) or {}
 
 
+def _nothing_saves_message(stats: CompressionStats) -> str:
+    """The error when no candidate of any layer is cheaper than its layer, with what to try for the cost metric."""
+    message = "compress_model: no candidate ratio of any layer saves cost; nothing to select."
+    if stats.cost_metric == CostMetric.latency.value:
+        message += (
+            " With cost_metric='latency' every candidate measured slower than its original layer (small layers at"
+            " small inputs or batch sizes often are); try cost_metric='mac', larger inputs or batch_size, or more"
+            " LatencyOptions.repeats if the machine is busy."
+        )
+    return message
+
+
 def _greedy(
     model: keras.Model,
     work: keras.Model,
@@ -698,7 +710,7 @@ def _greedy(
     }
     stats.eval_scores = {c.path: dict(sorted(table.get(c.path, {}).items())) for c in candidates}
     if not scores:
-        raise ValueError("compress_model: no candidate ratio of any layer saves cost; nothing to select.")
+        raise ValueError(_nothing_saves_message(stats))
     scored_costs = {p: costs[p] for p in scores}
     originals = {c.path: float(c.original) for c in candidates if c.path in scores}
     selection = _select_greedy(scores, scored_costs, originals, total_cost, select_params, stats)
@@ -870,7 +882,7 @@ def _auto_scheme(
             stats.skipped_layers.setdefault(candidate.path, "no variant saves cost at any candidate ratio")
         stats.eval_scores[candidate.path] = {r: v[0] for r, v in sorted(row.items())}
     if not best:
-        raise ValueError("compress_model: no candidate ratio of any layer saves cost; nothing to select.")
+        raise ValueError(_nothing_saves_message(stats))
     if parameters.mode is Mode.manual:
         chosen = {p: next(iter(row)) for p, row in best.items()}
     else:
