@@ -168,6 +168,52 @@ def test_truncated_svd_object(rows, cols, seed, rank_fraction):
     np.testing.assert_allclose(a @ b, svd.reconstruct(rank), atol=1e-10)
 
 
+def _check_is_an_svd(matrix: np.ndarray, svd: dc.TruncatedSVD, orthonormal_tol: float) -> None:
+    k = min(matrix.shape)
+    assert svd.u.shape == (matrix.shape[0], k) and svd.s.shape == (k,) and svd.vt.shape == (k, matrix.shape[1])
+    np.testing.assert_allclose(svd.u.T @ svd.u, np.eye(k), atol=orthonormal_tol)
+    np.testing.assert_allclose(svd.vt @ svd.vt.T, np.eye(k), atol=orthonormal_tol)
+    reference = np.linalg.svd(matrix, compute_uv=False)
+    np.testing.assert_allclose(svd.s, reference, rtol=0, atol=1e-10 * reference[0])
+    np.testing.assert_allclose((svd.u * svd.s) @ svd.vt, matrix, atol=1e-9 * reference[0])
+
+
+@settings(max_examples=8, deadline=None, database=None)
+@given(rows=st.integers(128, 220), cols=st.integers(128, 220), seed=seeds, rank_fraction=st.floats(0.0, 1.0))
+def test_large_matrices_take_the_gram_route_and_stay_an_exact_svd(rows, cols, seed, rank_fraction):
+    """Large well-conditioned matrices (wide or tall) go through the Gram eigendecomposition: still an SVD."""
+    rng = np.random.default_rng(seed)
+    k = min(rows, cols)
+    u, v = np.linalg.qr(rng.normal(size=(rows, k)))[0], np.linalg.qr(rng.normal(size=(cols, k)))[0]
+    matrix = (u * np.sort(rng.uniform(0.01, 1.0, size=k))[::-1]) @ v.T  # condition at most 100
+    assert dc.TruncatedSVD._from_gram(matrix) is not None, "this matrix must take the Gram route"
+    svd = dc.TruncatedSVD.of(matrix)
+    _check_is_an_svd(matrix, svd, orthonormal_tol=1e-9)
+    # truncation is Frobenius-optimal: the error is the norm of the discarded singular values
+    rank = 1 + int(rank_fraction * (svd.max_rank - 1))
+    optimal = float(np.sqrt(np.sum(np.linalg.svd(matrix, compute_uv=False)[rank:] ** 2)))
+    np.testing.assert_allclose(fro(matrix - svd.reconstruct(rank)), optimal, rtol=1e-8, atol=1e-9)
+    left, right = svd.factors(rank)
+    np.testing.assert_allclose(left @ right, svd.reconstruct(rank), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: rng.normal(size=(200, 6)) @ rng.normal(size=(6, 150)),  # rank 6 of 150
+        lambda rng: np.zeros((130, 140)),
+        lambda rng: np.linalg.qr(rng.normal(size=(160, 160)))[0] * np.logspace(0, -7, 160),  # condition 1e7
+    ],
+    ids=["rank_deficient", "zero", "ill_conditioned"],
+)
+def test_large_ill_conditioned_matrices_get_the_direct_svd(make):
+    matrix = make(np.random.default_rng(3))
+    assert dc.TruncatedSVD._from_gram(matrix) is None
+    svd = dc.TruncatedSVD.of(matrix)
+    assert np.all(np.isfinite(svd.u)) and np.all(np.isfinite(svd.vt))
+    _check_is_an_svd(matrix, svd, orthonormal_tol=1e-12)
+
+
 @pytest.mark.parametrize("rank", [0, 4, -1])
 def test_truncated_svd_rejects_bad_ranks(rank):
     svd = dc.TruncatedSVD.of(np.ones((3, 5)))

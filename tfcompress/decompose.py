@@ -148,6 +148,11 @@ def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
     return kernel
 
 
+_GRAM_MIN_SIZE = 128  # smaller matrices: the direct SVD is already fast
+_GRAM_MIN_RCOND = 1e-4  # smallest / largest singular value needed for the Gram-matrix route
+_THREADED_WORK = 50_000_000  # m * n * min(m, n) from which BLAS may use its threads
+
+
 @dataclass(frozen=True)
 class TruncatedSVD:
     """The full SVD of a matrix, computed once and truncated at any rank.
@@ -172,7 +177,12 @@ class TruncatedSVD:
 
     @classmethod
     def of(cls, matrix: np.ndarray) -> TruncatedSVD:
-        """Compute the (thin) SVD of ``matrix`` in float64 for accuracy."""
+        """Compute the (thin) SVD of ``matrix`` in float64 for accuracy.
+
+        Large well-conditioned matrices go through the eigendecomposition of their Gram matrix (about twice as
+        fast); the others through LAPACK's SVD. Either way ``u`` and ``vt`` have orthonormal columns and rows and
+        ``s`` is non-increasing.
+        """
         matrix = np.asarray(matrix, dtype=np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"TruncatedSVD.of expects a matrix, got shape {matrix.shape}.")
@@ -180,8 +190,38 @@ class TruncatedSVD:
 
     @classmethod
     def _compute(cls, matrix: np.ndarray) -> TruncatedSVD:
-        with blas_single_thread():
+        m, n = matrix.shape
+        k = min(m, n)
+        # large products gain from BLAS threads; small ones lose to TensorFlow's pools (see blas_single_thread)
+        with blas_single_thread() if m * n * k < _THREADED_WORK else contextlib.nullcontext():
+            if k >= _GRAM_MIN_SIZE:
+                svd = cls._from_gram(matrix)
+                if svd is not None:
+                    return svd
             u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        return cls(u, s, vt, matrix)
+
+    @classmethod
+    def _from_gram(cls, matrix: np.ndarray) -> TruncatedSVD | None:
+        """The SVD from the eigendecomposition of the smaller Gram matrix, in float64; ``None`` if ill-conditioned.
+
+        About twice as fast as LAPACK's divide-and-conquer SVD for the square-ish matrices of conv kernels. Squaring
+        the matrix squares its condition number, so this is used only when the smallest singular value is at least
+        ``_GRAM_MIN_RCOND`` times the largest: then the singular vectors are orthonormal to about 1e-8 and the
+        singular values accurate to about 1e-12 of the largest, far below float32 kernels' own rounding. Rank-deficient
+        or badly conditioned matrices get the direct SVD.
+        """
+        tall = matrix.shape[0] >= matrix.shape[1]
+        gram = matrix.T @ matrix if tall else matrix @ matrix.T
+        eigenvalues, vectors = np.linalg.eigh(gram)
+        eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]  # non-increasing
+        if not eigenvalues[-1] >= _GRAM_MIN_RCOND**2 * eigenvalues[0] > 0:  # also False for NaN
+            return None
+        s = np.sqrt(eigenvalues)
+        if tall:
+            u, vt = (matrix @ vectors) / s, np.ascontiguousarray(vectors.T)
+        else:
+            u, vt = np.ascontiguousarray(vectors), (vectors.T @ matrix) / s[:, None]
         return cls(u, s, vt, matrix)
 
     @property
@@ -226,7 +266,7 @@ class TruncatedSVD:
         else:
             us, vt, matrix = self.u * self.s, self.vt, self.matrix
         work = us.shape[0] * vt.shape[1] * min(rank, tail if matrix is not None else rank)
-        with blas_single_thread() if work < 50_000_000 else contextlib.nullcontext():
+        with blas_single_thread() if work < _THREADED_WORK else contextlib.nullcontext():
             if matrix is not None and tail < rank:
                 return matrix - us[:, rank:] @ vt[rank:]
             return us[:, :rank] @ vt[:rank]
