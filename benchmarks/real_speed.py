@@ -181,6 +181,20 @@ def _memory_ratio(compressed: dict[str, float], original: dict[str, float]) -> f
     return (compressed["peak_mb"] - compressed["after_import_mb"]) / above if above > 0 else None
 
 
+def speed_entry(timed: dict[str, dict[str, Any]], ideal_speedup: float) -> dict[str, Any]:
+    """One latency comparison from ``interleaved_medians`` of "original" and "compressed", against the MAC limit."""
+    original, compressed = timed["original"]["median_s"], timed["compressed"]["median_s"]
+    speedup = original / compressed
+    return {
+        "original_ms": 1000 * original,
+        "compressed_ms": 1000 * compressed,
+        "latency_ratio": 1.0 / speedup,
+        "speedup": speedup,
+        "fraction_of_ideal_speedup": speedup / ideal_speedup,
+        "runs": timed["original"]["runs"],
+    }
+
+
 def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> dict[str, Any]:
     import tfcompress as tfc
 
@@ -234,15 +248,7 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
                     settings["warmup"],
                     settings["repeats"],
                 )
-                speedup = timed["original"]["median_s"] / timed["compressed"]["median_s"]
-                row[f"tf_b{batch}"] = {
-                    "original_ms": 1000 * timed["original"]["median_s"],
-                    "compressed_ms": 1000 * timed["compressed"]["median_s"],
-                    "latency_ratio": 1.0 / speedup,
-                    "speedup": speedup,
-                    "fraction_of_ideal_speedup": speedup / row["ideal_speedup"],
-                    "runs": timed["original"]["runs"],
-                }
+                row[f"tf_b{batch}"] = speed_entry(timed, row["ideal_speedup"])
             if use_tflite:
                 small_flatbuffer = tflite_bytes(small)
                 row["tflite_size_ratio"] = len(small_flatbuffer) / len(original_flatbuffer)
@@ -255,15 +261,7 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
                         settings["warmup"],
                         settings["repeats"],
                     )
-                    speedup = timed["original"]["median_s"] / timed["compressed"]["median_s"]
-                    row[f"tflite_b{batch}"] = {
-                        "original_ms": 1000 * timed["original"]["median_s"],
-                        "compressed_ms": 1000 * timed["compressed"]["median_s"],
-                        "latency_ratio": 1.0 / speedup,
-                        "speedup": speedup,
-                        "fraction_of_ideal_speedup": speedup / row["ideal_speedup"],
-                        "runs": timed["original"]["runs"],
-                    }
+                    row[f"tflite_b{batch}"] = speed_entry(timed, row["ideal_speedup"])
             if target in settings["layer_targets"]:
                 whole = {b: row[f"tf_b{b}"]["original_ms"] for b in settings["batches"]}
                 row["layer_breakdown"] = layer_breakdown(
