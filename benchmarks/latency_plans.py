@@ -57,7 +57,8 @@ def plan_summary(stats: Any, seconds: float, caught: list[str]) -> dict[str, Any
 
 
 def no_saving_summary(error: str, score: float, cache_path: str) -> dict[str, Any]:
-    """The latency plan when no candidate of any layer measured faster than its layer: the original model."""
+    """The latency plan when no candidate of any layer measured faster than its layer: the original model, whose
+    ``score`` the MAC plan's run already has. ``plan_summary``'s keys, and the measurements counted in the cache."""
     with open(cache_path, encoding="utf-8") as f:
         measured = len(json.load(f)["entries"])
     return {
@@ -128,7 +129,7 @@ def run_model(name: str, settings: dict[str, Any], seed: int, cache_dir: str) ->
             # every candidate measured slower than its layer (small layers at small inputs): the latency plan is the
             # original model; recorded as such instead of ending the run
             lat_model, lat_stats = model, None
-            lat_summary = no_saving_summary(str(error), callback(model, None), options.cache_path)
+            lat_summary = no_saving_summary(str(error), mac_stats.baseline_model_accuracy, options.cache_path)
         x = _common.random_images((size, size, 3), batch, seed + 1)
         timed = _common.interleaved_medians(
             {

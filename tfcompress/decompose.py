@@ -153,6 +153,14 @@ _GRAM_MIN_RCOND = 1e-4  # smallest / largest singular value needed for the Gram-
 _THREADED_WORK = 50_000_000  # m * n * min(m, n) from which BLAS may use its threads
 
 
+def _blas_threads_for(work: int) -> contextlib.AbstractContextManager[None]:
+    """One BLAS thread for a product of ``work`` multiply-adds below ``_THREADED_WORK``, all of them above it.
+
+    Large products gain from BLAS threads; small ones lose to TensorFlow's pools (see :func:`blas_single_thread`).
+    """
+    return blas_single_thread() if work < _THREADED_WORK else contextlib.nullcontext()
+
+
 @dataclass(frozen=True)
 class TruncatedSVD:
     """The full SVD of a matrix, computed once and truncated at any rank.
@@ -192,8 +200,7 @@ class TruncatedSVD:
     def _compute(cls, matrix: np.ndarray) -> TruncatedSVD:
         m, n = matrix.shape
         k = min(m, n)
-        # large products gain from BLAS threads; small ones lose to TensorFlow's pools (see blas_single_thread)
-        with blas_single_thread() if m * n * k < _THREADED_WORK else contextlib.nullcontext():
+        with _blas_threads_for(m * n * k):
             if k >= _GRAM_MIN_SIZE:
                 svd = cls._from_gram(matrix)
                 if svd is not None:
@@ -266,7 +273,7 @@ class TruncatedSVD:
         else:
             us, vt, matrix = self.u * self.s, self.vt, self.matrix
         work = us.shape[0] * vt.shape[1] * min(rank, tail if matrix is not None else rank)
-        with blas_single_thread() if work < _THREADED_WORK else contextlib.nullcontext():
+        with _blas_threads_for(work):
             if matrix is not None and tail < rank:
                 return matrix - us[:, rank:] @ vt[rank:]
             return us[:, :rank] @ vt[:rank]
