@@ -89,7 +89,10 @@ def summary_accuracy(stem: str, data: dict[str, Any], link: str) -> str:
     headers = ["model", "method"] + [f"target {t}" for t in targets]
     rows = []
     for case in data["models"]:
-        name = f"{case['model']} (baseline {_pct(case['baseline']['test_accuracy'])})"
+        tuned = case["baseline"].get("test_accuracy_after_ft")
+        name = f"{case['model']} (baseline {_pct(case['baseline']['test_accuracy'])}" + (
+            f"; {_pct(tuned)} after the same fine-tuning)" if tuned is not None else ")"
+        )
         for method, label in methods.items():
             by_target = {r["target"]: r for r in case["results"] if r["method"] == method}
             if not by_target:
@@ -113,6 +116,11 @@ def summary_accuracy(stem: str, data: dict[str, Any], link: str) -> str:
         within = goals.get("within_1_point_at_0.5_after_ft", {})
         parts = [
             f"{model}: best {methods.get(v['best_method'], v['best_method'])} {100 * v['best_delta_after_ft']:+.2f} points"
+            + (
+                f" ({100 * v['best_delta_vs_finetuned_baseline']:+.2f} against the fine-tuned baseline)"
+                if "best_delta_vs_finetuned_baseline" in v
+                else ""
+            )
             for model, v in within.items()
         ]
         lines.append(
