@@ -355,6 +355,32 @@ def test_shared_layer_params_once_macs_per_call():
     assert cost.params == model.count_params() == (9 * 3 * 3 + 3) + (3 * 3 + 3)
 
 
+def test_call_counts_are_read_once_per_functional_model_and_stay_right():
+    import gc
+
+    from tfcompress import graph
+
+    inp = keras.Input((8, 8, 3))
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    model = keras.Model(inp, shared(shared(inp)))
+    assert [r.calls for r in graph.walk_layers(model)] == [2]
+    assert model in graph._FUNCTIONAL_CALLS  # read from the config once ...
+    # ... and still right after the layer is called in another model (counts are per model)
+    other = keras.Model(inp, shared(inp))
+    assert [r.calls for r in graph.walk_layers(model)] == [2]
+    assert [r.calls for r in graph.walk_layers(other)] == [1]
+    # a Sequential model can grow, so it is never cached
+    seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")])
+    assert [r.path for r in graph.walk_layers(seq)] == ["a"]
+    seq.add(keras.layers.Dense(2, name="b"))
+    assert [r.path for r in graph.walk_layers(seq)] == ["a", "b"] and seq not in graph._FUNCTIONAL_CALLS
+    # weak keys: a model that is gone is not kept
+    size = len(graph._FUNCTIONAL_CALLS)
+    del model, other
+    gc.collect()
+    assert len(graph._FUNCTIONAL_CALLS) <= size - 2
+
+
 def test_nested_model_layers_have_outer_inner_paths():
     inner = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="ic"), keras.layers.ReLU(name="act")], name="block"

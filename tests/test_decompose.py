@@ -197,14 +197,45 @@ def test_large_matrices_take_the_gram_route_and_stay_an_exact_svd(rows, cols, se
     np.testing.assert_allclose(left @ right, svd.reconstruct(rank), atol=1e-9)
 
 
+@settings(max_examples=8, deadline=None, database=None)
+@given(
+    rows=st.integers(128, 200),
+    cols=st.integers(128, 200),
+    seed=seeds,
+    small=st.integers(1, 12),
+    level=st.floats(-9.0, -4.5),
+)
+def test_a_few_tiny_singular_values_are_recomputed_and_the_gram_route_stays_an_exact_svd(
+    rows, cols, seed, small, level
+):
+    """A few singular values below the Gram route's accuracy (say, near-dead filters) are recomputed directly."""
+    rng = np.random.default_rng(seed)
+    k = min(rows, cols)
+    u, v = np.linalg.qr(rng.normal(size=(rows, k)))[0], np.linalg.qr(rng.normal(size=(cols, k)))[0]
+    values = np.sort(rng.uniform(0.01, 1.0, size=k))[::-1]
+    values[k - small :] = 10.0**level * rng.uniform(0.5, 1.0, size=small)  # between 1e-9 and 3e-5 of the largest
+    matrix = (u * values) @ v.T
+    assert dc.TruncatedSVD._from_gram(matrix) is not None, "a few tiny singular values keep the Gram route"
+    svd = dc.TruncatedSVD.of(matrix)
+    _check_is_an_svd(matrix, svd, orthonormal_tol=1e-9)
+    assert np.all(np.diff(svd.s) <= 0)
+    # the tiny ones come out right too (the squared Gram matrix alone would give them only to about 1e-8)
+    np.testing.assert_allclose(svd.s[k - small :], np.sort(values)[::-1][k - small :], rtol=1e-5)
+    for rank in (k - small, k - small // 2 or 1):
+        optimal = float(np.sqrt(np.sum(np.sort(values)[::-1][rank:] ** 2)))
+        np.testing.assert_allclose(fro(matrix - svd.reconstruct(rank)), optimal, rtol=1e-6, atol=1e-11)
+
+
 @pytest.mark.parametrize(
     "make",
     [
         lambda rng: rng.normal(size=(200, 6)) @ rng.normal(size=(6, 150)),  # rank 6 of 150
         lambda rng: np.zeros((130, 140)),
         lambda rng: np.linalg.qr(rng.normal(size=(160, 160)))[0] * np.logspace(0, -7, 160),  # condition 1e7
+        # one exactly zero singular value (a dead filter): too small even to recompute, so the direct SVD
+        lambda rng: np.linalg.qr(rng.normal(size=(180, 140)))[0] * np.r_[np.linspace(1, 0.1, 139), 0.0],
     ],
-    ids=["rank_deficient", "zero", "ill_conditioned"],
+    ids=["rank_deficient", "zero", "ill_conditioned", "one_zero_singular_value"],
 )
 def test_large_ill_conditioned_matrices_get_the_direct_svd(make):
     matrix = make(np.random.default_rng(3))

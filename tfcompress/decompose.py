@@ -149,7 +149,9 @@ def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
 
 
 _GRAM_MIN_SIZE = 128  # smaller matrices: the direct SVD is already fast
-_GRAM_MIN_RCOND = 1e-4  # smallest / largest singular value needed for the Gram-matrix route
+_GRAM_MIN_RCOND = 1e-4  # singular values below this times the largest are not taken from the Gram matrix ...
+_GRAM_TAIL_SHARE = 0.125  # ... and are recomputed directly when they are at most this share of them
+_GRAM_TAIL_MIN_RCOND = 1e-10  # a recomputed singular value below this times the largest: the direct SVD instead
 _THREADED_WORK = 50_000_000  # m * n * min(m, n) from which BLAS may use its threads
 
 
@@ -187,8 +189,8 @@ class TruncatedSVD:
     def of(cls, matrix: np.ndarray) -> TruncatedSVD:
         """Compute the (thin) SVD of ``matrix`` in float64 for accuracy.
 
-        Large well-conditioned matrices go through the eigendecomposition of their Gram matrix (about twice as
-        fast); the others through LAPACK's SVD. Either way ``u`` and ``vt`` have orthonormal columns and rows and
+        Large matrices go through the eigendecomposition of their Gram matrix (about twice as fast; a few small
+        singular values are recomputed directly); badly conditioned or rank-deficient ones through LAPACK's SVD. Either way ``u`` and ``vt`` have orthonormal columns and rows and
         ``s`` is non-increasing.
         """
         matrix = np.asarray(matrix, dtype=np.float64)
@@ -213,23 +215,41 @@ class TruncatedSVD:
         """The SVD from the eigendecomposition of the smaller Gram matrix, in float64; ``None`` if ill-conditioned.
 
         About twice as fast as LAPACK's divide-and-conquer SVD for the square-ish matrices of conv kernels. Squaring
-        the matrix squares its condition number, so this is used only when the smallest singular value is at least
-        ``_GRAM_MIN_RCOND`` times the largest: then the singular vectors are orthonormal to about 1e-8 and the
-        singular values accurate to about 1e-12 of the largest, far below float32 kernels' own rounding. Rank-deficient
-        or badly conditioned matrices get the direct SVD.
+        the matrix squares its condition number, so the Gram route is trusted only for the singular values of at
+        least ``_GRAM_MIN_RCOND`` times the largest: their singular vectors are orthonormal to about 1e-8 and the
+        singular values accurate to about 1e-12 of the largest, far below float32 kernels' own rounding. A few
+        smaller ones (at most ``_GRAM_TAIL_SHARE`` of them, e.g. one near-dead filter) are then recomputed without
+        squaring: the matrix times the eigenvectors of the small eigenvalues (which span the right subspace) is
+        projected off the leading left vectors and factorised directly, which is cheap for a thin block. Matrices
+        with more small singular values, or (nearly) rank-deficient ones, get the direct SVD.
         """
-        tall = matrix.shape[0] >= matrix.shape[1]
-        gram = matrix.T @ matrix if tall else matrix @ matrix.T
-        eigenvalues, vectors = np.linalg.eigh(gram)
+        if matrix.shape[0] < matrix.shape[1]:  # wide: the SVD of the transpose, transposed back
+            svd = cls._from_gram(matrix.T)
+            if svd is None:
+                return None
+            return cls(np.ascontiguousarray(svd.vt.T), svd.s, np.ascontiguousarray(svd.u.T), matrix)
+        eigenvalues, vectors = np.linalg.eigh(matrix.T @ matrix)
         eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]  # non-increasing
-        if not eigenvalues[-1] >= _GRAM_MIN_RCOND**2 * eigenvalues[0] > 0:  # also False for NaN
+        if not eigenvalues[0] > 0:  # zero or NaN
             return None
-        s = np.sqrt(eigenvalues)
-        if tall:
-            u, vt = (matrix @ vectors) / s, np.ascontiguousarray(vectors.T)
-        else:
-            u, vt = np.ascontiguousarray(vectors), (vectors.T @ matrix) / s[:, None]
-        return cls(u, s, vt, matrix)
+        k = eigenvalues.shape[0]
+        head = int(np.count_nonzero(eigenvalues >= _GRAM_MIN_RCOND**2 * eigenvalues[0]))
+        if k - head > _GRAM_TAIL_SHARE * k:
+            return None
+        s = np.sqrt(eigenvalues[:head])
+        u = (matrix @ vectors[:, :head]) / s
+        if head == k:
+            return cls(u, s, np.ascontiguousarray(vectors.T), matrix)
+        block = matrix @ vectors[:, head:]  # = (left tail vectors) (tail values) (a rotation), up to rounding
+        block -= u @ (u.T @ block)  # the part along the leading left vectors is rounding only: remove it
+        tail_u, tail_s, rotation = np.linalg.svd(block, full_matrices=False)
+        if not tail_s[-1] >= _GRAM_TAIL_MIN_RCOND * s[0]:  # (nearly) rank-deficient: the direct SVD is safer
+            return None
+        u = np.hstack([u, tail_u])
+        s = np.concatenate([s, tail_s])
+        v = np.hstack([vectors[:, :head], vectors[:, head:] @ rotation.T])
+        order = np.argsort(-s, kind="stable")  # rounding at the boundary must not break the order
+        return cls(np.ascontiguousarray(u[:, order]), s[order], np.ascontiguousarray(v[:, order].T), matrix)
 
     @property
     def max_rank(self) -> int:
