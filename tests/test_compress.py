@@ -270,6 +270,38 @@ def test_candidates_swap_kernel_in_place_without_cloning():
     assert isinstance(compressed.get_layer("conv2"), tfc.SpatialSVDConv2D)
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_kernel_slot_assigns_each_candidate_once_and_restores_the_original_once(fail):
+    from tfcompress.compress import _kernel_slot
+
+    layer = cnn().get_layer("conv2")
+    original = layer.get_weights()[0].copy()
+    assigned = []
+    real_assign = type(layer.kernel).assign
+
+    def counting_assign(variable, value):
+        assigned.append(np.array(value))
+        return real_assign(variable, value)
+
+    record = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(layer.kernel), "assign", counting_assign)
+        try:
+            with _kernel_slot(layer, record) as put:
+                for k in (1.0, 2.0):
+                    put(np.full_like(original, k))
+                    np.testing.assert_array_equal(layer.get_weights()[0], np.full_like(original, k))
+                if fail:
+                    raise RuntimeError("callback failed")
+        except RuntimeError:
+            assert fail
+        with _kernel_slot(layer, record):
+            pass  # nothing put: nothing assigned
+    # two candidates, one restore (no restore between them), whatever happened
+    assert len(assigned) == 3 and np.array_equal(assigned[-1], original)
+    np.testing.assert_array_equal(layer.get_weights()[0], original)
+
+
 # ---------------------------------------------------------------- the user's model is never changed
 
 

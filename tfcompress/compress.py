@@ -251,6 +251,28 @@ def _kernels_swapped(
             variable.assign(value)
 
 
+@contextlib.contextmanager
+def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterator[Callable[[np.ndarray], None]]:
+    """``put(kernel)`` assigns one candidate kernel after another to ``layer``; its original kernel is restored once
+    at the end, whatever happens (one assignment per candidate instead of two: no restore between candidates of the
+    same layer). ``original_kernels`` is the selection run's record of original kernels (see `_kernels_swapped`)."""
+    variable = layer.kernel
+    if id(variable) not in original_kernels:
+        original_kernels[id(variable)] = keras.ops.convert_to_numpy(variable)
+    changed = False
+
+    def put(kernel: np.ndarray) -> None:
+        nonlocal changed
+        changed = True
+        variable.assign(np.asarray(kernel, dtype=variable.dtype))
+
+    try:
+        yield put
+    finally:
+        if changed:
+            variable.assign(original_kernels[id(variable)])
+
+
 def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str | None:
     """Why ``layer`` cannot be compressed with ``scheme`` (None when it can)."""
     if isinstance(layer, keras.layers.Dense):
@@ -731,14 +753,15 @@ def _greedy(
         if not pending:
             continue
         row = dict(table.get(candidate.path, {}))
-        for ratio_list in pending.values():
-            rank = ranks[candidate.path][ratio_list[0]]
-            with _kernels_swapped([(candidate.work_layer, candidate.reconstructed(rank))], original_kernels):
+        with _kernel_slot(candidate.work_layer, original_kernels) as put:
+            for ratio_list in pending.values():
+                rank = ranks[candidate.path][ratio_list[0]]
+                put(candidate.reconstructed(rank))
                 score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
-            for ratio in ratio_list:
-                row[ratio] = score
-            done += 1
-            progbar.update(done, values=[("score", score)])
+                for ratio in ratio_list:
+                    row[ratio] = score
+                done += 1
+                progbar.update(done, values=[("score", score)])
         table[candidate.path] = row
         if cache_path is not None:
             save_eval_scores(cache_path, table, f"{digest}|{tag}")
@@ -897,23 +920,24 @@ def _auto_scheme(
         variants = _auto_variants(candidate)
         row: dict[float, tuple[float, _Candidate, Any]] = {}
         seen: dict[tuple[str, Any], float] = {}
-        for ratio in ratios_of[candidate.path]:
-            for variant in variants:
-                rank = variant.rank_for(ratio)
-                if variant.cost(rank) >= variant.original:
-                    continue
-                key = (variant.scheme, _rank_key(rank))
-                if key not in seen:
-                    if data_free:
-                        seen[key] = -_relative_error(variant, rank)
-                    else:
-                        with _kernels_swapped([(variant.work_layer, variant.reconstructed(rank))], original_kernels):
+        with _kernel_slot(candidate.work_layer, original_kernels) as put:  # every variant is this one layer
+            for ratio in ratios_of[candidate.path]:
+                for variant in variants:
+                    rank = variant.rank_for(ratio)
+                    if variant.cost(rank) >= variant.original:
+                        continue
+                    key = (variant.scheme, _rank_key(rank))
+                    if key not in seen:
+                        if data_free:
+                            seen[key] = -_relative_error(variant, rank)
+                        else:
+                            put(variant.reconstructed(rank))
                             seen[key] = evaluator(work, f"layer '{variant.path}' with {variant.scheme} at rank {rank}")
-                        done += 1
-                        progbar.update(done, values=[("score", seen[key])])
-                score = seen[key]
-                if ratio not in row or score > row[ratio][0]:
-                    row[ratio] = (score, variant, rank)
+                            done += 1
+                            progbar.update(done, values=[("score", seen[key])])
+                    score = seen[key]
+                    if ratio not in row or score > row[ratio][0]:
+                        row[ratio] = (score, variant, rank)
         if row:
             best[candidate.path] = row
         else:
