@@ -500,12 +500,13 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
     )
 
 
-def _earlier_models(path: str, quick: bool, models: list[str]) -> list[dict[str, Any]]:
-    """The models of an earlier results file of the same mode that this run does not measure again (``--append``).
+def _earlier_models(path: str, quick: bool, models: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The models of an earlier results file of the same mode that this run does not measure again (``--append``),
+    and that file's ``notes`` (what whoever ran it recorded about the run; they are carried over, not lost).
 
     Each model keeps the machine record and settings of its own run under ``run``."""
     if not os.path.exists(path):
-        return []
+        return [], []
     with open(path, encoding="utf-8") as handle:
         earlier = json.load(handle)
     if earlier.get("quick") != quick:
@@ -517,7 +518,7 @@ def _earlier_models(path: str, quick: bool, models: list[str]) -> list[dict[str,
         if case["model"] not in models:
             case.setdefault("run", {"machine": earlier.get("machine"), "settings": earlier.get("settings")})
             kept.append(case)
-    return kept
+    return kept, [str(n) for n in earlier.get("notes", [])]
 
 
 def main() -> None:
@@ -588,7 +589,9 @@ def main() -> None:
     }
     kept: list[dict[str, Any]] = []
     if args.append:
-        kept = _earlier_models(os.path.join(args.output_dir, "real_speed.json"), args.quick, args.models)
+        kept, notes = _earlier_models(os.path.join(args.output_dir, "real_speed.json"), args.quick, args.models)
+        if notes:
+            result["notes"] = notes
     measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:

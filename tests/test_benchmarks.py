@@ -309,3 +309,28 @@ def test_report_results_regenerates_readme_section(tmp_path):
             assert f"({name}.md)" in text or f"results/{name}.md)" in text
     assert run() == text  # regenerating changes nothing
     assert (results / "RESULTS.md").read_text().startswith("## Results\n")
+
+
+def test_real_speed_append_keeps_the_other_models_and_the_notes(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import real_speed
+
+    earlier = {
+        "benchmark": "real_speed",
+        "quick": False,
+        "machine": {"date": "2026-12-01"},
+        "settings": {"size": 224},
+        "models": [{"model": "ResNet50", "rows": []}, {"model": "VGG16", "rows": []}],
+        "notes": ["the ResNet50 rows ran beside a test suite"],
+    }
+    path = tmp_path / "real_speed.json"
+    path.write_text(json.dumps(earlier))
+    kept, notes = real_speed._earlier_models(str(path), False, ["VGG16"])
+    assert [m["model"] for m in kept] == ["ResNet50"]  # VGG16 is measured again, so its old entry goes
+    assert kept[0]["run"] == {"machine": {"date": "2026-12-01"}, "settings": {"size": 224}}
+    assert notes == ["the ResNet50 rows ran beside a test suite"]
+    with pytest.raises(SystemExit, match="not mixing modes"):
+        real_speed._earlier_models(str(path), True, ["VGG16"])
+    assert real_speed._earlier_models(str(tmp_path / "missing.json"), False, ["VGG16"]) == ([], [])
