@@ -315,58 +315,6 @@ def test_model_unchanged_after_success():
     assert isinstance(compressed.get_layer("conv2"), tfc.SpatialSVDConv2D)
 
 
-def test_result_takes_over_the_working_copys_layers_and_equals_a_fresh_rewrite(tmp_path):
-    model = cnn()
-    model.compile("adam", "mse")
-    recorder = Recorder(model)
-    compressed, stats, _ = run(model, greedy(SPATIAL, target=0.5), callback=recorder)
-    work = recorder.models[0]
-    plan = {row.name: ("spatial_svd", row.rank) for row in stats.per_layer_stats}
-    assert plan and len(plan) < 4  # some layers decomposed, some left alone
-    # the layers the plan leaves alone are the working copy's objects (no second clone), never the user's
-    for layer in compressed.layers:
-        if layer.name in plan:
-            assert layer is not work.get_layer(layer.name)
-        else:
-            assert layer is work.get_layer(layer.name) and layer is not model.get_layer(layer.name)
-            for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights(), strict=True):
-                np.testing.assert_array_equal(a, b)
-    # the very model a fresh rewrite of the user's model gives: same layers, config, outputs
-    fresh = tfc.rewrite_model(model, plan)
-    assert compressed.get_config() == fresh.get_config()
-    np.testing.assert_array_equal(
-        np.asarray(compressed(X_FIXED, training=False)), np.asarray(fresh(X_FIXED, training=False))
-    )
-    assert compressed.compiled and stats.compressed_model_accuracy == pytest.approx(recorder(compressed, None))
-    # it saves and loads back as .keras (the adopted layers' earlier calls in the working copy are not part of it)
-    path = tmp_path / "small.keras"
-    compressed.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(
-        np.asarray(loaded(X_FIXED, training=False)), np.asarray(compressed(X_FIXED, training=False)), atol=1e-6
-    )
-
-
-def test_callback_that_trains_the_model_is_warned_about_and_the_result_keeps_the_users_weights():
-    model = cnn()
-    snap = snapshot(model)
-
-    class Training(Recorder):
-        def __call__(self, m, iterations):
-            if not self.models:  # the baseline call: nudge a layer of the working copy the plan leaves alone
-                fc = m.get_layer("fc")
-                fc.kernel.assign(fc.kernel + 1.0)
-            return super().__call__(m, iterations)
-
-    params = manual(SPATIAL, [("conv2", 0.5)])
-    with pytest.warns(UserWarning, match="eval callback changed the weights.*'fc'"):
-        compressed, _, _ = run(model, params, callback=Training(model))
-    assert_unchanged(model, snap)
-    # fc comes from the user's model, not from the working copy the callback changed
-    for a, b in zip(compressed.get_layer("fc").get_weights(), model.get_layer("fc").get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_model_unchanged_when_callback_raises(exc):
     model = cnn()

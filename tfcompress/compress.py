@@ -20,9 +20,6 @@ How a run goes:
 4. The plan is applied to the user's model with :func:`tfcompress.rewrite_model`
    (with a ``trainer``, one layer at a time, fine-tuning after each), the
    compressed model is evaluated, and :class:`CompressionStats` reports it all.
-   Without a trainer, the new model takes over the working copy's layers that the
-   plan leaves alone (their weights are checked to still equal the user's), so
-   the model is not cloned a second time.
    The rewrite takes the SVDs computed during selection
    (:func:`tfcompress.decompose.reuse_svds`) rather than factorising again.
 """
@@ -67,7 +64,7 @@ from .params import (
     WeightSvdParameters,
     _SchemeParameters,
 )
-from .rewrite import _rewrite, rewrite_model
+from .rewrite import rewrite_model
 from .select import (
     EvalScoresCacheError,
     fingerprint_from_entries,
@@ -565,10 +562,7 @@ def compress_model(
         by_path = {c.path: c for c in candidates}
         forward = [c.path for c in candidates if c.path in plan]
         if trainer is None:
-            # the working copy's layers (kernels restored) become the result's unchanged layers: no second clone
-            compressed = _rewrite(
-                model, {p: (by_path[p].scheme, plan[p]) for p in forward}, adopt=_adoptable(refs, work)
-            )
+            compressed = rewrite_model(model, {p: (by_path[p].scheme, plan[p]) for p in forward})
         else:
             compressed = model
             for path in forward:
@@ -613,38 +607,6 @@ def compress_model(
     return compressed, _finish(
         stats, evaluator, compressed, original, start_time, svd_seconds=sum(c.svd_seconds for c in candidates)
     )
-
-
-def _adoptable(refs: list[LayerRef], work: keras.Model) -> dict[int, Any]:
-    """``{id(user layer): working-copy layer}`` for every layer whose variables in the working copy still equal the
-    user's model's (exactly), so the final model can take the working copy's layer over instead of re-creating it.
-
-    Selection restores every swapped kernel from an exact copy, so normally every layer qualifies. A layer the eval
-    callback changed (it trained the model it was given) is left out, so it is re-created from the user's model,
-    and a warning says so: the scores of the candidates were then measured on a drifting model."""
-    work_refs = walk_layers(work)
-    if [r.path for r in work_refs] != [r.path for r in refs]:  # pragma: no cover - the copy is made by rewrite_model
-        return {}
-    adopt, changed = {}, []
-    for ref, work_ref in zip(refs, work_refs, strict=True):
-        mine, theirs = ref.layer.weights, work_ref.layer.weights
-        same = len(mine) == len(theirs) and all(
-            tuple(a.shape) == tuple(b.shape) and bool(keras.ops.all(keras.ops.equal(a.value, b.value)))
-            for a, b in zip(mine, theirs, strict=True)
-        )
-        if same:
-            adopt[id(ref.layer)] = work_ref.layer
-        else:
-            changed.append(ref.path)
-    if changed:
-        warnings.warn(
-            f"compress_model: the eval callback changed the weights of the model it was given ({len(changed)} "
-            f"layer(s), e.g. '{changed[0]}'). Candidates are scored on one working copy of the model, so the callback "
-            "must only evaluate (not train) it; the scores may be off. The result takes its weights from your model.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return adopt
 
 
 def _finish(

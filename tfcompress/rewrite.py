@@ -194,16 +194,6 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
         >>> [type(layer).__name__ for layer in new.layers]
         ['SpatialSVDConv2D', 'Flatten', 'SVDDense']
     """
-    return _rewrite(model, plan, scheme)
-
-
-def _rewrite(
-    model: keras.Model, plan: Mapping[Any, Any], scheme: Any = None, adopt: Mapping[int, Any] | None = None
-) -> keras.Model:
-    """:func:`rewrite_model`; ``adopt`` maps ``id(layer)`` of layers of ``model`` that are not in the plan to layer
-    objects the new model takes over as they are (no re-creation, no weight copy), e.g. the layers of a working copy
-    whose weights still equal ``model``'s (see ``compress._adoptable``). Those layers then belong to the new model.
-    """
     check_graph_model(model)
     entries = normalize_plan(plan, scheme)
     refs = walk_layers(model)
@@ -222,15 +212,11 @@ def _rewrite(
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
 
-    adopted = {key: layer for key, layer in (adopt or {}).items() if key not in targets}
-
     def clone_function(layer: Any) -> Any:
         if id(layer) in targets:
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
             return decomposed_layer(layer, entry_scheme, rank)
-        if id(layer) in adopted:
-            return adopted[id(layer)]
         return layer.__class__.from_config(layer.get_config())
 
     inputs = _named_inputs(model)
@@ -248,7 +234,7 @@ def _rewrite(
             "rewrite_model: the cloned model's layers do not line up with the original's (please report this)."
         )
     for old, new in zip(refs, new_refs, strict=True):
-        if id(old.layer) in targets or new.layer is adopted.get(id(old.layer)):
+        if id(old.layer) in targets:
             continue
         weights = old.layer.get_weights()
         if weights:
