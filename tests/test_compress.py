@@ -315,6 +315,19 @@ def test_model_unchanged_after_success():
     assert isinstance(compressed.get_layer("conv2"), tfc.SpatialSVDConv2D)
 
 
+def test_result_layers_belong_to_the_result_alone_so_feature_extraction_works():
+    # A layer's .input/.output are those of its first call: a result that reused the working copy's layer objects
+    # would hand out the working copy's tensors, and keras.Model(result.input, layer.output) would fail.
+    model = cnn()
+    compressed, stats, _ = run(model, greedy(SPATIAL, target=0.5))
+    decomposed = {row.name for row in stats.per_layer_stats}
+    kept = [layer.name for layer in compressed.layers if layer.name not in decomposed]
+    assert decomposed and kept
+    for name in [*decomposed, *kept]:
+        feature = keras.Model(compressed.inputs, compressed.get_layer(name).output)
+        assert feature(X_FIXED).shape[0] == len(X_FIXED)
+
+
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_model_unchanged_when_callback_raises(exc):
     model = cnn()
