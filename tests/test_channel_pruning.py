@@ -390,3 +390,81 @@ def test_svd_then_prune_choice_rule():
     with pytest.warns(UserWarning, match="no final model is within tolerance"):
         _choose(result)
     assert result.chosen == 1 and result.notes
+
+
+def _tiny_cnn():
+    keras.utils.set_random_seed(3)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv3"),
+            layers.GlobalAveragePooling2D(name="gap"),
+            layers.Dense(10, name="fc"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(("change", "winner"), [(-1, "threshold"), (+1, "min_summed_loss")])
+def test_two_plan_check_scores_both_plans_in_place_restores_the_copy_and_builds_the_winner(monkeypatch, change, winner):
+    from tfcompress.pruning import driver
+
+    model = _tiny_cnn()
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype("float32")
+    reference = model.predict(x, verbose=0)
+    seen = []
+
+    def score(m, _):
+        seen.append(m)
+        return 1.0 - float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+
+    real_select = driver._select
+    alternatives = []
+
+    def with_alternative(run, keeps, table):
+        chosen, _ = real_select(run, keeps, table)
+        name = sorted(chosen.plan)[0]
+        plan = {**chosen.plan, name: chosen.plan[name] + change}  # one group keeps one channel less / more
+        alternatives.append(plan)
+        return chosen, driver._Plan(plan, run.plan_cost(plan) / run.total_cost, ["the alternative's note"])
+
+    monkeypatch.setattr(driver, "_select", with_alternative)
+    params = CP(x, 300, False, "auto", CP.AutoModeParams(tfc.GreedySelectionParameters(0.6, 4)))
+    small, stats = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
+    work = seen[0]
+    candidates = len(seen) - 4  # baseline, candidates, the two plans, the final model
+    assert stats.num_eval_calls == len(seen) == 1 + candidates + 2 + 1 and candidates > 0
+    assert all(m is work for m in seen[:-1]) and seen[-1] is small
+    assert set(stats.plan_scores) == {"threshold", "min_summed_loss"}
+    better = max(stats.plan_scores, key=stats.plan_scores.get)
+    assert better == winner
+    assert any("whole-model check of two plans" in n for n in stats.notes)
+    assert ("the alternative's note" in stats.notes) == (winner == "min_summed_loss")
+    # the final model is the winner, built from its masked refits: it computes what the working copy computed
+    assert stats.compressed_model_accuracy == pytest.approx(stats.plan_scores[winner], abs=1e-5)
+    kept = {row.name: row.rank for row in stats.per_layer_stats}
+    if winner == "min_summed_loss":
+        assert kept == alternatives[0]
+    else:
+        assert kept != alternatives[0]
+    # both plans were masked into the working copy and it was restored afterwards, exactly
+    for a, b in zip(work.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_two_plan_check_can_be_switched_off():
+    model = _tiny_cnn()
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype("float32")
+    calls = []
+
+    def score(m, _):
+        calls.append(1)
+        return float(-np.mean(m.predict(x[:8], verbose=0) ** 2))
+
+    select = tfc.GreedySelectionParameters(0.6, 4, compare_plans=False)
+    params = CP(x, 300, False, "auto", CP.AutoModeParams(select))
+    _, stats = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
+    assert stats.plan_scores == {} and not any("two plans" in n for n in stats.notes)
+    assert stats.num_eval_calls == len(calls) == 1 + sum(len(row) for row in stats.eval_scores.values()) + 1

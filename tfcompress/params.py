@@ -44,9 +44,9 @@ class GreedySelectionParameters:
             and write it to, so a second run (or a resumed one) skips evaluations.
         compare_plans: also build the plan with the least *summed* per-layer score loss
             (:func:`tfcompress.select.min_loss_select`), score it and the threshold plan on the
-            whole model (kernels swapped in place) and keep the better: at most two more
-            evaluations, none when both plans agree. ``False`` keeps the threshold plan alone,
-            as AIMET does.
+            whole model (kernels swapped in place; for channel pruning, each plan masked into the
+            working copy) and keep the better: at most two more evaluations, none when both plans
+            agree. ``False`` keeps the threshold plan alone, as AIMET does.
 
     Example:
         >>> GreedySelectionParameters(target_comp_ratio=0.5).num_comp_ratio_candidates

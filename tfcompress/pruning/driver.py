@@ -31,8 +31,8 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import keras
@@ -45,7 +45,7 @@ from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
 from ..graph import resolve_layers, walk_layers
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
-from ..select import greedy_select, save_eval_scores
+from ..select import greedy_select, min_loss_select, save_eval_scores
 from ..stats import CompressionStats, LayerStats
 from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
 from .select import ChannelProblem, channel_order
@@ -557,18 +557,22 @@ def compress_channels(
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
 
     keeps = _candidate_keeps(run, ratios_of, manual)
+    masked = None  # the chosen plan's masked result, when the two-plan check already computed it
     if manual:
         plan = {name: next(iter(row.values())) for name, row in keeps.items() if row}
     else:
         table = _score_table(run, keeps, cache, evaluator, verbose)
-        plan = _select(run, keeps, table)
+        chosen, alternative = _select(run, keeps, table)
+        if alternative is not None:
+            chosen, masked = _compare_plans(run, chosen, alternative, evaluator)
+        plan = chosen.plan
     for name in ratios_of:
         if name not in plan:
             stats.skipped_layers.setdefault(name, "kept at full size by the selection")
 
     ordered = [u for u in units_list if u.name in plan]
     if trainer is None:
-        compressed, kept_channels = _apply_masked(run, ordered, plan)
+        compressed, kept_channels = _apply_masked(run, ordered, plan, masked)
     else:
         compressed, kept_channels = _apply_with_trainer(run, ordered, plan, trainer)
     _record(run, kept_channels)
@@ -711,9 +715,22 @@ def _score_table(
     return table
 
 
-def _select(run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]) -> dict[str, int]:
+@dataclass
+class _Plan:
+    """A selected plan ``{unit: channels kept}``, its exact model ratio and the notes of how it was fitted."""
+
+    plan: dict[str, int]
+    ratio: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _select(
+    run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]
+) -> tuple[_Plan, _Plan | None]:
     """Greedy selection on the score table, made to fit the target by the exact cost, then the leftover budget
-    spent on more channels. Returns ``{unit: channels kept}``."""
+    spent on more channels. With ``compare_plans``, also the plan of least summed per-unit loss, fitted the same
+    way (``None`` when it is not needed: switched off, the same plan, or it does not meet the target).
+    Plans are ``{unit: channels kept}``."""
     stats = run.stats
     select_params = run.parameters.params.select_params
     scores = {name: {r: _lookup(table[name], r) for r in keeps[name]} for name in keeps if keeps[name]}
@@ -723,21 +740,57 @@ def _select(run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict
     originals = {name: run.unit_cost(name, run.units[name].channels) for name in scores}
     target, total = float(select_params.target_comp_ratio), run.total_cost
     # A layer can belong to two units (its input group and its output group), so the units' own costs may add up
-    # to more than the model. The selector only compares savings: pad the total by the overlap, and move the goal
+    # to more than the model. The selectors only compare savings: pad the total by the overlap, and move the goal
     # so that the same savings meet it.
     overlap = max(sum(originals.values()) - total, 0.0)
+
+    def padded(goal: float) -> float:
+        return (goal * total + overlap) / (total + overlap)
+
+    def threshold_at(goal: float) -> Any:
+        return greedy_select(
+            scores, costs, originals, total + overlap, padded(goal), use_monotonic_fit=select_params.use_monotonic_fit
+        )
+
+    def min_loss_at(goal: float) -> Any:
+        return min_loss_select(
+            scores,
+            costs,
+            originals,
+            total + overlap,
+            padded(goal),
+            reference_score=stats.baseline_model_accuracy,
+            use_monotonic_fit=select_params.use_monotonic_fit,
+        )
+
+    chosen = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection")
+    stats.notes.extend(chosen.notes)
+    stats.selected_comp_ratio = chosen.ratio
+    if not (select_params.compare_plans and chosen.plan and chosen.ratio <= target + 1e-3):
+        return chosen, None
+    alternative = _fitted_plan(run, keeps, scores, min_loss_at, "the least-summed-loss selection")
+    if not alternative.plan or alternative.ratio > target + 1e-3 or alternative.plan == chosen.plan:
+        return chosen, None
+    return chosen, alternative
+
+
+def _fitted_plan(
+    run: _Run,
+    keeps: dict[str, dict[float, int]],
+    scores: dict[str, dict[float, float]],
+    select_at: Callable[[float], Any],
+    what: str,
+) -> _Plan:
+    """``select_at(goal)``'s plan made to fit the target by the exact cost (the goal tightened when units interact),
+    then the budget left up to the target spent on more channels."""
+    stats = run.stats
+    target, total = float(run.parameters.params.select_params.target_comp_ratio), run.total_cost
+    notes: list[str] = []
 
     def plan_for(goal: float) -> tuple[dict[str, int], float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            selection = greedy_select(
-                scores,
-                costs,
-                originals,
-                total + overlap,
-                (goal * total + overlap) / (total + overlap),
-                use_monotonic_fit=select_params.use_monotonic_fit,
-            )
+            selection = select_at(goal)
         chosen = {n: keeps[n][_match(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
         return chosen, run.plan_cost(chosen) / total
 
@@ -754,25 +807,58 @@ def _select(run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict
                 hi = mid
         if best is not None:
             plan, ratio = best
-            stats.notes.append(
-                f"the selector's goal was tightened to {lo:.4f} so that the exact cost of the plan ({ratio:.4f}) meets "
-                f"the target {target}"
+            notes.append(
+                f"{what}: the selector's goal was tightened to {lo:.4f} so that the exact cost of the plan "
+                f"({ratio:.4f}) meets the target {target}"
             )
     if ratio > target + 1e-3:
-        stats.notes.append(f"target {target} not reached: the smallest plan found costs {ratio:.4f}")
+        notes.append(f"{what}: target {target} not reached: the smallest plan found costs {ratio:.4f}")
     elif plan:
-        # the threshold search moves in whole candidates: spend what is left up to the target on more channels
+        # the selection moves in whole candidates: spend what is left up to the target on more channels
         loss = {n: stats.baseline_model_accuracy - _lookup(scores[n], _ratio_of(keeps[n], k)) for n, k in plan.items()}
         filled = _fill_budget(run, plan, keeps, loss, target * total)
         filled_ratio = run.plan_cost(filled) / total
         if filled_ratio > ratio + 1e-9:
-            stats.notes.append(
-                f"greedy selection gave ratio {ratio:.4f}; the budget left up to the target was spent on more "
+            notes.append(
+                f"{what} gave ratio {ratio:.4f}; the budget left up to the target was spent on more "
                 f"channels (most score-sensitive groups first), giving {filled_ratio:.4f}"
             )
         plan, ratio = filled, filled_ratio
-    stats.selected_comp_ratio = ratio
-    return plan
+    return _Plan(plan, ratio, notes)
+
+
+def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: Any) -> tuple[_Plan, tuple]:
+    """Score the threshold plan and the least-summed-loss plan on the whole model; keep the better one.
+
+    Each plan is written into the working copy as masks (every unit refitted in forward order, as the final model
+    will be), scored, and the working copy restored. Returns the kept plan and its masked result (kept channels and
+    refits), which the final model is then built from, so the winner is not refitted a second time. Ties keep the
+    threshold plan."""
+    outcomes = []
+    for label, candidate in (("threshold", threshold), ("least-summed-loss", alternative)):
+        ordered = [u for u in run.units_list if u.name in candidate.plan]
+        originals: dict[int, tuple[Any, np.ndarray]] = {}
+        try:
+            masked = _masked_plan(run, ordered, candidate.plan, originals)
+            score = evaluator(run.work, f"the {label} plan")
+        finally:
+            for variable, value in originals.values():
+                variable.assign(value)
+        outcomes.append((score, masked))
+    (threshold_score, threshold_masked), (alt_score, alt_masked) = outcomes
+    keep_alt = alt_score > threshold_score
+    stats = run.stats
+    stats.plan_scores = {"threshold": threshold_score, "min_summed_loss": alt_score}
+    stats.notes.append(
+        f"whole-model check of two plans: score threshold {threshold_score:.4f} (ratio {threshold.ratio:.4f}), "
+        f"least summed per-group loss {alt_score:.4f} (ratio {alternative.ratio:.4f}); kept the "
+        + ("least-summed-loss plan" if keep_alt else "threshold plan")
+    )
+    if keep_alt:
+        stats.notes.extend(alternative.notes)
+        stats.selected_comp_ratio = alternative.ratio
+        return alternative, alt_masked
+    return threshold, threshold_masked
 
 
 def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, removed: dict[str, set[int]]) -> tuple:
@@ -786,20 +872,37 @@ def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, rem
     return kept, dropped, consumers, _refits(consumers, dropped, run.parameters.reconstruct)
 
 
-def _apply_masked(run: _Run, ordered: list[PruneUnit], plan: dict[str, int]) -> tuple[keras.Model, dict]:
-    """Apply the plan in forward order to the working copy as masks (zeros on dropped inputs, refitted weights), so
-    each unit is refitted on the inputs of the model pruned so far; then winnow once."""
+def _masked_plan(
+    run: _Run,
+    ordered: list[PruneUnit],
+    plan: dict[str, int],
+    originals: dict[int, tuple[Any, np.ndarray]] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """Write the plan in forward order into the working copy as masks (zeros on dropped inputs, refitted weights),
+    so each unit is refitted on the inputs of the model pruned so far. Returns ``(kept channels, refits)``. With
+    ``originals``, each variable's value before its first assignment is recorded there (to restore the copy)."""
     kept_channels: dict[str, np.ndarray] = {}
     fitted: dict[str, tuple] = {}
     removed: dict[str, set[int]] = {}
     for unit in ordered:
         kept, dropped, consumers, refits = _prune_unit(run, unit, plan[unit.name], run.work, removed)
         for variable, value in _assignments(run.work, consumers, refits):
+            if originals is not None and id(variable) not in originals:
+                originals[id(variable)] = (variable, keras.ops.convert_to_numpy(variable))
             variable.assign(np.asarray(value, dtype=variable.dtype))
         fitted.update(refits)
         for c in consumers:
             removed.setdefault(c.name, set()).update(int(i) for i in c.index[dropped])
         kept_channels[unit.name] = kept
+    return kept_channels, fitted
+
+
+def _apply_masked(
+    run: _Run, ordered: list[PruneUnit], plan: dict[str, int], masked: tuple | None = None
+) -> tuple[keras.Model, dict]:
+    """The pruned model of the plan: masked in the working copy (or ``masked``, the result of an earlier
+    :func:`_masked_plan` of this plan), then winnowed once."""
+    kept_channels, fitted = masked if masked is not None else _masked_plan(run, ordered, plan)
     weights = _final_weights(fitted, run.model, run.units, kept_channels)
     return apply_pruning(run.model, kept_channels, units=run.units_list, weights=weights), kept_channels
 
