@@ -833,17 +833,27 @@ def _compare_plans(
 
     threshold_score = combined(plan, "the threshold plan")
     alt_score = combined(alt_plan, "the least-summed-loss plan")
-    keep_alt = alt_score > threshold_score
-    stats.plan_scores = {"threshold": threshold_score, "min_summed_loss": alt_score}
+    if _keep_alternative(stats, (threshold_score, ratio), (alt_score, alt_ratio), "layer"):
+        return alt_plan, alt_chosen
+    return plan, chosen
+
+
+def _keep_alternative(
+    stats: CompressionStats, threshold: tuple[float, float], alternative: tuple[float, float], unit: str
+) -> bool:
+    """The decision of the two-plan check from each plan's ``(score, model ratio)``: the least-summed-loss plan
+    only if it scores strictly higher (ties keep the threshold plan). Records both scores, a note, and the kept
+    plan's ratio in ``stats``."""
+    keep_alt = alternative[0] > threshold[0]
+    stats.plan_scores = {"threshold": threshold[0], "min_summed_loss": alternative[0]}
     stats.notes.append(
-        f"whole-model check of two plans: score threshold {threshold_score:.4f} (ratio {ratio:.4f}), least "
-        f"summed per-layer loss {alt_score:.4f} (ratio {alt_ratio:.4f}); kept the "
+        f"whole-model check of two plans: score threshold {threshold[0]:.4f} (ratio {threshold[1]:.4f}), least "
+        f"summed per-{unit} loss {alternative[0]:.4f} (ratio {alternative[1]:.4f}); kept the "
         + ("least-summed-loss plan" if keep_alt else "threshold plan")
     )
     if keep_alt:
-        stats.selected_comp_ratio = alt_ratio
-        return alt_plan, alt_chosen
-    return plan, chosen
+        stats.selected_comp_ratio = alternative[1]
+    return keep_alt
 
 
 def _auto_scheme(

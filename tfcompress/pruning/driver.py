@@ -38,7 +38,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..compress import _lookup, _match, _open_cache, _progress, _settings_tag
+from ..compress import _keep_alternative, _lookup, _match, _open_cache, _progress, _settings_tag
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..decompose import blas_single_thread
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
@@ -846,17 +846,9 @@ def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: A
                 variable.assign(value)
         outcomes.append((score, masked))
     (threshold_score, threshold_masked), (alt_score, alt_masked) = outcomes
-    keep_alt = alt_score > threshold_score
-    stats = run.stats
-    stats.plan_scores = {"threshold": threshold_score, "min_summed_loss": alt_score}
-    stats.notes.append(
-        f"whole-model check of two plans: score threshold {threshold_score:.4f} (ratio {threshold.ratio:.4f}), "
-        f"least summed per-group loss {alt_score:.4f} (ratio {alternative.ratio:.4f}); kept the "
-        + ("least-summed-loss plan" if keep_alt else "threshold plan")
-    )
-    if keep_alt:
-        stats.notes.extend(alternative.notes)
-        stats.selected_comp_ratio = alternative.ratio
+    scored = (threshold_score, threshold.ratio), (alt_score, alternative.ratio)
+    if _keep_alternative(run.stats, *scored, "group"):
+        run.stats.notes.extend(alternative.notes)
         return alternative, alt_masked
     return threshold, threshold_masked
 
