@@ -302,6 +302,29 @@ def test_kernel_slot_assigns_each_candidate_once_and_restores_the_original_once(
     np.testing.assert_array_equal(layer.get_weights()[0], original)
 
 
+def test_each_candidate_kernel_is_the_best_low_rank_kernel_at_its_rank():
+    # candidates of a layer go up in rank and are built from the previous one plus the triplets in between: each
+    # must still be the direct rank-r reconstruction (to float32 rounding)
+    model = cnn()
+    original = model.get_layer("conv2").get_weights()[0]
+    svd = tfc.decompose.TruncatedSVD.of(tfc.decompose.spatial_svd_unfold(original))
+    seen = []
+
+    class KernelRecorder(Recorder):
+        def __call__(self, m, iterations):
+            kernel = m.get_layer("conv2").get_weights()[0]
+            if not isinstance(m.get_layer("conv2"), tfc.SpatialSVDConv2D) and not np.array_equal(kernel, original):
+                seen.append(kernel)  # a candidate of conv2 in the working copy
+            return super().__call__(m, iterations)
+
+    run(model, greedy(SPATIAL, target=0.5, compare_plans=False), callback=KernelRecorder(model))
+    assert len(seen) == 9  # conv2's nine distinct ranks
+    for kernel in seen:
+        rank = spatial_matrix_rank(kernel)
+        direct = tfc.decompose.spatial_svd_fold(svd.reconstruct(rank), original.shape)
+        np.testing.assert_allclose(kernel, direct, atol=1e-5 * float(np.abs(original).max()))
+
+
 # ---------------------------------------------------------------- the user's model is never changed
 
 

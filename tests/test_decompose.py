@@ -245,6 +245,22 @@ def test_large_ill_conditioned_matrices_get_the_direct_svd(make):
     _check_is_an_svd(matrix, svd, orthonormal_tol=1e-12)
 
 
+@settings(max_examples=20, deadline=None, database=None)
+@given(rows=st.integers(2, 40), cols=st.integers(2, 40), seed=seeds, data=st.data())
+def test_extend_adds_the_triplets_between_two_ranks(rows, cols, seed, data):
+    matrix = np.random.default_rng(seed).normal(size=(rows, cols))
+    svd = dc.TruncatedSVD.of(matrix)
+    low = data.draw(st.integers(1, svd.max_rank))
+    high = data.draw(st.integers(low, svd.max_rank))
+    np.testing.assert_allclose(svd.extend(svd.reconstruct(low), low, high), svd.reconstruct(high), atol=1e-10)
+    single = svd.extend(svd.reconstruct(low, dtype=np.float32), low, high)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, svd.reconstruct(high), atol=1e-5 * max(1.0, svd.s[0]))
+    if low > 1:
+        with pytest.raises(ValueError, match="below the previous rank"):
+            svd.extend(svd.reconstruct(low), low, low - 1)
+
+
 @pytest.mark.parametrize("rank", [0, 4, -1])
 def test_truncated_svd_rejects_bad_ranks(rank):
     svd = dc.TruncatedSVD.of(np.ones((3, 5)))

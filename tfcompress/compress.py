@@ -164,6 +164,7 @@ class _Candidate:
     _svd: decompose.TruncatedSVD | None = field(default=None, repr=False)
     svd_seconds: float = 0.0
     meter: LatencyMeter | None = field(default=None, repr=False)  # set for cost_metric="latency"
+    _last: tuple[int, np.ndarray] | None = field(default=None, repr=False)  # the last approximation, see below
 
     @property
     def path(self) -> str:
@@ -213,12 +214,28 @@ class _Candidate:
             factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
             self.svd_seconds += time.perf_counter() - start
             return decompose.tucker2_compose(*factors)
-        approx = self._factor().reconstruct(int(rank), dtype=np.float32)
+        approx = self._approximation(int(rank))
         if self.scheme == "svd":
             return approx
         if self.scheme == "weight_svd":
             return decompose.weight_svd_fold(approx, self.kernel.shape)
         return decompose.spatial_svd_fold(approx, self.kernel.shape)
+
+    def _approximation(self, rank: int) -> np.ndarray:
+        """The float32 rank-``rank`` approximation of the unfolded kernel. The last one is kept: a higher rank next
+        (candidates go up in rank) only adds the triplets in between, when that is the cheaper product."""
+        svd = self._factor()
+        last = self._last
+        if last is not None and last[0] <= rank and rank - last[0] < min(rank, svd.max_rank - rank):
+            approx = svd.extend(last[1], last[0], rank)
+        else:
+            approx = svd.reconstruct(rank, dtype=np.float32)
+        self._last = (rank, approx)
+        return approx
+
+    def forget_approximation(self) -> None:
+        """Drop the kept approximation (a full-size array) once the layer's candidates are done."""
+        self._last = None
 
     def relative_residuals(self) -> np.ndarray:
         return decompose.relative_residuals(self._factor().s)
@@ -309,7 +326,7 @@ def _auto_variants(candidate: _Candidate) -> list[_Candidate]:
     schemes = ["weight_svd"]
     if candidate.geometry.kernel_size != (1, 1):
         schemes += ["spatial_svd", "tucker"]
-    return [dataclasses.replace(candidate, scheme=s, _svd=None, svd_seconds=0.0) for s in schemes]
+    return [dataclasses.replace(candidate, scheme=s, _svd=None, svd_seconds=0.0, _last=None) for s in schemes]
 
 
 def _relative_error(candidate: _Candidate, rank: Any) -> float:
@@ -556,6 +573,9 @@ def compress_model(
         else:
             plan, chosen_ratio = _tar(work, candidates, parameters, evaluator, stats, total_cost, verbose)
 
+        for candidate in candidates:
+            candidate.forget_approximation()  # (TAR and the two-plan check may have kept one per layer)
+
         # apply the plan to the user's model
         rewrite_start = time.perf_counter()
         trainer_seconds = 0.0
@@ -724,6 +744,7 @@ def _greedy(
                     row[ratio] = score
                 done += 1
                 progbar.update(done, values=[("score", score)])
+        candidate.forget_approximation()
         table[candidate.path] = row
         if cache_path is not None:
             save_eval_scores(cache_path, table, f"{digest}|{tag}")
@@ -910,6 +931,8 @@ def _auto_scheme(
                     score = seen[key]
                     if ratio not in row or score > row[ratio][0]:
                         row[ratio] = (score, variant, rank)
+        for variant in variants:
+            variant.forget_approximation()
         if row:
             best[candidate.path] = row
         else:

@@ -298,6 +298,28 @@ class TruncatedSVD:
                 return matrix - us[:, rank:] @ vt[rank:]
             return us[:, :rank] @ vt[:rank]
 
+    def extend(self, previous: np.ndarray, previous_rank: int, rank: int) -> np.ndarray:
+        """``reconstruct(rank)`` from ``previous = reconstruct(previous_rank)`` (same dtype), for ``rank >=
+        previous_rank``: only the singular triplets in between are added, into a new array.
+
+        Candidate ranks of one layer are evaluated in increasing order, so each costs the rank step rather than the
+        whole rank (float32: equal to a direct reconstruction up to float32 rounding).
+
+        Example:
+            >>> svd = TruncatedSVD.of(np.arange(12.0).reshape(3, 4) ** 2)
+            >>> np.allclose(svd.extend(svd.reconstruct(1), 1, 3), svd.reconstruct(3))
+            True
+        """
+        previous_rank, rank = self._check_rank(previous_rank), self._check_rank(rank)
+        if rank < previous_rank:
+            raise ValueError(f"extend: rank {rank} is below the previous rank {previous_rank}.")
+        if np.dtype(previous.dtype) == np.float32:
+            us, vt, _, _ = self._float32
+        else:
+            us, vt = self.u * self.s, self.vt
+        with _blas_threads_for(us.shape[0] * vt.shape[1] * (rank - previous_rank)):
+            return previous + us[:, previous_rank:rank] @ vt[previous_rank:rank]
+
     def residual(self, rank: int) -> float:
         """Frobenius norm of ``matrix - reconstruct(rank)``: the norm of the discarded singular values."""
         rank = self._check_rank(rank)
