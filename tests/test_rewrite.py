@@ -117,6 +117,33 @@ def test_plan_by_layer_object_and_empty_plan():
     assert not any(a is b for a, b in zip(model.layers[1:], same.layers[1:], strict=True))
 
 
+def test_copied_layers_keep_their_initializers_and_weights():
+    # the clone builds copied layers with zero initial values (their weights are overwritten anyway); their own
+    # initializers must be back afterwards: same config, same classes, and a fresh layer from config draws them
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(
+        4, 3, kernel_initializer="he_normal", bias_initializer=keras.initializers.Constant(0.3), name="c"
+    )(inp)
+    x = keras.layers.BatchNormalization(gamma_initializer="random_uniform", name="bn")(x)
+    out = keras.layers.Dense(3, name="fc")(keras.layers.Flatten(name="flat")(x))
+    model = keras.Model(inp, out)
+    model.get_layer("bn").set_weights([w + 0.5 for w in model.get_layer("bn").get_weights()])
+    new = tfc.rewrite_model(model, {"fc": ("svd", 2)})
+    assert new.get_layer("c").get_config() == model.get_layer("c").get_config()
+    assert new.get_layer("bn").get_config() == model.get_layer("bn").get_config()
+    assert type(new.get_layer("c").kernel_initializer).__name__ == "HeNormal"
+    assert type(new.get_layer("bn").gamma_initializer).__name__ == "RandomUniform"
+    for name in ("c", "bn"):
+        for a, b in zip(new.get_layer(name).get_weights(), model.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # rebuilt from the rewritten config, the layer is initialised as the user asked
+    again = keras.layers.Conv2D.from_config(new.get_layer("c").get_config())
+    again.build((None, 6, 6, 2))
+    np.testing.assert_allclose(again.bias.numpy(), 0.3)
+    assert float(np.std(again.kernel.numpy())) > 0
+
+
 def test_mixed_plan_with_all_schemes():
     keras.utils.set_random_seed(3)
     inp = keras.Input((12, 12, 6))

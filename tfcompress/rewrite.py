@@ -212,22 +212,42 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
 
+    # The re-created layers' weights are overwritten with copies of the originals right after the clone, so drawing
+    # random initial values for them (most of a clone's variable-creation time) is wasted: while the clone builds
+    # them, their initializer attributes are zeros; the real ones are put back afterwards, so configs are unchanged.
+    lent: list[tuple[Any, str, Any]] = []
+    zeros = keras.initializers.Zeros()
+
     def clone_function(layer: Any) -> Any:
         if id(layer) in targets:
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
             return decomposed_layer(layer, entry_scheme, rank)
-        return layer.__class__.from_config(layer.get_config())
+        new = layer.__class__.from_config(layer.get_config())
+        if layer.get_weights():  # its weights will be copied: skip drawing random ones
+            for attribute, value in list(vars(new).items()):
+                if isinstance(value, keras.initializers.Initializer) and not isinstance(
+                    value, keras.initializers.Zeros
+                ):
+                    lent.append((new, attribute, value))
+                    setattr(new, attribute, zeros)
+        return new
 
     inputs = _named_inputs(model)
     try:
-        new_model = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)
-    except (TypeError, ValueError):
-        if inputs is None:
-            raise
-        # an input structure clone_model does not accept back: let it create the inputs itself
-        # (only the input layers' names can then differ)
-        new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+        try:
+            new_model = keras.models.clone_model(
+                model, input_tensors=inputs, clone_function=clone_function, recursive=True
+            )
+        except (TypeError, ValueError):
+            if inputs is None:
+                raise
+            # an input structure clone_model does not accept back: let it create the inputs itself
+            # (only the input layers' names can then differ)
+            new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        for layer, attribute, value in lent:
+            setattr(layer, attribute, value)
     new_refs = walk_layers(new_model)
     if [r.path for r in new_refs] != [r.path for r in refs]:
         raise RuntimeError(
