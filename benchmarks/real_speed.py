@@ -400,7 +400,7 @@ def markdown(result: dict[str, Any]) -> str:
             row = [
                 f"{case['model']} {case['input_size']}px",
                 r["scheme"],
-                r["target"],
+                f"{r['target']} (run of {str(r['measured_in'])[:10]})" if r.get("measured_in") else r["target"],
                 r["mac_ratio"],
                 r["param_ratio"],
                 r["keras_file_size_ratio"],
@@ -500,25 +500,50 @@ def breakdown_markdown(result: dict[str, Any]) -> str:
     )
 
 
-def _earlier_models(path: str, quick: bool, models: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def _earlier_models(
+    path: str, quick: bool, models: list[str]
+) -> tuple[list[dict[str, Any]], list[str], dict[str, dict[str, Any]]]:
     """The models of an earlier results file of the same mode that this run does not measure again (``--append``),
-    and that file's ``notes`` (what whoever ran it recorded about the run; they are carried over, not lost).
+    that file's ``notes`` (what whoever ran it recorded about the run; they are carried over, not lost), and the
+    earlier entries of the models this run does measure (see :func:`_with_earlier_rows`).
 
     Each model keeps the machine record and settings of its own run under ``run``."""
     if not os.path.exists(path):
-        return [], []
+        return [], [], {}
     with open(path, encoding="utf-8") as handle:
         earlier = json.load(handle)
     if earlier.get("quick") != quick:
         raise SystemExit(
             f"--append: {path} holds a {'quick' if earlier.get('quick') else 'full'}-mode run; not mixing modes"
         )
-    kept = []
+    kept, remeasured = [], {}
     for case in earlier.get("models", []):
+        case.setdefault("run", {"machine": earlier.get("machine"), "settings": earlier.get("settings")})
         if case["model"] not in models:
-            case.setdefault("run", {"machine": earlier.get("machine"), "settings": earlier.get("settings")})
             kept.append(case)
-    return kept, [str(n) for n in earlier.get("notes", [])]
+        else:
+            remeasured[case["model"]] = case
+    return kept, [str(n) for n in earlier.get("notes", [])], remeasured
+
+
+def _with_earlier_rows(case: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """``case`` plus the rows of ``earlier`` (the same model in the results file) for (scheme, target) pairs this run
+    did not measure, e.g. ``--models VGG16 --targets 0.75 0.3 --append`` keeps VGG16's 0.5 rows. Each row's ratios
+    were measured side by side within its own run; a kept row says which run (``measured_in``)."""
+    if earlier is None or earlier.get("input_size") != case["input_size"]:
+        return case
+    measured = {(r["scheme"], r["target"]) for r in case["results"]}
+    when = (earlier.get("run") or {}).get("machine", {}).get("date")
+    old = [
+        {**r, "measured_in": r.get("measured_in", when)}
+        for r in earlier.get("results", [])
+        if (r["scheme"], r["target"]) not in measured
+    ]
+    if not old:
+        return case
+    order = {scheme: i for i, scheme in enumerate(SCHEMES)}
+    rows = sorted([*case["results"], *old], key=lambda r: (order.get(r["scheme"], len(order)), -r["target"]))
+    return {**case, "results": rows}
 
 
 def main() -> None:
@@ -539,7 +564,8 @@ def main() -> None:
         parser.add_argument(
             "--append",
             action="store_true",
-            help="keep the other models of an existing results file of the same mode (run one model at a time)",
+            help="keep the other models of an existing results file of the same mode (run one model at a time), and "
+            "the rows of the models measured again at targets this run does not measure",
         )
 
     args = _common.parse_args(__doc__.split("\n\n")[0], extra)
@@ -588,14 +614,16 @@ def main() -> None:
         "complete": False,
     }
     kept: list[dict[str, Any]] = []
+    remeasured: dict[str, dict[str, Any]] = {}
     if args.append:
-        kept, notes = _earlier_models(os.path.join(args.output_dir, "real_speed.json"), args.quick, args.models)
+        path = os.path.join(args.output_dir, "real_speed.json")
+        kept, notes, remeasured = _earlier_models(path, args.quick, args.models)
         if notes:
             result["notes"] = notes
     measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            measured.append(run_model(name, args, settings, folder))
+            measured.append(_with_earlier_rows(run_model(name, args, settings, folder), remeasured.get(name)))
             result["complete"] = len(measured) == len(args.models)
             result["models"] = sorted([*kept, *measured], key=lambda m: MODELS.index(m["model"]))
             if kept:

@@ -330,10 +330,45 @@ def test_real_speed_append_keeps_the_other_models_and_the_notes(tmp_path, monkey
     }
     path = tmp_path / "real_speed.json"
     path.write_text(json.dumps(earlier))
-    kept, notes = real_speed._earlier_models(str(path), False, ["VGG16"])
-    assert [m["model"] for m in kept] == ["ResNet50"]  # VGG16 is measured again, so its old entry goes
+    kept, notes, remeasured = real_speed._earlier_models(str(path), False, ["VGG16"])
+    assert [m["model"] for m in kept] == ["ResNet50"]  # VGG16 is measured again: its entry is handed back apart
+    assert list(remeasured) == ["VGG16"]
     assert kept[0]["run"] == {"machine": {"date": "2026-12-01"}, "settings": {"size": 224}}
     assert notes == ["the ResNet50 rows ran beside a test suite"]
     with pytest.raises(SystemExit, match="not mixing modes"):
         real_speed._earlier_models(str(path), True, ["VGG16"])
-    assert real_speed._earlier_models(str(tmp_path / "missing.json"), False, ["VGG16"]) == ([], [])
+    assert real_speed._earlier_models(str(tmp_path / "missing.json"), False, ["VGG16"]) == ([], [], {})
+
+
+def test_real_speed_append_keeps_the_rows_of_targets_not_measured_again(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import real_speed
+
+    def row(scheme, target, speedup):
+        return {"scheme": scheme, "target": target, "tf_b1": {"speedup": speedup}}
+
+    earlier = {
+        "model": "VGG16",
+        "input_size": 224,
+        "run": {"machine": {"date": "2026-12-03T09:46:47"}},
+        "results": [row("weight_svd", 0.5, 1.5), row("tucker", 0.5, 1.7)],
+    }
+    new = {"model": "VGG16", "input_size": 224, "results": [row("weight_svd", 0.75, 1.2), row("tucker", 0.3, 2.5)]}
+    merged = real_speed._with_earlier_rows(new, earlier)
+    # scheme order, then target from mild to strong; the kept rows say which run measured them
+    assert [(r["scheme"], r["target"]) for r in merged["results"]] == [
+        ("weight_svd", 0.75),
+        ("weight_svd", 0.5),
+        ("tucker", 0.5),
+        ("tucker", 0.3),
+    ]
+    assert [r.get("measured_in") for r in merged["results"]] == [
+        None,
+        "2026-12-03T09:46:47",
+        "2026-12-03T09:46:47",
+        None,
+    ]
+    # a pair measured again replaces the earlier row; another input size is another experiment: nothing kept
+    again = {"model": "VGG16", "input_size": 224, "results": [row("weight_svd", 0.5, 1.6), row("tucker", 0.5, 1.8)]}
+    assert real_speed._with_earlier_rows(again, earlier) == again
+    assert real_speed._with_earlier_rows({**new, "input_size": 64}, earlier)["results"] == new["results"]
