@@ -720,8 +720,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"Re-measured on {str(rerun['date'])[:10]} with `--methods` (this tfcompress version): "
             + ", ".join(METHODS.get(m, m) for m in rerun["methods"])
             + f"; the other methods' rows are from the run of {str(rerun['other_rows_from'])[:10]} on the same "
-            "baselines and settings; the selection change of this version (the two-plan check) does not touch them.\n"
+            "baselines and settings.\n"
         )
+    for note in result.get("notes", []):
+        lines.append(f"Note: {note}\n")
     lines.append(f"Run time {result['seconds']:.0f} s. " + _common.md_machine(result["machine"]))
     return "\n".join(lines)
 
@@ -838,6 +840,13 @@ def main() -> None:
             help="run only these methods; the other methods' rows are kept from the existing accuracy.json "
             "(same mode, settings and baseline), so one method can be re-measured after a change",
         )
+        parser.add_argument(
+            "--note",
+            action="append",
+            default=[],
+            help="a sentence about this run for the results (why methods were re-measured, what ran beside it); "
+            "repeatable; kept by later --methods runs",
+        )
 
     args = _common.parse_args(__doc__.split("\n\n")[0], extra)
     if args.from_json:
@@ -876,6 +885,9 @@ def main() -> None:
         "goals": goals(models),
         "seconds": time.perf_counter() - start,
     }
+    notes = [*(earlier.get("notes", []) if earlier is not None else []), *args.note]
+    if notes:
+        result["notes"] = notes
     if earlier is not None:
         result["rerun_methods"] = {
             "methods": args.methods,

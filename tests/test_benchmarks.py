@@ -234,7 +234,8 @@ def test_accuracy_quick(tmp_path):
     if not _fashion_mnist_module().available():
         pytest.skip(FASHION_MNIST_MISSING)
     # the VGG-style model only: the ResNet-style one takes twice as long (the full run covers it)
-    data, markdown = run_quick("accuracy.py", tmp_path, "--models", "vgg_cnn")
+    data, markdown = run_quick("accuracy.py", tmp_path, "--models", "vgg_cnn", "--note", "ran in a test")
+    assert data["notes"] == ["ran in a test"] and "Note: ran in a test" in markdown
     (case,) = data["models"]
     assert case["model"] == "vgg_cnn" and case["macs"] > 0
     assert 0 <= case["baseline"]["test_accuracy"] <= 1 and case["baseline"]["source"] == "trained in this run"
