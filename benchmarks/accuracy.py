@@ -717,9 +717,11 @@ def markdown(result: dict[str, Any]) -> str:
     rerun = result.get("rerun_methods")
     if rerun:
         lines.append(
-            f"Re-measured on {str(rerun['date'])[:10]} with `--methods` (this tfcompress version): "
+            f"Re-measured on {str(rerun['date'])[:10]} with `--methods` (this tfcompress version)"
+            + (f", for {', '.join(rerun['models'])}" if rerun.get("models") else "")
+            + ": "
             + ", ".join(METHODS.get(m, m) for m in rerun["methods"])
-            + f"; the other methods' rows are from the run of {str(rerun['other_rows_from'])[:10]} on the same "
+            + f"; every other row is from the run of {str(rerun['other_rows_from'])[:10]} on the same "
             "baselines and settings.\n"
         )
     for note in result.get("notes", []):
@@ -891,6 +893,7 @@ def main() -> None:
     if earlier is not None:
         result["rerun_methods"] = {
             "methods": args.methods,
+            "models": args.models,
             "date": machine.get("date"),
             "other_rows_from": earlier["machine"].get("date"),
         }
