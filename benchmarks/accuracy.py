@@ -877,6 +877,8 @@ def main() -> None:
             gc.collect()
     if earlier is not None:
         models += [m for m in earlier["models"] if m["model"] not in args.models]
+        order = list(MODELS)
+        models.sort(key=lambda m: order.index(m["model"]) if m["model"] in order else len(order))
     result = {
         "benchmark": "accuracy",
         "quick": args.quick,

@@ -91,7 +91,7 @@ def summary_accuracy(stem: str, data: dict[str, Any], link: str) -> str:
     for case in data["models"]:
         tuned = case["baseline"].get("test_accuracy_after_ft")
         name = f"{case['model']} (baseline {_pct(case['baseline']['test_accuracy'])}" + (
-            f"; {_pct(tuned)} after the same fine-tuning)" if tuned is not None else ")"
+            f"; {_pct(tuned)} fine-tuned the same way)" if tuned is not None else ")"
         )
         for method, label in methods.items():
             by_target = {r["target"]: r for r in case["results"] if r["method"] == method}
