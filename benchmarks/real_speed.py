@@ -400,7 +400,9 @@ def markdown(result: dict[str, Any]) -> str:
             row = [
                 f"{case['model']} {case['input_size']}px",
                 r["scheme"],
-                f"{r['target']} (run of {str(r['measured_in'])[:10]})" if r.get("measured_in") else r["target"],
+                f"{r['target']} (run of {str(r['measured_in'])[:16].replace('T', ' ')})"
+                if r.get("measured_in")
+                else r["target"],
                 r["mac_ratio"],
                 r["param_ratio"],
                 r["keras_file_size_ratio"],
