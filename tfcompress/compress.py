@@ -251,25 +251,18 @@ def _kernels_swapped(
     it is read from the variable once per layer instead of once per candidate.
     """
     originals = {} if original_kernels is None else original_kernels
-    saved = []
-    try:
+    with contextlib.ExitStack() as stack:  # restores in reverse order, whatever happens
         for layer, kernel in swaps:
-            variable = layer.kernel
-            if id(variable) not in originals:
-                originals[id(variable)] = keras.ops.convert_to_numpy(variable)
-            saved.append((variable, originals[id(variable)]))
-            variable.assign(np.asarray(kernel, dtype=variable.dtype))
+            stack.enter_context(_kernel_slot(layer, originals))(kernel)
         yield
-    finally:
-        for variable, value in reversed(saved):
-            variable.assign(value)
 
 
 @contextlib.contextmanager
 def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterator[Callable[[np.ndarray], None]]:
     """``put(kernel)`` assigns one candidate kernel after another to ``layer``; its original kernel is restored once
     at the end, whatever happens (one assignment per candidate instead of two: no restore between candidates of the
-    same layer). ``original_kernels`` is the selection run's record of original kernels (see `_kernels_swapped`)."""
+    same layer). ``original_kernels`` (one dict per selection run) keeps each kernel's original value from its first
+    use, so it is read from the variable once per layer instead of once per candidate."""
     variable = layer.kernel
     if id(variable) not in original_kernels:
         original_kernels[id(variable)] = keras.ops.convert_to_numpy(variable)

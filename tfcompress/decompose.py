@@ -190,8 +190,8 @@ class TruncatedSVD:
         """Compute the (thin) SVD of ``matrix`` in float64 for accuracy.
 
         Large matrices go through the eigendecomposition of their Gram matrix (about twice as fast; a few small
-        singular values are recomputed directly); badly conditioned or rank-deficient ones through LAPACK's SVD. Either way ``u`` and ``vt`` have orthonormal columns and rows and
-        ``s`` is non-increasing.
+        singular values are recomputed directly); badly conditioned or rank-deficient ones through LAPACK's SVD.
+        Either way ``u`` and ``vt`` have orthonormal columns and rows and ``s`` is non-increasing.
         """
         matrix = np.asarray(matrix, dtype=np.float64)
         if matrix.ndim != 2:
@@ -279,6 +279,13 @@ class TruncatedSVD:
         matrix = None if self.matrix is None else self.matrix.astype(np.float32)
         return us, vt, matrix, None
 
+    def _scaled(self, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(u * s, vt, matrix)`` in float32 (computed once) or float64: what reconstructions multiply."""
+        if np.dtype(dtype) == np.float32:
+            us, vt, matrix, _ = self._float32
+            return us, vt, matrix
+        return self.u * self.s, self.vt, self.matrix
+
     def reconstruct(self, rank: int, dtype: Any = np.float64) -> np.ndarray:
         """The best rank-``rank`` approximation of the matrix.
 
@@ -288,10 +295,7 @@ class TruncatedSVD:
         """
         rank = self._check_rank(rank)
         tail = self.max_rank - rank
-        if np.dtype(dtype) == np.float32:
-            us, vt, matrix, _ = self._float32
-        else:
-            us, vt, matrix = self.u * self.s, self.vt, self.matrix
+        us, vt, matrix = self._scaled(dtype)
         work = us.shape[0] * vt.shape[1] * min(rank, tail if matrix is not None else rank)
         with _blas_threads_for(work):
             if matrix is not None and tail < rank:
@@ -313,10 +317,7 @@ class TruncatedSVD:
         previous_rank, rank = self._check_rank(previous_rank), self._check_rank(rank)
         if rank < previous_rank:
             raise ValueError(f"extend: rank {rank} is below the previous rank {previous_rank}.")
-        if np.dtype(previous.dtype) == np.float32:
-            us, vt, _, _ = self._float32
-        else:
-            us, vt = self.u * self.s, self.vt
+        us, vt, _ = self._scaled(previous.dtype)
         with _blas_threads_for(us.shape[0] * vt.shape[1] * (rank - previous_rank)):
             return previous + us[:, previous_rank:rank] @ vt[previous_rank:rank]
 

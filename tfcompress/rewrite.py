@@ -224,7 +224,7 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
             return decomposed_layer(layer, entry_scheme, rank)
         new = layer.__class__.from_config(layer.get_config())
-        if layer.get_weights():  # its weights will be copied: skip drawing random ones
+        if layer.weights:  # its weights will be copied: skip drawing random ones
             for attribute, value in list(vars(new).items()):
                 if isinstance(value, keras.initializers.Initializer) and not isinstance(
                     value, keras.initializers.Zeros
