@@ -470,10 +470,9 @@ def fine_tune(model: Any, data: dict[str, Any], settings: dict[str, Any], seed: 
 def _finetuned_baseline(model: Any, data: dict[str, Any], settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """The baseline after the fine-tuning every compressed model gets (on a copy): the fair reference for "after FT",
     since part of what fine-tuning recovers may be training the baseline itself had not finished."""
-    import keras
+    import tfcompress as tfc
 
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = tfc.rewrite_model(model, {})  # a copy with the same weights
     seconds = fine_tune(copy, data, settings, seed)
     result = {
         "test_accuracy_after_ft": accuracy(copy, data["x_test"], data["y_test"]),

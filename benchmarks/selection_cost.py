@@ -194,6 +194,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     per_candidate = _common.median(in_place)
     callback_median = _common.median(in_place_callback)
     rebuild_median = _common.median(rebuild)
+    overhead_median = _common.median(in_place_overhead)
+    rebuild_beyond_callback = max(rebuild_median - callback_median, 0.0)
     reload_median = _common.median(reload)
     total = timings["total_seconds"]
     n_candidates = len(in_place)
@@ -232,7 +234,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "overhead_between_candidates_excluding_svd_seconds": max(swaps_and_svd - svd, 0.0),
         "overhead_fixed_seconds": max(timings["overhead_seconds"] - swaps_and_svd, 0.0),
         "in_place_per_candidate_median_seconds": per_candidate,
-        "in_place_overhead_per_candidate_median_seconds": _common.median(in_place_overhead),
+        "in_place_overhead_per_candidate_median_seconds": overhead_median,
         "in_place_callback_per_candidate_median_seconds": callback_median,
         "rebuild_samples": len(rebuild),
         "rebuild_per_candidate_median_seconds": rebuild_median,
@@ -245,11 +247,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "speedup_vs_rebuild_per_candidate_ceiling": rebuild_median / callback_median,
         # the same comparison without the callback's own time on either side: what each approach adds per candidate
         # (in place: reconstruct + swap the kernel; rebuild: rewrite_model + the new model's first, retracing, call)
-        "rebuild_cost_beyond_callback_per_candidate_seconds": max(rebuild_median - callback_median, 0.0),
+        "rebuild_cost_beyond_callback_per_candidate_seconds": rebuild_beyond_callback,
         "toolkit_cost_ratio_rebuild_vs_in_place": (
-            max(rebuild_median - callback_median, 0.0) / _common.median(in_place_overhead)
-            if _common.median(in_place_overhead) > 0
-            else float("nan")
+            rebuild_beyond_callback / overhead_median if overhead_median > 0 else float("nan")
         ),
         "estimated_rebuild_selection_seconds": estimated_rebuild_total,
         "estimated_selection_speedup_vs_rebuild": estimated_rebuild_total / total,
