@@ -381,6 +381,32 @@ def test_call_counts_are_read_once_per_functional_model_and_stay_right():
     assert len(graph._FUNCTIONAL_CALLS) <= size - 2
 
 
+def test_a_rewritten_model_inherits_the_call_counts_without_reading_its_config(monkeypatch):
+    import tfcompress as tfc
+    from tfcompress import graph
+
+    inp = keras.Input((8, 8, 3))
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(3, 3, padding="same", name="deep")(inner_in), name="inner")
+    x = shared(shared(inp))
+    model = keras.Model(inp, inner(inner(x)), name="outer")
+    want = [(r.path, r.calls) for r in graph.walk_layers(model)]
+    assert want == [("shared", 2), ("inner/deep", 2)]
+
+    new = tfc.rewrite_model(model, {"shared": ("spatial_svd", 2)})
+    assert new in graph._FUNCTIONAL_CALLS and new.get_layer("inner") in graph._FUNCTIONAL_CALLS
+    reads = []
+    real = keras.Model.get_config
+    monkeypatch.setattr(keras.Model, "get_config", lambda self: reads.append(self.name) or real(self))
+    assert [(r.path, r.calls) for r in graph.walk_layers(new)] == want
+    assert reads == []  # counted from the original, not from the clone's config
+    monkeypatch.undo()
+    graph._FUNCTIONAL_CALLS.pop(new)
+    graph._FUNCTIONAL_CALLS.pop(new.get_layer("inner"))
+    assert [(r.path, r.calls) for r in graph.walk_layers(new)] == want  # and they are what its config says
+
+
 def test_nested_model_layers_have_outer_inner_paths():
     inner = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="ic"), keras.layers.ReLU(name="act")], name="block"

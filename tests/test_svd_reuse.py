@@ -6,6 +6,8 @@ Each eligible layer is factorised exactly once per run, and the reused factors g
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -163,3 +165,75 @@ def test_memo_compares_values_and_keeps_its_own_copy():
             assert decompose.TruncatedSVD.of(m) is second
     assert decompose.TruncatedSVD.of(m) is not second
     assert decompose.TruncatedSVD.of(m).u.flags.writeable
+
+
+# ---------------------------------------------------------------- SVDs on background threads
+
+
+def _matrices():
+    rng = np.random.default_rng(3)
+    # tall, wide, small (direct SVD) and large enough for the Gram route
+    return [
+        rng.normal(size=(300, 200)),
+        rng.normal(size=(60, 90)),
+        rng.normal(size=(5, 7)),
+        rng.normal(size=(160, 160)),
+    ]
+
+
+def test_background_svds_equal_the_direct_ones_in_the_order_given():
+    matrices = _matrices()
+    with decompose.BackgroundSVDs(matrices) as background:
+        got = background.wait()
+    assert len(got) == len(matrices)
+    for matrix, svd in zip(matrices, got, strict=True):
+        want = decompose.TruncatedSVD.of(matrix)
+        np.testing.assert_allclose(svd.s, want.s, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(svd.reconstruct(svd.max_rank), matrix, atol=1e-9)
+        np.testing.assert_allclose(svd.u.T @ svd.u, np.eye(svd.max_rank), atol=1e-9)
+    assert background.compute_seconds > 0.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("tfcompress-svd")]  # none outlives the block
+
+
+def test_background_svds_work_on_their_own_copy_and_feed_the_memo():
+    matrices = _matrices()
+    original = matrices[0].copy()
+    with decompose.reuse_svds():
+        with decompose.BackgroundSVDs(matrices) as background:
+            matrices[0] *= 0.0  # the caller changes its array after handing it over
+            first = background.get(0)
+        np.testing.assert_allclose(first.reconstruct(first.max_rank), original, atol=1e-9)
+        # an equal matrix is not factorised again inside the block: the very same SVD comes back
+        assert decompose.TruncatedSVD.of(original.copy()) is first
+        assert background.get(0) is first
+        with pytest.raises(ValueError, match="read-only"):
+            first.s[0] = 1.0
+
+
+def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    before = [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()]
+    bad = np.full((20, 10), np.nan)
+    with pytest.raises(np.linalg.LinAlgError), decompose.BackgroundSVDs([np.eye(4), bad]) as background:
+        background.wait()
+    assert [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()] == before
+    with pytest.raises(ValueError, match="matrices"):
+        decompose.BackgroundSVDs([np.zeros(3)])
+    with pytest.raises(RuntimeError, match="context manager"):
+        decompose.BackgroundSVDs([np.eye(3)]).get(0)
+
+
+def test_background_svds_leave_no_thread_when_the_caller_fails():
+    matrices = [np.random.default_rng(i).normal(size=(200, 200)) for i in range(6)]
+    with pytest.raises(KeyError), decompose.BackgroundSVDs(matrices, workers=1):
+        raise KeyError("the working copy could not be made")
+    assert not [t for t in threading.enumerate() if t.name.startswith("tfcompress-svd")]
+
+
+def test_compress_model_reports_svd_wait_and_compute_time():
+    model = cnn()
+    params = auto(tfc.SpatialSvdParameters, 0.5)
+    _, stats = tfc.compress_model(model, agreement(model), None, "spatial_svd", "mac", params, verbose=0)
+    assert stats.timings["svd_compute_seconds"] > 0.0
+    assert 0.0 <= stats.timings["svd_seconds"] <= stats.timings["overhead_seconds"]

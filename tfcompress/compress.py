@@ -3,7 +3,10 @@
 How a run goes:
 
 1. The user's model is cloned ONCE into a working copy (the user's model is never
-   touched, whatever happens: success, a raising callback, Ctrl-C).
+   touched, whatever happens: success, a raising callback, Ctrl-C). Meanwhile the
+   SVDs of the eligible kernels run on background threads
+   (:class:`tfcompress.decompose.BackgroundSVDs`); they are all done before the
+   first callback.
 2. The baseline score is the callback's score of the working copy.
 3. Auto mode, greedy: for every eligible layer and candidate ratio ``i/N`` the
    layer's kernel in the working copy is replaced by its reconstructed low-rank
@@ -170,16 +173,18 @@ class _Candidate:
     def path(self) -> str:
         return self.ref.path
 
+    def svd_matrix(self) -> np.ndarray:
+        """The matrix whose SVD gives this layer's factors (the kernel, unfolded for its scheme)."""
+        if self.scheme == "svd":
+            return self.kernel
+        if self.scheme == "weight_svd":
+            return decompose.weight_svd_unfold(self.kernel)
+        return decompose.spatial_svd_unfold(self.kernel)
+
     def _factor(self) -> decompose.TruncatedSVD:
         if self._svd is None:
             start = time.perf_counter()
-            if self.scheme == "svd":
-                matrix = self.kernel
-            elif self.scheme == "weight_svd":
-                matrix = decompose.weight_svd_unfold(self.kernel)
-            else:
-                matrix = decompose.spatial_svd_unfold(self.kernel)
-            self._svd = decompose.TruncatedSVD.of(matrix)
+            self._svd = decompose.TruncatedSVD.of(self.svd_matrix())
             self.svd_seconds += time.perf_counter() - start
         return self._svd
 
@@ -458,24 +463,20 @@ def compress_model(
     stats.original_macs, stats.original_params = original.macs, original.params
     total_cost = original.metric(metric) if meter is None else 0.0  # latency: set once the candidates are known
 
-    # one working copy for every candidate evaluation
-    clone_start = time.perf_counter()
-    work = rewrite_model(model, {})
-    stats.timings["working_copy_seconds"] = time.perf_counter() - clone_start
     if scheme is CompressionScheme.channel_pruning:
         from .pruning.driver import compress_channels
 
+        work = _working_copy(model, stats)
         compressed = compress_channels(model, work, parameters, metric, evaluator, stats, trainer, verbose)
         del work
         return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=0.0)
     refs = walk_layers(model)
-    work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
 
     def make_candidate(ref: LayerRef) -> _Candidate:
         layer = ref.layer
         return _Candidate(
             ref=ref,
-            work_layer=work_by_path[ref.path],
+            work_layer=None,  # bound once the working copy exists
             scheme=_layer_scheme(layer, scheme),
             geometry=layer_geometry(layer),
             kernel=np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64),
@@ -543,13 +544,37 @@ def compress_model(
     if meter is not None:
         total_cost = _latency_total(model, candidates, meter, stats)
 
-    # ---- baseline
-    logger.info("evaluating the baseline model")
-    stats.baseline_model_accuracy = evaluator(work, "the baseline model")
-
-    # ---- choose ranks, then apply the plan; inside reuse_svds() the final rewrite's decomposed layers take the
-    # SVDs computed during selection (equal matrices, so the very same factors) instead of factorising again
+    # ---- inside reuse_svds() the final rewrite's decomposed layers take the SVDs computed for the selection (equal
+    # matrices, so the very same factors) instead of factorising again
     with decompose.reuse_svds():
+        # one working copy for every candidate evaluation; the SVDs run on background threads meanwhile (LAPACK
+        # releases the GIL; cloning is mostly Python) and are all done before the first callback, so they never
+        # compete with it for the CPU
+        factored = [c for c in candidates if c.scheme != "tucker"]
+        matrices = [c.svd_matrix() for c in factored]
+        if scheme is CompressionScheme.auto:  # the spatial-SVD variants too (see _auto_variants), for the memo
+            matrices += [
+                decompose.spatial_svd_unfold(c.kernel)
+                for c in factored
+                if c.scheme != "svd" and c.geometry.kernel_size != (1, 1)
+            ]
+        with decompose.BackgroundSVDs(matrices) as background:
+            work = _working_copy(model, stats)
+            work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
+            for candidate in candidates:
+                candidate.work_layer = work_by_path[candidate.path]
+            wait_start = time.perf_counter()
+            svds = background.wait()
+        svd_wait_seconds = time.perf_counter() - wait_start  # what the SVDs added beyond the working copy
+        for candidate, svd in zip(factored, svds, strict=False):
+            candidate._svd = svd
+        stats.timings["svd_compute_seconds"] = background.compute_seconds
+
+        # ---- baseline
+        logger.info("evaluating the baseline model")
+        stats.baseline_model_accuracy = evaluator(work, "the baseline model")
+
+        # ---- choose ranks, then apply the plan
         plan: dict[str, Any] = {}
         chosen_ratio: dict[str, float] = {}
         if scheme is CompressionScheme.auto:
@@ -618,8 +643,21 @@ def compress_model(
         stats.timings["latency_measurement_seconds"] = meter.seconds
         stats.timings["latency_measurements"] = float(meter.timings)
     return compressed, _finish(
-        stats, evaluator, compressed, original, start_time, svd_seconds=sum(c.svd_seconds for c in candidates)
+        stats,
+        evaluator,
+        compressed,
+        original,
+        start_time,
+        svd_seconds=svd_wait_seconds + sum(c.svd_seconds for c in candidates),
     )
+
+
+def _working_copy(model: keras.Model, stats: CompressionStats) -> keras.Model:
+    """The clone whose kernels the selection swaps in place (timed as ``working_copy_seconds``)."""
+    start = time.perf_counter()
+    work = rewrite_model(model, {})
+    stats.timings["working_copy_seconds"] = time.perf_counter() - start
+    return work
 
 
 def _finish(

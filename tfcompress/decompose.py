@@ -30,7 +30,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +54,7 @@ __all__ = [
     "tucker2_compose",
     "relative_residuals",
     "reuse_svds",
+    "BackgroundSVDs",
 ]
 
 
@@ -121,8 +125,13 @@ def reuse_svds() -> Iterator[None]:
         _SVD_MEMO.reset(token)
 
 
-def _remembered_svd(matrix: np.ndarray, compute: Callable[[np.ndarray], TruncatedSVD]) -> TruncatedSVD:
-    """``compute(matrix)``; inside :func:`reuse_svds` the SVD already computed for an equal matrix, if any."""
+def _remembered_svd(
+    matrix: np.ndarray, compute: Callable[[np.ndarray], TruncatedSVD], private: bool = False
+) -> TruncatedSVD:
+    """``compute(matrix)``; inside :func:`reuse_svds` the SVD already computed for an equal matrix, if any.
+
+    ``private``: ``matrix`` is a read-only array nobody else holds, so the memo keeps it without a copy.
+    """
     memo = _SVD_MEMO.get()
     if memo is None:
         return compute(matrix)
@@ -130,8 +139,9 @@ def _remembered_svd(matrix: np.ndarray, compute: Callable[[np.ndarray], Truncate
     for known, svd in entries:
         if np.array_equal(known, matrix):
             return svd
-    matrix = matrix.copy()  # the memo's own read-only copy: later changes to the caller's array cannot leak in
-    matrix.flags.writeable = False
+    if not private:
+        matrix = matrix.copy()  # the memo's own read-only copy: later changes to the caller's array cannot leak in
+        matrix.flags.writeable = False
     svd = compute(matrix)
     for array in (svd.u, svd.s, svd.vt):
         array.flags.writeable = False  # shared by every caller in the block: nobody may change it in place
@@ -201,13 +211,17 @@ class TruncatedSVD:
     @classmethod
     def _compute(cls, matrix: np.ndarray) -> TruncatedSVD:
         m, n = matrix.shape
-        k = min(m, n)
-        with _blas_threads_for(m * n * k):
-            if k >= _GRAM_MIN_SIZE:
-                svd = cls._from_gram(matrix)
-                if svd is not None:
-                    return svd
-            u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        with _blas_threads_for(m * n * min(m, n)):
+            return cls._compute_here(matrix)
+
+    @classmethod
+    def _compute_here(cls, matrix: np.ndarray) -> TruncatedSVD:
+        """The SVD with whatever BLAS threads are set (:class:`BackgroundSVDs` sets them for its workers)."""
+        if min(matrix.shape) >= _GRAM_MIN_SIZE:
+            svd = cls._from_gram(matrix)
+            if svd is not None:
+                return svd
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         return cls(u, s, vt, matrix)
 
     @classmethod
@@ -325,6 +339,101 @@ class TruncatedSVD:
         """Frobenius norm of ``matrix - reconstruct(rank)``: the norm of the discarded singular values."""
         rank = self._check_rank(rank)
         return float(np.sqrt(np.sum(self.s[rank:] ** 2)))
+
+
+def _usable_cores() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+_BACKGROUND_MAX_WORKERS = 4
+
+
+class BackgroundSVDs:
+    """The SVDs of several matrices, computed on background threads while the caller does other work.
+
+    LAPACK releases the GIL, so the SVDs run next to Python-bound work of the calling thread (``compress_model``
+    clones its working copy meanwhile). The largest matrices start first; each of up to
+    ``min(cores, 4, len(matrices))`` workers uses ``cores // workers`` BLAS threads, a limit that is set for the
+    time the workers run and restored afterwards. Use it as a context manager: leaving the block cancels what has
+    not started and waits for what has, so no thread outlives it. Inside :func:`reuse_svds`, :meth:`get` enters
+    each SVD into the block's memo, so the final rewrite reuses it.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> matrices = [rng.normal(size=(200, 150)), rng.normal(size=(40, 60))]
+        >>> with BackgroundSVDs(matrices) as svds:
+        ...     pass  # other work here
+        ...     np.allclose(svds.get(0).reconstruct(150), matrices[0])
+        True
+    """
+
+    def __init__(self, matrices: Sequence[np.ndarray], workers: int | None = None) -> None:
+        frozen = []
+        for matrix in matrices:
+            matrix = np.array(matrix, dtype=np.float64)  # a copy: later changes to the caller's array cannot leak in
+            if matrix.ndim != 2:
+                raise ValueError(f"BackgroundSVDs expects matrices, got shape {matrix.shape}.")
+            matrix.flags.writeable = False
+            frozen.append(matrix)
+        self._matrices = frozen
+        cores = _usable_cores()
+        if workers is None:
+            workers = min(cores, _BACKGROUND_MAX_WORKERS)
+        self.workers = max(1, min(int(workers), len(frozen) or 1))
+        self.blas_threads = max(1, cores // self.workers)
+        self._seconds = [0.0] * len(frozen)
+        self._futures: list[Future[TruncatedSVD]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._limits: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> BackgroundSVDs:
+        self._limits = contextlib.ExitStack()
+        controller = _blas_controller()
+        if controller is not None:
+            self._limits.enter_context(controller.limit(limits=self.blas_threads, user_api="blas"))
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tfcompress-svd")
+        futures: dict[int, Future[TruncatedSVD]] = {}
+        for index in sorted(range(len(self._matrices)), key=lambda i: -self._matrices[i].size):
+            futures[index] = self._pool.submit(self._work, index)
+        self._futures = [futures[i] for i in range(len(self._matrices))]
+        return self
+
+    def _work(self, index: int) -> TruncatedSVD:
+        start = time.perf_counter()
+        try:
+            return TruncatedSVD._compute_here(self._matrices[index])
+        finally:
+            self._seconds[index] = time.perf_counter() - start
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._pool = None
+            if self._limits is not None:
+                self._limits.close()  # only once no worker runs BLAS any more
+                self._limits = None
+
+    def get(self, index: int) -> TruncatedSVD:
+        """The SVD of matrix ``index`` (waits for it; re-raises what its computation raised)."""
+        if not self._futures:
+            raise RuntimeError("BackgroundSVDs.get: use the object as a context manager first.")
+        svd = self._futures[index].result()
+        return _remembered_svd(self._matrices[index], lambda _matrix: svd, private=True)
+
+    def wait(self) -> list[TruncatedSVD]:
+        """Every SVD, in the order of the matrices (waits for all)."""
+        return [self.get(i) for i in range(len(self._matrices))]
+
+    @property
+    def compute_seconds(self) -> float:
+        """The seconds the workers spent computing, summed over the matrices (more than the wall time when
+        several ran at once)."""
+        return float(sum(self._seconds))
 
 
 def relative_residuals(singular_values: np.ndarray) -> np.ndarray:

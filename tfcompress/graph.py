@@ -84,6 +84,25 @@ def _calls_per_layer(model: Any) -> dict[str, int]:
     return calls
 
 
+def inherit_call_counts(original: Any, clone: Any) -> None:
+    """Record for ``clone`` (a clone of ``original`` with the same layer names) and its nested models the call
+    counts of ``original``, so that :func:`walk_layers` need not serialize the clone's config to count them.
+
+    A clone has the same graph, so each layer runs as often as its namesake; where the names do not line up,
+    nothing is recorded and the counts are read from the clone's config as usual.
+    """
+    if not (is_graph_model(original) and is_graph_model(clone)):
+        return
+    if "Sequential" not in {cls.__name__ for cls in type(clone).__mro__}:
+        counts = _calls_per_layer(original)
+        if set(counts) == {layer.name for layer in clone.layers}:
+            with contextlib.suppress(TypeError):
+                _FUNCTIONAL_CALLS[clone] = dict(counts)
+    for old, new in zip(original.layers, clone.layers, strict=False):
+        if old.name == new.name and is_graph_model(old):
+            inherit_call_counts(old, new)
+
+
 def walk_layers(model: Any, _prefix: str = "", _calls: int = 1) -> list[LayerRef]:
     """All leaf layers of ``model`` in order, descending into nested models (InputLayers skipped).
 

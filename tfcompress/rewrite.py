@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from .enums import CompressionScheme
-from .graph import check_graph_model, resolve_layers, walk_layers
+from .graph import check_graph_model, inherit_call_counts, resolve_layers, walk_layers
 from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
 from .layers.base import check_source_conv2d, check_source_dense
 
@@ -248,6 +248,7 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     finally:
         for layer, attribute, value in lent:
             setattr(layer, attribute, value)
+    inherit_call_counts(model, new_model)  # the clone's layers run as often as the original's
     new_refs = walk_layers(new_model)
     if [r.path for r in new_refs] != [r.path for r in refs]:
         raise RuntimeError(

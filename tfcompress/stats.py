@@ -54,8 +54,9 @@ class CompressionStats:
     is the greedy table ``{layer: {ratio: score}}``; ``timings`` holds the seconds
     spent in the eval callback versus the toolkit's own overhead (``total_seconds``,
     ``eval_callback_seconds``, ``overhead_seconds`` = total minus callback minus the
-    trainer's ``trainer_seconds``; of the overhead: ``svd_seconds``, ``working_copy_seconds``,
-    ``final_rewrite_seconds``).
+    trainer's ``trainer_seconds``; of the overhead: ``svd_seconds`` (the time spent waiting for SVDs: they are
+    computed on background threads while the working copy is cloned, ``svd_compute_seconds`` summed over the
+    threads), ``working_copy_seconds``, ``final_rewrite_seconds``).
 
     Example:
         >>> s = CompressionStats(baseline_model_accuracy=0.9, compressed_model_accuracy=0.88,
