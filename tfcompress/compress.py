@@ -551,14 +551,10 @@ def compress_model(
         # releases the GIL; cloning is mostly Python) and are all done before the first callback, so they never
         # compete with it for the CPU
         factored = [c for c in candidates if c.scheme != "tucker"]
-        matrices = [c.svd_matrix() for c in factored]
-        if scheme is CompressionScheme.auto:  # the spatial-SVD variants too (see _auto_variants), for the memo
-            matrices += [
-                decompose.spatial_svd_unfold(c.kernel)
-                for c in factored
-                if c.scheme != "svd" and c.geometry.kernel_size != (1, 1)
-            ]
-        with decompose.BackgroundSVDs(matrices) as background:
+        others = []  # compress_scheme="auto" also tries other per-layer schemes: their SVDs go into the memo too
+        if scheme is CompressionScheme.auto:
+            others = [v for c in candidates for v in _auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
+        with decompose.BackgroundSVDs([c.svd_matrix() for c in factored + others]) as background:
             work = _working_copy(model, stats)
             work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
             for candidate in candidates:
@@ -566,7 +562,7 @@ def compress_model(
             wait_start = time.perf_counter()
             svds = background.wait()
         svd_wait_seconds = time.perf_counter() - wait_start  # what the SVDs added beyond the working copy
-        for candidate, svd in zip(factored, svds, strict=False):
+        for candidate, svd in zip(factored, svds[: len(factored)], strict=True):
             candidate._svd = svd
         stats.timings["svd_compute_seconds"] = background.compute_seconds
 

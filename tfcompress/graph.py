@@ -27,6 +27,10 @@ def is_graph_model(obj: Any) -> bool:
     return "Sequential" in names or "Functional" in names
 
 
+def _is_sequential(model: Any) -> bool:
+    return "Sequential" in {cls.__name__ for cls in type(model).__mro__}
+
+
 def check_graph_model(model: Any, what: str = "model") -> None:
     """Raise a clear error unless ``model`` is a built Sequential or Functional Keras model."""
     if not isinstance(model, keras.Model):
@@ -70,7 +74,7 @@ _FUNCTIONAL_CALLS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.Weak
 
 def _calls_per_layer(model: Any) -> dict[str, int]:
     """Number of times each direct layer of ``model`` is called, from the public config."""
-    if "Sequential" in {cls.__name__ for cls in type(model).__mro__}:
+    if _is_sequential(model):
         return {layer.name: 1 for layer in model.layers}  # a Sequential model can change (add/pop): not cached
     try:
         return dict(_FUNCTIONAL_CALLS[model])
@@ -93,7 +97,7 @@ def inherit_call_counts(original: Any, clone: Any) -> None:
     """
     if not (is_graph_model(original) and is_graph_model(clone)):
         return
-    if "Sequential" not in {cls.__name__ for cls in type(clone).__mro__}:
+    if not _is_sequential(clone):
         counts = _calls_per_layer(original)
         if set(counts) == {layer.name for layer in clone.layers}:
             with contextlib.suppress(TypeError):
