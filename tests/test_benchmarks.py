@@ -48,7 +48,7 @@ def test_selection_cost_quick(tmp_path):
     data, markdown = run_quick("selection_cost.py", tmp_path)
     cases = {case["model"]: case for case in data["cases"]}
     fashion = {"fashion_vgg_cnn"} if _fashion_mnist_module().available() else set()
-    assert set(cases) == {"digits_cnn", "resnet50_64", *fashion}
+    assert set(cases) == {"digits_cnn", "resnet50_64_b2", "resnet50_64_b4", *fashion}
     for case in cases.values():
         assert case["num_candidate_evaluations"] > 0
         # plus baseline and final, and the whole-model check of two plans when they differ
@@ -75,7 +75,34 @@ def test_selection_cost_quick(tmp_path):
         # the rebuilt candidate computes the same function as the in-place one
         # (accuracy may flip on an image or two from float rounding)
         assert case["max_score_difference_rebuild_vs_in_place"] <= 0.01
-    assert "resnet50_64" in markdown
+    assert "resnet50_64_b4" in markdown
+    # ResNet50 with two callback sizes: the sweep table, the window of callback times that meets both goals
+    assert cases["resnet50_64_b2"]["callback_images"] == 2 and cases["resnet50_64_b4"]["callback_images"] == 4
+    assert "### ResNet50: the two goals against the callback's size" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2
+
+
+def test_selection_cost_callback_window_is_where_both_goals_hold(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import selection_cost
+
+    overhead, calls, rebuild_cost, in_place_cost = 5.0, 156, 3.0, 0.002
+    row = {
+        "overhead_seconds": overhead,
+        "num_eval_calls": calls,
+        "rebuild_cost_beyond_callback_per_candidate_seconds": rebuild_cost,
+        "in_place_overhead_per_candidate_median_seconds": in_place_cost,
+    }
+    low, high = selection_cost.callback_window(row)
+    assert low < high
+    for callback in [i / 200 for i in range(1, 201)]:
+        share = overhead / (overhead + calls * callback)
+        speedup = (rebuild_cost + callback) / (in_place_cost + callback)
+        assert (share < 0.10 and speedup >= 10.0) == (low < callback <= high), callback
+    # with more overhead than the rebuild can pay for, no callback meets both
+    low, high = selection_cost.callback_window({**row, "overhead_seconds": 8.0})
+    assert low > high
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
+from tfcompress import decompose as dc
 
 L = keras.layers
 SPATIAL = tfc.SpatialSvdParameters
@@ -789,14 +790,14 @@ def test_compare_plans_scores_both_plans_in_place_and_keeps_the_better():
     model = cnn()
     snap = snapshot(model)
     originals = {n: model.get_layer(n).get_weights()[0] for n in ("conv1", "conv2", "conv3")}
-    changed_per_call = []
+    changed_per_call, kernels_per_call = [], []
 
     class KernelRecorder(Recorder):
         def __call__(self, m, iterations):
             if m.get_layer("conv2").__class__ is L.Conv2D:  # the working copy (the final model is decomposed)
-                changed_per_call.append(
-                    sorted(n for n in originals if not np.array_equal(m.get_layer(n).get_weights()[0], originals[n]))
-                )
+                kernels = {n: m.get_layer(n).get_weights()[0] for n in originals}
+                changed_per_call.append(sorted(n for n in originals if not np.array_equal(kernels[n], originals[n])))
+                kernels_per_call.append({n: kernels[n] for n in changed_per_call[-1]})
             return super().__call__(m, iterations)
 
     recorder = KernelRecorder(model)
@@ -813,6 +814,16 @@ def test_compare_plans_scores_both_plans_in_place_and_keeps_the_better():
     assert sorted(r.name for r in stats.per_layer_stats) in plans
     # ... and every other call (baseline, candidates) saw at most one changed kernel: the swaps were undone
     assert all(len(c) <= 1 for c in changed_per_call[:-2])
+    # each whole-plan call saw exactly its plan (switching from the first plan to the second touched only the layers
+    # that differ): the rank of every changed kernel, read off its spectrum, rebuilds a model that scores the same
+    for kernels, which in zip(kernels_per_call[-2:], ("threshold", "min_summed_loss"), strict=True):
+        plan = {}
+        for name, kernel in kernels.items():
+            s = np.linalg.svd(dc.spatial_svd_unfold(kernel.astype(np.float64)), compute_uv=False)
+            plan[name] = ("spatial_svd", int(np.count_nonzero(s > 1e-4 * s[0])))
+        assert Recorder(model)(tfc.rewrite_model(model, plan), None) == pytest.approx(
+            stats.plan_scores[which], abs=1e-6
+        )
     # the better plan was kept, and the rewritten model computes exactly what was scored
     best = max(stats.plan_scores.values())
     assert stats.compressed_model_accuracy == pytest.approx(best, abs=1e-6)

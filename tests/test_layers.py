@@ -501,6 +501,38 @@ def test_from_layer_preserves_the_dense_configuration():
     assert layer.trainable is False and layer.trainable_weights == []
 
 
+@keras.saving.register_keras_serializable(package="tfcompress_tests")
+class CountingInitializer(keras.initializers.GlorotUniform):
+    """Glorot uniform that counts its calls (a serializable custom initializer)."""
+
+    calls = 0
+
+    def __call__(self, shape, dtype=None):
+        CountingInitializer.calls += 1
+        return super().__call__(shape, dtype)
+
+
+@pytest.mark.parametrize("cls", [*CONV_CLASSES, SVDDense])
+def test_from_layer_draws_no_random_factors_and_keeps_the_initializer(cls):
+    if cls is SVDDense:
+        source = make_dense(8, 6, kernel_initializer=CountingInitializer(seed=3))
+        rank = 3
+    else:
+        source = make_conv(4, 6, (3, 2), kernel_initializer=CountingInitializer(seed=3))
+        rank = (2, 3) if cls is TuckerConv2D else 2
+    CountingInitializer.calls = 0
+    layer = decompose_layer(cls, source, rank)
+    # the factors are assigned from the source's weights at once: drawing random ones first is wasted work
+    assert CountingInitializer.calls == 0
+    # ... but the layer keeps the source's initializer (config, re-creation, a later re-initialisation)
+    assert isinstance(layer.kernel_initializer, CountingInitializer)
+    assert layer.get_config()["kernel_initializer"] == keras.initializers.serialize(source.kernel_initializer)
+    again = type(layer).from_config(layer.get_config())
+    again.build((None, 8) if cls is SVDDense else (None, None, None, 4))
+    assert CountingInitializer.calls == len(FACTOR_NAMES.get(cls, ["kernel_a", "kernel_b"]))  # a plain build draws all
+    np.testing.assert_allclose(layer.reconstructed_kernel(), decompose_layer(cls, source, rank).reconstructed_kernel())
+
+
 @pytest.mark.parametrize("cls", [*CONV_CLASSES, SVDDense])
 def test_from_layer_preserves_float64(cls):
     global_policy = keras.config.dtype_policy().name

@@ -873,14 +873,19 @@ def _compare_plans(
     if not alt_plan or {p: _rank_key(r) for p, r in alt_plan.items()} == {p: _rank_key(r) for p, r in plan.items()}:
         return plan, chosen
     originals: dict[int, np.ndarray] = {}
-
-    def combined(candidate_plan: dict[str, Any], what: str) -> float:
-        swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in candidate_plan.items()]
-        with _kernels_swapped(swaps, originals):
-            return evaluator(work, what)
-
-    threshold_score = combined(plan, "the threshold plan")
-    alt_score = combined(alt_plan, "the least-summed-loss plan")
+    paths = list(dict.fromkeys([*plan, *alt_plan]))
+    with contextlib.ExitStack() as stack:  # every kernel is restored at the end, whatever happens
+        put = {p: stack.enter_context(_kernel_slot(by_path[p].work_layer, originals)) for p in paths}
+        for path, rank in plan.items():
+            put[path](by_path[path].reconstructed(rank))
+        threshold_score = evaluator(work, "the threshold plan")
+        # from the threshold plan to the other: only the layers whose kernel differs are assigned again
+        for path in paths:
+            if path in alt_plan and (path not in plan or _rank_key(alt_plan[path]) != _rank_key(plan[path])):
+                put[path](by_path[path].reconstructed(alt_plan[path]))
+            elif path not in alt_plan:
+                put[path](originals[id(by_path[path].work_layer.kernel)])
+        alt_score = evaluator(work, "the least-summed-loss plan")
     if _keep_alternative(stats, (threshold_score, ratio), (alt_score, alt_ratio), "layer"):
         return alt_plan, alt_chosen
     return plan, chosen

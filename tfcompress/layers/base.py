@@ -83,6 +83,18 @@ def check_source_dense(layer: Any) -> None:
         raise ValueError(f"{_describe(layer)} is not built; build or call the model first.")
 
 
+def build_for_factors(layer: Any, input_shape: Sequence[int | None]) -> None:
+    """Build a decomposed ``layer`` whose factors are assigned right afterwards: its kernel initializer is lent
+    zeros while it builds, so no random values are drawn only to be overwritten (for the large factors of e.g.
+    ResNet50 that is most of the build time). The initializer is put back, so the layer's config is unchanged."""
+    kept = layer.kernel_initializer
+    layer.kernel_initializer = keras.initializers.Zeros()
+    try:
+        layer.build(input_shape)
+    finally:
+        layer.kernel_initializer = kept
+
+
 def source_kernel_and_bias(layer: Any) -> list[np.ndarray]:
     """The ``[kernel]`` or ``[kernel, bias]`` list of a Conv2D/Dense, with any LoRA delta merged in."""
     weights = [np.asarray(ops.convert_to_numpy(layer.kernel))]
@@ -306,6 +318,6 @@ class DecomposedConv2D(keras.layers.Layer):
         check_source_conv2d(layer)
         weights = source_kernel_and_bias(layer)
         new = cls(**cls._init_kwargs_from(layer), **rank_kwargs)
-        new.build((None, None, None, weights[0].shape[2]))
+        build_for_factors(new, (None, None, None, weights[0].shape[2]))
         new.set_decomposed_weights(weights)
         return new

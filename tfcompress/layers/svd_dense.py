@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from .. import decompose
-from .base import check_source_dense, source_kernel_and_bias
+from .base import build_for_factors, check_source_dense, source_kernel_and_bias
 
 __all__ = ["SVDDense", "dense_rank_for_ratio"]
 
@@ -208,6 +208,6 @@ class SVDDense(keras.layers.Layer):
             dtype=layer.dtype_policy,
             trainable=layer.trainable,
         )
-        new.build((None, weights[0].shape[0]))
+        build_for_factors(new, (None, weights[0].shape[0]))
         new.set_decomposed_weights(weights)
         return new
