@@ -167,10 +167,28 @@ def summary_selection_cost(stem: str, data: dict[str, Any], link: str) -> str:
         "vs rebuild",
         "vs save+reload",
     )
+    sweep = sorted((c for c in data["cases"] if "callback_images" in c), key=lambda c: c["callback_images"])
+
+    def sizes(goal: str | None) -> str:
+        met = [
+            str(c["callback_images"]) for c in sweep if (all(c["goals"].values()) if goal is None else c["goals"][goal])
+        ]
+        return ", ".join(met) if met else "none"
+
+    toolkit = [c["toolkit_cost_ratio_rebuild_vs_in_place"] for c in sweep]
+    goals = (
+        f"\nResNet50's two goals, with the callback on {', '.join(str(c['callback_images']) for c in sweep)} "
+        f"images per call: overhead below 10% with {sizes('overhead_below_10_percent')}; at least 10x faster than "
+        f"rebuilding with {sizes('selection_10x_faster_than_rebuild')}; both with {sizes(None)}. A cheaper callback "
+        "helps the second and hurts the first; the callback-free comparison, what each approach adds per candidate, "
+        f"is x{min(toolkit):.0f} to x{max(toolkit):.0f} (see [{stem}.md]({link}/{stem}.md)).\n"
+        if len(sweep) > 1
+        else ""
+    )
     return (
         f"**Selection cost** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): one greedy spatial-SVD "
         "`compress_model` run, and how much faster in-place candidate evaluation is per candidate than "
-        "rebuilding the model (or saving and reloading it):\n\n" + _common.md_table(headers, rows)
+        "rebuilding the model (or saving and reloading it):\n\n" + _common.md_table(headers, rows) + goals
     )
 
 
