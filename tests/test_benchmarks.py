@@ -65,13 +65,23 @@ def test_selection_cost_quick(tmp_path):
             "speedup_vs_save_reload_per_candidate",
             "estimated_selection_speedup_vs_rebuild",
             "rebuild_cost_beyond_callback_per_candidate_seconds",
+            "aimet_copy_per_candidate_median_seconds",
+            "aimet_copy_build_per_candidate_median_seconds",
+            "speedup_vs_aimet_copy_per_candidate",
+            "aimet_copy_cost_beyond_callback_per_candidate_seconds",
         ):
             assert positive(case[key]), (case["model"], key, case[key])
         # what each approach adds to the callback per candidate: rebuilding costs far more than a kernel swap
         assert case["toolkit_cost_ratio_rebuild_vs_in_place"] > 1
         assert case["svd_seconds"] >= 0 and 0 <= case["overhead_share"] <= 1
         assert 0 < case["mac_compression_ratio"] < 1
-        assert set(case["goals"]) == {"overhead_below_10_percent", "selection_10x_faster_than_rebuild"}
+        assert case["aimet_copy_samples"] == case["rebuild_samples"]  # side by side, the same candidates
+        assert case["toolkit_cost_ratio_aimet_copy_vs_in_place"] > 1
+        assert set(case["goals"]) == {
+            "overhead_below_10_percent",
+            "selection_10x_faster_than_rebuild",
+            "selection_10x_faster_than_aimet_copy",
+        }
         # the rebuilt candidate computes the same function as the in-place one
         # (accuracy may flip on an image or two from float rounding)
         assert case["max_score_difference_rebuild_vs_in_place"] <= 0.01
@@ -103,6 +113,38 @@ def test_selection_cost_callback_window_is_where_both_goals_hold(monkeypatch):
     # with more overhead than the rebuild can pay for, no callback meets both
     low, high = selection_cost.callback_window({**row, "overhead_seconds": 8.0})
     assert low > high
+    # against AIMET's copy the window uses that approach's own cost
+    aimet = {**row, "aimet_copy_cost_beyond_callback_per_candidate_seconds": 2 * rebuild_cost}
+    assert selection_cost.callback_window(aimet, "aimet_copy")[1] > selection_cost.callback_window(aimet)[1]
+
+
+def test_selection_cost_aimet_copy_is_the_candidate_model(monkeypatch):
+    # AIMET's per-candidate model: every weight copied, the candidate layer split; the original is left alone
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import keras
+    import numpy as np
+    import selection_cost
+
+    import tfcompress as tfc
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    out = keras.layers.Dense(4, name="fc")(keras.layers.GlobalAveragePooling2D(name="gap")(x))
+    model = keras.Model(inp, out)
+    model.get_layer("bn").set_weights([w + 0.3 for w in model.get_layer("bn").get_weights()])
+    before = [w.copy() for w in model.get_weights()]
+    copy = selection_cost.aimet_copy(model, "c2", 4)
+    lean = tfc.rewrite_model(model, {"c2": ("spatial_svd", 4)})
+    assert type(copy.get_layer("c2")).__name__ == "SpatialSVDConv2D" and copy.get_layer("c2").rank == 4
+    for name in ("c1", "bn", "fc"):
+        for a, b in zip(copy.get_layer(name).get_weights(), model.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).normal(size=(2, 10, 10, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(lean(x)), rtol=1e-5, atol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before, strict=True))
 
 
 @pytest.mark.slow

@@ -144,6 +144,76 @@ def test_copied_layers_keep_their_initializers_and_weights():
     assert float(np.std(again.kernel.numpy())) > 0
 
 
+class _Scaled(keras.layers.Layer):
+    """A custom layer with a weight whose initializer attribute follows the built-in naming: it still takes
+    ``set_weights`` (only built-in Keras layers are built straight from the original values)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.scale_initializer = keras.initializers.Ones()
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer=self.scale_initializer)
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_copied_weights_survive_for_many_layer_kinds(monkeypatch):
+    # copied layers are built from the original values where the weight/initializer names allow it (built-in
+    # layers), and with zeros plus set_weights otherwise: either way every weight comes back bit for bit
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="c")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.BatchNormalization(scale=False, center=True, name="bn_noscale")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="sep")(x)
+    x = keras.layers.PReLU(name="prelu")(x)
+    x = keras.layers.GroupNormalization(groups=2, name="gn")(x)
+    x = _Scaled(name="custom")(x)
+    x = keras.layers.Reshape((64, 4), name="seq")(x)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    x = keras.layers.Conv1D(5, 3, name="c1d")(x)
+    x = keras.layers.LSTM(3, name="lstm")(x)
+    out = keras.layers.Dense(2, name="fc")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # no weight may equal what a fresh layer would start with
+        layer.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in layer.get_weights()])
+    calls = []
+    set_weights = keras.layers.Layer.set_weights
+
+    def counted(layer, weights):
+        calls.append(layer.name)
+        return set_weights(layer, weights)
+
+    monkeypatch.setattr(keras.layers.Layer, "set_weights", counted)
+    new = tfc.rewrite_model(model, {})
+    assert snapshot(new) == snapshot(model)
+    x = images((8, 8, 3))
+    np.testing.assert_array_equal(np.asarray(new(x)), np.asarray(model(x)))
+    # built-in layers with <weight>_initializer attributes take no second write; the others do
+    assert {"c", "bn", "bn_noscale", "prelu", "gn", "ln", "c1d", "fc"}.isdisjoint(calls)
+    assert {"custom", "lstm"} <= set(calls)
+    for name in ("bn", "bn_noscale", "gn", "custom"):
+        assert new.get_layer(name).get_config() == model.get_layer(name).get_config()
+
+
+def test_original_value_initializer_falls_back_on_surprises():
+    from tfcompress.rewrite import _OriginalValue
+
+    value = np.arange(6, dtype="float32").reshape(2, 3)
+    lent = _OriginalValue(value)
+    np.testing.assert_array_equal(lent((2, 3), dtype="float32"), value)
+    assert lent.used_once
+    lent((2, 3), dtype="float32")  # asked twice: the layer must take set_weights instead
+    assert not lent.used_once
+    other = _OriginalValue(value)
+    np.testing.assert_array_equal(np.asarray(other((3, 2), dtype="float32")), np.zeros((3, 2)))
+    assert not other.used_once
+
+
 def test_mixed_plan_with_all_schemes():
     keras.utils.set_random_seed(3)
     inp = keras.Input((12, 12, 6))

@@ -145,6 +145,52 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     return None
 
 
+_ZEROS = keras.initializers.Zeros()
+
+
+class _OriginalValue(keras.initializers.Initializer):
+    """Lent as a cloned layer's ``<weight>_initializer`` while the clone builds it: gives the original weight's value,
+    so the new variable is created with it (instead of zeros overwritten by ``set_weights``). ``used_once`` tells
+    whether it was asked exactly once for the right shape; if not, the layer gets ``set_weights`` as usual."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+        self.calls = 0
+        self.matched = True
+
+    def __call__(self, shape: Any, dtype: Any = None) -> Any:
+        self.calls += 1
+        if tuple(shape) == self.value.shape:
+            try:
+                return self.value if dtype is None else np.asarray(self.value, dtype=dtype)
+            except TypeError:  # a dtype numpy does not know (bfloat16): zeros, then set_weights
+                pass
+        self.matched = False
+        return _ZEROS(shape, dtype=dtype)
+
+    @property
+    def used_once(self) -> bool:
+        return self.calls == 1 and self.matched
+
+
+def _original_values(layer: Any) -> dict[str, _OriginalValue]:
+    """``{"<name>_initializer": value}`` for each weight of a built-in Keras layer, when every weight has such an
+    initializer attribute (Conv2D's kernel and bias, BatchNormalization's gamma, beta and moving statistics, ...);
+    empty otherwise (custom layers, layers whose weights live in sublayers, ...), so they take ``set_weights``."""
+    if not type(layer).__module__.startswith("keras."):
+        return {}
+    weights = layer.weights
+    names = [str(w.name).rsplit("/", 1)[-1] for w in weights]
+    if len(set(names)) != len(names):
+        return {}
+    attributes = vars(layer)
+    if any(not isinstance(attributes.get(f"{name}_initializer"), keras.initializers.Initializer) for name in names):
+        return {}
+    return {
+        f"{name}_initializer": _OriginalValue(value) for name, value in zip(names, layer.get_weights(), strict=True)
+    }
+
+
 def _named_inputs(model: keras.Model) -> Any:
     """New ``keras.Input`` tensors, in the structure of ``model.input``, named like its input layers.
 
@@ -212,11 +258,14 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
 
-    # The re-created layers' weights are overwritten with copies of the originals right after the clone, so drawing
-    # random initial values for them (most of a clone's variable-creation time) is wasted: while the clone builds
-    # them, their initializer attributes are zeros; the real ones are put back afterwards, so configs are unchanged.
+    # The re-created layers' weights would be overwritten with copies of the originals right after the clone, so
+    # drawing random initial values for them (most of a clone's variable-creation time) is wasted. While the clone
+    # builds them, their initializer attributes are lent: a built-in Keras layer whose every weight ``w`` has a
+    # ``w_initializer`` attribute is built straight from the original values (no second write); any other layer is
+    # built with zeros and gets ``set_weights`` afterwards. The real initializers are put back, so configs are
+    # unchanged.
     lent: list[tuple[Any, str, Any]] = []
-    zeros = keras.initializers.Zeros()
+    preset: dict[int, list[_OriginalValue]] = {}  # id(new layer) -> its lent values, checked after the clone
 
     def clone_function(layer: Any) -> Any:
         if id(layer) in targets:
@@ -225,12 +274,13 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
             return decomposed_layer(layer, entry_scheme, rank)
         new = layer.__class__.from_config(layer.get_config())
         if layer.weights:  # its weights will be copied: skip drawing random ones
+            values = _original_values(layer)
             for attribute, value in list(vars(new).items()):
-                if isinstance(value, keras.initializers.Initializer) and not isinstance(
-                    value, keras.initializers.Zeros
-                ):
+                if isinstance(value, keras.initializers.Initializer) and not isinstance(value, _OriginalValue):
                     lent.append((new, attribute, value))
-                    setattr(new, attribute, zeros)
+                    setattr(new, attribute, values.get(attribute, _ZEROS) if values else _ZEROS)
+            if values:
+                preset[id(new)] = list(values.values())
         return new
 
     inputs = _named_inputs(model)
@@ -257,6 +307,9 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     for old, new in zip(refs, new_refs, strict=True):
         if id(old.layer) in targets:
             continue
+        values = preset.get(id(new.layer))
+        if values and all(value.used_once for value in values):
+            continue  # built from the original values already
         weights = old.layer.get_weights()
         if weights:
             new.layer.set_weights(weights)
