@@ -150,7 +150,7 @@ def summary_selection_cost(stem: str, data: dict[str, Any], link: str) -> str:
             f"{c['total_seconds']:.1f}",
             f"{c['eval_callback_seconds']:.1f}",
             f"{c['svd_seconds']:.1f}",
-            f"{100 * c['overhead_share']:.0f}% ({100 * c['overhead_excluding_svd_share']:.0f}%)",
+            f"{100 * c['overhead_share']:.1f}% ({100 * c['overhead_excluding_svd_share']:.1f}%)",
             _x(c["speedup_vs_rebuild_per_candidate"]),
             _x(c["speedup_vs_aimet_copy_per_candidate"]) if "speedup_vs_aimet_copy_per_candidate" in c else "-",
             _x(c["speedup_vs_save_reload_per_candidate"]),
