@@ -206,7 +206,7 @@ def test_original_value_initializer_falls_back_on_surprises():
     value = np.arange(6, dtype="float32").reshape(2, 3)
     lent = _OriginalValue(value)
     np.testing.assert_array_equal(lent((2, 3), dtype="float32"), value)
-    assert lent.used_once
+    assert lent.used_once and lent.value is None  # the new variable has its copy; the lent one is let go
     lent((2, 3), dtype="float32")  # asked twice: the layer must take set_weights instead
     assert not lent.used_once
     other = _OriginalValue(value)

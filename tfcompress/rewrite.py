@@ -154,15 +154,17 @@ class _OriginalValue(keras.initializers.Initializer):
     whether it was asked exactly once for the right shape; if not, the layer gets ``set_weights`` as usual."""
 
     def __init__(self, value: np.ndarray) -> None:
-        self.value = value
+        self.value: np.ndarray | None = value
+        self.shape = value.shape
         self.calls = 0
         self.matched = True
 
     def __call__(self, shape: Any, dtype: Any = None) -> Any:
         self.calls += 1
-        if tuple(shape) == self.value.shape:
+        value, self.value = self.value, None  # the new variable keeps its own copy: no second copy of the model
+        if value is not None and tuple(shape) == self.shape:
             try:
-                return self.value if dtype is None else np.asarray(self.value, dtype=dtype)
+                return value if dtype is None else np.asarray(value, dtype=dtype)
             except TypeError:  # a dtype numpy does not know (bfloat16): zeros, then set_weights
                 pass
         self.matched = False
