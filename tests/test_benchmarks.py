@@ -118,6 +118,7 @@ def test_selection_cost_callback_window_is_where_both_goals_hold(monkeypatch):
     assert selection_cost.callback_window(aimet, "aimet_copy")[1] > selection_cost.callback_window(aimet)[1]
 
 
+@pytest.mark.slow
 def test_selection_cost_aimet_copy_is_the_candidate_model(monkeypatch):
     # AIMET's per-candidate model: every weight copied, the candidate layer split; the original is left alone
     monkeypatch.syspath_prepend(BENCHMARKS)
