@@ -278,9 +278,11 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
         if layer.weights:  # its weights will be copied: skip drawing random ones
             values = _original_values(layer)
             for attribute, value in list(vars(new).items()):
-                if isinstance(value, keras.initializers.Initializer) and not isinstance(value, _OriginalValue):
+                if isinstance(value, keras.initializers.Initializer) and (
+                    attribute in values or not isinstance(value, keras.initializers.Zeros)
+                ):
                     lent.append((new, attribute, value))
-                    setattr(new, attribute, values.get(attribute, _ZEROS) if values else _ZEROS)
+                    setattr(new, attribute, values.get(attribute, _ZEROS))
             if values:
                 preset[id(new)] = list(values.values())
         return new
