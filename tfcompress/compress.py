@@ -67,6 +67,7 @@ from .params import (
     WeightSvdParameters,
     _SchemeParameters,
 )
+from .progress import Progress
 from .rewrite import rewrite_model
 from .select import (
     EvalScoresCacheError,
@@ -372,8 +373,8 @@ def _load_cache(path: str, model_digest: str, tag: str) -> dict[str, dict[float,
 # ---------------------------------------------------------------- the main job
 
 
-def _progress(total: int, verbose: int) -> keras.utils.Progbar:
-    return keras.utils.Progbar(max(total, 1), verbose=1 if verbose else 0, stateful_metrics=["score"], unit_name="eval")
+def _progress(total: int, verbose: int) -> Progress:
+    return Progress(total, verbose=1 if verbose else 0, unit="eval")
 
 
 def _resolve_ignored(refs: list[LayerRef], ignored: list[Any]) -> set[int]:
@@ -650,6 +651,9 @@ def compress_model(
 
 def _working_copy(model: keras.Model, stats: CompressionStats) -> keras.Model:
     """The clone whose kernels the selection swaps in place (timed as ``working_copy_seconds``)."""
+    logger.info(
+        "making one working copy of %s (%d layers) for the candidate evaluations", model.name, len(model.layers)
+    )
     start = time.perf_counter()
     work = rewrite_model(model, {})
     stats.timings["working_copy_seconds"] = time.perf_counter() - start
