@@ -354,7 +354,6 @@ def _cli(args: list[str], cwd: pathlib.Path, **env: str) -> subprocess.Completed
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_process_exit_codes_and_one_line_errors(files, tmp_path) -> None:
     missing = _cli(["inspect", "missing.keras"], cwd=tmp_path)
     assert missing.returncode == 1
