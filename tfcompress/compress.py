@@ -47,6 +47,7 @@ import numpy as np
 from . import decompose
 from .cost import (
     LayerGeometry,
+    UncountedMacsWarning,
     _rank_for_ratio,
     decomposed_cost,
     layer_geometry,
@@ -395,6 +396,7 @@ def compress_model(
     *,
     verbose: int = 1,
     latency_options: LatencyOptions | None = None,
+    allow_uncounted_macs: bool = False,
 ) -> tuple[keras.Model, CompressionStats]:
     """Compress ``model`` to a target cost ratio, choosing each layer's rank to lose as little score as possible.
 
@@ -418,6 +420,10 @@ def compress_model(
         verbose: 1 shows a progress bar over the evaluations; 0 is silent.
         latency_options: :class:`tfcompress.latency.LatencyOptions` (runtime, batch size,
             repeats, warm-up, cache file) for ``cost_metric="latency"``; defaults otherwise.
+        allow_uncounted_macs: with ``cost_metric="mac"``, a model holding layers whose MACs are not known
+            (``tfc.model_cost(model).uncounted``: custom layers with weights of their own, ...) is refused, since
+            its MAC ratio would be computed over an undercount. ``True`` proceeds: targets and ratios then cover
+            the counted layers only, and ``stats.uncounted_layers`` names the others.
 
     Returns:
         ``(compressed_model, stats)``.
@@ -460,7 +466,16 @@ def compress_model(
     multiplicity = parameters.multiplicity
 
     stats = CompressionStats(compress_scheme=scheme.value, cost_metric=metric.value, mode=parameters.mode.value)
-    original = model_cost(model)
+    original = model_cost(model, warn=False)
+    if original.uncounted:
+        if metric is CostMetric.mac and not allow_uncounted_macs:
+            raise ValueError(
+                f"compress_model: {original.uncounted_message()}, so a MAC ratio of '{model.name}' cannot be "
+                "computed honestly; use cost_metric='memory' (parameters are always counted), or pass "
+                "allow_uncounted_macs=True to target the counted layers' MACs only."
+            )
+        warnings.warn(f"compress_model: {original.uncounted_message()}.", UncountedMacsWarning, stacklevel=2)
+        stats.uncounted_layers = dict(original.uncounted)
     stats.original_macs, stats.original_params = original.macs, original.params
     total_cost = original.metric(metric) if meter is None else 0.0  # latency: set once the candidates are known
 
@@ -670,7 +685,7 @@ def _finish(
 ) -> CompressionStats:
     """Evaluate the compressed model and fill in the whole-model numbers and timings."""
     stats.compressed_model_accuracy = evaluator(compressed, "the compressed model")
-    final = model_cost(compressed)
+    final = model_cost(compressed, warn=False)
     stats.compressed_macs, stats.compressed_params = final.macs, final.params
     stats.mac_compression_ratio = final.macs / original.macs if original.macs else 1.0
     stats.memory_compression_ratio = final.params / original.params if original.params else 1.0

@@ -529,7 +529,7 @@ def compress_channels(
     start = time.perf_counter()
     units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
     stats.skipped_layers.update(reasons)
-    original = model_cost(model)
+    original = model_cost(model, warn=False)
     run = _Run(
         model,
         work,
