@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_paragraphs(
             "Write one self-contained HTML file (plots embedded as PNG) from the stats.json that "
             "'tfcompress compress' or CompressionStats.to_json wrote. Needs matplotlib: "
-            'pip install "tfcompress[report]".'
+            'pip install matplotlib, or pip install -e ".[report]" in the tfcompress checkout.'
         ),
         epilog="example:\n  tfcompress report out/stats.json -o out/report.html",
         formatter_class=_Formatter,
@@ -786,7 +786,8 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         print(stats)
         print()
         for what, path in files.items():
-            print(f"  wrote {what:<7} {path}")
+            note = "  (without the optimizer's state; import tfcompress before loading it)" if what == "model" else ""
+            print(f"  wrote {what:<7} {path}{note}")
     return 0
 
 

@@ -4,7 +4,7 @@ The plots are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg
 canvas directly: nothing here touches ``matplotlib.pyplot`` or the global backend,
 so importing or using this module changes no global state. matplotlib is imported
 only inside the functions; it is an optional dependency
-(``pip install "tfcompress[report]"``).
+(``pip install matplotlib``, or ``pip install -e ".[report]"`` in the checkout).
 
 Plot kinds (:func:`plot_stats`, ``CompressionStats.plot(kind)``):
 
@@ -40,7 +40,7 @@ __all__ = ["PLOT_KINDS", "MissingDependencyError", "plot_stats", "figure_png", "
 #: the kinds accepted by :func:`plot_stats` and ``CompressionStats.plot``
 PLOT_KINDS = ("scores", "ratios", "macs", "params", "costs")
 
-_INSTALL_HINT = 'pip install "tfcompress[report]"'
+_INSTALL_HINT = 'pip install matplotlib (or, in the tfcompress checkout: pip install -e ".[report]")'
 _BEFORE_COLOR = "#b9c4d0"
 _AFTER_COLOR = "#1f6fb2"
 _TARGET_COLOR = "#c0392b"

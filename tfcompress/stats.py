@@ -148,7 +148,7 @@ class CompressionStats:
                 (before/after per layer) or ``"costs"`` (both, side by side; no ``ax``).
             ax: a matplotlib ``Axes`` to draw on; by default a new ``Figure`` (Agg canvas, no pyplot).
 
-        Needs matplotlib (``pip install "tfcompress[report]"``).
+        Needs matplotlib (``pip install matplotlib``, or ``pip install -e ".[report]"`` in the checkout).
 
         Example:
             >>> stats = CompressionStats(per_layer_stats=[LayerStats("fc", "svd", [64, 10], 4, 0.3, 640, 296, 650, 306)])
