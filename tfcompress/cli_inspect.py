@@ -11,6 +11,9 @@ __all__ = ["SCHEMES", "inspect_model", "inspect_text"]
 
 #: the decomposition schemes the command line offers (channel_pruning is separate)
 SCHEMES = ("weight_svd", "spatial_svd", "tucker")
+#: the layer classes that can be decomposed: they get a reason per scheme in the text when not eligible
+_DECOMPOSABLE = ("Dense", "Conv1D", "Conv2D", "SeparableConv2D", "Conv2DTranspose")
+_DECOMPOSABLE_TEXT = "Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose"
 
 
 def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
@@ -26,10 +29,8 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         >>> info["layers"][1]["schemes"]["spatial_svd"]["reason"]
         '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
     """
-    import keras
-
     from .compress import _ineligibility
-    from .cost import decomposed_cost, layer_geometry, max_rank, model_cost, original_cost
+    from .cost import decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
     from .enums import CompressionScheme
     from .graph import walk_layers
 
@@ -42,12 +43,12 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
             continue
         layer = ref.layer
         schemes: dict[str, dict[str, Any]] = {}
-        decomposable = isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
+        decomposable = layer_kind(layer) is not None
         for scheme_name in SCHEMES:
             entry: dict[str, Any] = {"eligible": False, "manual_only": False, "max_rank": None, "reason": None}
             scheme = CompressionScheme(scheme_name)
             if not decomposable:
-                entry["reason"] = f"{type(layer).__name__} is not a Conv2D or Dense layer"
+                entry["reason"] = f"{type(layer).__name__} is not a {_DECOMPOSABLE_TEXT} layer"
                 schemes[scheme_name] = entry
                 continue
             why = _ineligibility(layer, scheme, manual=False)
@@ -55,7 +56,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
             if why and manual_why:
                 entry["reason"] = why
             else:
-                per_layer = "svd" if isinstance(layer, keras.layers.Dense) else scheme_name
+                per_layer = "svd" if layer_kind(layer) == "dense" else scheme_name
                 geometry = layer_geometry(layer)
                 smallest = decomposed_cost(geometry, per_layer, (1, 1) if per_layer == "tucker" else 1)
                 if smallest.metric(metric) >= original_cost(geometry).metric(metric):
@@ -140,7 +141,7 @@ def inspect_text(info: dict[str, Any], path: str) -> str:
         )
     reasons: dict[tuple[str, str], list[str]] = {}
     for row in info["layers"]:
-        if row["class"] not in ("Conv2D", "Dense") and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):
+        if row["class"] not in _DECOMPOSABLE and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):
             continue  # layers that are never decomposable need no explanation per scheme
         for scheme in SCHEMES:
             entry = row["schemes"][scheme]

@@ -44,13 +44,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import decompose
+from . import decompose, unfoldings
 from .cost import (
+    KIND_CLASSES,
     LayerGeometry,
     UncountedMacsWarning,
     _rank_for_ratio,
     decomposed_cost,
     layer_geometry,
+    layer_kind,
     max_rank,
     model_cost,
     original_cost,
@@ -59,7 +61,7 @@ from .cost import (
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
 from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
-from .layers.base import check_source_conv2d, check_source_dense
+from .layers.base import check_source_conv, check_source_dense
 from .params import (
     AutoSchemeParameters,
     ChannelPruningParameters,
@@ -69,7 +71,7 @@ from .params import (
     _SchemeParameters,
 )
 from .progress import Progress
-from .rewrite import rewrite_model
+from .rewrite import _source_kernel, rewrite_model
 from .select import (
     EvalScoresCacheError,
     fingerprint_from_entries,
@@ -176,12 +178,8 @@ class _Candidate:
         return self.ref.path
 
     def svd_matrix(self) -> np.ndarray:
-        """The matrix whose SVD gives this layer's factors (the kernel, unfolded for its scheme)."""
-        if self.scheme == "svd":
-            return self.kernel
-        if self.scheme == "weight_svd":
-            return decompose.weight_svd_unfold(self.kernel)
-        return decompose.spatial_svd_unfold(self.kernel)
+        """The matrix whose SVD gives this layer's factors (the kernel, unfolded for its kind and scheme)."""
+        return unfoldings.unfold(self.geometry.kind, self.scheme, self.kernel)
 
     def _factor(self) -> decompose.TruncatedSVD:
         if self._svd is None:
@@ -221,12 +219,7 @@ class _Candidate:
             factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
             self.svd_seconds += time.perf_counter() - start
             return decompose.tucker2_compose(*factors)
-        approx = self._approximation(int(rank))
-        if self.scheme == "svd":
-            return approx
-        if self.scheme == "weight_svd":
-            return decompose.weight_svd_fold(approx, self.kernel.shape)
-        return decompose.spatial_svd_fold(approx, self.kernel.shape)
+        return unfoldings.fold(self.geometry.kind, self.scheme, self._approximation(int(rank)), self.kernel.shape)
 
     def _approximation(self, rank: int) -> np.ndarray:
         """The float32 rank-``rank`` approximation of the unfolded kernel. The last one is kept: a higher rank next
@@ -269,8 +262,9 @@ def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterato
     """``put(kernel)`` assigns one candidate kernel after another to ``layer``; its original kernel is restored once
     at the end, whatever happens (one assignment per candidate instead of two: no restore between candidates of the
     same layer). ``original_kernels`` (one dict per selection run) keeps each kernel's original value from its first
-    use, so it is read from the variable once per layer instead of once per candidate."""
-    variable = layer.kernel
+    use, so it is read from the variable once per layer instead of once per candidate. The variable is the one the
+    decomposition factorises (a SeparableConv2D's pointwise kernel; every other layer's ``kernel``)."""
+    variable = _source_kernel(layer)
     if id(variable) not in original_kernels:
         original_kernels[id(variable)] = keras.ops.convert_to_numpy(variable)
     changed = False
@@ -289,20 +283,32 @@ def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterato
 
 def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str | None:
     """Why ``layer`` cannot be compressed with ``scheme`` (None when it can)."""
-    if isinstance(layer, keras.layers.Dense):
+    kind = layer_kind(layer)
+    if kind == "dense":
         if scheme is CompressionScheme.tucker:
             return "Tucker-2 applies to Conv2D layers only"
         if scheme is CompressionScheme.spatial_svd and not manual:
             return "Dense layers are decomposed under spatial_svd only when listed in manual mode"
-        checker = check_source_dense
-    elif isinstance(layer, keras.layers.Conv2D):
-        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker) and tuple(layer.kernel_size) == (1, 1):
-            return f"1x1 convolution: {scheme.value} needs a kernel larger than 1 in at least one direction"
-        checker = check_source_conv2d
+    elif kind in ("conv2d", "conv1d"):
+        if scheme is CompressionScheme.tucker and kind == "conv1d":
+            return "Tucker-2 applies to Conv2D layers only"
+        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker) and set(layer.kernel_size) == {1}:
+            size = "x".join("1" * len(layer.kernel_size))
+            return f"{size} convolution: {scheme.value} needs a kernel larger than 1 in at least one direction"
+    elif kind in ("separable_conv2d", "conv2d_transpose"):
+        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker):
+            what = "the pointwise kernel of a SeparableConv2D" if kind == "separable_conv2d" else "a Conv2DTranspose"
+            return f"{scheme.value} does not apply to {what}; weight_svd does"
     else:
-        return f"{type(layer).__name__} is not a Conv2D or Dense layer"
+        return (
+            f"{type(layer).__name__} is not a Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer "
+            "(the layers that can be decomposed)"
+        )
     try:
-        checker(layer)
+        if kind == "dense":
+            check_source_dense(layer)
+        else:
+            check_source_conv(layer, KIND_CLASSES[kind])
     except (TypeError, ValueError) as err:
         return str(err)
     if getattr(layer, "lora_enabled", False):
@@ -320,12 +326,14 @@ def _layer_scheme(layer: Any, scheme: CompressionScheme) -> str:
 
 def _auto_variants(candidate: _Candidate) -> list[_Candidate]:
     """The per-layer schemes ``compress_scheme="auto"`` compares: SVD for Dense; weight SVD, and for kernels
-    larger than 1x1 also spatial SVD and Tucker-2, for Conv2D."""
+    larger than 1x1 also spatial SVD and Tucker-2, for Conv2D; weight SVD, and for k > 1 spatial SVD, for Conv1D;
+    weight SVD alone for SeparableConv2D and Conv2DTranspose."""
     if candidate.scheme == "svd":
         return [candidate]
     schemes = ["weight_svd"]
-    if candidate.geometry.kernel_size != (1, 1):
-        schemes += ["spatial_svd", "tucker"]
+    kind = candidate.geometry.kind
+    if kind in ("conv2d", "conv1d") and candidate.geometry.kernel_size != (1, 1):
+        schemes += ["spatial_svd", "tucker"] if kind == "conv2d" else ["spatial_svd"]
     return [dataclasses.replace(candidate, scheme=s, _svd=None, svd_seconds=0.0, _last=None) for s in schemes]
 
 
@@ -495,7 +503,7 @@ def compress_model(
             work_layer=None,  # bound once the working copy exists
             scheme=_layer_scheme(layer, scheme),
             geometry=layer_geometry(layer),
-            kernel=np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64),
+            kernel=np.asarray(keras.ops.convert_to_numpy(_source_kernel(layer)), dtype=np.float64),
             metric=metric,
             multiplicity=multiplicity,
             meter=meter,
@@ -527,7 +535,7 @@ def compress_model(
         stats.rank_select_scheme = auto.rank_select_scheme.value
         stats.target_comp_ratio = auto.target_comp_ratio
         for ref in refs:
-            if not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
+            if layer_kind(ref.layer) is None:
                 continue
             if id(ref.layer) in ignored:
                 stats.skipped_layers[ref.path] = "in modules_to_ignore"
@@ -903,7 +911,7 @@ def _compare_plans(
             if path in alt_plan and (path not in plan or _rank_key(alt_plan[path]) != _rank_key(plan[path])):
                 put[path](by_path[path].reconstructed(alt_plan[path]))
             elif path not in alt_plan:
-                put[path](originals[id(by_path[path].work_layer.kernel)])
+                put[path](originals[id(_source_kernel(by_path[path].work_layer))])
         alt_score = evaluator(work, "the least-summed-loss plan")
     if _keep_alternative(stats, (threshold_score, ratio), (alt_score, alt_ratio), "layer"):
         return alt_plan, alt_chosen

@@ -17,12 +17,22 @@ from typing import Any
 import keras
 import numpy as np
 
+from .cost import KIND_CLASSES, KIND_SCHEMES, layer_kind
 from .enums import CompressionScheme
 from .graph import check_graph_model, inherit_call_counts, resolve_layers, walk_layers
-from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
-from .layers.base import check_source_conv2d, check_source_dense
+from .layers import (
+    SpatialSVDConv1D,
+    SpatialSVDConv2D,
+    SVDDense,
+    SVDSeparableConv2D,
+    TuckerConv2D,
+    WeightSVDConv1D,
+    WeightSVDConv2D,
+    WeightSVDConv2DTranspose,
+)
+from .layers.base import check_source_conv, check_source_dense
 
-__all__ = ["rewrite_model", "decomposed_layer", "normalize_plan"]
+__all__ = ["rewrite_model", "decomposed_layer", "decomposed_class", "normalize_plan"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -38,11 +48,44 @@ def _scheme_name(scheme: Any, what: str) -> str:
     )
 
 
+#: (layer kind, per-layer scheme) -> the decomposed layer class
+_TWINS: dict[tuple[str, str], Any] = {
+    ("dense", "svd"): SVDDense,
+    ("conv2d", "weight_svd"): WeightSVDConv2D,
+    ("conv2d", "spatial_svd"): SpatialSVDConv2D,
+    ("conv2d", "tucker"): TuckerConv2D,
+    ("conv1d", "weight_svd"): WeightSVDConv1D,
+    ("conv1d", "spatial_svd"): SpatialSVDConv1D,
+    ("separable_conv2d", "weight_svd"): SVDSeparableConv2D,
+    ("conv2d_transpose", "weight_svd"): WeightSVDConv2DTranspose,
+}
+
+
 def _layer_scheme(layer: Any, scheme: str) -> str:
-    """The per-layer scheme actually used: Dense layers are always decomposed with plain SVD."""
+    """The per-layer scheme actually used: Dense layers are always decomposed with plain SVD, and plain SVD of a
+    SeparableConv2D (its pointwise kernel is a matrix) is its weight SVD."""
     if isinstance(layer, keras.layers.Dense) and scheme in ("weight_svd", "spatial_svd"):
         return "svd"
+    if isinstance(layer, keras.layers.SeparableConv2D) and scheme == "svd":
+        return "weight_svd"
     return scheme
+
+
+def decomposed_class(layer: Any, scheme: str) -> Any:
+    """The decomposed layer class for ``layer`` under the per-layer ``scheme``, ``None`` when there is none.
+
+    Example:
+        >>> import keras
+        >>> decomposed_class(keras.layers.Conv1D(8, 3), "spatial_svd").__name__
+        'SpatialSVDConv1D'
+    """
+    kind = layer_kind(layer)
+    return None if kind is None else _TWINS.get((kind, _layer_scheme(layer, scheme)))
+
+
+def _source_kernel(layer: Any) -> Any:
+    """The kernel variable a decomposition factorises: the pointwise kernel of a SeparableConv2D, else ``kernel``."""
+    return layer.pointwise_kernel if isinstance(layer, keras.layers.SeparableConv2D) else layer.kernel
 
 
 def _check_rank_value(rank: Any, scheme: str, where: str) -> int | tuple[int, int]:
@@ -108,36 +151,41 @@ def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tu
         'SVDDense'
     """
     scheme = _layer_scheme(layer, _scheme_name(scheme, f"layer '{layer.name}'"))
-    if scheme == "svd":
-        return SVDDense.from_layer(layer, rank=int(rank))
-    if scheme == "weight_svd":
-        return WeightSVDConv2D.from_layer(layer, rank=int(rank))
-    if scheme == "spatial_svd":
-        return SpatialSVDConv2D.from_layer(layer, rank=int(rank))
-    return TuckerConv2D.from_layer(layer, ranks=rank)
+    cls = decomposed_class(layer, scheme)
+    if cls is None:
+        problem = _validate_entry(layer, scheme, rank) or f"{scheme} does not apply to it"
+        raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be decomposed: {problem}.")
+    if cls is TuckerConv2D:
+        return TuckerConv2D.from_layer(layer, ranks=rank)
+    return cls.from_layer(layer, rank=int(rank))
 
 
 def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     """Problem with decomposing ``layer`` this way, or ``None`` when it is fine."""
+    kind = layer_kind(layer)
+    if kind is None:
+        return (
+            f"{type(layer).__name__} is not a Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer, "
+            "the layers that can be decomposed"
+        )
+    scheme = _layer_scheme(layer, scheme)
+    if (kind, scheme) not in _TWINS:
+        if scheme == "tucker":
+            return "Tucker-2 applies to Conv2D layers only"
+        if scheme == "svd" and kind != "dense":
+            return f"plain SVD applies to Dense (and SeparableConv2D) layers; use {KIND_SCHEMES[kind][0]!r} here"
+        allowed = " or ".join(repr(s) for s in KIND_SCHEMES[kind])
+        return f"{scheme} does not apply to a {KIND_CLASSES[kind].__name__}; use {allowed}"
     try:
-        if scheme == "svd" or isinstance(layer, keras.layers.Dense):
-            if scheme == "tucker":
-                return "Tucker-2 applies to Conv2D layers only"
+        if kind == "dense":
             check_source_dense(layer)
         else:
-            check_source_conv2d(layer)
-        kernel_shape = tuple(int(d) for d in layer.kernel.shape)
+            check_source_conv(layer, KIND_CLASSES[kind])
+        kernel_shape = tuple(int(d) for d in _source_kernel(layer).shape)
     except (TypeError, ValueError) as err:
         return str(err)
-    scheme = _layer_scheme(layer, scheme)
-    if scheme == "svd":
-        bound: Any = min(kernel_shape)
-    elif scheme == "weight_svd":
-        bound = WeightSVDConv2D.max_rank_for(kernel_shape)
-    elif scheme == "spatial_svd":
-        bound = SpatialSVDConv2D.max_rank_for(kernel_shape)
-    else:
-        bound = TuckerConv2D.max_rank_for(kernel_shape)
+    cls = _TWINS[(kind, scheme)]
+    bound: Any = min(kernel_shape) if cls is SVDDense else cls.max_rank_for(kernel_shape)
     ranks = rank if isinstance(rank, tuple) else (rank,)
     bounds = bound if isinstance(bound, tuple) else (bound,)
     if any(r < 1 or r > b for r, b in zip(ranks, bounds, strict=True)):
