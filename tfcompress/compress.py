@@ -413,8 +413,9 @@ def compress_model(
         eval_callback: ``eval_callback(model, iterations) -> float``, higher is better
             (AIMET's ``(model, iterations, use_cuda)`` form works too).
         eval_iterations: passed to ``eval_callback`` untouched.
-        compress_scheme: ``weight_svd`` (Conv2D and Dense), ``spatial_svd`` (Conv2D with a
-            kernel larger than 1x1; Dense layers too when listed in manual mode) or
+        compress_scheme: ``weight_svd`` (Conv2D, Conv1D, Conv2DTranspose, SeparableConv2D's pointwise kernel
+            and Dense), ``spatial_svd`` (Conv2D and Conv1D with a kernel larger than 1x1; Dense layers too when
+            listed in manual mode) or
             ``tucker`` (Tucker-2 of Conv2D layers), or ``auto``: per layer and candidate ratio the best of
             weight SVD, spatial SVD and Tucker-2 (Dense: SVD), so one model can mix schemes
             (with :class:`tfcompress.params.AutoSchemeParameters`; greedy or manual mode).
