@@ -103,6 +103,27 @@ def test_costs_of_the_new_layers_by_hand():
         assert small.layers[name].params == decomposed_cost(geometry[name], scheme, rank).params
 
 
+def test_geometry_costs_agree_with_the_generic_count():
+    """model_cost takes the geometry formulas for decomposable layers (so it agrees with rank_for_ratio); they must
+    give what the generic per-layer count (kernel sizes times output positions) gives, original and decomposed."""
+    from tfcompress.cost import _geometry_macs
+    from tfcompress.graph import walk_calls
+    from tfcompress.layer_macs import layer_macs
+
+    model = mixed_model()
+    plan = {"sep": ("weight_svd", 4), "up": ("weight_svd", 4), "c1d_a": ("spatial_svd", 4), "c1d_b": ("weight_svd", 4)}
+    seen = set()
+    for m in (model, tfc.rewrite_model(model, plan)):
+        for call in walk_calls(m):
+            if call.path in NEW_LAYERS:
+                geometry = _geometry_macs(call.operation, tuple(call.args[0].shape))
+                assert geometry is not None
+                if m is model:  # the generic count knows only Keras's own layers
+                    assert geometry == layer_macs(call.operation, call.args, call.kwargs, call.outputs)
+                seen.add((m is model, call.path))
+    assert len(seen) == 8
+
+
 def test_schemes_that_do_not_apply_are_refused_by_name():
     g = LayerGeometry("conv2d_transpose", 4, 4, (3, 3), name="up")
     with pytest.raises(ValueError, match=r"'up' is a Conv2DTranspose.*'weight_svd'"):
