@@ -47,9 +47,10 @@ from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
 from ..select import greedy_select, min_loss_select, save_eval_scores
 from ..stats import CompressionStats, LayerStats
+from .groups import PruneUnit, prune_units
+from .rebuild import apply_pruning
 from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
 from .select import ChannelProblem, channel_order
-from .winnow import PruneUnit, apply_pruning, prune_units
 
 __all__ = ["compress_channels", "keep_count", "model_inputs"]
 
