@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..graph import check_graph_model
+from ..graph import check_graph_model, walk_layers
 from .kinds import _channels, _in_channels, _input_shapes, _kind, _out_channels, _producer_problem
 
 __all__ = ["ChannelSlot", "PruneUnit", "prune_units"]
@@ -424,4 +424,21 @@ def prune_units(
         for u in units
     ]
     ordered = {layer.name: None for layer in model.layers}
-    return units, {name: reasons[name] for name in ordered if name in reasons}
+    return units, {**{name: reasons[name] for name in ordered if name in reasons}, **_inner_reasons(model)}
+
+
+def _inner_reasons(model: keras.Model) -> dict[str, str]:
+    """Why each Conv2D/Dense inside a nested model (or a custom layer) is not pruned, by its path."""
+    out: dict[str, str] = {}
+    for ref in walk_layers(model):
+        if "/" not in ref.path or not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
+            continue
+        if type(ref.layer) is keras.layers.DepthwiseConv2D:
+            continue
+        top = ref.path.split("/", 1)[0]
+        holder = type(model.get_layer(top)).__name__
+        out[ref.path] = (
+            f"it is inside '{top}' ({holder}): channel pruning rebuilds the outer graph only, so layers of nested "
+            "models are not pruned (call the nested model's layers directly in the outer model to prune them)"
+        )
+    return out

@@ -19,7 +19,16 @@ import numpy as np
 from ..graph import check_graph_model
 from ..rewrite import _named_inputs
 from .groups import PruneUnit, prune_units
-from .kinds import _in_channels, _is_decomposed, _is_target_type, _kernels, _out_channels
+from .kinds import (
+    _channelwise_count,
+    _in_channels,
+    _is_decomposed,
+    _is_target_type,
+    _kernels,
+    _narrow_config,
+    _out_channels,
+    _slice_channelwise,
+)
 
 __all__ = ["KeptChannels", "apply_pruning", "kept_channels"]
 
@@ -46,12 +55,6 @@ def _kept_unit(value: Any, unit: PruneUnit, what: str) -> np.ndarray:
     return np.sort(kept).astype(np.int64)
 
 
-def _channelwise_count(layer: Any) -> int:
-    if type(layer) is keras.layers.DepthwiseConv2D:
-        return int(layer.kernel.shape[-2])
-    return int(layer.get_weights()[0].shape[-1])
-
-
 def _complement(total: int, removed: set[int]) -> np.ndarray | None:
     if not removed:
         return None
@@ -71,10 +74,16 @@ def _slice_weights(
         return _sliced(layer, weights, keep_in, keep_out)
     if keep_cw is None:
         return weights
-    if type(layer) is keras.layers.DepthwiseConv2D:
-        kernel, *rest = weights
-        return [np.take(kernel, keep_cw, axis=-2), *(np.take(w, keep_cw, axis=-1) for w in rest)]
-    return [np.take(w, keep_cw, axis=-1) for w in weights]
+    return _slice_channelwise(layer, weights, keep_cw)
+
+
+def _set_weights(layer: Any, values: list[np.ndarray]) -> None:
+    """``layer.set_weights(values)``, then let an adapted ``Normalization`` recompute the mean and variance it
+    divides by from its (new) state variables, as loading a saved model does; ``set_weights`` alone leaves it
+    using the old ones."""
+    layer.set_weights(values)
+    if isinstance(layer, keras.layers.Normalization):
+        layer.finalize_state()
 
 
 def _compile_like(model: keras.Model, new_model: keras.Model, what: str) -> None:
@@ -85,14 +94,24 @@ def _compile_like(model: keras.Model, new_model: keras.Model, what: str) -> None
             warnings.warn(f"{what}: could not compile the new model like the original ({err}).", stacklevel=3)
 
 
-def _rebuild(model: keras.Model, keep_out: Mapping[str, np.ndarray], gathers: Mapping[str, np.ndarray]) -> keras.Model:
-    """A re-created ``model`` (fresh weights) with producers narrowed and ChannelGather layers inserted."""
+def _rebuild(
+    model: keras.Model,
+    keep_out: Mapping[str, np.ndarray],
+    gathers: Mapping[str, np.ndarray],
+    keep_cw: Mapping[str, np.ndarray] | None = None,
+) -> keras.Model:
+    """A re-created ``model`` (fresh weights) with producers narrowed, per-channel configs (GroupNormalization's
+    groups, Reshape's target shape, Rescaling/Normalization constants) cut to their kept channels ``keep_cw`` and
+    ChannelGather layers inserted."""
+    keep_cw = keep_cw or {}
     from ..layers import ChannelGather
 
     def clone_function(layer: Any) -> Any:
         config = layer.get_config()
         if layer.name in keep_out:
             config["filters" if "filters" in config else "units"] = len(keep_out[layer.name])
+        if layer.name in keep_cw:
+            config = _narrow_config(layer, config, keep_cw[layer.name])
         return layer.__class__.from_config(config)
 
     def gather_layer(name: str) -> Any:
@@ -299,9 +318,9 @@ def apply_pruning(
                 f"{want} ([kernel, bias] or [kernel])."
             )
         new_weights[name] = given
-    new_model = _rebuild(model, keep_out, gathers)
+    new_model = _rebuild(model, keep_out, gathers, keep_cw)
     for name, values in new_weights.items():
-        new_model.get_layer(name).set_weights(values)
+        _set_weights(new_model.get_layer(name), values)
     _compile_like(model, new_model, "apply_pruning")
     return new_model
 

@@ -50,7 +50,7 @@ from .kinds import (
     _kind,
     _producer_problem,
 )
-from .rebuild import KeptChannels, _compile_like, _rebuild, apply_pruning, kept_channels
+from .rebuild import KeptChannels, _compile_like, _rebuild, _set_weights, apply_pruning, kept_channels
 
 __all__ = [
     "ChannelSlot",
@@ -384,6 +384,6 @@ def prune_input_channels(model: keras.Model, kept: Mapping[Any, Sequence[int] | 
         result.model = _rebuild(model, {}, {})
         for layer in model.layers:
             if layer.get_weights():
-                result.model.get_layer(layer.name).set_weights(layer.get_weights())
+                _set_weights(result.model.get_layer(layer.name), layer.get_weights())
         _compile_like(model, result.model, "prune_input_channels")
     return result
