@@ -253,3 +253,42 @@ def test_inception_resnet_scaled_residual_is_a_merge(tmp_path):
     unit, _ = _prune_and_check(model, _x(model), consumer="r")
     assert sorted(s.layer for s in unit.producers) == ["a", "r"]
     assert sorted(s.layer for s in unit.consumers) == ["b", "r"]
+
+
+@pytest.mark.slow
+def test_efficientnet_b0_prunes_to_half_and_round_trips(tmp_path):
+    import tfcompress as tfc
+
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3))
+    _randomise_bn(model)
+    units, reasons = prune_units(model)
+    consumers = {s.layer for u in units for s in u.consumers}
+    convs = [layer.name for layer in model.layers if type(layer) in (L.Conv2D, L.Dense)]
+    assert len(consumers) == len(convs) - 1, reasons  # only the stem, which reads the image, is left
+    kept = {u.name: np.arange(u.channels // 2) for u in units if u.channels > 1}
+    new = apply_pruning(model, kept, units=units)
+    reference = _copy(model)
+    by_name = {u.name: u for u in units}
+    for name, keep in kept.items():
+        drop = np.setdiff1d(np.arange(by_name[name].channels), keep)
+        for slot in by_name[name].consumers:
+            layer = reference.get_layer(slot.layer)
+            kernel, *rest = layer.get_weights()
+            kernel[..., slot.index[drop], :] = 0.0
+            layer.set_weights([kernel, *rest])
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 64, 64, 3)).astype(np.float32)
+    got = np.asarray(new(x, training=False))
+    np.testing.assert_allclose(got, np.asarray(reference(x, training=False)), rtol=1e-3, atol=1e-5)
+    ratio = tfc.model_cost(new, warn=False).macs / tfc.model_cost(model, warn=False).macs
+    assert ratio < 0.4, ratio
+    path = tmp_path / "b0.keras"
+    new.save(path)
+    back = keras.models.load_model(path)
+    np.testing.assert_allclose(np.asarray(back(x, training=False)), got, rtol=1e-6, atol=1e-6)
+
+
+def _randomise_bn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) for w in layer.get_weights()])

@@ -327,14 +327,17 @@ def prune_units(
 ) -> tuple[list[PruneUnit], dict[str, str]]:
     """The pruning units of a built Sequential/Functional model, in forward order, and why the other layers have none.
 
-    Channels are followed through per-channel layers (activations, pooling, dropout,
-    padding, BatchNormalization, DepthwiseConv2D with ``depth_multiplier=1``, ...),
-    element-wise merges (``Add``, ``Multiply``, ... join their inputs into one group, so
-    a ResNet stage is one unit) and channel-axis ``Concatenate`` (a layer reading a
-    concat is a consumer of each part's unit, at that part's offset). A group is
-    *pinned* — it has no unit — when it holds a model input, reaches a model output,
-    or passes through a layer that does not keep channels apart (Flatten, Reshape,
-    LayerNormalization, a shared layer, a nested model, an unknown layer, ...).
+    Channels are followed through per-channel layers (activations incl. PReLU, pooling,
+    padding, cropping, upsampling, dropout, BatchNormalization, Normalization, Rescaling,
+    GroupNormalization with one channel per group, DepthwiseConv2D with
+    ``depth_multiplier=1``, the SE-block Reshape to ``(1, 1, C)``, ...), element-wise
+    merges (``Add``, ``Multiply``, ... join their inputs into one group, so a ResNet
+    stage is one unit) and channel-axis ``Concatenate`` (a layer reading a concat is a
+    consumer of each part's unit, at that part's offset). A group is *pinned* — it has
+    no unit — when it holds a model input, reaches a model output, or passes through a
+    layer that does not keep channels apart (Flatten, a Reshape of the last axis, a
+    LayerNormalization across channels, a shared layer, a nested model, an unknown
+    layer, ...); the reason names that layer.
 
     Args:
         model: a built Sequential or Functional model (not modified).
@@ -345,7 +348,8 @@ def prune_units(
     Returns:
         ``(units, reasons)``: the units, ordered by their first consumer, and
         ``{layer: reason}`` for every top-level Conv2D/Dense none of whose input
-        channels can be pruned (a layer reading a concat of a pinned part and a
+        channels can be pruned, and (by path, ``"outer/inner"``) every Conv2D/Dense
+        inside a nested model (a layer reading a concat of a pinned part and a
         prunable part is in a unit, not in ``reasons``; gather units remove their layer
         from ``reasons``).
 

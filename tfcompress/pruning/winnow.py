@@ -3,28 +3,43 @@
 Pruning input channel ``c`` of a ``Conv2D``/``Dense`` only saves compute if nothing
 produces it any more. Think of the channel axis of each tensor as a *space*:
 
-- per-channel layers (activations, pooling, dropout, padding, BatchNormalization on
-  the last axis, DepthwiseConv2D with ``depth_multiplier=1``) keep their input's space;
-- element-wise merges (``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``,
-  ``Minimum``) join all their inputs and their output into one space;
+- per-channel layers keep their input's space: activations (incl. ``PReLU``), dropout,
+  pooling, padding, cropping and upsampling of every rank, ``Rescaling``,
+  ``Normalization``/``BatchNormalization`` on the last axis, ``GroupNormalization``
+  with one channel per group, ``LayerNormalization`` over other axes, DepthwiseConv2D
+  with ``depth_multiplier=1``, a ``Reshape`` that keeps the last axis (the ``(1, 1, C)``
+  of squeeze-and-excitation blocks), element-wise ``keras.ops`` nodes and reductions
+  off the channel axis; the per-channel weights and config values of these are sliced
+  (see :mod:`.kinds`);
+- element-wise merges (``Add``, ``Subtract``, ``Multiply`` incl. the broadcasting one of
+  SE blocks, ``Average``, ``Maximum``, ``Minimum``) join all their inputs and their
+  output into one space;
 - a channel-axis ``Concatenate`` makes a space that is the concatenation of its
   inputs' spaces;
 - a ``Conv2D``/``Dense`` reads a space (a *consumer*) and makes a new one (a *producer*).
 
 A space with consumers that holds no model input, reaches no model output and
-passes through no layer mixing channels (Flatten, Reshape, LayerNormalization, a
-shared layer, a nested model, an unknown layer, ...) is a :class:`PruneUnit`:
-dropping unit channel ``i`` removes an output channel of every producer, a
-per-channel weight of every channelwise layer and an input channel of every
-consumer, so shapes always match. :func:`prune_units` finds the units (and why the
-other layers have none); :func:`apply_pruning` builds the smaller model. With
+passes through no layer mixing channels (Flatten, a Reshape of the last axis, a
+LayerNormalization across channels, a shared layer, a nested model, an unknown
+layer, ...) is a :class:`PruneUnit`: dropping unit channel ``i`` removes an output
+channel of every producer, a per-channel weight of every channelwise layer and an
+input channel of every consumer, so shapes always match. Pruning a unit is *exact*:
+the smaller model computes what the original does with the dropped channels' consumer
+weights set to zero (which is how the selection scores candidates in place). That is
+why a normalisation whose statistics span several channels (``LayerNormalization``
+over the channel axis, ``GroupNormalization`` with several channels per group) is a
+blocker, not a per-channel layer: removing channels would change the kept channels'
+values, so the returned model would not be the one that was scored and refitted.
+
+:func:`prune_units` (:mod:`.groups`) finds the units (and why the other layers have
+none); :func:`apply_pruning` (:mod:`.rebuild`) builds the smaller model. With
 ``allow_custom_downsample_ops`` a layer whose inputs are pinned gets a *gather*
 unit: a :class:`~tfcompress.layers.ChannelGather` in front of it picks the kept
 channels.
 
-:func:`prune_input_channels` prunes layers by name when nothing else reads their
-input channels; :func:`find_chain` and :func:`prunable_layers` describe the simplest
-case, a *private chain* (one producer, per-channel layers, one consumer).
+This module: :func:`prune_input_channels` prunes layers by name when nothing else
+reads their input channels; :func:`find_chain` and :func:`prunable_layers` describe
+the simplest case, a *private chain* (one producer, per-channel layers, one consumer).
 
 The graph is read from ``model.get_config()`` (each layer's ``inbound_nodes``) and
 the new model is built with ``keras.models.clone_model`` from modified layer
