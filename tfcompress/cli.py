@@ -465,6 +465,10 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
     compressed, stats = tfc.compress_model(
         model, evaluate, data, args.scheme, args.metric, parameters, verbose=0 if args.quiet else 1
     )
+    if user_function is None:
+        stats.score_name = "output fidelity (data-free; minus the relative squared error, 0 = identical outputs)"
+    else:
+        stats.score_name = f"{args.eval} (eval function)"
 
     files = {
         "model": os.path.join(args.output, "compressed.keras"),

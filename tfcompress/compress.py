@@ -83,7 +83,7 @@ from .select import (
     tar_indices_to_evaluate,
     tar_select,
 )
-from .stats import CompressionStats, LayerStats
+from .stats import CompressionStats, LayerStats, run_metadata
 
 __all__ = ["compress_model", "ModelCompressor"]
 
@@ -474,7 +474,12 @@ def compress_model(
     manual = parameters.mode is Mode.manual
     multiplicity = parameters.multiplicity
 
-    stats = CompressionStats(compress_scheme=scheme.value, cost_metric=metric.value, mode=parameters.mode.value)
+    stats = CompressionStats(
+        compress_scheme=scheme.value,
+        cost_metric=metric.value,
+        mode=parameters.mode.value,
+        **run_metadata(model, eval_callback),
+    )
     original = model_cost(model, warn=False)
     if original.uncounted:
         if metric is CostMetric.mac and not allow_uncounted_macs:
@@ -709,6 +714,7 @@ def _finish(
         }
     )
     stats.num_eval_calls = evaluator.calls
+    stats.put_in_model_order(original.layers)  # layers as they come in the model, whatever step recorded them
     logger.info(
         "compressed %s: MAC ratio %.4f, memory ratio %.4f, score %.4f -> %.4f",
         compressed.name,

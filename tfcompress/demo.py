@@ -163,6 +163,8 @@ def run_demo(
         "stats": os.path.join(output_dir, "stats.json"),
         "summary": os.path.join(output_dir, "summary.json"),
     }
+    stats.finetuned_model_accuracy = finetuned
+    stats.finetune_note = f"after {finetune_epochs} epoch(s) of fine-tuning the whole compressed model"
     save_model_atomic(compressed, files["model"])
     compressed.export(files["saved_model"], verbose=False)
     stats.to_json(files["stats"])
