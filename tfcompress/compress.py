@@ -71,6 +71,7 @@ from .params import (
     _SchemeParameters,
 )
 from .progress import Progress
+from .rewire import replacement_problem
 from .rewrite import _source_kernel, rewrite_model
 from .select import (
     EvalScoresCacheError,
@@ -386,6 +387,15 @@ def _progress(total: int, verbose: int) -> Progress:
     return Progress(total, verbose=1 if verbose else 0, unit="eval")
 
 
+def _inner_problem(ref: LayerRef) -> str | None:
+    """Why a layer held inside a custom layer cannot be replaced in a model that saves (``None`` when it can, and
+    for every top-level layer)."""
+    if ref.owner is None:
+        return None
+    problem = replacement_problem(ref.owner, ref.attribute)
+    return None if problem is None else f"inside custom layer '{ref.owner.name}': {problem}"
+
+
 def _resolve_ignored(refs: list[LayerRef], ignored: list[Any]) -> set[int]:
     if not ignored:
         return set()
@@ -500,7 +510,7 @@ def compress_model(
         compressed = compress_channels(model, work, parameters, metric, evaluator, stats, trainer, verbose)
         del work
         return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=0.0)
-    refs = walk_layers(model)
+    refs = walk_layers(model, sublayers=True)  # layers inside custom layers too ("block/ffn")
 
     def make_candidate(ref: LayerRef) -> _Candidate:
         layer = ref.layer
@@ -508,7 +518,7 @@ def compress_model(
             ref=ref,
             work_layer=None,  # bound once the working copy exists
             scheme=_layer_scheme(layer, scheme),
-            geometry=layer_geometry(layer),
+            geometry=layer_geometry(layer, input_shape=ref.input_shape),
             kernel=np.asarray(keras.ops.convert_to_numpy(_source_kernel(layer)), dtype=np.float64),
             metric=metric,
             multiplicity=multiplicity,
@@ -524,7 +534,7 @@ def compress_model(
         problems = []
         for layer_key, ratio in pairs:
             ref = resolved[layer_key]
-            why = _ineligibility(ref.layer, scheme, manual=True)
+            why = _ineligibility(ref.layer, scheme, manual=True) or _inner_problem(ref)
             if why:
                 problems.append(f"'{ref.path}': {why}")
                 continue
@@ -546,7 +556,7 @@ def compress_model(
             if id(ref.layer) in ignored:
                 stats.skipped_layers[ref.path] = "in modules_to_ignore"
                 continue
-            why = _ineligibility(ref.layer, scheme, manual=False)
+            why = _ineligibility(ref.layer, scheme, manual=False) or _inner_problem(ref)
             if why:
                 stats.skipped_layers[ref.path] = why
                 continue
@@ -586,7 +596,7 @@ def compress_model(
             others = [v for c in candidates for v in _auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
         with decompose.BackgroundSVDs([c.svd_matrix() for c in factored + others]) as background:
             work = _working_copy(model, stats)
-            work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
+            work_by_path = {ref.path: ref.layer for ref in walk_layers(work, sublayers=True)}
             for candidate in candidates:
                 candidate.work_layer = work_by_path[candidate.path]
             wait_start = time.perf_counter()
@@ -631,7 +641,7 @@ def compress_model(
             compressed = model
             for path in forward:
                 compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
-                target_layer = {r.path: r.layer for r in walk_layers(compressed)}[path]
+                target_layer = {r.path: r.layer for r in walk_layers(compressed, sublayers=True)}[path]
                 logger.info("fine-tuning after compressing %s", path)
                 train_start = time.perf_counter()
                 trainer.train_model(compressed, target_layer, train_flag=True)

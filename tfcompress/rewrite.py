@@ -31,6 +31,7 @@ from .layers import (
     WeightSVDConv2DTranspose,
 )
 from .layers.base import check_source_conv, check_source_dense
+from .rewire import fill_rewired, replacement_problem, rewired_twin
 
 __all__ = ["rewrite_model", "decomposed_layer", "decomposed_class", "normalize_plan"]
 
@@ -304,20 +305,29 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     check_graph_model(model)
     entries = normalize_plan(plan, scheme)
     refs = walk_layers(model)
-    resolved = resolve_layers(refs, entries.keys(), what="rewrite_model plan")
+    try:
+        resolved = resolve_layers(refs, entries.keys(), what="rewrite_model plan")
+    except ValueError:  # perhaps a layer inside a custom layer ("block/ffn"): look inside them too
+        resolved = resolve_layers(walk_layers(model, sublayers=True), entries.keys(), what="rewrite_model plan")
     problems = []
     targets: dict[int, tuple[str, Any]] = {}
+    inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]] = {}  # id(custom layer) -> (it, {attribute: entry})
     for key, (entry_scheme, rank) in entries.items():
         ref = resolved[key]
         problem = _validate_entry(ref.layer, entry_scheme, rank)
+        if not problem and ref.owner is not None:
+            problem = replacement_problem(ref.owner, ref.attribute)
         if problem:
             problems.append(f"'{ref.path}': {problem}")
         elif id(ref.layer) in targets and targets[id(ref.layer)] != (entry_scheme, rank):
             problems.append(f"'{ref.path}': named twice with different entries")
         else:
             targets[id(ref.layer)] = (entry_scheme, rank)
+            if ref.owner is not None:
+                inner.setdefault(id(ref.owner), (ref.owner, {}))[1][ref.attribute] = (entry_scheme, rank)
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
+    rewired: dict[int, dict[str, list[np.ndarray]]] = {}  # id(new RewiredLayer) -> the replacements' weights
 
     # The re-created layers' weights would be overwritten with copies of the originals right after the clone, so
     # drawing random initial values for them (most of a clone's variable-creation time) is wasted. While the clone
@@ -331,6 +341,11 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     def clone_function(layer: Any) -> Any:
         if not isinstance(layer, keras.layers.Layer):
             return _clone_operation(layer)
+        if id(layer) in inner:
+            owner, owner_entries = inner[id(layer)]
+            twin, values = rewired_twin(owner, owner_entries, decomposed_layer)
+            rewired[id(twin)] = values
+            return twin
         if id(layer) in targets:
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
@@ -370,6 +385,9 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
             "rewrite_model: the cloned model's layers do not line up with the original's (please report this)."
         )
     for old, new in zip(refs, new_refs, strict=True):
+        if id(new.layer) in rewired:
+            fill_rewired(old.layer, new.layer, rewired[id(new.layer)])
+            continue
         if id(old.layer) in targets:
             continue
         values = preset.get(id(new.layer))

@@ -2,6 +2,7 @@
 ``tfcompress>ClassName``."""
 
 from .channel_gather import ChannelGather
+from .rewired_layer import RewiredLayer
 from .spatial_svd_conv1d import SpatialSVDConv1D
 from .spatial_svd_conv2d import SpatialSVDConv2D
 from .svd_dense import SVDDense
@@ -13,6 +14,7 @@ from .weight_svd_conv2d_transpose import WeightSVDConv2DTranspose
 
 __all__ = [
     "ChannelGather",
+    "RewiredLayer",
     "SVDDense",
     "SVDSeparableConv2D",
     "SpatialSVDConv1D",
