@@ -124,6 +124,23 @@ def test_geometry_costs_agree_with_the_generic_count():
     assert len(seen) == 8
 
 
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {},
+        {"sep": ("weight_svd", 4), "up": ("weight_svd", 4), "c1d_a": ("spatial_svd", 4), "c1d_b": ("weight_svd", 4)},
+        {"c1d_a": ("weight_svd", 5), "c1d_b": ("spatial_svd", 7), "sep": ("svd", 16)},
+    ],
+    ids=["original", "decomposed", "mixed"],
+)
+def test_model_cost_equals_tensorflow_profiler(plan):
+    """An independent count: TensorFlow's flops registry over the model's graph (2 FLOPs per MAC) agrees exactly."""
+    from test_cost_honest import _tf_profiler_macs
+
+    model = tfc.rewrite_model(mixed_model(), plan)
+    assert tfc.model_cost(model).macs == _tf_profiler_macs(model, (12, 12, 3))
+
+
 def test_schemes_that_do_not_apply_are_refused_by_name():
     g = LayerGeometry("conv2d_transpose", 4, 4, (3, 3), name="up")
     with pytest.raises(ValueError, match=r"'up' is a Conv2DTranspose.*'weight_svd'"):
