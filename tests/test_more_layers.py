@@ -219,3 +219,67 @@ def test_conv1d_rejects_what_it_cannot_compute():
         SpatialSVDConv1D(4, 3, rank=1, strides=2, dilation_rate=2)
     with pytest.raises(ValueError, match=r"output_padding \(2, 2\) must be smaller"):
         WeightSVDConv2DTranspose(4, 3, rank=1, strides=2, output_padding=2)
+
+
+def _source_for(cls, dtype):
+    if cls in (WeightSVDConv1D, SpatialSVDConv1D):
+        src, shape = keras.layers.Conv1D(6, 3, padding="causal", dtype=dtype), (9, 4)
+    elif cls is SVDSeparableConv2D:
+        src, shape = keras.layers.SeparableConv2D(6, 3, depth_multiplier=2, padding="same", dtype=dtype), (7, 7, 4)
+    else:
+        src, shape = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", dtype=dtype), (5, 5, 4)
+    src.build((None, *shape))
+    randomize(src, np.random.default_rng(0))
+    return src, np.random.default_rng(1).normal(size=(2, *shape))
+
+
+@pytest.mark.parametrize("cls", NEW, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("dtype", ["float64", "mixed_float16"])
+def test_from_layer_keeps_the_dtype_policy(cls, dtype):
+    src, x = _source_for(cls, dtype)
+    x = x if dtype == "float64" else x.astype("float32")
+    full = min(UNFOLD[cls](source_kernel(src)).shape)
+    layer = cls.from_layer(src, rank=full)
+    assert layer.dtype_policy.name == dtype
+    assert all(w.dtype == ("float64" if dtype == "float64" else "float32") for w in layer.weights)
+    got, want = layer(x), src(x)
+    assert keras.backend.standardize_dtype(got.dtype) == ("float64" if dtype == "float64" else "float16")
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    tolerance = 1e-10 if dtype == "float64" else 2e-2 * max(1.0, np.abs(want).max())
+    np.testing.assert_allclose(got, want, atol=tolerance)
+
+
+@keras.saving.register_keras_serializable(package="tests_more_layers")
+class CountingInitializer(keras.initializers.GlorotUniform):
+    """Glorot uniform that counts its calls (serializable, so a config with it can be re-created)."""
+
+    calls = 0
+
+    def __call__(self, shape, dtype=None):
+        CountingInitializer.calls += 1
+        return super().__call__(shape, dtype)
+
+
+@pytest.mark.parametrize("cls", NEW, ids=lambda c: c.__name__)
+def test_from_layer_draws_no_random_factors_and_keeps_the_initializers(cls):
+    if cls is SVDSeparableConv2D:
+        init = {"depthwise_initializer": CountingInitializer(seed=1), "pointwise_initializer": CountingInitializer(2)}
+        src, shape = keras.layers.SeparableConv2D(6, 3, **init), (None, 7, 7, 4)
+    elif cls is WeightSVDConv2DTranspose:
+        src, shape = keras.layers.Conv2DTranspose(6, 3, kernel_initializer=CountingInitializer(1)), (None, 5, 5, 4)
+    else:
+        src, shape = keras.layers.Conv1D(6, 3, kernel_initializer=CountingInitializer(1)), (None, 9, 4)
+    src.build(shape)
+    CountingInitializer.calls = 0
+    layer = cls.from_layer(src, rank=2)
+    assert CountingInitializer.calls == 0  # the factors come from the source at once: no random draw first
+    config = layer.get_config()
+    if cls is SVDSeparableConv2D:
+        assert config["depthwise_initializer"] == keras.initializers.serialize(src.depthwise_initializer)
+        assert config["kernel_initializer"] == keras.initializers.serialize(src.pointwise_initializer)
+    else:
+        assert config["kernel_initializer"] == keras.initializers.serialize(src.kernel_initializer)
+    again = cls.from_config(config)
+    again.build(shape)
+    assert CountingInitializer.calls == len(layer.weights) - 1  # a plain build draws every factor (not the bias)
+    assert len(again.weights) == len(layer.weights)
