@@ -388,3 +388,35 @@ def test_xception_full_rank_rewrite_and_greedy_weight_svd_to_half_the_macs():
     assert stats.mac_compression_ratio <= 0.5
     assert tfc.model_cost(compressed).macs <= 0.5 * tfc.model_cost(model).macs
     assert sum(isinstance(layer, tfc.SVDSeparableConv2D) for layer in compressed.layers) >= 20
+
+
+# ---------------------------------------------------------------- inside a custom layer
+
+
+@keras.saving.register_keras_serializable(package="tfcompress_tests_more_layers")
+class ConvBlock(L.Layer):
+    """A custom layer holding the three new kinds of convolution."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sep = L.SeparableConv2D(12, 3, padding="same", depth_multiplier=2, name="sep")
+        self.up = L.Conv2DTranspose(6, 3, strides=2, padding="same", name="up")
+        self.seq = L.Conv1D(8, 3, padding="causal", name="seq")
+
+    def call(self, x):
+        y = self.up(keras.ops.relu(self.sep(x)))
+        return self.seq(keras.ops.reshape(y, (-1, 16 * 16, 6)))
+
+
+def test_new_layers_inside_a_custom_layer_rewrite_save_and_load(tmp_path):
+    inp = keras.Input((8, 8, 4))
+    model = keras.Model(inp, ConvBlock(name="block")(inp))
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    want = np.asarray(model(x))
+    full = tfc.rewrite_model(model, {"block/sep": 8, "block/up": 12, "block/seq": 6}, scheme="weight_svd")
+    np.testing.assert_allclose(np.asarray(full(x)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    low = tfc.rewrite_model(model, {"block/sep": ("svd", 3), "block/seq": ("spatial_svd", 4)})
+    y = np.asarray(low(x))
+    assert not np.allclose(y, want, atol=1e-3)
+    low.save(tmp_path / "block.keras")
+    np.testing.assert_array_equal(np.asarray(keras.models.load_model(tmp_path / "block.keras")(x)), y)
