@@ -108,6 +108,19 @@ KIND_CLASSES: dict[str, Any] = {
 GEOMETRY_CLASSES = (*KIND_CLASSES.values(), SVDDense, DecomposedConv)
 
 
+#: the kind of layer each decomposed layer class replaces
+_TWIN_KINDS: dict[type, str] = {
+    SVDDense: "dense",
+    WeightSVDConv1D: "conv1d",
+    SpatialSVDConv1D: "conv1d",
+    SVDSeparableConv2D: "separable_conv2d",
+    WeightSVDConv2DTranspose: "conv2d_transpose",
+    WeightSVDConv2D: "conv2d",
+    SpatialSVDConv2D: "conv2d",
+    TuckerConv2D: "conv2d",
+}
+
+
 def layer_kind(layer: Any) -> str | None:
     """The :class:`LayerGeometry` kind of a decomposable Keras layer or decomposed twin, ``None`` for others.
 
@@ -116,17 +129,7 @@ def layer_kind(layer: Any) -> str | None:
         >>> layer_kind(keras.layers.Conv1D(4, 3)), layer_kind(keras.layers.ReLU())
         ('conv1d', None)
     """
-    twins = {
-        SVDDense: "dense",
-        WeightSVDConv1D: "conv1d",
-        SpatialSVDConv1D: "conv1d",
-        SVDSeparableConv2D: "separable_conv2d",
-        WeightSVDConv2DTranspose: "conv2d_transpose",
-        WeightSVDConv2D: "conv2d",
-        SpatialSVDConv2D: "conv2d",
-        TuckerConv2D: "conv2d",
-    }
-    for cls, kind in twins.items():
+    for cls, kind in _TWIN_KINDS.items():
         if isinstance(layer, cls):
             return kind
     for kind, cls in KIND_CLASSES.items():

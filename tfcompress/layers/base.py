@@ -331,12 +331,11 @@ class DecomposedConv(keras.layers.Layer):
                 f"([{', '.join(names + (['bias'] if self.use_bias else []))}]), got {len(weights)}."
             )
         kernels = [np.asarray(w) for w in weights[: len(shapes)]]
-        for kernel, shape in zip(kernels, shapes, strict=True):
+        layouts = [self.kernel_layout] if len(shapes) == 1 else ["(kh, kw, C, depth_multiplier)", self.kernel_layout]
+        for kernel, shape, layout in zip(kernels, shapes, layouts, strict=True):
             if kernel.shape != shape:
                 raise ValueError(
-                    f"{where}: source kernel shape {kernel.shape} does not match the layer's {shape} "
-                    f"{self.kernel_layout if len(shapes) == 1 else ''}".rstrip()
-                    + "."
+                    f"{where}: source kernel shape {kernel.shape} does not match the layer's {shape} {layout}."
                 )
         bias = np.asarray(weights[-1]) if self.use_bias else None
         if bias is not None and bias.shape != (self.filters,):  # check everything before assigning anything
