@@ -292,3 +292,77 @@ def _randomise_bn(model, seed=0):
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
             layer.set_weights([rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) for w in layer.get_weights()])
+
+
+def test_residual_add_of_a_concat_cuts_the_other_branch_alike(tmp_path):
+    """InceptionResNet blocks: x (a concat of branches) + conv(x); the conv's outputs are cut like the concat."""
+    inp = keras.Input((6, 6, 3))
+    p = L.Conv2D(4, 1, name="p")(inp)
+    q = L.Conv2D(2, 1, name="q")(inp)
+    x = L.Concatenate(name="cat")([p, q])
+    for i in range(2):
+        branch = L.Conv2D(3, 1, activation="relu", name=f"branch{i}")(x)
+        up = L.Conv2D(6, 1, name=f"up{i}")(L.Concatenate(name=f"mix{i}")([branch, x]))
+        x = L.Activation("relu")(L.Add(name=f"add{i}")([x, up]))
+    out = L.Conv2D(2, 1, name="b")(L.BatchNormalization(name="bn")(x))
+    model = keras.Model(inp, out)
+    units, reasons = prune_units(model)
+    assert not reasons.keys() - {"p", "q"}, reasons
+    by_first = {u.name: u for u in units}
+    part = by_first["branch0[0:4]"]
+    assert [(s.layer, s.index.tolist()) for s in part.producers] == [
+        ("p", [0, 1, 2, 3]),
+        ("up0", [0, 1, 2, 3]),
+        ("up1", [0, 1, 2, 3]),
+    ]
+    assert [(s.layer, s.index.tolist()) for s in part.consumers][-1] == ("b", [0, 1, 2, 3])
+    kept = {"branch0[0:4]": [0, 2], "branch0[4:6]": [1]}
+    new = apply_pruning(model, kept, units=units)
+    assert new.get_layer("up0").filters == 3 and new.get_layer("bn").get_weights()[0].shape == (3,)
+    reference = _copy(model)
+    for name, keep in kept.items():
+        unit = by_first[name]
+        drop = np.setdiff1d(np.arange(unit.channels), keep)
+        for slot in unit.consumers:
+            layer = reference.get_layer(slot.layer)
+            kernel, *rest = layer.get_weights()
+            kernel[..., slot.index[drop], :] = 0.0
+            layer.set_weights([kernel, *rest])
+    x = _x(model)
+    np.testing.assert_allclose(np.asarray(new(x)), np.asarray(reference(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_compress_model_prunes_a_producer_cut_into_several_groups():
+    """compress_model (no refit): the result equals the original with the dropped inputs zeroed, also when a
+    producer (up0, up1) belongs to two groups and loses outputs in both."""
+    import tfcompress as tfc
+
+    inp = keras.Input((6, 6, 3))
+    x = L.Concatenate(name="cat")([L.Conv2D(4, 1, name="p")(inp), L.Conv2D(2, 1, name="q")(inp)])
+    for i in range(2):
+        branch = L.Conv2D(3, 1, activation="relu", name=f"branch{i}")(x)
+        up = L.Conv2D(6, 1, name=f"up{i}")(L.Concatenate(name=f"mix{i}")([branch, x]))
+        x = L.Activation("relu")(L.Add(name=f"add{i}")([x, up]))
+    model = keras.Model(inp, L.Conv2D(2, 1, name="b")(x))
+    data = np.random.default_rng(0).normal(size=(8, 6, 6, 3)).astype(np.float32)
+    cp = tfc.ChannelPruningParameters
+    params = cp(
+        data, 200, False, "manual", cp.ManualModeParams([("b", 0.5)]), channel_selection="magnitude", reconstruct=False
+    )
+    new, _ = tfc.compress_model(model, lambda m, n: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    assert new.get_layer("up0").filters == new.get_layer("up1").filters == 3  # 2 of 4 and 1 of 2 kept
+    reference = _copy(model)
+    for layer in reference.layers:  # zero the inputs each consumer lost (found by matching its kept kernel rows)
+        if isinstance(layer, L.Conv2D) and layer.name not in ("p", "q"):
+            kernel, bias = layer.get_weights()
+            kept = new.get_layer(layer.name).get_weights()[0]
+            # rows are cut to the kept outputs too (up0/up1 are producers): match a kept row's values as a subset
+            rows = [i for i in range(kernel.shape[-2]) for j in range(kept.shape[-2]) if _subset(kept, j, kernel, i)]
+            assert len(rows) == kept.shape[-2]
+            kernel[..., np.setdiff1d(np.arange(kernel.shape[-2]), rows), :] = 0.0
+            layer.set_weights([kernel, bias])
+    np.testing.assert_allclose(np.asarray(new(data)), np.asarray(reference(data)), rtol=1e-4, atol=1e-5)
+
+
+def _subset(kept, j, kernel, i):
+    return bool(np.isin(kept[..., j, :].ravel(), kernel[..., i, :].ravel()).all())

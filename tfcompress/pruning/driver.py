@@ -48,6 +48,7 @@ from ..layers.base import DecomposedConv2D
 from ..select import greedy_select, min_loss_select, save_eval_scores
 from ..stats import CompressionStats, LayerStats
 from .groups import PruneUnit, prune_units
+from .kinds import _out_channels
 from .rebuild import apply_pruning
 from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
 from .select import ChannelProblem, channel_order
@@ -1027,10 +1028,16 @@ def _final_weights(
     """Each refitted consumer's full weight list for ``apply_pruning``: the refitted input-side kernel (and bias),
     the other factors of a decomposed layer as they are, and the output side cut to the kept outputs where the
     layer is also a producer of a pruned unit."""
-    out_keep: dict[str, np.ndarray] = {}
+    removed_out: dict[str, set[int]] = {}  # a producer can be in several units (each holding part of its outputs)
     for name, kept in kept_channels.items():
+        dropped = np.setdiff1d(np.arange(units[name].channels), kept)
         for slot in units[name].producers:
-            out_keep[slot.layer] = np.asarray(slot.index)[kept]
+            removed_out.setdefault(slot.layer, set()).update(int(i) for i in np.asarray(slot.index)[dropped])
+    out_keep = {
+        name: np.setdiff1d(np.arange(_out_channels(model.get_layer(name))), sorted(gone))
+        for name, gone in removed_out.items()
+        if gone
+    }
     result = {}
     for name, (_, kernel, bias) in fitted.items():
         layer = model.get_layer(name)

@@ -74,12 +74,18 @@ class PruneUnit:
 
 
 class _Spaces:
-    """Union-find over channel spaces; each base space has a size and maybe a pin reason."""
+    """Union-find over channel spaces; each base space has a size and maybe a pin reason.
+
+    A base can be *split* into consecutive parts (when an element-wise merge meets a concatenation: the other
+    input's channels must be cut where the concat's parts meet); it then stands for its parts, in order
+    (:meth:`leaves`), and every base of its group is split alike, part ``i`` joined with part ``i``.
+    """
 
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.size: list[int | None] = []
         self.pin: list[str | None] = []
+        self.children: dict[int, list[int]] = {}
 
     def new(self, size: int | None, pin: str | None = None) -> int:
         self.parent.append(len(self.parent))
@@ -94,9 +100,57 @@ class _Spaces:
         return i
 
     def pin_space(self, i: int, reason: str) -> None:
-        r = self.root(i)
-        if self.pin[r] is None:
-            self.pin[r] = reason
+        for leaf in self.leaves([i]):
+            r = self.root(leaf)
+            if self.pin[r] is None:
+                self.pin[r] = reason
+
+    def leaves(self, bases: list[int]) -> list[int]:
+        """``bases`` with every split base replaced by its parts, in channel order."""
+        out: list[int] = []
+        for base in bases:
+            if base in self.children:
+                out.extend(self.leaves(self.children[base]))
+            else:
+                out.append(base)
+        return out
+
+    def split(self, base: int, sizes: list[int]) -> None:
+        """Cut the group of the unsplit ``base`` into consecutive parts of ``sizes`` channels."""
+        r = self.root(base)
+        members = [b for b in range(len(self.parent)) if b not in self.children and self.root(b) == r]
+        first: list[int] | None = None
+        for member in members:
+            parts = [self.new(size, self.pin[r]) for size in sizes]
+            self.children[member] = parts
+            if first is None:
+                first = parts
+            else:
+                for a, b in zip(first, parts, strict=True):
+                    self.union(a, b)
+
+    def align(self, lists: list[list[int]]) -> list[list[int]] | None:
+        """The leaves of each channel axis in ``lists`` (one per merged tensor), split until all have parts of the
+        same sizes at the same offsets; None when a size is unknown."""
+        while True:
+            lists = [self.leaves(bases) for bases in lists]
+            sizes = [[self.size[self.root(b)] or self.size[b] for b in bases] for bases in lists]
+            if any(size is None for row in sizes for size in row):
+                return None
+            if all(row == sizes[0] for row in sizes):
+                return lists
+            cuts = {int(c) for row in sizes for c in np.cumsum(row)}
+            for bases, row in zip(lists, sizes, strict=True):
+                offset = 0
+                for base, size in zip(bases, row, strict=True):
+                    inner = sorted(c - offset for c in cuts if offset < c < offset + size)
+                    if inner:
+                        self.split(base, list(np.diff([0, *inner, size]).astype(int).tolist()))
+                        break
+                    offset += size
+                else:
+                    continue
+                break
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.root(a), self.root(b)
@@ -229,7 +283,7 @@ def _analyse(model: keras.Model) -> _Analysis:
         if ref not in segs:  # an output of an opaque layer (or one the config does not show)
             reason = opaque.get(ref[0], f"they come out of '{ref[0]}', which is not analysed")
             segs[ref] = [spaces.new(None, reason)]
-        return segs[ref]
+        return spaces.leaves(segs[ref])
 
     def pin_all(refs: list[tuple[str, int, int]], reason: str) -> None:
         for ref in refs:
@@ -284,25 +338,31 @@ def _analyse(model: keras.Model) -> _Analysis:
         else:  # element-wise merge
             inputs = [segments(ref) for ref in refs]
             widths = {shape[-1] for shape in _input_shapes(layer)}
-            if any(len(bases) != 1 for bases in inputs) or len(widths) != 1 or None in widths:
-                reason = f"'{name}' ({type(layer).__name__}) merges concatenated channels or broadcasts over channels"
+            if len(widths) != 1 or None in widths:
+                reason = f"'{name}' ({type(layer).__name__}) broadcasts over channels"
+            elif any(len(bases) != 1 for bases in inputs):  # a concat meets another tensor: cut it alike
+                aligned = spaces.align(inputs)
+                reason = f"'{name}' ({type(layer).__name__}) merges channel groups of unknown size"
+                inputs = aligned or inputs
+            if len(widths) != 1 or None in widths or any(len(bases) != len(inputs[0]) for bases in inputs):
                 pin_all(refs, f"they meet in {reason}")
                 opaque[name] = f"they come out of {reason}"
                 continue
             for bases in inputs[1:]:
-                spaces.union(inputs[0][0], bases[0])
-            segs[out] = [inputs[0][0]]
+                for a, b in zip(inputs[0], bases, strict=True):
+                    spaces.union(a, b)
+            segs[out] = list(inputs[0])
     for ref in outputs:
         label = ref[0] if ref[0] != "__input__" else "the model input"
         for base in segments(ref):
             spaces.pin_space(base, f"the channels also reach a model output ('{label}')")
     # a layer that sees the same unit twice (e.g. concatenating a tensor with itself) cannot be sliced
     for name, bases in (*result.consumers.items(), *result.channelwise.items()):
-        roots = [spaces.root(b) for b in bases]
+        roots = [spaces.root(b) for b in spaces.leaves(bases)]
         for r in {r for r in roots if roots.count(r) > 1}:
             spaces.pin_space(r, f"the same channels appear twice in the input of '{name}'")
     # sizes must agree inside a space (they do in a valid model; be safe)
-    for base, root in ((b, spaces.root(b)) for b in range(len(spaces.parent))):
+    for base, root in ((b, spaces.root(b)) for b in range(len(spaces.parent)) if b not in spaces.children):
         if spaces.size[base] is not None and spaces.size[root] not in (None, spaces.size[base]):
             spaces.pin_space(root, "the channel counts of the tensors in the group differ")
     return result
@@ -333,7 +393,9 @@ def prune_units(
     ``depth_multiplier=1``, the SE-block Reshape to ``(1, 1, C)``, ...), element-wise
     merges (``Add``, ``Multiply``, ... join their inputs into one group, so a ResNet
     stage is one unit) and channel-axis ``Concatenate`` (a layer reading a concat is a
-    consumer of each part's unit, at that part's offset). A group is *pinned* — it has
+    consumer of each part's unit, at that part's offset; a merge of a concat with
+    another tensor cuts that tensor's producers at the same offsets, so they can be
+    producers of several units). A group is *pinned* — it has
     no unit — when it holds a model input, reaches a model output, or passes through a
     layer that does not keep channels apart (Flatten, a Reshape of the last axis, a
     LayerNormalization across channels, a shared layer, a nested model, an unknown
@@ -373,7 +435,7 @@ def prune_units(
     placed: dict[str, list[tuple[int, int, int]] | None] = {}
     for role, table in (("consumers", a.consumers), ("channelwise", a.channelwise)):
         for name, bases in table.items():
-            placed[name] = parts = _offsets(spaces, bases)
+            placed[name] = parts = _offsets(spaces, spaces.leaves(bases))
             if parts is None:
                 for base in bases:
                     spaces.pin_space(base, f"the channel count of a part of the input of '{name}' is unknown")
@@ -382,11 +444,10 @@ def prune_units(
                 members.setdefault(root, {"consumers": [], "channelwise": [], "producers": []})[role].append(
                     ChannelSlot(name, np.arange(offset, offset + size, dtype=np.int64))
                 )
-    for name, base in a.producers.items():
-        root = spaces.root(base)
-        size = int(spaces.size[root] or 0)
-        if root in members:
-            members[root]["producers"].append(ChannelSlot(name, np.arange(size, dtype=np.int64)))
+    for name, base in a.producers.items():  # a producer whose output was cut (see _Spaces.split) is in each part
+        for root, offset, size in _offsets(spaces, spaces.leaves([base])) or []:
+            if root in members:
+                members[root]["producers"].append(ChannelSlot(name, np.arange(offset, offset + size, dtype=np.int64)))
     units: list[PruneUnit] = []
     covered: set[str] = set()
     for root, roles in members.items():
@@ -411,7 +472,7 @@ def prune_units(
     for name, bases in a.consumers.items():
         if name in covered or name in reasons:
             continue
-        roots = [spaces.root(b) for b in bases]
+        roots = [spaces.root(b) for b in spaces.leaves(bases)]
         pins = [spaces.pin[r] for r in roots if spaces.pin[r]]
         reasons[name] = pins[0] if pins else "its input channels reach no prunable group"
         n = a.in_channels[name]

@@ -15,7 +15,9 @@ produces it any more. Think of the channel axis of each tensor as a *space*:
   SE blocks, ``Average``, ``Maximum``, ``Minimum``) join all their inputs and their
   output into one space;
 - a channel-axis ``Concatenate`` makes a space that is the concatenation of its
-  inputs' spaces;
+  inputs' spaces; when a merge meets a concatenation (``x + conv(x)`` with ``x`` a concat,
+  as in InceptionResNet blocks), the other inputs are cut at the same offsets, so a
+  producer can hold parts of several units;
 - a ``Conv2D``/``Dense`` reads a space (a *consumer*) and makes a new one (a *producer*).
 
 A space with consumers that holds no model input, reaches no model output and
