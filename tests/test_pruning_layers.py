@@ -342,15 +342,17 @@ def test_compress_model_prunes_a_producer_cut_into_several_groups():
     for i in range(2):
         branch = L.Conv2D(3, 1, activation="relu", name=f"branch{i}")(x)
         up = L.Conv2D(6, 1, name=f"up{i}")(L.Concatenate(name=f"mix{i}")([branch, x]))
-        x = L.Activation("relu")(L.Add(name=f"add{i}")([x, up]))
+        x = L.Activation("relu")(L.BatchNormalization(name=f"bn{i}")(L.Add(name=f"add{i}")([x, up])))
     model = keras.Model(inp, L.Conv2D(2, 1, name="b")(x))
     data = np.random.default_rng(0).normal(size=(8, 6, 6, 3)).astype(np.float32)
     cp = tfc.ChannelPruningParameters
     params = cp(
         data, 200, False, "manual", cp.ManualModeParams([("b", 0.5)]), channel_selection="magnitude", reconstruct=False
     )
-    new, _ = tfc.compress_model(model, lambda m, n: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    new, stats = tfc.compress_model(model, lambda m, n: 0.0, None, "channel_pruning", "mac", params, verbose=0)
     assert new.get_layer("up0").filters == new.get_layer("up1").filters == 3  # 2 of 4 and 1 of 2 kept
+    assert new.get_layer("bn1").get_weights()[0].shape == (3,)
+    assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(new).macs / tfc.model_cost(model).macs)
     reference = _copy(model)
     for layer in reference.layers:  # zero the inputs each consumer lost (found by matching its kept kernel rows)
         if isinstance(layer, L.Conv2D) and layer.name not in ("p", "q"):
