@@ -368,3 +368,30 @@ def test_compress_model_prunes_a_producer_cut_into_several_groups():
 
 def _subset(kept, j, kernel, i):
     return bool(np.isin(kept[..., j, :].ravel(), kernel[..., i, :].ravel()).all())
+
+
+@keras.saving.register_keras_serializable(package="test_pruning_layers")
+class _Block(L.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = L.Conv2D(6, 1, name="inner")
+
+    def call(self, x):
+        return x + self.inner(x)
+
+
+def test_layers_inside_a_custom_layer_have_a_true_reason():
+    import tfcompress as tfc
+
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(6, 1, name="a")(inp)
+    model = keras.Model(inp, L.Conv2D(2, 1, name="b")(_Block(name="block")(x)))
+    units, reasons = prune_units(model)
+    assert units == []
+    assert "'block' (_Block), which is not a known channel-preserving layer" in reasons["b"]
+    assert reasons["block/inner"].startswith("it is inside the custom layer 'block' (_Block)")
+    data = np.zeros((4, 6, 6, 3), np.float32)
+    cp = tfc.ChannelPruningParameters
+    params = cp(data, 100, False, "manual", cp.ManualModeParams([("block/inner", 0.5)]))
+    with pytest.raises(ValueError, match="'block/inner': it is inside the custom layer"):
+        tfc.compress_model(model, lambda m, n: 0.0, None, "channel_pruning", "mac", params, verbose=0)

@@ -583,7 +583,7 @@ def _manual_ratios(run: _Run, reasons: dict[str, str]) -> dict[str, list[float]]
     for u in run.units_list:
         for slot in u.consumers:
             consumer_units.setdefault(slot.layer, []).append(u.name)
-    top = {r.path for r in walk_layers(run.model)}
+    top = {r.path for r in walk_layers(run.model, sublayers=True)}
     ratios_of: dict[str, list[float]] = {}
     problems = []
     for layer, ratio in run.parameters.params.list_of_module_comp_ratio_pairs:
@@ -612,7 +612,7 @@ def _auto_ratios(run: _Run) -> dict[str, list[float]]:
     auto = run.parameters.params
     run.stats.rank_select_scheme = auto.rank_select_scheme.value
     run.stats.target_comp_ratio = auto.target_comp_ratio
-    refs = resolve_layers(walk_layers(run.model), auto.modules_to_ignore, what="modules_to_ignore")
+    refs = resolve_layers(walk_layers(run.model, sublayers=True), auto.modules_to_ignore, what="modules_to_ignore")
     ignored = {ref.path for ref in refs.values()}
     ratios_of: dict[str, list[float]] = {}
     for u in run.units_list:

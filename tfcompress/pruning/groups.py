@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..graph import check_graph_model, walk_layers
+from ..graph import check_graph_model, is_graph_model, walk_layers
 from .kinds import _channels, _in_channels, _input_shapes, _kind, _out_channels, _producer_problem
 
 __all__ = ["ChannelSlot", "PruneUnit", "prune_units"]
@@ -493,17 +493,24 @@ def prune_units(
 
 
 def _inner_reasons(model: keras.Model) -> dict[str, str]:
-    """Why each Conv2D/Dense inside a nested model (or a custom layer) is not pruned, by its path."""
+    """Why each Conv2D/Dense inside a nested model or a custom layer is not pruned, by its path."""
     out: dict[str, str] = {}
-    for ref in walk_layers(model):
+    for ref in walk_layers(model, sublayers=True):
         if "/" not in ref.path or not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
             continue
         if type(ref.layer) is keras.layers.DepthwiseConv2D:
             continue
         top = ref.path.split("/", 1)[0]
-        holder = type(model.get_layer(top)).__name__
-        out[ref.path] = (
-            f"it is inside '{top}' ({holder}): channel pruning rebuilds the outer graph only, so layers of nested "
-            "models are not pruned (call the nested model's layers directly in the outer model to prune them)"
-        )
+        holder = model.get_layer(top)
+        if ref.owner is not None and not is_graph_model(holder):
+            out[ref.path] = (
+                f"it is inside the custom layer '{top}' ({type(holder).__name__}), which creates its own sublayers: "
+                "channel pruning rebuilds the outer graph only, and channels are not followed through a custom layer"
+            )
+        else:
+            out[ref.path] = (
+                f"it is inside '{top}' ({type(holder).__name__}): channel pruning rebuilds the outer graph only, so "
+                "layers of nested models are not pruned (call the nested model's layers directly in the outer model "
+                "to prune them)"
+            )
     return out
