@@ -173,7 +173,9 @@ def run_demo(
     except ImportError:
         say('  (no report.html: the plots need matplotlib; from the checkout: pip install -e ".[report]")')
     else:
-        files["report"] = tfc.report(stats, os.path.join(output_dir, "report.html"))
+        from .report import report  # not tfc.report: under the command line (lazy package) that may be the module
+
+        files["report"] = report(stats, os.path.join(output_dir, "report.html"))
     result = DemoResult(
         baseline_accuracy=stats.baseline_model_accuracy,
         compressed_accuracy=stats.compressed_model_accuracy,
