@@ -395,3 +395,27 @@ def test_layers_inside_a_custom_layer_have_a_true_reason():
     params = cp(data, 100, False, "manual", cp.ManualModeParams([("block/inner", 0.5)]))
     with pytest.raises(ValueError, match="'block/inner': it is inside the custom layer"):
         tfc.compress_model(model, lambda m, n: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+
+
+def test_compress_model_prunes_through_se_block_prelu_and_group_norm(tmp_path):
+    import tfcompress as tfc
+
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="a")(inp)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu")(L.GroupNormalization(groups=-1, name="gn")(x))
+    se = L.Reshape((1, 1, 8), name="se_reshape")(L.GlobalAveragePooling2D(name="gap")(x))
+    se = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(L.Conv2D(4, 1, activation="relu", name="se_reduce")(se))
+    x = L.Conv2D(8, 3, padding="same", name="c")(L.Multiply(name="excite")([x, se]))
+    model = keras.Model(inp, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x)))
+    data = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    cp = tfc.ChannelPruningParameters
+    params = cp(data, 300, False, "manual", cp.ManualModeParams([("c", 0.5), ("head", 0.5)]))
+    new, stats = tfc.compress_model(model, lambda m, n: 0.0, None, "channel_pruning", "mac", params, verbose=0)
+    assert [new.get_layer(n).filters for n in ("a", "se_expand", "c")] == [4, 4, 4]
+    assert tuple(new.get_layer("se_reshape").target_shape) == (1, 1, 4)
+    assert new.get_layer("prelu").get_weights()[0].shape == (1, 1, 4)
+    assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(new).macs / tfc.model_cost(model).macs)
+    assert stats.mac_compression_ratio < 0.5
+    new.save(tmp_path / "se.keras")
+    back = keras.models.load_model(tmp_path / "se.keras")
+    np.testing.assert_allclose(np.asarray(back(data)), np.asarray(new(data)), rtol=1e-5, atol=1e-6)
