@@ -256,10 +256,15 @@ def test_inception_resnet_scaled_residual_is_a_merge(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficientnet_b0_prunes_to_half_and_round_trips(tmp_path):
+@pytest.mark.parametrize(
+    "build, size",
+    [(keras.applications.EfficientNetB0, 64), (keras.applications.InceptionResNetV2, 75)],
+    ids=["EfficientNetB0", "InceptionResNetV2"],
+)
+def test_real_models_prune_to_half_exactly_and_round_trip(build, size, tmp_path):
     import tfcompress as tfc
 
-    model = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3))
+    model = build(weights=None, input_shape=(size, size, 3))
     _randomise_bn(model)
     units, reasons = prune_units(model)
     consumers = {s.layer for u in units for s in u.consumers}
@@ -276,12 +281,12 @@ def test_efficientnet_b0_prunes_to_half_and_round_trips(tmp_path):
             kernel, *rest = layer.get_weights()
             kernel[..., slot.index[drop], :] = 0.0
             layer.set_weights([kernel, *rest])
-    x = np.random.default_rng(0).uniform(0, 255, size=(2, 64, 64, 3)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, size, size, 3)).astype(np.float32)
     got = np.asarray(new(x, training=False))
     np.testing.assert_allclose(got, np.asarray(reference(x, training=False)), rtol=1e-3, atol=1e-5)
     ratio = tfc.model_cost(new, warn=False).macs / tfc.model_cost(model, warn=False).macs
     assert ratio < 0.4, ratio
-    path = tmp_path / "b0.keras"
+    path = tmp_path / "pruned.keras"
     new.save(path)
     back = keras.models.load_model(path)
     np.testing.assert_allclose(np.asarray(back(x, training=False)), got, rtol=1e-6, atol=1e-6)
