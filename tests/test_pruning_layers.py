@@ -424,3 +424,10 @@ def test_compress_model_prunes_through_se_block_prelu_and_group_norm(tmp_path):
     new.save(tmp_path / "se.keras")
     back = keras.models.load_model(tmp_path / "se.keras")
     np.testing.assert_allclose(np.asarray(back(data)), np.asarray(new(data)), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_conv_reason_names_its_groups():
+    model = _chain([L.Conv2D(6, 3, padding="same", groups=3, name="grouped")])
+    _, reasons = prune_units(model)
+    assert reasons["grouped"] == "'grouped' (Conv2D): a grouped Conv2D (groups=3), which is not winnowed"
+    assert "'grouped' (Conv2D), a grouped Conv2D (groups=3)" in reasons["b"]

@@ -243,7 +243,12 @@ def _kind(layer: Any, calls: int, tensors: int = 1) -> tuple[str, str | None]:
     if _is_target_type(layer):
         return "producer", None
     if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
-        return "opaque", "a grouped Conv2D or a subclass, which is not winnowed"
+        if isinstance(layer, keras.layers.Conv2D) and int(getattr(layer, "groups", 1)) != 1:
+            return "opaque", f"a grouped Conv2D (groups={layer.groups}), which is not winnowed"
+        return (
+            "opaque",
+            f"a subclass of {'Conv2D' if isinstance(layer, keras.layers.Conv2D) else 'Dense'}, which is not winnowed",
+        )
     if type(layer) is keras.layers.BatchNormalization:
         shape = _input_shapes(layer)[0]
         axes = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
