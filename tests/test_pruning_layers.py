@@ -111,6 +111,13 @@ def test_normalising_across_channels_is_a_blocker_with_its_reason():
         assert "'n'" in reasons["b"] and "normalises" in reasons["b"] and "kept ones" in reasons["b"], reasons
 
 
+def test_unit_norm_blocks_across_channels_and_passes_over_other_axes():
+    _, reasons = prune_units(_chain([L.UnitNormalization(name="u")]))
+    assert "'u' (UnitNormalization), which normalises across channels" in reasons["b"]
+    model = _chain([L.UnitNormalization(axis=[1, 2], name="u")])
+    _prune_and_check(model, _x(model))
+
+
 def test_layer_norm_over_other_axes_passes():
     model = _chain([L.LayerNormalization(axis=[1, 2], name="n")])
     _randomise(model)

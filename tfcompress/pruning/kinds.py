@@ -197,7 +197,6 @@ _OPAQUE_WHY = {
     "Flatten": "which mixes spatial positions into the feature axis",
     "Reshape": "which changes what the last axis means",
     "Permute": "which moves the channel axis",
-    "UnitNormalization": "which normalises across channels (removing channels would rescale the kept ones)",
     "Softmax": "which mixes channels",
     "SeparableConv2D": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
     "Conv2DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
@@ -428,8 +427,17 @@ def _reshape_kind(layer: Any) -> tuple[str, str | None]:
     return "channelwise", None
 
 
+def _unit_norm_kind(layer: Any) -> tuple[str, str | None]:
+    """UnitNormalization: over other axes it keeps channels apart; over the channel axis it rescales the kept
+    channels by a norm that includes the removed ones."""
+    if _channel_axis_only(layer.axis, len(_input_shapes(layer)[0])) is False:
+        return "pass", None
+    return "opaque", "which normalises across channels (removing channels would rescale the kept ones)"
+
+
 _SPECIAL = {
     "PReLU": _prelu_kind,
+    "UnitNormalization": _unit_norm_kind,
     "LayerNormalization": _layer_norm_kind,
     "GroupNormalization": _group_norm_kind,
     "Rescaling": _rescaling_kind,
