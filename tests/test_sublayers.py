@@ -163,3 +163,16 @@ def test_greedy_manual_and_ignore_reach_layers_inside_custom_layers(tmp_path):
     small, manual_stats = tfc.compress_model(model, fidelity, None, "weight_svd", "mac", manual, verbose=0)
     assert [row.name for row in manual_stats.per_layer_stats] == ["block/conv_b", "outer/res/conv_a"]
     assert type(small.get_layer("block").layer.convs[1]).__name__ == "WeightSVDConv2D"
+
+
+def test_inspect_lists_layers_inside_custom_layers_with_reasons():
+    from tfcompress.cli_inspect import inspect_model, inspect_text
+
+    info = inspect_model(_model())
+    rows = {row["name"]: row for row in info["layers"]}
+    assert rows["block/conv_a"]["inside"] == "block" and rows["block/conv_a"]["schemes"]["weight_svd"]["eligible"]
+    assert rows["block/conv_a"]["macs"] == 10 * 10 * 9 * 8 * 8
+    late = rows["late/late_fc"]["schemes"]["weight_svd"]
+    assert not late["eligible"] and "created in build()" in late["reason"]
+    text = inspect_text(info, "model.keras")
+    assert "outer/res/conv_a" in text and "inside custom layer 'late'" in text

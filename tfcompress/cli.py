@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCORES.json",
         help="read and write the eval-score table here, so a rerun skips evaluations (auto mode only)",
     )
+    compress.add_argument(
+        "--allow-uncounted",
+        action="store_true",
+        help="with --metric mac, compress a model holding layers whose MACs are not known (see inspect); the MAC "
+        "target and ratios then cover the counted layers only",
+    )
     compress.add_argument("--no-report", action="store_true", help="do not write OUT/report.html (no matplotlib)")
     compress.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only a summary line")
     compress.set_defaults(subparser=compress)
@@ -463,7 +469,14 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
             multiplicity=args.multiplicity,
         )
     compressed, stats = tfc.compress_model(
-        model, evaluate, data, args.scheme, args.metric, parameters, verbose=0 if args.quiet else 1
+        model,
+        evaluate,
+        data,
+        args.scheme,
+        args.metric,
+        parameters,
+        verbose=0 if args.quiet else 1,
+        allow_uncounted_macs=args.allow_uncounted,
     )
     if user_function is None:
         stats.score_name = "output fidelity (data-free; minus the relative squared error, 0 = identical outputs)"

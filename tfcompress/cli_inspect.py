@@ -29,16 +29,22 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         >>> info["layers"][1]["schemes"]["spatial_svd"]["reason"]
         '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
     """
-    from .compress import _ineligibility
-    from .cost import decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
+    from .compress import _ineligibility, _inner_problem
+    from .cost import LayerCost, decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
     from .enums import CompressionScheme
     from .graph import walk_layers
 
-    cost = model_cost(model)
+    cost = model_cost(model, warn=False)
     rows = []
     eligible_totals = {s: {"layers": 0, "macs": 0, "params": 0} for s in SCHEMES}
-    for ref in walk_layers(model):
-        row_cost = cost.layers[ref.path]
+    for ref in walk_layers(model, sublayers=True):
+        if ref.owner is None:
+            row_cost = cost.layers[ref.path]
+        elif layer_kind(ref.layer) is not None:  # inside a custom layer: counted in its owner's row too
+            macs = original_cost(layer_geometry(ref.layer, input_shape=ref.input_shape)).macs * ref.calls
+            row_cost = LayerCost(ref.path, type(ref.layer).__name__, macs, ref.layer.count_params(), ref.calls)
+        else:
+            continue
         if not row_cost.macs and not row_cost.params:
             continue
         layer = ref.layer
@@ -51,13 +57,14 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
                 entry["reason"] = f"{type(layer).__name__} is not a {_DECOMPOSABLE_TEXT} layer"
                 schemes[scheme_name] = entry
                 continue
-            why = _ineligibility(layer, scheme, manual=False)
-            manual_why = _ineligibility(layer, scheme, manual=True) if why else None
+            inner = _inner_problem(ref)
+            why = inner or _ineligibility(layer, scheme, manual=False)
+            manual_why = (inner or _ineligibility(layer, scheme, manual=True)) if why else None
             if why and manual_why:
                 entry["reason"] = why
             else:
                 per_layer = "svd" if layer_kind(layer) == "dense" else scheme_name
-                geometry = layer_geometry(layer)
+                geometry = layer_geometry(layer, input_shape=ref.input_shape)
                 smallest = decomposed_cost(geometry, per_layer, (1, 1) if per_layer == "tucker" else 1)
                 if smallest.metric(metric) >= original_cost(geometry).metric(metric):
                     entry["reason"] = f"even rank 1 costs as many {'MACs' if metric == 'mac' else 'parameters'} "
@@ -82,6 +89,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
                 "macs": int(row_cost.macs),
                 "params": int(row_cost.params),
                 "calls": int(ref.calls),
+                "inside": None if ref.owner is None else ref.owner.name,
                 "schemes": schemes,
             }
         )
@@ -91,6 +99,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         "params": int(cost.params),
         "layers": rows,
         "eligible_totals": eligible_totals,
+        "uncounted": dict(cost.uncounted),
     }
 
 
@@ -130,7 +139,16 @@ def inspect_text(info: dict[str, Any], path: str) -> str:
     out.append(line(rows[-1]))
     out.append("")
     out.append("scheme columns: the maximum rank where the layer can be compressed with the scheme, '-' where it")
-    out.append("cannot; '(manual)': only when listed with --manual.")
+    out.append("cannot; '(manual)': only when listed with --manual. 'outer/inner' is a layer inside the custom layer")
+    out.append("'outer' (its MACs and parameters are also in the row of 'outer').")
+    uncounted = info.get("uncounted") or {}
+    if uncounted:
+        out.append("")
+        out.append(
+            f"MACs not counted ({len(uncounted)} layer(s); the total above leaves them out, and compress refuses"
+        )
+        out.append("a MAC target unless --allow-uncounted):")
+        out.extend(f"  {name}: {reason}" for name, reason in uncounted.items())
     out.append("")
     for scheme in SCHEMES:
         totals = info["eligible_totals"][scheme]
