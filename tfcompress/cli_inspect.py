@@ -14,6 +14,8 @@ SCHEMES = ("weight_svd", "spatial_svd", "tucker")
 #: the layer classes that can be decomposed: they get a reason per scheme in the text when not eligible
 _DECOMPOSABLE = ("Dense", "Conv1D", "Conv2D", "SeparableConv2D", "Conv2DTranspose")
 _DECOMPOSABLE_TEXT = "Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose"
+#: layers that hold most of a model's weights without being decomposable yet: their reason is printed too
+_EXPLAINED = (*_DECOMPOSABLE, "EinsumDense")
 
 
 def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
@@ -30,7 +32,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
     """
     from .compress import _ineligibility, _inner_problem
-    from .cost import LayerCost, decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
+    from .cost import decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
     from .enums import CompressionScheme
     from .graph import walk_layers
 
@@ -40,11 +42,8 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
     for ref in walk_layers(model, sublayers=True):
         if ref.owner is None:
             row_cost = cost.layers[ref.path]
-        elif layer_kind(ref.layer) is not None:  # inside a custom layer: counted in its owner's row too
-            macs = original_cost(layer_geometry(ref.layer, input_shape=ref.input_shape)).macs * ref.calls
-            row_cost = LayerCost(ref.path, type(ref.layer).__name__, macs, ref.layer.count_params(), ref.calls)
-        else:
-            continue
+        else:  # inside a custom layer: counted in its owner's row too
+            row_cost = _inner_cost(ref)
         if not row_cost.macs and not row_cost.params:
             continue
         layer = ref.layer
@@ -100,7 +99,38 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         "layers": rows,
         "eligible_totals": eligible_totals,
         "uncounted": dict(cost.uncounted),
+        "channel_pruning": _pruning_info(model),
     }
+
+
+def _inner_cost(ref: Any) -> Any:
+    """The cost row of a layer inside a custom layer, from the input shape its owner's traced call gave it."""
+    import keras
+
+    from .cost import LayerCost, _geometry_macs
+    from .layer_macs import Uncounted, layer_macs
+
+    layer, shape = ref.layer, ref.input_shape
+    try:
+        if shape is None:
+            raise Uncounted("no input shape")
+        macs = layer_macs(layer, [keras.KerasTensor(shape)], {}, [], special=_geometry_macs)
+    except Uncounted:
+        macs = 0
+    params = int(layer.count_params()) if layer.built else 0
+    return LayerCost(ref.path, type(layer).__name__, macs * ref.calls, params, ref.calls)
+
+
+def _pruning_info(model: Any) -> dict[str, Any]:
+    """Which layers channel pruning can prune (consumers of a channel group) and why the others cannot."""
+    from .pruning import prune_units
+
+    try:
+        units, reasons = prune_units(model)
+    except ValueError as err:
+        return {"prunable": [], "groups": 0, "reasons": {}, "error": str(err)}
+    prunable = sorted({slot.layer for unit in units for slot in unit.consumers})
+    return {"prunable": prunable, "groups": len(units), "reasons": dict(reasons)}
 
 
 def inspect_text(info: dict[str, Any], path: str) -> str:
@@ -157,14 +187,23 @@ def inspect_text(info: dict[str, Any], path: str) -> str:
             f"{scheme:<12} {totals['layers']} eligible layer(s) in auto mode, {_fmt_big(totals['macs'])} MACs "
             f"({share:.1f}% of the model), {_fmt_big(totals['params'])} parameters"
         )
+    pruning = info.get("channel_pruning")
+    if pruning:
+        out.append(
+            f"{'channel_pruning':<12} {len(pruning['prunable'])} prunable layer(s) in {pruning['groups']} channel "
+            f"group(s); {len(pruning['reasons'])} layer(s) cannot lose input channels"
+            + (f" ({pruning['error']})" if pruning.get("error") else "")
+        )
     reasons: dict[tuple[str, str], list[str]] = {}
     for row in info["layers"]:
-        if row["class"] not in _DECOMPOSABLE and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):
+        if row["class"] not in _EXPLAINED and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):
             continue  # layers that are never decomposable need no explanation per scheme
         for scheme in SCHEMES:
             entry = row["schemes"][scheme]
             if entry["reason"] and not entry["eligible"]:
                 reasons.setdefault((scheme, entry["reason"]), []).append(row["name"])
+    for name, reason in (pruning or {}).get("reasons", {}).items():
+        reasons.setdefault(("channel_pruning", reason), []).append(name)
     if reasons:
         out.append("")
         out.append("not eligible:")

@@ -153,7 +153,9 @@ def _holds_layers(layer: Any) -> bool:
     from .layers import RewiredLayer
     from .sublayers import is_container
 
-    return isinstance(layer, RewiredLayer) or is_container(layer)
+    # MultiHeadAttention's projections are addressable too ("block/attention/query"), so plans and inspect can name
+    # them; it creates them in build(), and replacing them is refused with that reason
+    return isinstance(layer, RewiredLayer | keras.layers.MultiHeadAttention) or is_container(layer)
 
 
 def _inner_refs(
