@@ -163,7 +163,7 @@ def _inner_refs(
 ) -> list[LayerRef]:
     """Refs of the layers that ``layer`` (held at ``attribute`` of the top-level ``owner``) runs, in call order."""
     from .layers import RewiredLayer
-    from .sublayers import attribute_sublayers, trace_calls
+    from .sublayers import attribute_sublayers, static_shape, trace_calls
 
     if isinstance(layer, RewiredLayer):  # a custom layer rewritten before: address what it wraps
         layer = layer.layer
@@ -184,7 +184,7 @@ def _inner_refs(
         used.add(name)
         sub_path, sub_attribute, n = f"{path}/{name}", f"{attribute}{where[id(sub)]}", calls * count
         tensors = [t for t in keras.tree.flatten((list(sub_args), sub_kwargs)) if hasattr(t, "shape")]
-        shape = tuple(None if d is None else int(d) for d in tensors[0].shape) if tensors else None
+        shape = static_shape(tensors[0]) if tensors else None
         refs.append(LayerRef(sub_path, sub, n, owner=owner, attribute=sub_attribute, input_shape=shape))
         if _holds_layers(sub):
             refs.extend(_inner_refs(sub_path, owner, sub, sub_attribute + ".", sub_args, sub_kwargs, n))
