@@ -94,7 +94,9 @@ def _greedy(model: Any, scheme: str, x: Any, candidates: int) -> dict[str, Any]:
     import tfcompress as tfc
 
     score = _common.output_mse_callback(model, x)
-    greedy = tfc.GreedySelectionParameters(target_comp_ratio=0.5, num_comp_ratio_candidates=candidates)
+    greedy = tfc.GreedySelectionParameters(
+        target_comp_ratio=0.5, num_comp_ratio_candidates=candidates, allow_unreachable=True
+    )  # an unreachable 0.5 is a finding to record, with the ratio that was reachable
     if scheme == "channel_pruning":
         params: Any = tfc.ChannelPruningParameters(
             data=x,

@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="read and write the eval-score table here, so a rerun skips evaluations (auto mode only)",
     )
     compress.add_argument(
+        "--allow-unreachable",
+        action="store_true",
+        help="when the target cannot be reached, write the most-compressed plan (with a warning) instead of failing",
+    )
+    compress.add_argument(
         "--allow-uncounted",
         action="store_true",
         help="with --metric mac, compress a model holding layers whose MACs are not known (see inspect); the MAC "
@@ -460,7 +465,10 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         )
     else:
         greedy = tfc.GreedySelectionParameters(
-            target_comp_ratio=target, num_comp_ratio_candidates=candidates, saved_eval_scores_dict=args.cache
+            target_comp_ratio=target,
+            num_comp_ratio_candidates=candidates,
+            saved_eval_scores_dict=args.cache,
+            allow_unreachable=args.allow_unreachable,
         )
         parameters = parameters_class(
             *leading,

@@ -42,6 +42,7 @@ from ..compress import _keep_alternative, _lookup, _match, _open_cache, _progres
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..decompose import blas_single_thread
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
+from ..errors import TargetUnreachableError, unreachable_message
 from ..graph import resolve_layers, walk_layers
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
@@ -761,6 +762,20 @@ def _select(
         )
 
     chosen = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection")
+    if chosen.ratio > target + 1e-3 and not select_params.allow_unreachable:
+        raise TargetUnreachableError(
+            unreachable_message(
+                "compress_model",
+                target,
+                chosen.ratio,
+                select_params.saved_eval_scores_dict,
+                "every channel group at its smallest candidate ratio",
+            ),
+            target_ratio=target,
+            best_ratio=chosen.ratio,
+            eval_scores=scores,
+            cache_path=select_params.saved_eval_scores_dict,
+        )
     stats.notes.extend(chosen.notes)
     stats.selected_comp_ratio = chosen.ratio
     if not (select_params.compare_plans and chosen.plan and chosen.ratio <= target + 1e-3):
