@@ -905,3 +905,22 @@ def test_compare_plans_costs_nothing_when_both_plans_agree():
 def test_compare_plans_must_be_a_bool():
     with pytest.raises(TypeError, match="compare_plans"):
         tfc.GreedySelectionParameters(target_comp_ratio=0.5, compare_plans="yes")
+
+
+@pytest.mark.parametrize("scheme", ["weight_svd", "auto", "channel_pruning"])
+def test_a_model_without_decomposable_layers_says_what_it_has(scheme):
+    inp = keras.Input((5, 3))
+    model = keras.Model(inp, L.LSTM(4, name="rnn")(inp), name="rnn_only")
+    if scheme == "channel_pruning":
+        params = tfc.ChannelPruningParameters(
+            data=np.zeros((4, 5, 3), "float32"),
+            num_reconstruction_samples=10,
+            allow_custom_downsample_ops=False,
+            mode="auto",
+            params=tfc.ChannelPruningParameters.AutoModeParams(tfc.GreedySelectionParameters(0.5)),
+        )
+    else:
+        cls = tfc.WeightSvdParameters if scheme == "weight_svd" else tfc.AutoSchemeParameters
+        params = cls("auto", cls.AutoModeParams(tfc.GreedySelectionParameters(0.5)))
+    with pytest.raises(ValueError, match=r"no layer of 'rnn_only' can be .*: it has no Dense, .*'rnn' \(LSTM\)"):
+        tfc.compress_model(model, lambda m, _: 1.0, None, scheme, "mac", params, verbose=0)

@@ -60,7 +60,7 @@ from .cost import (
 )
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
 from .errors import TargetUnreachableError, unreachable_message
-from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
+from .graph import LayerRef, check_graph_model, no_candidates_detail, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv, check_source_dense
 from .params import (
@@ -573,7 +573,7 @@ def compress_model(
         if not candidates:
             raise ValueError(
                 f"compress_model: no layer of '{model.name}' can be compressed with {scheme.value}: "
-                + "; ".join(f"{k}: {v}" for k, v in stats.skipped_layers.items())
+                + no_candidates_detail(model, stats.skipped_layers)
             )
 
     # ---- a score cache that cannot be used is an error before any (possibly slow) evaluation

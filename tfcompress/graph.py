@@ -17,7 +17,16 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["LayerRef", "NodeCall", "check_graph_model", "is_graph_model", "walk_layers", "walk_calls", "resolve_layers"]
+__all__ = [
+    "LayerRef",
+    "NodeCall",
+    "check_graph_model",
+    "is_graph_model",
+    "no_candidates_detail",
+    "resolve_layers",
+    "walk_calls",
+    "walk_layers",
+]
 
 
 def is_graph_model(obj: Any) -> bool:
@@ -266,6 +275,26 @@ def walk_calls(model: Any, _prefix: str = "", _calls: int = 1) -> list[NodeCall]
         else:
             found.append(NodeCall(path, operation, n, tuple(args), dict(kwargs), _outputs(operation)))
     return found
+
+
+def no_candidates_detail(model: Any, reasons: dict[str, str]) -> str:
+    """The end of a "no layer can be compressed" message: each layer's reason, or, when no layer even got one, the
+    kinds of layers with weights that the model has instead.
+
+    Example:
+        >>> import keras
+        >>> inp = keras.Input((5, 3))
+        >>> no_candidates_detail(keras.Model(inp, keras.layers.LSTM(4, name="rnn")(inp)), {})
+        "it has no Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer (its layers with weights: 'rnn' (LSTM))"
+    """
+    if reasons:
+        return "; ".join(f"{name}: {why}" for name, why in reasons.items())
+    weighted = [f"'{ref.path}' ({type(ref.layer).__name__})" for ref in walk_layers(model) if ref.layer.weights]
+    return (
+        "it has no Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer (its layers with weights: "
+        + (", ".join(weighted[:10]) + (f" and {len(weighted) - 10} more" if len(weighted) > 10 else "") or "none")
+        + ")"
+    )
 
 
 def resolve_layers(refs: Iterable[LayerRef], names: Iterable[Any], what: str = "plan") -> dict[Any, LayerRef]:

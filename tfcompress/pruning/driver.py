@@ -43,7 +43,7 @@ from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, or
 from ..decompose import blas_single_thread
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
 from ..errors import TargetUnreachableError, unreachable_message
-from ..graph import resolve_layers, walk_layers
+from ..graph import no_candidates_detail, resolve_layers, walk_layers
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
 from ..select import greedy_select, min_loss_select, save_eval_scores
@@ -632,7 +632,7 @@ def _auto_ratios(run: _Run) -> dict[str, list[float]]:
     if not ratios_of:
         raise ValueError(
             f"compress_model: no layer of '{run.model.name}' can be channel-pruned: "
-            + "; ".join(f"{k}: {v}" for k, v in run.stats.skipped_layers.items())
+            + no_candidates_detail(run.model, run.stats.skipped_layers)
         )
     return ratios_of
 
