@@ -2,7 +2,8 @@
 another with the same outputs, and TensorFlow-only features say so under the others.
 
 Each backend runs in its own process (Keras picks its backend once, at import). The JAX cases are skipped when JAX
-is not installed (``pip install -e ".[jax]"``).
+is not installed (``pip install -e ".[jax]"``), the PyTorch ones when torch is not (CI installs the CPU
+build that lies on this machine's disk, ``pip install torch==2.13.0``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+
+def _needs(*backends: str) -> list:
+    """Skip marks for the backends whose package is not installed here."""
+    packages = {"jax": "jax", "torch": "torch"}
+    return [
+        pytest.mark.skipif(importlib.util.find_spec(packages[b]) is None, reason=f"{packages[b]} is not installed")
+        for b in backends
+        if b in packages
+    ]
+
 
 _COMPRESS = textwrap.dedent(
     """
@@ -68,16 +78,26 @@ def _run(code: str, backend: str, *args: str) -> str:
     return done.stdout
 
 
+PAIRS = [
+    ("tensorflow", "jax"),
+    ("jax", "tensorflow"),
+    ("tensorflow", "torch"),
+    ("torch", "tensorflow"),
+    ("torch", "jax"),
+]
+
+
 @pytest.mark.slow
-@needs_jax
-@pytest.mark.parametrize(("writer", "reader"), [("tensorflow", "jax"), ("jax", "tensorflow")])
+@pytest.mark.parametrize(
+    ("writer", "reader"), [pytest.param(w, r, marks=_needs(w, r), id=f"{w}-{r}") for w, r in PAIRS]
+)
 def test_compressed_under_one_backend_loads_under_another(tmp_path, writer, reader):
     model, data = str(tmp_path / "small.keras"), str(tmp_path / "x.npy")
     written, read = str(tmp_path / "written.npy"), str(tmp_path / "read.npy")
     _run(_COMPRESS, writer, model, data, written)
     out = _run(_LOAD, reader, model, data, read)
     np.testing.assert_allclose(np.load(read), np.load(written), rtol=1e-4, atol=1e-5)
-    if reader == "jax":
-        assert "latency:" in out and "'jax' backend" in out  # TensorFlow-only: a clear error naming the backend
+    if reader != "tensorflow":
+        assert "latency:" in out and f"'{reader}' backend" in out  # TensorFlow-only: a clear error naming it
     else:
         assert "latency:" not in out
