@@ -99,7 +99,9 @@ def run_model(name: str, settings: dict[str, Any], seed: int, cache_dir: str) ->
             tfc.Mode.auto,
             tfc.SpatialSvdParameters.AutoModeParams(
                 tfc.GreedySelectionParameters(
-                    target_comp_ratio=target, num_comp_ratio_candidates=settings["num_comp_ratio_candidates"]
+                    target_comp_ratio=target,
+                    num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+                    allow_unreachable=True,  # an unreachable target is recorded (target_reached), not an error
                 ),
                 modules_to_ignore=ignored,
             ),
