@@ -10,7 +10,7 @@ Example:
     True
 """
 
-from .compress import ModelCompressor, compress_model
+from .compress import ModelChangedError, ModelCompressor, compress_model
 from .cost import model_cost, rank_for_ratio
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
 from .latency import LatencyOptions
@@ -43,6 +43,7 @@ __all__ = [
     "GreedySelectionParameters",
     "LatencyOptions",
     "LayerStats",
+    "ModelChangedError",
     "ModelCompressor",
     "SpatialSvdParameters",
     "TarRankSelectionParameters",

@@ -25,7 +25,9 @@ import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .archive import check_keras_archive
 from .atomic import save_model_atomic
+from .outputs import RunOutputs, check_writable_file
 from .stats import _fmt_big
 
 __all__ = ["main", "build_parser", "CLIError", "load_eval_function", "output_agreement_eval"]
@@ -281,6 +283,7 @@ def _load_model(path: str) -> Any:
 
     import tfcompress  # noqa: F401  (registers the decomposed layers for deserialisation)
 
+    check_keras_archive(path)  # not a zip, truncated, or inflating past the limit: one line, before loading
     try:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # keras raises many kinds for a bad file; all mean "cannot load"
@@ -377,6 +380,7 @@ def _load_npz(path: str) -> dict[str, Any]:
         raise CLIError(f"--data: no such file: {path!r}")
     if not zipfile.is_zipfile(path):
         raise CLIError(f"--data {path!r} is not an .npz archive; write one with np.savez('data.npz', x=..., y=...)")
+    check_keras_archive(path, what=".npz data file")  # sizes checked before anything is inflated
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
@@ -623,19 +627,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     model_path = _check_model_path(args.model)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise CLIError(f"-o {args.output!r} exists and is not a folder")
-    created = not os.path.exists(args.output)
-    os.makedirs(args.output, exist_ok=True)  # now, so a bad -o fails before the long part
-    try:
-        return _compress(args, model_path, target, candidates)
-    except BaseException:
-        if created and os.path.isdir(args.output) and not os.listdir(args.output):
-            os.rmdir(args.output)  # leave no empty folder behind a failed run
-        raise
+    # now, so a bad -o fails before the long part: the outputs are staged in the folder and moved into place
+    # together at the end; a failed run leaves the folder as it was (no empty folder if it created it)
+    with RunOutputs(args.output, ["compressed.keras", "stats.json", "report.html"]) as outputs:
+        return _compress(args, model_path, target, candidates, outputs)
 
 
-def _compress(args: argparse.Namespace, model_path: str, target: float, candidates: int) -> int:
+def _compress(args: argparse.Namespace, model_path: str, target: float, candidates: int, outputs: Any) -> int:
     if args.cache and not os.path.isdir(os.path.dirname(os.path.abspath(args.cache))):
         raise CLIError(f"--cache {args.cache!r}: its folder does not exist")
+    if args.cache is not None:
+        check_writable_file(args.cache, "--cache")  # before the first evaluation, not after the first layer
     if not args.no_report:
         from .report import _require_matplotlib
 
@@ -696,16 +698,18 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         model, evaluate, data, args.scheme, args.metric, parameters, verbose=0 if args.quiet else 1
     )
 
-    files = {
-        "model": os.path.join(args.output, "compressed.keras"),
-        "stats": os.path.join(args.output, "stats.json"),
-    }
-    save_model_atomic(compressed, files["model"])
-    stats.to_json(files["stats"])
+    save_model_atomic(compressed, outputs.path("compressed.keras"))
+    stats.to_json(outputs.path("stats.json"))
     if not args.no_report:
         from .report import report
 
-        files["report"] = report(stats, os.path.join(args.output, "report.html"))
+        report(stats, outputs.path("report.html"))
+    moved = outputs.commit()
+    files = {
+        what: moved[name]
+        for what, name in (("model", "compressed.keras"), ("stats", "stats.json"), ("report", "report.html"))
+        if name in moved
+    }
     if args.quiet:
         print(
             f"MAC ratio {stats.mac_compression_ratio:.3f}, parameter ratio {stats.memory_compression_ratio:.3f}, "

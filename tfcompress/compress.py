@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import logging
 import math
@@ -45,6 +46,7 @@ import keras
 import numpy as np
 
 from . import decompose
+from ._checks import check_finite
 from .cost import (
     LayerGeometry,
     _rank_for_ratio,
@@ -59,6 +61,7 @@ from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce
 from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv2d, check_source_dense
+from .outputs import check_writable_file, remove_stale_temp_files
 from .params import (
     AutoSchemeParameters,
     ChannelPruningParameters,
@@ -70,18 +73,18 @@ from .params import (
 from .rewrite import rewrite_model
 from .select import (
     EvalScoresCacheError,
+    ScoreCacheWriter,
     fingerprint_from_entries,
     greedy_select,
     load_eval_scores,
     min_loss_select,
-    save_eval_scores,
     tar_candidate_ranks,
     tar_indices_to_evaluate,
     tar_select,
 )
 from .stats import CompressionStats, LayerStats
 
-__all__ = ["compress_model", "ModelCompressor"]
+__all__ = ["compress_model", "ModelCompressor", "ModelChangedError"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -148,6 +151,53 @@ class _Evaluator:
         if not math.isfinite(score):
             raise ValueError(f"eval_callback returned {score} for {what}; scores must be finite numbers.")
         return score
+
+
+class ModelChangedError(ValueError):
+    """The eval callback changed the working copy it was given (trained it, edited a weight, ...).
+
+    Example:
+        >>> issubclass(ModelChangedError, ValueError)
+        True
+    """
+
+
+class _WorkGuard:
+    """A digest of every weight of the working copy, taken before the first evaluation, so that a callback that
+    trains or edits the model it is given is caught instead of silently corrupting every later score.
+
+    Each candidate only swaps one kernel in and restores it bit for bit, so between evaluations the weights must be
+    exactly the ones taken here. Checking costs one read and hash of the weights (about 0.2 s for ResNet50's 100
+    MB); it is done after the baseline (most such callbacks change the model on every call) and after the search.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self.digests = self._digests()
+
+    def _digests(self) -> list[tuple[str, bytes]]:
+        out = []
+        for variable in self.model.weights:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+            digest = hashlib.blake2b(value.tobytes(), digest_size=16)
+            digest.update(repr((value.shape, value.dtype.str)).encode())
+            out.append((str(getattr(variable, "path", variable.name)), digest.digest()))
+        return out
+
+    def check(self, when: str) -> None:
+        now = self._digests()
+        if [name for name, _ in now] != [name for name, _ in self.digests]:
+            changed = ["(weights were added or removed)"]
+        else:
+            changed = [name for (name, old), (_, new) in zip(self.digests, now, strict=True) if old != new]
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise ModelChangedError(
+                f"eval_callback changed the model it was given ({when}: {len(changed)} weight(s) differ, {shown}); "
+                "every later score would be wrong. The callback must only evaluate the model: no fit/train step, "
+                "no assign or set_weights, no training=True call that updates BatchNormalization statistics (copy "
+                "the model first if it must change)."
+            )
 
 
 # ---------------------------------------------------------------- per-layer candidates
@@ -400,7 +450,11 @@ def compress_model(
     Args:
         model: a trained, built Sequential or Functional Keras model. Never modified.
         eval_callback: ``eval_callback(model, iterations) -> float``, higher is better
-            (AIMET's ``(model, iterations, use_cuda)`` form works too).
+            (AIMET's ``(model, iterations, use_cuda)`` form works too). It must only evaluate the model it is
+            given (a working copy whose kernels are swapped in place): training it, assigning weights or calling
+            it with ``training=True`` (which updates BatchNormalization statistics) would corrupt every later
+            score, so a digest of the copy's weights is checked after the baseline and after the search, and a
+            change raises :class:`ModelChangedError`.
         eval_iterations: passed to ``eval_callback`` untouched.
         compress_scheme: ``weight_svd`` (Conv2D and Dense), ``spatial_svd`` (Conv2D with a
             kernel larger than 1x1; Dense layers too when listed in manual mode) or
@@ -474,12 +528,18 @@ def compress_model(
 
     def make_candidate(ref: LayerRef) -> _Candidate:
         layer = ref.layer
+        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+        check_finite(  # before any factorisation: LAPACK spins for ever on an infinity
+            kernel,
+            f"compress_model: the kernel of layer '{ref.path}'",
+            "it cannot be decomposed: fix the weights, or leave the layer out (modules_to_ignore)",
+        )
         return _Candidate(
             ref=ref,
             work_layer=None,  # bound once the working copy exists
             scheme=_layer_scheme(layer, scheme),
             geometry=layer_geometry(layer),
-            kernel=np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64),
+            kernel=kernel,
             metric=metric,
             multiplicity=multiplicity,
             meter=meter,
@@ -554,7 +614,10 @@ def compress_model(
         others = []  # compress_scheme="auto" also tries other per-layer schemes: their SVDs go into the memo too
         if scheme is CompressionScheme.auto:
             others = [v for c in candidates for v in _auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
-        with decompose.BackgroundSVDs([c.svd_matrix() for c in factored + others]) as background:
+        background_svds = decompose.BackgroundSVDs(
+            [c.svd_matrix() for c in factored + others], names=[f"layer '{c.path}'" for c in factored + others]
+        )
+        with background_svds as background:
             work = _working_copy(model, stats)
             work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
             for candidate in candidates:
@@ -567,8 +630,10 @@ def compress_model(
         stats.timings["svd_compute_seconds"] = background.compute_seconds
 
         # ---- baseline
+        guard = _WorkGuard(work)
         logger.info("evaluating the baseline model")
         stats.baseline_model_accuracy = evaluator(work, "the baseline model")
+        guard.check("when the baseline was evaluated")
 
         # ---- choose ranks, then apply the plan
         plan: dict[str, Any] = {}
@@ -589,6 +654,8 @@ def compress_model(
 
         for candidate in candidates:
             candidate.forget_approximation()  # (TAR and the two-plan check may have kept one per layer)
+        guard.check("during the search")
+        del guard
 
         # apply the plan to the user's model
         rewrite_start = time.perf_counter()
@@ -693,12 +760,33 @@ def _finish(
 
 
 def _open_cache(model: keras.Model, cache_path: str, tag: str) -> tuple[str, dict[str, dict[float, float]]]:
-    """Fingerprint the model and read the score table (empty when the file does not exist yet)."""
+    """Fingerprint the model and read the score table (empty when the file does not exist yet).
+
+    Before any evaluation: the path must be a file that can be written (a probe file is created in its folder), and
+    temporary files that a killed run left beside it are removed."""
     folder = os.path.dirname(os.path.abspath(cache_path))
     if not os.path.isdir(folder):
         raise ValueError(f"saved_eval_scores_dict: the folder {folder!r} does not exist; create it first.")
+    remove_stale_temp_files(folder, [os.path.basename(cache_path)])
+    check_writable_file(cache_path, "saved_eval_scores_dict")
     digest = _model_fingerprint(model)
     return digest, _load_cache(cache_path, digest, tag) or {}
+
+
+@contextlib.contextmanager
+def _scores_kept(
+    writer: ScoreCacheWriter | None, table: dict[str, dict[float, float]], stats: CompressionStats
+) -> Iterator[None]:
+    """Around the evaluations that fill ``table``: at the end, also by an error or Ctrl-C, the scores computed so
+    far (a stopped layer's too) are written to the cache, or where :class:`ScoreCacheWriter` can put them, and a
+    note says where they went when that was not the cache."""
+    try:
+        yield
+    finally:
+        if writer is not None:
+            writer.close(table)
+            if writer.message:
+                stats.notes.append(writer.message)
 
 
 def _nothing_saves_message(stats: CompressionStats) -> str:
@@ -757,24 +845,25 @@ def _greedy(
     progbar = _progress(total_evals, verbose)
     original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
     done = 0
-    for candidate in candidates:
-        pending = todo.get(candidate.path)
-        if not pending:
-            continue
-        row = dict(table.get(candidate.path, {}))
-        with _kernel_slot(candidate.work_layer, original_kernels) as put:
-            for ratio_list in pending.values():
-                rank = ranks[candidate.path][ratio_list[0]]
-                put(candidate.reconstructed(rank))
-                score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
-                for ratio in ratio_list:
-                    row[ratio] = score
-                done += 1
-                progbar.update(done, values=[("score", score)])
-        candidate.forget_approximation()
-        table[candidate.path] = row
-        if cache_path is not None:
-            save_eval_scores(cache_path, table, f"{digest}|{tag}")
+    writer = ScoreCacheWriter(cache_path, f"{digest}|{tag}") if cache_path is not None else None
+    with _scores_kept(writer, table, stats):
+        for candidate in candidates:
+            pending = todo.get(candidate.path)
+            if not pending:
+                continue
+            row = table[candidate.path] = dict(table.get(candidate.path, {}))  # a stop mid-layer keeps its scores
+            with _kernel_slot(candidate.work_layer, original_kernels) as put:
+                for ratio_list in pending.values():
+                    rank = ranks[candidate.path][ratio_list[0]]
+                    put(candidate.reconstructed(rank))
+                    score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
+                    for ratio in ratio_list:
+                        row[ratio] = score
+                    done += 1
+                    progbar.update(done, values=[("score", score)])
+            candidate.forget_approximation()
+            if writer is not None:
+                writer.save(table)
 
     scores = {
         c.path: {ratio: _lookup(table[c.path], ratio) for ratio in ranks[c.path]} for c in candidates if ranks[c.path]

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ._checks import check_finite
 from .enums import CompressionScheme
 from .graph import check_graph_model, inherit_call_counts, resolve_layers, walk_layers
 from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
@@ -27,6 +28,7 @@ __all__ = ["rewrite_model", "decomposed_layer", "normalize_plan"]
 logger = logging.getLogger("tfcompress")
 
 _SCHEME_NAMES = ("svd", "weight_svd", "spatial_svd", "tucker")
+_NOT_FINITE = "it cannot be decomposed (the factors would be NaN or the SVD would not end): fix the weights first"
 
 
 def _scheme_name(scheme: Any, what: str) -> str:
@@ -108,6 +110,7 @@ def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tu
         'SVDDense'
     """
     scheme = _layer_scheme(layer, _scheme_name(scheme, f"layer '{layer.name}'"))
+    check_finite(keras.ops.convert_to_numpy(layer.kernel), f"the kernel of layer '{layer.name}'", _NOT_FINITE)
     if scheme == "svd":
         return SVDDense.from_layer(layer, rank=int(rank))
     if scheme == "weight_svd":
@@ -127,6 +130,7 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
         else:
             check_source_conv2d(layer)
         kernel_shape = tuple(int(d) for d in layer.kernel.shape)
+        check_finite(keras.ops.convert_to_numpy(layer.kernel), "its kernel", _NOT_FINITE)
     except (TypeError, ValueError) as err:
         return str(err)
     scheme = _layer_scheme(layer, scheme)

@@ -46,6 +46,94 @@ def _fmt_big(value: int) -> str:
     return str(value)
 
 
+def _checked(value: Any, kind: str, where: str) -> Any:
+    """``value`` converted to ``kind`` (number, int, str, list, dict, shape, rank, with ``?`` for optional), or a
+    ``ValueError`` that names ``where``."""
+    if kind.endswith("?"):
+        if value is None:
+            return None
+        kind = kind[:-1]
+    try:
+        if kind in ("number", "int"):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TypeError
+            number = float(value)
+            if kind == "int":
+                if not number.is_integer():
+                    raise TypeError
+                return int(number)
+            return number
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind == "list" and isinstance(value, list):
+            return value
+        if kind == "dict" and isinstance(value, dict):
+            return value
+        if kind == "shape" and isinstance(value, list):
+            return [_checked(v, "int", where) for v in value]
+        if kind in ("numbers", "texts") and isinstance(value, dict):
+            inner = "number" if kind == "numbers" else "str"
+            return {str(k): _checked(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
+        if kind == "notes" and isinstance(value, list):
+            return [_checked(v, "str", f"{where}[{i}]") for i, v in enumerate(value)]
+        if kind == "rank":
+            return (
+                [_checked(v, "int", where) for v in value] if isinstance(value, list) else _checked(value, "int", where)
+            )
+    except (TypeError, ValueError, OverflowError):
+        pass
+    names = {
+        "number": "a number",
+        "int": "an integer",
+        "str": "a string",
+        "list": "a list",
+        "dict": "an object",
+        "shape": "a list of integers",
+        "numbers": "an object of numbers",
+        "texts": "an object of strings",
+        "notes": "a list of strings",
+        "rank": "an integer or a list of integers",
+    }
+    raise ValueError(f"{where}: expected {names[kind]}, got {value!r}")
+
+
+_FIELD_KINDS = {
+    "baseline_model_accuracy": "number?",
+    "compressed_model_accuracy": "number?",
+    "mac_compression_ratio": "number",
+    "memory_compression_ratio": "number",
+    "per_layer_stats": "list",
+    "eval_scores": "dict",
+    "compress_scheme": "str",
+    "cost_metric": "str",
+    "mode": "str",
+    "rank_select_scheme": "str?",
+    "target_comp_ratio": "number?",
+    "selected_comp_ratio": "number?",
+    "original_macs": "int",
+    "compressed_macs": "int",
+    "original_params": "int",
+    "compressed_params": "int",
+    "timings": "numbers",
+    "num_eval_calls": "int",
+    "tar_index_scores": "dict",
+    "plan_scores": "numbers",
+    "skipped_layers": "texts",
+    "notes": "notes",
+}
+_LAYER_KINDS = {
+    "name": "str",
+    "scheme": "str",
+    "original_shape": "shape",
+    "rank": "rank?",
+    "ratio": "number",
+    "macs_before": "int",
+    "macs_after": "int",
+    "params_before": "int",
+    "params_after": "int",
+}
+
+
 @dataclass
 class CompressionStats:
     """The result of :func:`tfcompress.compress_model`.
@@ -108,14 +196,47 @@ class CompressionStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionStats:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`. A malformed field raises ``ValueError`` naming it.
+
+        Example:
+            >>> CompressionStats.from_dict({"per_layer_stats": [{"name": "fc", "rank": "x"}]})
+            Traceback (most recent call last):
+            ...
+            ValueError: field 'per_layer_stats[0]' (layer 'fc'): missing scheme, original_shape, ratio, macs_before, macs_after, params_before, params_after
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object of stats fields, got {type(data).__name__}")
         data = dict(data)
-        data["per_layer_stats"] = [LayerStats(**row) for row in data.get("per_layer_stats", [])]
+        for name, kind in _FIELD_KINDS.items():
+            if name in data:
+                data[name] = _checked(data[name], kind, f"field {name!r}")
+        rows = []
+        for i, row in enumerate(data.get("per_layer_stats", [])):
+            where = f"field 'per_layer_stats[{i}]'"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected an object, got {row!r}")
+            where += f" (layer {row.get('name', '?')!r})"
+            missing = [k for k in LayerStats.__dataclass_fields__ if k not in row]
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(missing)}")
+            checked = {k: _checked(row[k], kind, f"{where}.{k}") for k, kind in _LAYER_KINDS.items()}
+            rows.append(LayerStats(**checked))
+        data["per_layer_stats"] = rows
         data["eval_scores"] = {
-            layer: {float(r): float(s) for r, s in table.items()}
+            layer: {
+                _checked(r, "number", f"field 'eval_scores[{layer!r}]' ratio"): _checked(
+                    s, "number", f"field 'eval_scores[{layer!r}][{r!r}]'"
+                )
+                for r, s in _checked(table, "dict", f"field 'eval_scores[{layer!r}]'").items()
+            }
             for layer, table in data.get("eval_scores", {}).items()
         }
-        data["tar_index_scores"] = {int(i): float(s) for i, s in data.get("tar_index_scores", {}).items()}
+        data["tar_index_scores"] = {
+            _checked(i, "int", "field 'tar_index_scores' key"): _checked(
+                s, "number", f"field 'tar_index_scores[{i!r}]'"
+            )
+            for i, s in data.get("tar_index_scores", {}).items()
+        }
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -133,7 +254,10 @@ class CompressionStats:
             raise ValueError(f"{os.fspath(path)} is not a valid stats JSON file: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{os.fspath(path)} is not a stats JSON file (expected an object at top level).")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{os.fspath(path)} is not a valid stats JSON file: {err}") from None
 
     # ---------------------------------------------------------------- plots
 

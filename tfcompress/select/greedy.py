@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .._checks import is_int
+
 __all__ = ["Selection", "greedy_select", "monotonic_fit"]
 
 # Score-table ratios are matched to cost-table ratios within this relative tolerance, so that scores given as 0.3
@@ -290,7 +292,7 @@ def greedy_select(
     tol = _finite(tolerance, "tolerance")
     if tol < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+    if not is_int(max_iterations) or max_iterations < 1:
         raise ValueError(f"max_iterations must be an int >= 1, got {max_iterations!r}")
 
     layers, total = _prepare(scores, layer_costs, original_layer_costs, total_cost, use_monotonic_fit)
