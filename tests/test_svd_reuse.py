@@ -210,14 +210,24 @@ def test_background_svds_work_on_their_own_copy_and_feed_the_memo():
             first.s[0] = 1.0
 
 
-def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads():
+def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads(monkeypatch):
     from threadpoolctl import threadpool_info
 
     before = [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()]
-    bad = np.full((20, 10), np.nan)
+    bad = np.full((20, 10), 2.0)
+    compute = decompose.TruncatedSVD._compute_here.__func__
+
+    def failing(cls, matrix):
+        if matrix.shape == bad.shape:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return compute(cls, matrix)
+
+    monkeypatch.setattr(decompose.TruncatedSVD, "_compute_here", classmethod(failing))
     with pytest.raises(np.linalg.LinAlgError), decompose.BackgroundSVDs([np.eye(4), bad]) as background:
         background.wait()
     assert [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()] == before
+    with pytest.raises(ValueError, match="layer 'conv' holds 1 non-finite value"):  # NaN: refused before any thread
+        decompose.BackgroundSVDs([np.eye(4), np.where(np.eye(3) > 0, np.nan, 0.0)[:1]], names=["a", "layer 'conv'"])
     with pytest.raises(ValueError, match="matrices"):
         decompose.BackgroundSVDs([np.zeros(3)])
     with pytest.raises(RuntimeError, match="context manager"):

@@ -23,7 +23,7 @@ Example:
     >>> check_keras_archive(path)
     Traceback (most recent call last):
     ...
-    tfcompress.archive.ArchiveError: ... is not a .keras model: not a zip archive (9 bytes; a .keras file is a zip of config.json and model.weights.h5)
+    tfcompress.archive.ArchiveError: cannot load '...m.keras': it is not a .keras model, not even a zip archive (9 bytes; a .keras file is a zip of config.json and model.weights.h5)
 """
 
 from __future__ import annotations
@@ -87,28 +87,28 @@ def check_keras_archive(path: str | os.PathLike, max_bytes: int | None = None, w
     if not zipfile.is_zipfile(path):
         if head.startswith(b"\x89HDF"):
             raise ArchiveError(
-                f"{path!r} is not a {what}: it is an HDF5 file (the legacy .h5 format); load it with "
+                f"cannot load {path!r}: it is not a {what} but an HDF5 file (the legacy .h5 format); load it with "
                 "keras.models.load_model and save it again with model.save('model.keras')"
             )
         if head.startswith(b"PK"):
             raise ArchiveError(
-                f"{path!r} is not a readable {what}: the zip archive is truncated or damaged ({size} bytes, no "
+                f"cannot load {path!r}: the {what} (a zip archive) is truncated or damaged ({size} bytes, no "
                 "central directory at its end; was the copy or download interrupted?)"
             )
         raise ArchiveError(
-            f"{path!r} is not a {what}: not a zip archive ({size} bytes; a .keras file is a zip of config.json "
+            f"cannot load {path!r}: it is not a {what}, not even a zip archive ({size} bytes; a .keras file is a zip of config.json "
             "and model.weights.h5)"
         )
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
-        raise ArchiveError(f"{path!r} is not a readable {what}: damaged zip archive ({err})") from None
+        raise ArchiveError(f"cannot load {path!r}: the {what} is a damaged zip archive ({err})") from None
     declared = sum(info.file_size for info in members)
     for info in members:
         if info.header_offset + info.compress_size > size:
             raise ArchiveError(
-                f"{path!r} is not a readable {what}: the zip archive is truncated or damaged (member "
+                f"cannot load {path!r}: the {what} (a zip archive) is truncated or damaged (member "
                 f"{info.filename!r} ends past the end of the file)"
             )
         if (
@@ -117,12 +117,12 @@ def check_keras_archive(path: str | os.PathLike, max_bytes: int | None = None, w
             and info.file_size > MAX_EXPANSION * max(info.compress_size, 1)
         ):
             raise ArchiveError(
-                f"{path!r}: refused before loading: member {info.filename!r} would inflate from "
+                f"cannot load {path!r}: refused before loading: member {info.filename!r} would inflate from "
                 f"{_size(info.compress_size)} to {_size(info.file_size)} (more than {MAX_EXPANSION}x; Keras stores "
                 f"members uncompressed); set {ENV_VAR} (e.g. {ENV_VAR}=20G) to trust this file"
             )
     if declared > limit:
         raise ArchiveError(
-            f"{path!r}: refused before loading: it would inflate to {_size(declared)}, above the limit of "
+            f"cannot load {path!r}: refused before loading: it would inflate to {_size(declared)}, above the limit of "
             f"{_size(limit)}; set {ENV_VAR} (e.g. {ENV_VAR}={max(1, -(-declared // (1 << 30)))}G) to allow it"
         )

@@ -85,7 +85,7 @@ class LatencyOptions:
             value = getattr(self, name)
             if not is_int(value) or value < low:
                 raise ValueError(f"LatencyOptions.{name} must be an int >= {low}, got {value!r}.")
-            setattr(self, name, int(value))
+            object.__setattr__(self, name, int(value))  # (a frozen dataclass)
         if self.cache_path is not None and not isinstance(self.cache_path, str | os.PathLike):
             raise TypeError(f"LatencyOptions.cache_path must be a path or None, got {type(self.cache_path).__name__}.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,35 +54,32 @@ def _checked(value: Any, kind: str, where: str) -> Any:
         if value is None:
             return None
         kind = kind[:-1]
-    try:
-        if kind in ("number", "int"):
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise TypeError
+    if kind in ("number", "int") and not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
             number = float(value)
-            if kind == "int":
-                if not number.is_integer():
-                    raise TypeError
-                return int(number)
+        except (TypeError, ValueError):
+            number = math.nan
+        if kind == "number" and not math.isnan(number):
             return number
-        if kind == "str" and isinstance(value, str):
-            return value
-        if kind == "list" and isinstance(value, list):
-            return value
-        if kind == "dict" and isinstance(value, dict):
-            return value
-        if kind == "shape" and isinstance(value, list):
-            return [_checked(v, "int", where) for v in value]
-        if kind in ("numbers", "texts") and isinstance(value, dict):
-            inner = "number" if kind == "numbers" else "str"
-            return {str(k): _checked(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
-        if kind == "notes" and isinstance(value, list):
-            return [_checked(v, "str", f"{where}[{i}]") for i, v in enumerate(value)]
-        if kind == "rank":
-            return (
-                [_checked(v, "int", where) for v in value] if isinstance(value, list) else _checked(value, "int", where)
-            )
-    except (TypeError, ValueError, OverflowError):
-        pass
+        if kind == "int" and math.isfinite(number) and number.is_integer():
+            return int(number)
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "list" and isinstance(value, list):
+        return value
+    if kind == "dict" and isinstance(value, dict):
+        return value
+    if kind == "shape" and isinstance(value, list):
+        return [_checked(v, "int", where) for v in value]
+    if kind in ("numbers", "texts") and isinstance(value, dict):
+        inner = "number" if kind == "numbers" else "str"
+        return {str(k): _checked(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
+    if kind == "notes" and isinstance(value, list):
+        return [_checked(v, "str", f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind == "rank" and isinstance(value, list):
+        return [_checked(v, "int", where) for v in value]
+    if kind == "rank":
+        return _checked(value, "int", where)
     names = {
         "number": "a number",
         "int": "an integer",

@@ -579,6 +579,9 @@ def compress_channels(
     start = time.perf_counter()
     units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
     stats.skipped_layers.update(reasons)
+    for name in dict.fromkeys(slot.layer for unit in units_list for slot in unit.consumers):
+        kernel = keras.ops.convert_to_numpy(_view(model.get_layer(name)).kernel)  # before any data is sampled
+        check_finite(kernel, f"channel pruning: the kernel of layer '{name}'", "fix the weights first")
     original = model_cost(model)
     run = _Run(
         model,

@@ -309,8 +309,9 @@ class ScoreCacheWriter:
         >>> import warnings
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
-        ...     writer.save({"conv": {0.5: 0.9}})
-        ...     where = writer.close()
+        ...     writer.save({"conv": {0.5: 0.9}})  # fails: the scores stay in memory
+        ...     where = writer.close()  # fails again: saved in the temporary folder instead
+        False
         >>> load_eval_scores(where, None)
         {'conv': {0.5: 0.9}}
     """
