@@ -24,7 +24,7 @@ from tfcompress import decompose
 from tfcompress.pruning.driver import model_inputs
 
 L = keras.layers
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tfc.__file__)))  # the package under test, for subprocesses
 X = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
 
 
