@@ -26,15 +26,17 @@ def test_readme_python_block_runs(index: int, tmp_path: pathlib.Path, monkeypatc
     exec(compile(code, f"README.md python block {index}", "exec"), namespace)  # our own README, run as a test
 
 
-def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
+def test_readme_commands_are_the_demo_the_fast_tier_and_the_full_suite_and_ci_runs_both_tiers() -> None:
     commands = [block.strip() for block in _blocks("bash")]
-    assert len(commands) == 2, commands
-    demo, tests = commands
+    assert len(commands) == 3, commands
+    demo, fast, full = commands
     assert demo.endswith("tfcompress demo") and "pip install -e" in demo
-    assert 'pip install -e ".[test]"' in tests and tests.endswith("pytest")
+    assert 'pip install -e ".[test]"' in fast and fast.endswith('pytest -m "not slow"')
+    assert full == "pytest"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert 'pip install --quiet -e ".[test]"' in ci
-    assert re.search(r"^pytest$", ci, flags=re.M), "CI must run the README's plain `pytest` command"
+    tiers = re.findall(r"^run_tier \w+ (pytest .*?) \|\|", ci, flags=re.M)
+    assert tiers == ['pytest -m "not slow"', "pytest -m slow"], "CI runs the fast tier, then the slow one"
 
 
 def test_readme_demo_command_installs_what_the_demo_imports() -> None:

@@ -69,13 +69,36 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False))
 
 
-def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
-    """``model.save`` to a temporary ``.keras`` file next to ``path``, then rename it over ``path``."""
+def save_model_atomic(model: Any, path: str | os.PathLike, include_optimizer: bool = False) -> None:
+    """``model.save`` to a temporary ``.keras`` file next to ``path``, then rename it over ``path``.
+
+    By default the optimizer's state (its slot variables, often as large as the weights again) is
+    left out; the compile configuration is kept, so the loaded model is compiled with a fresh
+    optimizer of the same kind (Keras says so with a "Skipping variable loading for optimizer"
+    warning). ``include_optimizer=True`` keeps the state, to resume training where it stopped.
+    While the file is written, ``model.optimizer`` is set aside and then put back.
+
+    Example:
+        >>> import keras, tempfile, os, zipfile
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+        >>> save_model_atomic(model, path)
+        >>> keras.models.load_model(path).compiled, model.optimizer is not None
+        (True, True)
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}.keras")
+    optimizer = getattr(model, "optimizer", None)
     try:
-        model.save(tmp)
+        if optimizer is not None and not include_optimizer:
+            model.optimizer = None
+        try:
+            model.save(tmp)
+        finally:
+            if optimizer is not None and not include_optimizer:
+                model.optimizer = optimizer
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -8,23 +8,33 @@ Commands: ``demo`` (train, compress and export a small CNN on bundled digits),
 Exit codes: 0 success, 2 bad usage, 1 failure with a one-line error on stderr
 (a traceback is printed only for errors raised inside the user's own ``--eval``
 function, where it is the useful part).
+
+Start-up: this module imports only the standard library and light modules of ours, so
+``--help``, ``--version`` and usage errors answer without importing TensorFlow. A command
+imports it (through :func:`tfcompress._startup.import_tensorflow_quietly`, which drops
+TensorFlow's start-up log lines unless ``--verbose``) only once its arguments are checked.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import textwrap
 import traceback
+import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ._startup import import_tensorflow_quietly
+from ._version import __version__
 from .archive import check_keras_archive
 from .atomic import save_model_atomic
 from .outputs import RunOutputs, check_writable_file
@@ -89,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.manual
         [('conv2', 0.5)]
     """
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="tfcompress",
         description="Make trained Keras 3 models cheaper by low-rank decomposition.",
@@ -104,10 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tfcompress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow's start-up and log lines (hidden by default)"
+    )
 
     # ---- demo
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="train a small CNN on scikit-learn's digits, compress it to half the MACs, save and export it",
         description=_paragraphs(
             "Train a small CNN on scikit-learn's bundled digits, compress it with spatial SVD to a MAC "
@@ -125,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- inspect
     inspect = sub.add_parser(
         "inspect",
+        parents=[common],
         help="per-layer MACs, parameters, max ranks and eligibility of a .keras model",
         description=_paragraphs(
             "Print one row per layer that has MACs or parameters: its MACs per sample, parameters, "
@@ -147,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- compress
     compress = sub.add_parser(
         "compress",
+        parents=[common],
         help="compress a .keras model to a target cost; writes the model, stats JSON and an HTML report",
         description=_paragraphs(
             "Compress MODEL.keras (loaded with keras.models.load_model(path, safe_mode=True)) with "
@@ -247,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- report
     report = sub.add_parser(
         "report",
+        parents=[common],
         help="write the self-contained HTML report of a stats JSON file",
         description=_paragraphs(
             "Write one self-contained HTML file (plots embedded as PNG) from the stats.json that "
@@ -277,18 +293,69 @@ def _check_model_path(path: str) -> str:
     return path
 
 
-def _load_model(path: str) -> Any:
+def _start_tensorflow(args: argparse.Namespace) -> None:
+    """Import TensorFlow now that the arguments are checked: quietly, unless --verbose."""
+    import_tensorflow_quietly(verbose=args.verbose)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes the toolkit's phase messages to the current ``sys.stderr`` (looked up at each message)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"tfcompress: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _phase_messages(args: argparse.Namespace) -> Iterator[None]:
+    """While a command runs, show the "tfcompress" logger's INFO messages on stderr (not with --quiet)."""
+    if getattr(args, "quiet", False):
+        yield
+        return
+    logger = logging.getLogger("tfcompress")
+    handler = _StderrHandler(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _status(args: argparse.Namespace, text: str) -> None:
+    """One line on stderr saying what a long phase is doing (not with --quiet)."""
+    if not getattr(args, "quiet", False):
+        print(f"tfcompress: {text}", file=sys.stderr, flush=True)
+
+
+def _load_model(path: str, args: argparse.Namespace | None = None) -> Any:
     """``keras.models.load_model(path, safe_mode=True)`` with a one-line error for unreadable files."""
+    import time
+
     import keras
 
-    import tfcompress  # noqa: F401  (registers the decomposed layers for deserialisation)
+    from .layers import SVDDense  # noqa: F401  (registers the decomposed layers for deserialisation)
+    from .saving import load_error_message
 
     check_keras_archive(path)  # not a zip, truncated, or inflating past the limit: one line, before loading
+    if args is not None:
+        _status(args, f"loading {path} ...")
+    start = time.perf_counter()
     try:
-        return keras.models.load_model(path, safe_mode=True)
+        with warnings.catch_warnings():
+            if not (args is not None and args.verbose):  # files saved without the optimizer's state say this
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model = keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # keras raises many kinds for a bad file; all mean "cannot load"
-        message = " ".join(str(err).split()) or type(err).__name__
-        raise CLIError(f"cannot load {path!r}: {message}") from None
+        raise CLIError(f"cannot load {path!r}: {load_error_message(err, path)}") from None
+    if args is not None:
+        _status(args, f"loaded model {model.name!r} ({len(model.layers)} layers) in {time.perf_counter() - start:.1f}s")
+    return model
 
 
 def load_eval_function(spec: str) -> Callable[..., Any]:
@@ -581,7 +648,8 @@ def _inspect_text(info: dict[str, Any], path: str) -> str:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     path = _check_model_path(args.model)
-    model = _load_model(path)
+    _start_tensorflow(args)
+    model = _load_model(path, args)
     from .graph import check_graph_model
 
     check_graph_model(model)
@@ -642,12 +710,13 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         from .report import _require_matplotlib
 
         _require_matplotlib()  # fail now, not after the long part
+    _start_tensorflow(args)  # before the eval module, which may import TensorFlow itself
     user_function = load_eval_function(args.eval) if args.eval else None
     data = _load_npz(args.data) if args.data else None
 
     import tfcompress as tfc
 
-    model = _load_model(model_path)
+    model = _load_model(model_path, args)
     from .graph import check_graph_model
 
     check_graph_model(model)  # a subclassed model: TypeError, one line
@@ -729,11 +798,11 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.stats):
+        raise CLIError(f"no such file: {args.stats!r}")
     from .report import report
     from .stats import CompressionStats
 
-    if not os.path.isfile(args.stats):
-        raise CLIError(f"no such file: {args.stats!r}")
     try:
         stats = CompressionStats.from_json(args.stats)
     except UnicodeDecodeError:
@@ -744,6 +813,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- main
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the chosen command (TensorFlow is imported inside, once its arguments are checked)."""
+    if args.command == "demo":
+        if not 0 < args.target <= 1:
+            parser.error("--target must be in (0, 1]")
+        _start_tensorflow(args)
+        from .demo import run_demo
+
+        result = run_demo(
+            args.output,
+            target=args.target,
+            epochs=args.epochs,
+            finetune_epochs=args.finetune_epochs,
+            verbose=0 if args.quiet else 1,
+        )
+        if args.quiet:
+            print(
+                f"MAC ratio {result.mac_ratio:.3f}, accuracy {result.baseline_accuracy:.4f} -> "
+                f"{result.finetuned_accuracy:.4f}, output in {result.output_dir}"
+            )
+        return 0
+    if args.command == "inspect":
+        return _cmd_inspect(args)
+    if args.command == "compress":
+        return _cmd_compress(args)
+    if args.command == "report":
+        return _cmd_report(args)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -758,32 +857,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only for this process: the CLI is an application
     try:
-        if args.command == "demo":
-            if not 0 < args.target <= 1:
-                parser.error("--target must be in (0, 1]")
-            from .demo import run_demo
-
-            result = run_demo(
-                args.output,
-                target=args.target,
-                epochs=args.epochs,
-                finetune_epochs=args.finetune_epochs,
-                verbose=0 if args.quiet else 1,
-            )
-            if args.quiet:
-                print(
-                    f"MAC ratio {result.mac_ratio:.3f}, accuracy {result.baseline_accuracy:.4f} -> "
-                    f"{result.finetuned_accuracy:.4f}, output in {result.output_dir}"
-                )
-            return 0
-        if args.command == "inspect":
-            return _cmd_inspect(args)
-        if args.command == "compress":
-            return _cmd_compress(args)
-        if args.command == "report":
-            return _cmd_report(args)
+        with _phase_messages(args):
+            return _dispatch(parser, args)
     except KeyboardInterrupt:
         print("tfcompress: interrupted", file=sys.stderr)
         return 130
@@ -801,4 +877,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"tfcompress: error: {message}", file=sys.stderr)
         return 1
-    return 2

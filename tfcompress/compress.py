@@ -49,6 +49,7 @@ from . import decompose
 from ._checks import check_finite
 from .cost import (
     LayerGeometry,
+    UncountedMacsWarning,
     _rank_for_ratio,
     decomposed_cost,
     layer_geometry,
@@ -70,6 +71,7 @@ from .params import (
     WeightSvdParameters,
     _SchemeParameters,
 )
+from .progress import Progress
 from .rewrite import rewrite_model
 from .select import (
     EvalScoresCacheError,
@@ -422,8 +424,8 @@ def _load_cache(path: str, model_digest: str, tag: str) -> dict[str, dict[float,
 # ---------------------------------------------------------------- the main job
 
 
-def _progress(total: int, verbose: int) -> keras.utils.Progbar:
-    return keras.utils.Progbar(max(total, 1), verbose=1 if verbose else 0, stateful_metrics=["score"], unit_name="eval")
+def _progress(total: int, verbose: int) -> Progress:
+    return Progress(total, verbose=1 if verbose else 0, unit="eval")
 
 
 def _resolve_ignored(refs: list[LayerRef], ignored: list[Any]) -> set[int]:
@@ -444,6 +446,7 @@ def compress_model(
     *,
     verbose: int = 1,
     latency_options: LatencyOptions | None = None,
+    allow_uncounted_macs: bool = False,
 ) -> tuple[keras.Model, CompressionStats]:
     """Compress ``model`` to a target cost ratio, choosing each layer's rank to lose as little score as possible.
 
@@ -471,6 +474,10 @@ def compress_model(
         verbose: 1 shows a progress bar over the evaluations; 0 is silent.
         latency_options: :class:`tfcompress.latency.LatencyOptions` (runtime, batch size,
             repeats, warm-up, cache file) for ``cost_metric="latency"``; defaults otherwise.
+        allow_uncounted_macs: with ``cost_metric="mac"``, a model holding layers whose MACs are not known
+            (``tfc.model_cost(model).uncounted``: custom layers with weights of their own, ...) is refused, since
+            its MAC ratio would be computed over an undercount. ``True`` proceeds: targets and ratios then cover
+            the counted layers only, and ``stats.uncounted_layers`` names the others.
 
     Returns:
         ``(compressed_model, stats)``.
@@ -513,7 +520,16 @@ def compress_model(
     multiplicity = parameters.multiplicity
 
     stats = CompressionStats(compress_scheme=scheme.value, cost_metric=metric.value, mode=parameters.mode.value)
-    original = model_cost(model)
+    original = model_cost(model, warn=False)
+    if original.uncounted:
+        if metric is CostMetric.mac and not allow_uncounted_macs:
+            raise ValueError(
+                f"compress_model: {original.uncounted_message()}, so a MAC ratio of '{model.name}' cannot be "
+                "computed honestly; use cost_metric='memory' (parameters are always counted), or pass "
+                "allow_uncounted_macs=True to target the counted layers' MACs only."
+            )
+        warnings.warn(f"compress_model: {original.uncounted_message()}.", UncountedMacsWarning, stacklevel=2)
+        stats.uncounted_layers = dict(original.uncounted)
     stats.original_macs, stats.original_params = original.macs, original.params
     total_cost = original.metric(metric) if meter is None else 0.0  # latency: set once the candidates are known
 
@@ -717,6 +733,9 @@ def compress_model(
 
 def _working_copy(model: keras.Model, stats: CompressionStats) -> keras.Model:
     """The clone whose kernels the selection swaps in place (timed as ``working_copy_seconds``)."""
+    logger.info(
+        "making one working copy of %s (%d layers) for the candidate evaluations", model.name, len(model.layers)
+    )
     start = time.perf_counter()
     work = rewrite_model(model, {})
     stats.timings["working_copy_seconds"] = time.perf_counter() - start
@@ -733,7 +752,7 @@ def _finish(
 ) -> CompressionStats:
     """Evaluate the compressed model and fill in the whole-model numbers and timings."""
     stats.compressed_model_accuracy = evaluator(compressed, "the compressed model")
-    final = model_cost(compressed)
+    final = model_cost(compressed, warn=False)
     stats.compressed_macs, stats.compressed_params = final.macs, final.params
     stats.mac_compression_ratio = final.macs / original.macs if original.macs else 1.0
     stats.memory_compression_ratio = final.params / original.params if original.params else 1.0

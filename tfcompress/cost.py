@@ -29,6 +29,7 @@ MACs, and ``P*(in + units)*r`` once split at rank ``r``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -38,7 +39,8 @@ import keras
 
 from ._checks import is_int, is_real
 from .enums import CompressionScheme, CostMetric, coerce_enum
-from .graph import check_graph_model, walk_layers
+from .graph import check_graph_model, walk_calls
+from .layer_macs import Uncounted, UnknownSize, layer_macs
 from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "layer_geometry",
     "layer_scheme",
     "model_cost",
+    "UncountedMacsWarning",
     "rank_for_ratio",
 ]
 
@@ -333,37 +336,6 @@ def layer_scheme(layer: Any) -> str | None:
     )
 
 
-def _spatial(shape: tuple) -> int:
-    dims = shape[1:-1]
-    if any(d is None for d in dims):
-        return -1
-    return math.prod(int(d) for d in dims)
-
-
-def _generic_macs(layer: Any, in_shape: tuple, out_shape: tuple) -> int:
-    """MACs of layers that are not decomposable but cost compute (depthwise, separable, other convs)."""
-    name = type(layer).__name__
-    kernel = getattr(layer, "kernel_size", None)
-    if kernel is None:
-        return 0
-    k = math.prod(int(v) for v in kernel)
-    c_in = in_shape[-1]
-    if "Separable" in name:
-        dm = int(layer.depth_multiplier)
-        out = _spatial(out_shape)
-        return -1 if out < 0 else out * c_in * dm * (k + int(layer.filters))
-    if "Depthwise" in name:
-        out = _spatial(out_shape)
-        return -1 if out < 0 else out * k * c_in * int(layer.depth_multiplier)
-    if "Transpose" in name:
-        inp = _spatial(in_shape)
-        return -1 if inp < 0 else inp * k * c_in * int(layer.filters)
-    if hasattr(layer, "filters") and hasattr(layer, "groups"):
-        out = _spatial(out_shape)
-        return -1 if out < 0 else out * k * (c_in // int(layer.groups)) * int(layer.filters)
-    return 0
-
-
 @dataclass(frozen=True)
 class LayerCost:
     """Cost of one leaf layer in a model: MACs (all runs, one sample) and parameters."""
@@ -382,6 +354,8 @@ class ModelCost:
     macs: int
     params: int
     layers: dict[str, LayerCost] = field(default_factory=dict)
+    #: ``{path: reason}`` of the layers and operations whose MACs are not known (left out of ``macs``)
+    uncounted: dict[str, str] = field(default_factory=dict)
 
     def metric(self, cost_metric: CostMetric | str) -> int:
         """The total that ``cost_metric`` compares."""
@@ -389,10 +363,22 @@ class ModelCost:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"macs": self.macs, "params": self.params, "layers": {k: asdict(v) for k, v in self.layers.items()}}
+        return {
+            "macs": self.macs,
+            "params": self.params,
+            "layers": {k: asdict(v) for k, v in self.layers.items()},
+            "uncounted": dict(self.uncounted),
+        }
+
+    def uncounted_message(self) -> str:
+        """One line naming the uncounted layers and why (empty when every layer is counted)."""
+        if not self.uncounted:
+            return ""
+        parts = [f"'{path}' ({reason})" for path, reason in self.uncounted.items()]
+        return f"the MACs of {len(parts)} layer(s) are not known and not counted: " + "; ".join(parts)
 
 
-def model_cost(model: keras.Model) -> ModelCost:
+def model_cost(model: keras.Model, *, warn: bool = True) -> ModelCost:
     """MACs (one sample) and parameters of the whole model, and per leaf layer (nested models included).
 
     Example:
@@ -404,30 +390,47 @@ def model_cost(model: keras.Model) -> ModelCost:
     """
     check_graph_model(model)
     rows: dict[str, LayerCost] = {}
+    uncounted: dict[str, str] = {}
     macs = 0
-    for ref in walk_layers(model):
-        layer = ref.layer
+    for call in walk_calls(model):
+        op = call.operation
         try:
-            in_shape, out_shape = _shape_of(layer.input), _shape_of(layer.output)
-        except (AttributeError, ValueError):
-            in_shape = out_shape = None
-        if isinstance(
-            layer,
-            keras.layers.Conv2D | keras.layers.Dense | SVDDense | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D,
-        ) and not (isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) != 1):
-            g = layer_geometry(layer, input_shape=in_shape)
-            scheme = layer_scheme(layer)
-            per_call = (original_cost(g) if scheme is None else decomposed_cost(g, scheme, layer.rank)).macs
-        elif in_shape is not None and out_shape is not None and not isinstance(in_shape[0], tuple):
-            per_call = _generic_macs(layer, in_shape, out_shape)
-            if per_call < 0:
-                raise ValueError(f"layer '{ref.path}': its spatial size is unknown; give the model a fixed input size.")
-        else:
+            per_call = layer_macs(op, call.args, call.kwargs, call.outputs, special=_geometry_macs)
+        except UnknownSize as why:
+            raise ValueError(f"layer '{call.path}': {why}.") from None
+        except Uncounted as why:
+            uncounted[call.path] = str(why)
             per_call = 0
-        params = int(layer.count_params()) if layer.built else 0
-        rows[ref.path] = LayerCost(ref.path, type(layer).__name__, per_call * ref.calls, params, ref.calls)
-        macs += per_call * ref.calls
-    return ModelCost(int(macs), int(model.count_params()), rows)
+        is_layer = isinstance(op, keras.layers.Layer)
+        if not is_layer and not per_call and call.path not in uncounted:
+            continue  # element-wise and shape operations: no row
+        params = int(op.count_params()) if is_layer and op.built else 0
+        rows[call.path] = LayerCost(call.path, type(op).__name__, per_call * call.calls, params, call.calls)
+        macs += per_call * call.calls
+    cost = ModelCost(int(macs), int(model.count_params()), rows, uncounted)
+    if uncounted and warn:
+        warnings.warn(f"model_cost('{model.name}'): {cost.uncounted_message()}.", UncountedMacsWarning, stacklevel=2)
+    return cost
+
+
+class UncountedMacsWarning(UserWarning):
+    """``model_cost`` met layers whose MACs it cannot count; ``ModelCost.uncounted`` names them."""
+
+
+def _geometry_macs(layer: Any, in_shape: tuple) -> int | None:
+    """MACs of one call of a plain ``Conv2D``/``Dense`` or a decomposed layer from the geometry formulas (so costs
+    agree with ``rank_for_ratio`` to the MAC); ``None`` for any other layer."""
+    if not isinstance(
+        layer, keras.layers.Conv2D | keras.layers.Dense | SVDDense | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D
+    ) or (isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) != 1):
+        return None
+    if type(layer) not in (keras.layers.Conv2D, keras.layers.Dense) and layer_scheme(layer) is None:
+        return None  # a subclass: counted from its weights by layer_macs
+    if any(d is None for d in in_shape[1:]):
+        return None
+    g = layer_geometry(layer, input_shape=in_shape)
+    scheme = layer_scheme(layer)
+    return (original_cost(g) if scheme is None else decomposed_cost(g, scheme, layer.rank)).macs
 
 
 def rank_for_ratio(

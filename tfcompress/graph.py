@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 
-__all__ = ["LayerRef", "check_graph_model", "is_graph_model", "walk_layers", "resolve_layers"]
+__all__ = ["LayerRef", "NodeCall", "check_graph_model", "is_graph_model", "walk_layers", "walk_calls", "resolve_layers"]
 
 
 def is_graph_model(obj: Any) -> bool:
@@ -128,6 +129,83 @@ def walk_layers(model: Any, _prefix: str = "", _calls: int = 1) -> list[LayerRef
         else:
             refs.append(LayerRef(path, layer, n))
     return refs
+
+
+@dataclass(frozen=True)
+class NodeCall:
+    """The first call of one graph node (a leaf layer or a ``keras.ops`` operation) of a possibly nested model.
+
+    ``args``/``kwargs`` are the call's arguments with every tensor given as a ``keras.KerasTensor`` of the real shape;
+    ``outputs`` the output tensors; ``calls`` how often the node runs in one forward pass of the whole model.
+    """
+
+    path: str
+    operation: Any
+    calls: int
+    args: tuple
+    kwargs: dict
+    outputs: tuple
+
+
+def _deserialize_argument(value: Any) -> Any:
+    if isinstance(value, dict):
+        kind = value.get("class_name")
+        if kind == "__keras_tensor__":
+            config = value.get("config", {})
+            return keras.KerasTensor(tuple(config.get("shape", ())), dtype=config.get("dtype", "float32"))
+        if kind == "__numpy__":
+            config = value.get("config", {})
+            return np.asarray(config.get("value"), dtype=config.get("dtype"))
+        return {k: _deserialize_argument(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deserialize_argument(v) for v in value]
+    return value
+
+
+def _outputs(operation: Any) -> tuple:
+    try:
+        value = operation.output
+    except (AttributeError, ValueError):
+        return ()
+    return tuple(t for t in keras.tree.flatten(value) if hasattr(t, "shape"))
+
+
+def walk_calls(model: Any, _prefix: str = "", _calls: int = 1) -> list[NodeCall]:
+    """Every node of ``model`` in order, with the arguments of its first call: the leaf layers (descending into
+    nested models, InputLayers skipped) and, in Functional models, the ``keras.ops`` operation nodes.
+
+    Example:
+        >>> import keras
+        >>> inp = keras.Input((4,))
+        >>> m = keras.Model(inp, keras.layers.Dense(2, name="fc")(inp) * 2.0)
+        >>> [(type(c.operation).__name__, c.args[0].shape) for c in walk_calls(m)]
+        [('Dense', (None, 4)), ('Multiply', (None, 2))]
+    """
+    found: list[NodeCall] = []
+    counts = _calls_per_layer(model)
+    if _is_sequential(model):
+        entries = [(layer, ((layer.input,), {})) for layer in model.layers]
+    else:
+        arguments: dict[str, tuple] = {}
+        for entry in model.get_config().get("layers", []):
+            nodes = entry.get("inbound_nodes") or []
+            if nodes and isinstance(nodes[0], dict):
+                arguments[entry["name"]] = (
+                    tuple(_deserialize_argument(nodes[0].get("args", []))),
+                    _deserialize_argument(nodes[0].get("kwargs", {})),
+                )
+        operations = getattr(model, "operations", model.layers)
+        entries = [(op, arguments.get(op.name, ((getattr(op, "input", None),), {}))) for op in operations]
+    for operation, (args, kwargs) in entries:
+        if isinstance(operation, keras.layers.InputLayer):
+            continue
+        n = _calls * max(counts.get(operation.name, 1), 1)
+        path = f"{_prefix}{operation.name}"
+        if is_graph_model(operation):
+            found.extend(walk_calls(operation, _prefix=path + "/", _calls=n))
+        else:
+            found.append(NodeCall(path, operation, n, tuple(args), dict(kwargs), _outputs(operation)))
+    return found
 
 
 def resolve_layers(refs: Iterable[LayerRef], names: Iterable[Any], what: str = "plan") -> dict[Any, LayerRef]:

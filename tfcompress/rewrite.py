@@ -197,6 +197,17 @@ def _original_values(layer: Any) -> dict[str, _OriginalValue]:
     }
 
 
+def _clone_operation(operation: Any) -> Any:
+    """A copy of a graph node that is a Keras operation but not a layer (``x + 3.0``, ``x[:, 0]``,
+    ``keras.ops.reshape``, ...). Operations hold no weights; like ``clone_model``'s default, the copy is re-created
+    from its config. An operation whose config does not re-create it is stateless, so the same object is used again
+    (it then belongs to both graphs, as a shared layer would)."""
+    try:
+        return operation.__class__.from_config(operation.get_config())
+    except (TypeError, ValueError, NotImplementedError, KeyError):
+        return operation
+
+
 def _named_inputs(model: keras.Model) -> Any:
     """New ``keras.Input`` tensors, in the structure of ``model.input``, named like its input layers.
 
@@ -274,6 +285,8 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     preset: dict[int, list[_OriginalValue]] = {}  # id(new layer) -> its lent values, checked after the clone
 
     def clone_function(layer: Any) -> Any:
+        if not isinstance(layer, keras.layers.Layer):
+            return _clone_operation(layer)
         if id(layer) in targets:
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)

@@ -117,6 +117,7 @@ _FIELD_KINDS = {
     "tar_index_scores": "dict",
     "plan_scores": "numbers",
     "skipped_layers": "texts",
+    "uncounted_layers": "texts",
     "notes": "notes",
 }
 _LAYER_KINDS = {
@@ -174,6 +175,8 @@ class CompressionStats:
     tar_index_scores: dict[int, float] = field(default_factory=dict)
     plan_scores: dict[str, float] = field(default_factory=dict)
     skipped_layers: dict[str, str] = field(default_factory=dict)
+    #: ``{layer: reason}`` of layers whose MACs are not known (MAC ratios leave them out; see ``allow_uncounted_macs``)
+    uncounted_layers: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- serialisation

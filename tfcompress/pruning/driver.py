@@ -582,7 +582,7 @@ def compress_channels(
     for name in dict.fromkeys(slot.layer for unit in units_list for slot in unit.consumers):
         kernel = keras.ops.convert_to_numpy(_view(model.get_layer(name)).kernel)  # before any data is sampled
         check_finite(kernel, f"channel pruning: the kernel of layer '{name}'", "fix the weights first")
-    original = model_cost(model)
+    original = model_cost(model, warn=False)
     run = _Run(
         model,
         work,

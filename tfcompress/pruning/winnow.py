@@ -107,6 +107,59 @@ _PASS_THROUGH = (
     "UpSampling2D",
 )
 
+#: ``keras.ops`` operations (class names) that act on each value separately; as graph nodes they keep channels
+_ELEMENTWISE_UNARY_OPS = frozenset(
+    {
+        "Abs",
+        "Absolute",
+        "Ceil",
+        "Celu",
+        "Clip",
+        "Cos",
+        "Cosh",
+        "Elu",
+        "Erf",
+        "Exp",
+        "Expm1",
+        "Floor",
+        "Gelu",
+        "HardSigmoid",
+        "HardSilu",
+        "HardTanh",
+        "LeakyRelu",
+        "Log",
+        "Log1p",
+        "LogSigmoid",
+        "Mish",
+        "Negative",
+        "Relu",
+        "Relu6",
+        "Round",
+        "Rsqrt",
+        "Selu",
+        "Sigmoid",
+        "Sign",
+        "Silu",
+        "Sin",
+        "Sinh",
+        "SoftPlus",
+        "Softplus",
+        "SoftSign",
+        "Softsign",
+        "Sqrt",
+        "Square",
+        "Tanh",
+        "Tan",
+        "Cast",
+        "Reciprocal",
+        "NanToNum",
+    }
+)
+#: ``keras.ops`` binary operations that combine two tensors (or a tensor and a scalar) value by value
+_ELEMENTWISE_BINARY_OPS = frozenset(
+    {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power", "Mod", "FloorDivide"}
+)
+
 #: why a layer type blocks a private chain (the generic reason covers the rest)
 _BLOCKERS = {
     "Add": "it is summed with other branches by an Add (a dependency group: see prune_units)",
@@ -167,8 +220,16 @@ def _histories(obj: Any) -> Iterator[str]:
         yield name
 
 
+def _operations(model: keras.Model) -> dict[str, Any]:
+    """Every node's operation by name: the layers, and in a Functional model also the Keras operations that are not
+    layers (``x + 3.0``, ``x[:, 0]``, ``keras.ops.reshape``, ...), which ``model.layers`` leaves out."""
+    if isinstance(model, keras.Sequential):
+        return {layer.name: layer for layer in model.layers}
+    return {op.name: op for op in getattr(model, "operations", model.layers)}
+
+
 def _graph(model: keras.Model) -> _Graph:
-    layers = {layer.name: layer for layer in model.layers}
+    layers = _operations(model)
     producers: dict[str, list[str]] = {name: [] for name in layers}
     calls = dict.fromkeys(layers, 1)
     if isinstance(model, keras.Sequential):
@@ -521,18 +582,33 @@ def _output_refs(output_layers: Any) -> Iterator[tuple[str, int, int]]:
             yield from _output_refs(value)
 
 
-_Node = tuple[str, int, list[tuple[str, int, int]], bool]  # layer, node index, input refs, extra tensors in kwargs
+# layer, node index, input refs, extra tensors in kwargs, a constant argument that is not a scalar
+_Node = tuple[str, int, list[tuple[str, int, int]], bool, bool]
+
+
+def _wide_constant(obj: Any) -> bool:
+    """True when a serialised call holds a constant argument with more than one value (``x * np.ones(C)``): such
+    a constant is tied to the channel count, so an operation using it cannot lose channels."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return False
+        if obj.get("class_name") == "__numpy__":
+            return np.size(obj.get("config", {}).get("value", 0)) > 1
+        return any(_wide_constant(value) for value in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_wide_constant(value) for value in obj)
+    return False
 
 
 def _nodes(model: keras.Model) -> tuple[list[_Node], dict[str, int], list[tuple[str, int, int]], dict[str, Any]]:
     """All layer calls in forward order, the number of calls per layer, the model output refs, layers by name."""
-    layers = {layer.name: layer for layer in model.layers}
+    layers = _operations(model)
     if isinstance(model, keras.Sequential):
         names = [layer.name for layer in model.layers]
-        nodes: list[_Node] = [("__input__", 0, [], False)]
+        nodes: list[_Node] = [("__input__", 0, [], False, False)]
         prev = ("__input__", 0, 0)
         for name in names:
-            nodes.append((name, 0, [prev], False))
+            nodes.append((name, 0, [prev], False, False))
             prev = (name, 0, 0)
         layers["__input__"] = None
         return nodes, dict.fromkeys(layers, 1), [prev], layers
@@ -544,11 +620,11 @@ def _nodes(model: keras.Model) -> tuple[list[_Node], dict[str, int], list[tuple[
         inbound = entry.get("inbound_nodes", [])
         calls[name] = len(inbound)
         if not inbound:
-            found.append((name, 0, [], False))
+            found.append((name, 0, [], False, False))
         for k, node in enumerate(inbound):
             args = list(_refs(node.get("args", node) if isinstance(node, dict) else node))
             extra = isinstance(node, dict) and bool(list(_refs(node.get("kwargs", {}))))
-            found.append((name, k, args, extra))
+            found.append((name, k, args, extra, _wide_constant(node)))
     # topological order of the calls (ties: config order)
     position = {(n[0], n[1]): i for i, n in enumerate(found)}
     waiting = {i: {(r[0], r[1]) for r in n[2] if (r[0], r[1]) in position} for i, n in enumerate(found)}
@@ -582,9 +658,11 @@ def _input_shapes(layer: Any) -> list[tuple]:
     return [tuple(t.shape) for t in tensors]
 
 
-def _kind(layer: Any, calls: int) -> tuple[str, str | None]:
+def _kind(layer: Any, calls: int, tensors: int = 1) -> tuple[str, str | None]:
     """How channels cross ``layer``: (kind, why-not) with kind in producer/channelwise/pass/merge/concat/opaque."""
     kind = type(layer).__name__
+    if not isinstance(layer, keras.layers.Layer):
+        return _operation_kind(layer, calls, tensors)
     if is_graph_model(layer) or isinstance(layer, keras.Model):
         return "opaque", "a nested model, whose layers are not pruned"
     if calls > 1:
@@ -627,6 +705,22 @@ def _kind(layer: Any, calls: int) -> tuple[str, str | None]:
     return "opaque", _OPAQUE_WHY.get(kind, "which is not a known channel-preserving layer")
 
 
+def _operation_kind(op: Any, calls: int, tensors: int) -> tuple[str, str | None]:
+    """How channels cross a Keras operation node that is not a layer (``x + 3.0``, ``keras.ops.relu(x)``)."""
+    kind = type(op).__name__
+    label = f"a keras.ops {kind} operation"
+    if calls > 1:
+        return "opaque", f"{label} called {calls} times"
+    if kind in _ELEMENTWISE_BINARY_OPS:
+        # with one tensor the other operand is a scalar (checked by the caller); with several they meet element-wise
+        return ("pass", None) if tensors == 1 else ("merge", None)
+    if kind in _ELEMENTWISE_UNARY_OPS:
+        return "pass", None
+    if kind == "Concatenate" and isinstance(getattr(op, "axis", None), int):
+        return "concat", None
+    return "opaque", f"{label}, which may mix or reshape channels"
+
+
 def _pass_through_types() -> tuple[type, ...]:
     return tuple(getattr(keras.layers, name) for name in _PASS_THROUGH if hasattr(keras.layers, name))
 
@@ -649,7 +743,7 @@ def _analyse(model: keras.Model) -> _Analysis:
             for base in segments(ref):
                 spaces.pin_space(base, reason)
 
-    for name, k, refs, extra in nodes:
+    for name, k, refs, extra, wide in nodes:
         layer = layers.get(name)
         result.order.setdefault(name, len(result.order))
         out = (name, k, 0)
@@ -658,8 +752,10 @@ def _analyse(model: keras.Model) -> _Analysis:
             size = _channels(model.inputs[0]) if layer is None else _channels(layer.output)
             segs[out] = [spaces.new(size, f"its input channels come straight from the model input{where}")]
             continue
-        kind, why = _kind(layer, calls.get(name, 1))
-        if extra or (kind not in ("merge", "concat") and len(refs) != 1):
+        kind, why = _kind(layer, calls.get(name, 1), len(refs))
+        if wide and kind != "opaque":
+            kind, why = "opaque", "which uses a constant with one value per channel"
+        if kind != "opaque" and (extra or (kind not in ("merge", "concat") and len(refs) != 1)):
             kind, why = "opaque", f"which is called with {len(refs)} tensor inputs"
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and kind != "producer":
             result.reasons[name] = f"'{name}' ({type(layer).__name__}): {why.removeprefix('which ')}"

@@ -1,0 +1,481 @@
+"""MACs of any Keras layer or operation node from the shapes it is called with: the honest half of ``model_cost``.
+
+One multiply-accumulate is counted per weight use (convolutions, ``Dense``, ``EinsumDense``, recurrent kernels) and
+per product of two activations (``MultiHeadAttention``'s Q·Kᵀ and A·V, ``keras.ops.matmul``/``einsum`` nodes,
+``Dot``, ``Attention``), for one sample. Normalisation, activations, pooling, element-wise merges, embeddings and
+reshapes count 0 MACs, as everywhere in tfcompress.
+
+A layer whose arithmetic is not known raises :class:`Uncounted` with the reason; ``model_cost`` lists it as
+uncounted instead of counting it as 0. A layer that is not a built-in Keras layer but holds sublayers (a custom
+residual block, a keras_hub ``TransformerEncoder``) is counted through its sublayers: its ``call`` is traced once on
+its real input shapes (``compute_output_spec``, nothing runs on data) and every sublayer call is recorded with its
+shapes; weights the custom layer holds itself (outside its sublayers) make it uncounted, since what its own code
+does with them is not known.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import keras
+
+__all__ = ["Uncounted", "UnknownSize", "einsum_macs", "layer_macs", "operation_macs", "sublayers", "ZERO_MAC_LAYERS"]
+
+Shape = tuple[int | None, ...]
+
+#: built-in layer classes (by name) that do no multiply-accumulate worth counting (per-value or data movement)
+ZERO_MAC_LAYERS = frozenset(
+    {
+        "InputLayer",
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "Softmax",
+        "ThresholdedReLU",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+        "Masking",
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+        "RMSNormalization",
+        "Normalization",
+        "Rescaling",
+        "CenterCrop",
+        "Resizing",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "Flatten",
+        "Reshape",
+        "Permute",
+        "RepeatVector",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Concatenate",
+        "Embedding",
+        "CategoryEncoding",
+        "Hashing",
+        "IntegerLookup",
+        "StringLookup",
+        "Discretization",
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomCrop",
+        "RandomContrast",
+        "RandomBrightness",
+        "LayerScale",
+    }
+)
+
+#: keras.ops operation nodes (class names) whose arithmetic is not counted here: they are reported as uncounted
+_UNCOUNTED_OPS = frozenset(
+    {
+        "Conv",
+        "DepthwiseConv",
+        "SeparableConv",
+        "ConvTranspose",
+        "Fft",
+        "Fft2",
+        "Ifft2",
+        "Rfft",
+        "Irfft",
+        "Stft",
+        "Istft",
+        "Solve",
+        "Inv",
+        "Cholesky",
+        "Det",
+        "Eig",
+        "Eigh",
+        "Lu",
+        "Qr",
+        "Svd",
+        "Lstsq",
+        "Kron",
+        "Tensordot",
+        "Inner",
+        "Vdot",
+        "Cross",
+        "Correlate",
+        "Convolve",
+        "Outer",
+        "DotProductAttention",
+    }
+)
+
+
+class Uncounted(Exception):
+    """Raised when a layer's MACs cannot be known; the message is the reason shown to the user."""
+
+
+class UnknownSize(Uncounted):
+    """The MACs depend on a size the model leaves open (``keras.Input((None, None, 3))``)."""
+
+
+def _per_sample(shape: Sequence[int | None], what: str) -> tuple[int, ...]:
+    """``shape`` with the batch axis set to 1; other unknown sizes make the count impossible."""
+    dims = [1, *shape[1:]] if len(shape) else []
+    if any(d is None for d in dims):
+        raise UnknownSize(f"{what} has unknown size {tuple(shape)}; give the model a fixed input size")
+    return tuple(int(d) for d in dims)
+
+
+def _letters(spec: str, rank: int) -> list[str]:
+    """The index letters of one einsum operand, with ``...`` expanded to private placeholder letters."""
+    if "..." not in spec:
+        return list(spec)
+    head, tail = spec.split("...")
+    missing = rank - len(head) - len(tail)
+    return [*head, *(f"#{i}" for i in range(missing)), *tail]
+
+
+def einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int:
+    """Multiply-accumulates of a two-operand einsum: the product of the sizes of all distinct indices.
+
+    Example:
+        >>> einsum_macs("abc,cde->abde", [(1, 16, 64), (64, 4, 16)])
+        65536
+        >>> einsum_macs("...b,bc->...c", [(1, 7, 3), (3, 5)])
+        105
+    """
+    equation = equation.replace(" ", "")
+    inputs = equation.split("->")[0].split(",")
+    if len(inputs) != len(shapes):
+        raise Uncounted(f"einsum {equation!r} has {len(inputs)} operands, got {len(shapes)} shapes")
+    sizes: dict[str, int] = {}
+    for spec, shape in zip(inputs, shapes, strict=True):
+        letters = _letters(spec, len(shape))
+        if len(letters) != len(shape):
+            raise Uncounted(f"einsum {equation!r} does not match shape {tuple(shape)}")
+        for letter, size in zip(letters, shape, strict=True):
+            sizes[letter] = max(sizes.get(letter, 1), int(size))  # broadcasting: size 1 against n
+    return math.prod(sizes.values())
+
+
+def _spatial(shape: tuple[int, ...], layer: Any) -> int:
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return math.prod(shape[2:])
+    return math.prod(shape[1:-1])
+
+
+def _size(variable: Any) -> int:
+    return math.prod(int(d) for d in variable.shape)
+
+
+def _mha_macs(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The four projections at every position, plus Q·Kᵀ and A·V for every head."""
+    try:
+        bound = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+    except TypeError as err:
+        raise Uncounted(f"its call arguments could not be read ({err})") from None
+    if "query" not in bound or "value" not in bound:
+        raise Uncounted("its query and value inputs are not known")
+    query = _per_sample(_shape(bound["query"]), "the query")
+    value = _per_sample(_shape(bound["value"]), "the value")
+    key = _per_sample(_shape(bound["key"]), "the key") if bound.get("key") is not None else value
+    projections = (
+        math.prod(query[1:-1]) * _size(layer.query_dense.kernel)
+        + math.prod(key[1:-1]) * _size(layer.key_dense.kernel)
+        + math.prod(value[1:-1]) * _size(layer.value_dense.kernel)
+        + math.prod(query[1:-1]) * _size(layer.output_dense.kernel)
+    )
+    heads, key_dim = int(layer.num_heads), int(layer.key_dim)
+    value_dim = int(layer.value_dim) if getattr(layer, "value_dim", None) else key_dim
+    axes = getattr(layer, "attention_axes", None)
+    rank = len(query)
+    if axes is None:
+        axes = tuple(range(1, rank - 1))
+    axes = tuple(int(a) % rank for a in axes)
+    batch_like = math.prod(query[a] for a in range(1, rank - 1) if a not in axes)
+    tq = math.prod(query[a] for a in axes)
+    tk = math.prod(key[a] for a in axes)
+    return projections + heads * batch_like * tq * tk * (key_dim + value_dim)
+
+
+def _shape(tensor: Any) -> Shape:
+    shape = getattr(tensor, "shape", tensor)
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _tensors(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+    return [t for t in keras.tree.flatten((list(args), kwargs)) if hasattr(t, "shape") and hasattr(t, "dtype")]
+
+
+def _recurrent_macs(layer: Any, inputs: tuple[int, ...]) -> int:
+    cell = getattr(layer, "cell", None)
+    kernel, recurrent = getattr(cell, "kernel", None), getattr(cell, "recurrent_kernel", None)
+    if kernel is None or recurrent is None or len(kernel.shape) != 2:
+        raise Uncounted("its cell's arithmetic is not known")
+    steps = inputs[1]
+    return steps * (_size(kernel) + _size(recurrent))
+
+
+def layer_macs(
+    layer: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    outputs: Sequence[Any],
+    special: Callable[[Any, Shape], int | None] | None = None,
+) -> int:
+    """MACs of one call of ``layer`` for one sample.
+
+    Args:
+        layer: the layer (or a ``keras.ops`` operation node).
+        args, kwargs: the call's arguments; tensors are anything with ``shape`` and ``dtype`` (KerasTensors).
+        outputs: the call's output tensors (or shapes).
+        special: ``special(layer, input_shape)`` gives the MACs of layers counted elsewhere (tfcompress's own
+            decomposed layers), ``None`` for the rest.
+
+    Raises:
+        Uncounted: when the arithmetic of ``layer`` is not known; the message says why.
+
+    Example:
+        >>> import keras
+        >>> x = keras.KerasTensor((None, 10, 8))
+        >>> dense = keras.layers.Dense(4)
+        >>> y = dense(x)
+        >>> layer_macs(dense, [x], {}, [y])
+        320
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        return operation_macs(layer, args, kwargs, outputs)
+    tensors = _tensors(args, kwargs)
+    in_shape = _shape(tensors[0]) if tensors else ()
+    if special is not None:
+        known = special(layer, in_shape)
+        if known is not None:
+            return int(known)
+
+    def out() -> tuple[int, ...]:
+        if not outputs:
+            raise Uncounted("its output shape is not known")
+        return _per_sample(_shape(outputs[0]), "its output")
+
+    L = keras.layers
+    if isinstance(layer, L.MultiHeadAttention):
+        return _mha_macs(layer, args, kwargs)
+    if isinstance(layer, L.EinsumDense):
+        return einsum_macs(layer.equation, [_per_sample(in_shape, "its input"), tuple(layer.kernel.shape)])
+    if isinstance(layer, L.Dense):
+        return math.prod(_per_sample(in_shape, "its input")[1:-1]) * _size(layer.kernel)
+    if isinstance(layer, L.SeparableConv1D | L.SeparableConv2D):
+        return _spatial(out(), layer) * (_size(layer.depthwise_kernel) + _size(layer.pointwise_kernel))
+    if isinstance(layer, L.DepthwiseConv1D | L.DepthwiseConv2D):
+        return _spatial(out(), layer) * _size(layer.kernel)
+    if isinstance(layer, L.Conv1DTranspose | L.Conv2DTranspose | L.Conv3DTranspose):
+        return _spatial(_per_sample(in_shape, "its input"), layer) * _size(layer.kernel)
+    if isinstance(layer, L.Conv1D | L.Conv2D | L.Conv3D):
+        return _spatial(out(), layer) * _size(layer.kernel)
+    if isinstance(layer, L.SimpleRNN | L.GRU | L.LSTM):
+        return _recurrent_macs(layer, _per_sample(in_shape, "its input"))
+    if isinstance(layer, L.Bidirectional):
+        return sum(layer_macs(sub, args, kwargs, [], special) for sub in (layer.forward_layer, layer.backward_layer))
+    if isinstance(layer, L.TimeDistributed):
+        shape = _per_sample(in_shape, "its input")
+        step = keras.KerasTensor((1, *shape[2:]))
+        step_out = layer.layer.compute_output_spec(step)
+        return shape[1] * layer_macs(layer.layer, [step], {}, [step_out], special)
+    if isinstance(layer, L.Dot):
+        a, b = (_per_sample(_shape(t), "an input") for t in tensors[:2])
+        axes = layer.axes if isinstance(layer.axes, list | tuple) else (layer.axes, layer.axes)
+        return math.prod(a[1:]) * math.prod(b[1:]) // a[int(axes[0]) % len(a)]
+    if type(layer) is L.Attention:
+        q, v = (_per_sample(_shape(t), "an input") for t in tensors[:2])
+        return math.prod(q[1:-1]) * math.prod(v[1:-1]) * (q[-1] + v[-1])
+    if type(layer).__name__ in ZERO_MAC_LAYERS and type(layer).__module__.startswith("keras."):
+        return 0
+    if isinstance(layer, L.Embedding):  # subclasses too (keras_hub's ReversibleEmbedding in its embedding mode)
+        return 0
+    if type(layer).__module__.startswith("keras."):
+        if not layer.weights:
+            return 0
+        raise Uncounted(f"a {type(layer).__name__}, whose arithmetic tfcompress does not count yet")
+    return _custom_layer_macs(layer, args, kwargs, special)
+
+
+def operation_macs(op: Any, args: Sequence[Any], kwargs: dict[str, Any], outputs: Sequence[Any]) -> int:
+    """MACs of a ``keras.ops`` operation node (``matmul`` and ``einsum`` count; element-wise and shape ops are 0).
+
+    Example:
+        >>> import keras
+        >>> from keras.src.ops.numpy import Matmul
+        >>> a, b = keras.KerasTensor((None, 4, 8)), keras.KerasTensor((None, 8, 5))
+        >>> operation_macs(Matmul(), [a, b], {}, [keras.KerasTensor((None, 4, 5))])
+        160
+    """
+    name = type(op).__name__
+    tensors = _tensors(args, kwargs)
+    if name == "Matmul" and len(tensors) == 2:
+        a = _per_sample(_shape(tensors[0]), "an operand")
+        out = _per_sample(_shape(outputs[0]), "its output")
+        return math.prod(out[1:]) * (a[-1] if len(a) > 1 else a[0])
+    if name == "Einsum":
+        subscripts = getattr(op, "subscripts", None)
+        if not isinstance(subscripts, str) or len(tensors) != 2:
+            raise Uncounted(f"a keras.ops einsum with {len(tensors)} tensor operands")
+        return einsum_macs(subscripts, [_per_sample(_shape(t), "an operand") for t in tensors])
+    if name == "Dot" and len(tensors) == 2:
+        a = _per_sample(_shape(tensors[0]), "an operand")
+        out = _per_sample(_shape(outputs[0]), "its output")
+        return math.prod(out[1:]) * a[-1]
+    if name in _UNCOUNTED_OPS:
+        raise Uncounted(f"a keras.ops {name} operation, whose arithmetic tfcompress does not count")
+    return 0
+
+
+# ---------------------------------------------------------------- layers that hold sublayers
+
+
+def sublayers(layer: Any) -> list[Any]:
+    """The layers held as attributes of ``layer`` (directly, or in lists, tuples and dicts), in attribute order.
+
+    Example:
+        >>> import keras
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.inner = [keras.layers.Dense(4), keras.layers.Dense(2)]
+        >>> [type(s).__name__ for s in sublayers(Block())]
+        ['Dense', 'Dense']
+    """
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(value: Any, depth: int) -> None:
+        if isinstance(value, keras.layers.Layer):
+            if id(value) not in seen and value is not layer:
+                seen.add(id(value))
+                found.append(value)
+        elif depth < 3 and isinstance(value, list | tuple):
+            for item in value:
+                visit(item, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for item in value.values():
+                visit(item, depth + 1)
+
+    for name, value in vars(layer).items():
+        if not name.startswith("__"):
+            visit(value, 0)
+    return found
+
+
+@contextlib.contextmanager
+def _recording(layers: Sequence[Any], calls: list[tuple[Any, tuple, dict, Any]]) -> Iterator[None]:
+    """While active, each call of one of ``layers`` appends ``(layer, args, kwargs, outputs)`` to ``calls`` (only the
+    outermost call when one recorded layer calls another). The layers' ``call`` is restored afterwards."""
+    depth = [0]
+    patched = []
+
+    def wrap(target: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            depth[0] += 1
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if depth[0] == 0:
+                calls.append((target, args, kwargs, result))
+            return result
+
+        return recorded
+
+    try:
+        for target in layers:
+            had_own = "call" in vars(target)
+            original = target.call
+            target.call = wrap(target, original)
+            patched.append((target, had_own, original))
+        yield
+    finally:
+        for target, had_own, original in reversed(patched):
+            if had_own:
+                target.call = original
+            else:
+                del target.call
+
+
+def _owned_weights(layer: Any, subs: Sequence[Any]) -> list[Any]:
+    inner = {id(w) for sub in subs for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+def _custom_layer_macs(
+    layer: Any, args: Sequence[Any], kwargs: dict[str, Any], special: Callable[[Any, Shape], int | None] | None
+) -> int:
+    subs = sublayers(layer)
+    own = _owned_weights(layer, subs)
+    if own:
+        names = ", ".join(sorted({re.sub(r":\d+$", "", str(w.path if hasattr(w, "path") else w.name)) for w in own}))
+        raise Uncounted(f"a custom layer ({type(layer).__name__}) that uses weights of its own ({names})")
+    if not subs:
+        if not layer.weights:
+            raise Uncounted(f"a custom layer ({type(layer).__name__}) whose call() tfcompress cannot see into")
+        raise Uncounted(f"a custom layer ({type(layer).__name__}) whose arithmetic is not known")
+    symbolic_args = keras.tree.map_structure(_symbolic, list(args))
+    symbolic_kwargs = keras.tree.map_structure(_symbolic, dict(kwargs))
+    calls: list[tuple[Any, tuple, dict, Any]] = []
+    with _recording(subs, calls):
+        try:
+            # the base Operation's spec traces call() (a layer's own may shortcut through compute_output_shape)
+            keras.Operation.compute_output_spec(layer, *symbolic_args, **symbolic_kwargs)
+        except Exception as err:
+            raise Uncounted(f"a custom layer ({type(layer).__name__}) that could not be traced ({err})") from None
+    called = {id(sub) for sub, *_ in calls}
+    unused = [sub for sub in subs if id(sub) not in called and sub.weights]
+    if not calls:
+        raise Uncounted(f"a custom layer ({type(layer).__name__}) whose sublayers were not seen running")
+    total = 0
+    for sub, sub_args, sub_kwargs, result in calls:
+        outputs = [t for t in keras.tree.flatten(result) if hasattr(t, "shape")]
+        try:
+            total += layer_macs(sub, sub_args, sub_kwargs, outputs, special)
+        except Uncounted as err:
+            raise Uncounted(f"its sublayer '{sub.name}' is {err}") from None
+    del unused  # weights of sublayers that did not run cost nothing in this call
+    return total
+
+
+def _symbolic(value: Any) -> Any:
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, keras.KerasTensor):
+        return keras.KerasTensor(tuple(value.shape), dtype=str(value.dtype))
+    return value
