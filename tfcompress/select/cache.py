@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import temp_prefix
-
 __all__ = [
     "EvalScoresCacheError",
     "ScoreCacheWriter",
@@ -127,7 +125,7 @@ def save_eval_scores(
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:
         mode = 0o644
-    descriptor, temp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=directory)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)

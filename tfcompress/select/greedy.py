@@ -13,8 +13,13 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Integral
 
-from .._checks import is_int
+
+def is_int(value: object) -> bool:
+    """An int, Python's or numpy's (``np.int64(3)``), not a bool (this package imports nothing of tfcompress)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
 
 __all__ = ["Selection", "greedy_select", "monotonic_fit"]
 

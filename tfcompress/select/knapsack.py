@@ -17,8 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._checks import is_int
-from .greedy import Selection, _finite, _prepare
+from .greedy import Selection, _finite, _prepare, is_int
 
 __all__ = ["min_loss_select"]
 

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .._checks import is_int
+from .greedy import is_int
 
 __all__ = ["TarSelection", "tar_candidate_ranks", "tar_indices_to_evaluate", "tar_select"]
 
