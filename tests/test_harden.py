@@ -169,7 +169,12 @@ _SLOW_SVD = """
 """
 
 
-def _interrupt(process: subprocess.Popen, ready: str, budget: float = 3.0) -> tuple[int, float, str]:
+# Ctrl-C is handled at once; the rest is the interpreter's exit with TensorFlow loaded (about 1 s on an idle 2-core
+# machine, more under load). Before the fix the process waited for the stuck SVD: 120 s here.
+BUDGET_SECONDS = 10.0
+
+
+def _interrupt(process: subprocess.Popen, ready: str, budget: float = BUDGET_SECONDS) -> tuple[int, float, str]:
     """Wait for ``ready`` on the process's stdout, send SIGINT, and time how long it takes to end."""
     assert process.stdout is not None
     for line in process.stdout:
@@ -186,7 +191,9 @@ def _interrupt(process: subprocess.Popen, ready: str, budget: float = 3.0) -> tu
         process.kill()
         process.communicate()
         pytest.fail("Ctrl-C did not end the run")
-    return process.returncode, time.perf_counter() - start, err
+    seconds = time.perf_counter() - start
+    print(f"the process ended {seconds:.2f} s after Ctrl-C")
+    return process.returncode, seconds, err
 
 
 def test_ctrl_c_ends_a_wait_for_background_svds_at_once() -> None:
@@ -202,7 +209,7 @@ def test_ctrl_c_ends_a_wait_for_background_svds_at_once() -> None:
     code, seconds, err = _interrupt(process, "ready")
     assert "KeyboardInterrupt" in err
     assert code != 0
-    assert seconds < 3.0, f"took {seconds:.1f} s after Ctrl-C"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.1f} s after Ctrl-C"
 
 
 def test_ctrl_c_ends_the_command_line_during_the_svds(tmp_path) -> None:
@@ -228,7 +235,7 @@ def test_ctrl_c_ends_the_command_line_during_the_svds(tmp_path) -> None:
     code, seconds, err = _interrupt(process, "ready")
     assert code == 130, err[-2000:]
     assert "tfcompress: interrupted" in err
-    assert seconds < 3.0, f"took {seconds:.1f} s after Ctrl-C"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.1f} s after Ctrl-C"
     assert not (tmp_path / "out").exists()  # nothing half-made is left
 
 
