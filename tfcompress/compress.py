@@ -290,12 +290,52 @@ class _Candidate:
         self._last = (rank, approx)
         return approx
 
-    def forget_approximation(self) -> None:
-        """Drop the kept approximation (a full-size array) once the layer's candidates are done."""
+    def share_kernel_with_svd(self) -> None:
+        """Make ``kernel`` a read-only view of the SVD's own copy of the unfolded kernel (the same values), so the
+        run holds one copy of each kernel instead of two."""
+        matrix = None if self._svd is None else self._svd.matrix
+        if (
+            matrix is None
+            or matrix.dtype != self.kernel.dtype
+            or self.scheme not in ("svd", "weight_svd", "spatial_svd")
+        ):
+            return
+        if self.scheme == "svd":
+            view = matrix
+        elif self.scheme == "weight_svd":
+            view = decompose.weight_svd_fold(matrix, self.kernel.shape)
+        else:
+            view = decompose.spatial_svd_fold(matrix, self.kernel.shape)
+        if view.shape == self.kernel.shape and np.shares_memory(view, matrix):
+            self.kernel = view
+
+    def release(self) -> None:
+        """Let go of the SVD and the kernel's values once the model is rewritten; ``kernel`` keeps its shape (a
+        zero-stride view of one value) for the stats."""
+        self._svd = None
         self._last = None
+        self.kernel = np.broadcast_to(np.zeros((), dtype=self.kernel.dtype), self.kernel.shape)
+
+    def forget_approximation(self) -> None:
+        """Drop the kept approximation (a full-size array) and the SVD's float32 products once the layer's
+        candidates are done (a later reconstruction, e.g. of a whole plan, makes them again)."""
+        self._last = None
+        if self._svd is not None:
+            self._svd.__dict__.pop("_float32", None)
 
     def relative_residuals(self) -> np.ndarray:
         return decompose.relative_residuals(self._factor().s)
+
+
+def _original_kernels(candidates: list[_Candidate]) -> dict[int, np.ndarray]:
+    """``{id(working copy's kernel variable): original value}``, from the candidates' own kernels (equal to the
+    working copy's, which is a clone), so restoring a swapped kernel needs no further copy of it."""
+    originals = {}
+    for candidate in candidates:
+        variable = getattr(candidate.work_layer, "kernel", None)
+        if variable is not None and candidate.kernel.dtype == np.dtype(variable.dtype):
+            originals[id(variable)] = candidate.kernel
+    return originals
 
 
 @contextlib.contextmanager
@@ -544,7 +584,9 @@ def compress_model(
 
     def make_candidate(ref: LayerRef) -> _Candidate:
         layer = ref.layer
-        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel))  # its own dtype: no float64 copy of the model
+        if not np.issubdtype(kernel.dtype, np.floating) or kernel.dtype.itemsize < 4:
+            kernel = kernel.astype(np.float32)
         check_finite(  # before any factorisation: LAPACK spins for ever on an infinity
             kernel,
             f"compress_model: the kernel of layer '{ref.path}'",
@@ -630,8 +672,10 @@ def compress_model(
         others = []  # compress_scheme="auto" also tries other per-layer schemes: their SVDs go into the memo too
         if scheme is CompressionScheme.auto:
             others = [v for c in candidates for v in _auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
-        background_svds = decompose.BackgroundSVDs(
-            [c.svd_matrix() for c in factored + others], names=[f"layer '{c.path}'" for c in factored + others]
+        background_svds = decompose.BackgroundSVDs(  # the unfolded kernels are new arrays: no second copy needed
+            [c.svd_matrix() for c in factored + others],
+            names=[f"layer '{c.path}'" for c in factored + others],
+            copy=False,
         )
         with background_svds as background:
             work = _working_copy(model, stats)
@@ -643,7 +687,9 @@ def compress_model(
         svd_wait_seconds = time.perf_counter() - wait_start  # what the SVDs added beyond the working copy
         for candidate, svd in zip(factored, svds[: len(factored)], strict=True):
             candidate._svd = svd
+            candidate.share_kernel_with_svd()
         stats.timings["svd_compute_seconds"] = background.compute_seconds
+        del background_svds, background, svds  # from here on the candidates (and the memo) hold what is needed
 
         # ---- baseline
         guard = _WorkGuard(work)
@@ -695,6 +741,8 @@ def compress_model(
         if trainer is not None:
             stats.timings["trainer_seconds"] = trainer_seconds
     del work
+    for candidate in candidates:
+        candidate.release()  # the SVDs and kernels are not needed for the final numbers
 
     # ---- final numbers
     for path in forward:
@@ -862,7 +910,7 @@ def _greedy(
     total_evals = sum(len(v) for v in todo.values())
     logger.info("greedy selection: %d layer(s), %d candidate evaluation(s)", len(candidates), total_evals)
     progbar = _progress(total_evals, verbose)
-    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
+    original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     done = 0
     writer = ScoreCacheWriter(cache_path, f"{digest}|{tag}") if cache_path is not None else None
     with _scores_kept(writer, table, stats):
@@ -980,7 +1028,7 @@ def _compare_plans(
     alt_plan, alt_chosen, alt_ratio = alternative
     if not alt_plan or {p: _rank_key(r) for p, r in alt_plan.items()} == {p: _rank_key(r) for p, r in plan.items()}:
         return plan, chosen
-    originals: dict[int, np.ndarray] = {}
+    originals = _original_kernels(list(by_path.values()))
     paths = list(dict.fromkeys([*plan, *alt_plan]))
     with contextlib.ExitStack() as stack:  # every kernel is restored at the end, whatever happens
         put = {p: stack.enter_context(_kernel_slot(by_path[p].work_layer, originals)) for p in paths}
@@ -1046,7 +1094,7 @@ def _auto_scheme(
         ratios_of = {c.path: list(parameters.params.select_params.candidates) for c in candidates}
     total_evals = 0 if data_free else sum(len(ratios_of[c.path]) * len(_auto_variants(c)) for c in candidates)
     progbar = _progress(total_evals, verbose)
-    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
+    original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     done = 0
     best: dict[str, dict[float, tuple[float, _Candidate, Any]]] = {}
     for candidate in candidates:
@@ -1245,7 +1293,7 @@ def _tar(
         ratios[i] = (total_cost - saved_total + compressed + untouched) / total_cost
     meets = tar_indices_to_evaluate(ratios, target)
     progbar = _progress(len(meets), verbose)
-    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
+    original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     scores: dict[int, float] = {}
     for done, i in enumerate(meets, start=1):
         swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in ranks_at[i].items()]

@@ -207,8 +207,13 @@ class TruncatedSVD:
         Large matrices go through the eigendecomposition of their Gram matrix (about twice as fast; a few small
         singular values are recomputed directly); badly conditioned or rank-deficient ones through LAPACK's SVD.
         Either way ``u`` and ``vt`` have orthonormal columns and rows and ``s`` is non-increasing.
+
+        A float32 matrix (a float32 kernel's) is factorised in float64 too, but ``u``, ``vt`` and the matrix are
+        kept in float32 (``s`` in float64): half the memory, and float32 is all the layers built from them hold.
         """
-        matrix = np.asarray(matrix, dtype=np.float64)
+        matrix = np.asarray(matrix)
+        if matrix.dtype != np.float32:
+            matrix = np.asarray(matrix, dtype=np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"TruncatedSVD.of expects a matrix, got shape {matrix.shape}.")
         check_finite(matrix, "TruncatedSVD.of: the matrix")  # LAPACK can spin for ever on an infinity
@@ -218,7 +223,16 @@ class TruncatedSVD:
     def _compute(cls, matrix: np.ndarray) -> TruncatedSVD:
         m, n = matrix.shape
         with _blas_threads_for(m * n * min(m, n)):
+            return cls._compute_kept(matrix)
+
+    @classmethod
+    def _compute_kept(cls, matrix: np.ndarray) -> TruncatedSVD:
+        """:meth:`_compute_here` in float64; for a float32 ``matrix`` the factors are kept in float32 (see :meth:`of`)
+        and the float64 copy is dropped at once."""
+        if matrix.dtype == np.float64:
             return cls._compute_here(matrix)
+        svd = cls._compute_here(matrix.astype(np.float64))
+        return cls(svd.u.astype(np.float32), svd.s, svd.vt.astype(np.float32), matrix)
 
     @classmethod
     def _compute_here(cls, matrix: np.ndarray) -> TruncatedSVD:
@@ -295,8 +309,8 @@ class TruncatedSVD:
     @functools.cached_property
     def _float32(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         us = (self.u * self.s).astype(np.float32)
-        vt = self.vt.astype(np.float32)
-        matrix = None if self.matrix is None else self.matrix.astype(np.float32)
+        vt = np.asarray(self.vt, dtype=np.float32)  # no copy when the factors are float32 already
+        matrix = None if self.matrix is None else np.asarray(self.matrix, dtype=np.float32)
         return us, vt, matrix, None
 
     def _scaled(self, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -370,6 +384,10 @@ class BackgroundSVDs:
     (:meth:`get`, :meth:`wait`) wakes up every 0.1 s, so Ctrl-C ends it at once. Inside :func:`reuse_svds`,
     :meth:`get` enters each SVD into the block's memo, so the final rewrite reuses it.
 
+    Each matrix is copied (``copy=False``: taken as handed over, for arrays nobody else changes) and kept in
+    float32 when it is float32 (see :meth:`TruncatedSVD.of`); a NaN or an infinity is refused at once, with
+    ``names[i]`` in the message.
+
     Example:
         >>> rng = np.random.default_rng(0)
         >>> matrices = [rng.normal(size=(200, 150)), rng.normal(size=(40, 60))]
@@ -382,11 +400,18 @@ class BackgroundSVDs:
     _POLL_SECONDS = 0.1  # how often waiting threads look up (so Ctrl-C is handled within this time)
 
     def __init__(
-        self, matrices: Sequence[np.ndarray], workers: int | None = None, names: Sequence[str] | None = None
+        self,
+        matrices: Sequence[np.ndarray],
+        workers: int | None = None,
+        names: Sequence[str] | None = None,
+        copy: bool = True,
     ) -> None:
         frozen = []
         for i, matrix in enumerate(matrices):
-            matrix = np.array(matrix, dtype=np.float64)  # a copy: later changes to the caller's array cannot leak in
+            # a copy: later changes to the caller's array cannot leak in (copy=False: the caller hands them over)
+            matrix = np.array(matrix) if copy else np.asarray(matrix)
+            if matrix.dtype != np.float32:  # float32 stays float32 (see TruncatedSVD.of), the rest becomes float64
+                matrix = matrix.astype(np.float64)
             if matrix.ndim != 2:
                 raise ValueError(f"BackgroundSVDs expects matrices, got shape {matrix.shape}.")
             # an infinity makes LAPACK spin for ever on a thread nobody can stop: refuse it here, by name
@@ -444,7 +469,7 @@ class BackgroundSVDs:
     def _work(self, index: int) -> TruncatedSVD:
         start = time.perf_counter()
         try:
-            return TruncatedSVD._compute_here(self._matrices[index])
+            return TruncatedSVD._compute_kept(self._matrices[index])
         finally:
             self._seconds[index] = time.perf_counter() - start
 
