@@ -117,8 +117,11 @@ def run(size: int, candidates: int, schemes: list[str], seed: int) -> dict:
                 "mac_compression_ratio": result.get("mac_compression_ratio"),
             }
         )
-        print(f"{scheme:<16} peak {result['peak_above_import_mb']:.0f} MB, extra {extra:.0f} MB = "
-              f"{extra / weights:.2f} x weights", flush=True)
+        print(
+            f"{scheme:<16} peak {result['peak_above_import_mb']:.0f} MB, extra {extra:.0f} MB = "
+            f"{extra / weights:.2f} x weights",
+            flush=True,
+        )
     return {
         "model": "ResNet50",
         "input_size": size,
@@ -155,7 +158,11 @@ def main() -> None:
     args = _common.parse_args(__doc__.splitlines()[0], extra)
     size, candidates = (64, 3) if args.quick else (96, 4)
     schemes = args.schemes or (["weight_svd", "spatial_svd"] if args.quick else list(SCHEMES))
-    result = {"settings": {"quick": args.quick, "input_size": size, "candidates": candidates}}
+    result = {
+        "benchmark": "memory",
+        "quick": args.quick,
+        "settings": {"quick": args.quick, "input_size": size, "candidates": candidates},
+    }
     result.update(run(size, candidates, schemes, args.seed))
     result["machine"] = _common.machine_info()
     name = "memory_quick" if args.quick else "memory"

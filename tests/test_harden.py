@@ -437,3 +437,65 @@ def test_report_of_a_malformed_stats_file_names_the_field(tmp_path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert main(["report", str(path), "-o", str(tmp_path / "r.html")]) == 1
+
+
+# ---------------------------------------------------------------- 5. memory
+
+
+_MEMORY_PROBE = """
+import os, sys
+import numpy as np, keras, tfcompress as tfc
+
+
+def mb(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+
+
+with open("/proc/self/clear_refs", "w") as handle:  # the peak counts from here, after the imports
+    handle.write("5")
+start = mb("VmRSS")
+keras.utils.set_random_seed(0)
+layers = [keras.Input((8, 8, 512))]
+layers += [keras.layers.Conv2D(512, 3, padding="same", name=f"c{i}") for i in range(8)]
+model = keras.Sequential([*layers, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+x = np.random.default_rng(0).normal(size=(2, 8, 8, 512)).astype("float32")
+reference = np.asarray(model(x))
+
+
+def score(m, iterations):
+    return -float(np.mean((np.asarray(m(x)) - reference) ** 2))
+
+
+if sys.argv[1] == "footprint":
+    work = tfc.rewrite_model(model, {})
+    for m in (model, work, model, work):
+        score(m, None)
+else:
+    params = tfc.WeightSvdParameters("auto", tfc.WeightSvdParameters.AutoModeParams(tfc.GreedySelectionParameters(0.5, 4)))
+    tfc.compress_model(model, score, None, "weight_svd", "mac", params, verbose=0)
+weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights) / 2**20
+print(mb("VmHWM") - start, weights)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc peak-memory accounting")
+def test_compress_model_holds_few_copies_of_the_weights() -> None:
+    """Peak memory (the OS's VmHWM, in a fresh process) of a weight-SVD run above what the model itself needs (built,
+    one working copy, the callback run): about 2.5x the float32 weights here, 11x before (float64 copies of every
+    kernel, matrix and factor). The bound is generous: 6x."""
+    peaks = {}
+    for what in ("footprint", "compress"):
+        process = _python(_MEMORY_PROBE.replace("sys.argv[1]", repr(what)))
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        peaks[what], weights = (float(v) for v in out.split()[-2:])
+    extra = (peaks["compress"] - peaks["footprint"]) / weights
+    print(
+        f"weights {weights:.0f} MB, footprint {peaks['footprint']:.0f} MB, compress {peaks['compress']:.0f} MB: "
+        f"{extra:.2f}x the weights above the footprint"
+    )
+    assert extra < 6.0

@@ -253,3 +253,37 @@ def test_truncated_and_non_zip_models_say_what_is_wrong(saved, tmp_path, capsys)
     assert main(["compress", str(text), "-o", str(tmp_path / "o")]) == 1
     assert "not even a zip archive" in _error(capsys)
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- no pickle, no code from files
+
+
+def test_no_pickle_and_no_code_is_loaded_from_files(saved, tmp_path, capsys) -> None:
+    """--data is read without pickles, a .keras file in safe mode (no lambda bytecode), and everything we write is
+    JSON or a .keras file."""
+    import numpy as np
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    np.savez(tmp_path / "evil.npz", x=np.array([Payload()], dtype=object))
+    assert _compress(saved, tmp_path / "out", "--data", str(tmp_path / "evil.npz")) == 1
+    assert "no pickles" in _error(capsys)
+    assert not marker.exists()
+
+    keras.utils.set_random_seed(0)
+    lambda_model = keras.Sequential([keras.Input((4,)), L.Lambda(lambda t: t * 2.0), L.Dense(2)])
+    lambda_model.save(tmp_path / "lambda.keras")
+    assert main(["inspect", str(tmp_path / "lambda.keras")]) == 1
+    assert "safe_mode" in _error(capsys)
+
+    out = tmp_path / "good"
+    assert _compress(saved, out, "--cache", str(tmp_path / "scores.json")) == 0
+    import json
+
+    for path in (out / "stats.json", tmp_path / "scores.json"):
+        json.loads(path.read_text(encoding="utf-8"))  # plain JSON, nothing else
+    assert zipfile.is_zipfile(out / "compressed.keras")

@@ -293,7 +293,10 @@ class _Candidate:
     def share_kernel_with_svd(self) -> None:
         """Make ``kernel`` a read-only view of the SVD's own copy of the unfolded kernel (the same values), so the
         run holds one copy of each kernel instead of two."""
-        matrix = None if self._svd is None else self._svd.matrix
+        self.share_kernel(None if self._svd is None else self._svd.matrix)
+
+    def share_kernel(self, matrix: np.ndarray | None) -> None:
+        """Make ``kernel`` a read-only view of ``matrix``, this layer's unfolded kernel (:meth:`svd_matrix`)."""
         if (
             matrix is None
             or matrix.dtype != self.kernel.dtype
@@ -307,6 +310,7 @@ class _Candidate:
         else:
             view = decompose.spatial_svd_fold(matrix, self.kernel.shape)
         if view.shape == self.kernel.shape and np.shares_memory(view, matrix):
+            view.flags.writeable = False
             self.kernel = view
 
     def release(self) -> None:
@@ -336,22 +340,6 @@ def _original_kernels(candidates: list[_Candidate]) -> dict[int, np.ndarray]:
         if variable is not None and candidate.kernel.dtype == np.dtype(variable.dtype):
             originals[id(variable)] = candidate.kernel
     return originals
-
-
-@contextlib.contextmanager
-def _kernels_swapped(
-    swaps: list[tuple[Any, np.ndarray]], original_kernels: dict[int, np.ndarray] | None = None
-) -> Iterator[None]:
-    """Assign each (layer, kernel) in place and restore the original kernels afterwards, whatever happens.
-
-    ``original_kernels`` (one dict per selection run) keeps each kernel's original value from its first swap, so
-    it is read from the variable once per layer instead of once per candidate.
-    """
-    originals = {} if original_kernels is None else original_kernels
-    with contextlib.ExitStack() as stack:  # restores in reverse order, whatever happens
-        for layer, kernel in swaps:
-            stack.enter_context(_kernel_slot(layer, originals))(kernel)
-        yield
 
 
 @contextlib.contextmanager
@@ -672,8 +660,13 @@ def compress_model(
         others = []  # compress_scheme="auto" also tries other per-layer schemes: their SVDs go into the memo too
         if scheme is CompressionScheme.auto:
             others = [v for c in candidates for v in _auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
+        matrices = []
+        for i, c in enumerate(factored + others):  # one copy of each kernel: it becomes a view of its unfolding
+            matrices.append(c.svd_matrix())
+            if i < len(factored):
+                c.share_kernel(matrices[-1])
         background_svds = decompose.BackgroundSVDs(  # the unfolded kernels are new arrays: no second copy needed
-            [c.svd_matrix() for c in factored + others],
+            matrices,
             names=[f"layer '{c.path}'" for c in factored + others],
             copy=False,
         )
@@ -689,7 +682,7 @@ def compress_model(
             candidate._svd = svd
             candidate.share_kernel_with_svd()
         stats.timings["svd_compute_seconds"] = background.compute_seconds
-        del background_svds, background, svds  # from here on the candidates (and the memo) hold what is needed
+        del background_svds, background, svds, matrices  # from here on the candidates (and the memo) hold them
 
         # ---- baseline
         guard = _WorkGuard(work)
@@ -1034,11 +1027,13 @@ def _compare_plans(
         put = {p: stack.enter_context(_kernel_slot(by_path[p].work_layer, originals)) for p in paths}
         for path, rank in plan.items():
             put[path](by_path[path].reconstructed(rank))
+            by_path[path].forget_approximation()  # in the variable now: one layer's arrays at a time
         threshold_score = evaluator(work, "the threshold plan")
         # from the threshold plan to the other: only the layers whose kernel differs are assigned again
         for path in paths:
             if path in alt_plan and (path not in plan or _rank_key(alt_plan[path]) != _rank_key(plan[path])):
                 put[path](by_path[path].reconstructed(alt_plan[path]))
+                by_path[path].forget_approximation()
             elif path not in alt_plan:
                 put[path](originals[id(by_path[path].work_layer.kernel)])
         alt_score = evaluator(work, "the least-summed-loss plan")
@@ -1296,8 +1291,10 @@ def _tar(
     original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     scores: dict[int, float] = {}
     for done, i in enumerate(meets, start=1):
-        swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in ranks_at[i].items()]
-        with _kernels_swapped(swaps, original_kernels):
+        with contextlib.ExitStack() as stack:  # every kernel is restored at the end, whatever happens
+            for p, r in ranks_at[i].items():  # one layer's reconstruction in memory at a time
+                stack.enter_context(_kernel_slot(by_path[p].work_layer, original_kernels))(by_path[p].reconstructed(r))
+                by_path[p].forget_approximation()
             scores[i] = evaluator(work, f"TAR residual index {i}/{n}")
         progbar.update(done, values=[("score", scores[i])])
     with warnings.catch_warnings(record=True) as caught:
