@@ -287,3 +287,10 @@ def test_no_pickle_and_no_code_is_loaded_from_files(saved, tmp_path, capsys) -> 
     for path in (out / "stats.json", tmp_path / "scores.json"):
         json.loads(path.read_text(encoding="utf-8"))  # plain JSON, nothing else
     assert zipfile.is_zipfile(out / "compressed.keras")
+
+
+def test_the_demo_checks_its_output_folder_before_training(unwritable_folder, capsys) -> None:
+    start = time.perf_counter()
+    assert main(["demo", "-o", unwritable_folder, "--epochs", "1", "-q"]) == 1
+    assert "cannot write in the folder" in _error(capsys)
+    assert time.perf_counter() - start < 10.0  # no training happened first

@@ -40,6 +40,7 @@ from typing import Any
 __all__ = [
     "NotWritableError",
     "RunOutputs",
+    "check_folder_can_be_written",
     "check_writable_file",
     "check_writable_folder",
     "pid_running",
@@ -106,6 +107,26 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     os.close(descriptor)
     with contextlib.suppress(OSError):
         os.unlink(probe)
+
+
+def check_folder_can_be_written(folder: str | os.PathLike, what: str) -> None:
+    """Check that ``folder`` can be filled: a folder where a file can be created, or, when it does not exist yet,
+    whose nearest existing parent is a folder where it can be created (nothing is created).
+
+    Example:
+        >>> import tempfile
+        >>> check_folder_can_be_written(os.path.join(tempfile.mkdtemp(), "new", "out"), "-o")
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise NotWritableError(f"{what} {folder!r} exists and is not a folder")
+    existing = folder
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(existing)
+        if os.path.lexists(parent) and not os.path.isdir(parent):
+            raise NotWritableError(f"{what} {folder!r}: {parent!r} is not a folder")
+        existing = parent
+    check_writable_folder(existing, f"{what} {folder!r}")
 
 
 def check_writable_file(path: str | os.PathLike, what: str) -> str:
