@@ -45,6 +45,15 @@ def digits():
     return model, accuracy, held_out, x_train
 
 
+def kept_inputs(stats):
+    """``{layer: kept input channels}`` of the layers whose input channels were pruned (from their own stats rows)."""
+    return {
+        row.name: row.in_channels[1]
+        for row in stats.per_layer_stats
+        if row.in_channels and row.in_channels[1] < row.in_channels[0] and row.out_channels is not None
+    }
+
+
 def snapshot(model):
     return [w.copy() for w in model.get_weights()], model.get_config()
 
@@ -63,10 +72,12 @@ def test_digits_half_macs_reconstruction_beats_plain_pruning_and_file_shrinks(di
     assert stats.mac_compression_ratio <= 0.5 + 1e-3
     assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
     assert stats.mac_compression_ratio > 0.45  # the budget left by the threshold search is spent
-    kept = {row.name: row.rank for row in stats.per_layer_stats}
+    kept = kept_inputs(stats)
     assert set(kept) <= {"conv2", "conv3", "fc"} and kept
     assert small.get_layer("conv1").filters == kept.get("conv2", 32)
-    assert "conv1" in stats.skipped_layers and "model input" in stats.skipped_layers["conv1"]
+    rows = {row.name: row for row in stats.per_layer_stats}
+    why = stats.skipped_layers.get("conv1") or rows["conv1"].group  # not listed as "not compressed" if it changed
+    assert "model input" in why
     # the same plan without reconstruction loses more accuracy
     plain, plain_stats = tfc.compress_model(
         model,
@@ -74,7 +85,7 @@ def test_digits_half_macs_reconstruction_beats_plain_pruning_and_file_shrinks(di
         None,
         "channel_pruning",
         "mac",
-        manual_params(x_train, [(row.name, row.ratio) for row in stats.per_layer_stats], reconstruct=False),
+        manual_params(x_train, list(stats.chosen_ratios.items()), reconstruct=False),
         verbose=0,
     )
     assert plain_stats.mac_compression_ratio == pytest.approx(stats.mac_compression_ratio)
@@ -255,7 +266,9 @@ def test_score_cache_is_reused(tmp_path):
     _second, s2 = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
     assert s1.num_eval_calls == 5 and s2.num_eval_calls == 2  # baseline + final only
     assert s1.eval_scores == s2.eval_scores
-    assert [r.rank for r in s1.per_layer_stats] == [r.rank for r in s2.per_layer_stats]
+    assert [(r.name, r.in_channels, r.out_channels) for r in s1.per_layer_stats] == [
+        (r.name, r.in_channels, r.out_channels) for r in s2.per_layer_stats
+    ]
 
 
 @pytest.mark.slow
@@ -370,7 +383,32 @@ def test_four_conv_chain_pruned_at_half_through_compress_model():
         (10, 15),
         (15, 40),
     ]
-    assert [(row.name, row.rank) for row in stats.per_layer_stats] == [("c2", 5), ("c3", 10), ("c4", 15)]
+    # one row per changed layer, with its own channels and costs, and the groups it belongs to
+    rows = [(row.name, row.in_channels, row.out_channels, row.rank) for row in stats.per_layer_stats]
+    assert rows == [
+        ("c1", [1, 1], [10, 5], None),
+        ("c2", [10, 5], [20, 10], None),
+        ("c3", [20, 10], [30, 15], None),
+        ("c4", [30, 15], [40, 40], None),
+    ]
+    assert [row.group.split(";")[0] for row in stats.per_layer_stats] == [
+        "c2 (out)",
+        "c2 (in), c3 (out)",
+        "c3 (in), c4 (out)",
+        "c4 (in)",
+    ]
+    assert "model input" in stats.per_layer_stats[0].group and "c1" not in stats.skipped_layers
+    saved = sum(row.macs_before - row.macs_after for row in stats.per_layer_stats)
+    assert saved == stats.original_macs - stats.compressed_macs
+    saved = sum(row.params_before - row.params_after for row in stats.per_layer_stats)
+    assert saved == stats.original_params - stats.compressed_params
+    for row in stats.per_layer_stats:
+        layer = small.get_layer(row.name)
+        assert tuple(layer.kernel.shape[-2:]) == (row.in_channels[1], row.out_channels[1])
+        assert row.ratio == pytest.approx(row.macs_after / row.macs_before)
+    assert stats.chosen_ratios == {"c2": 0.5, "c3": 0.5, "c4": 0.5}
+    text = str(stats)
+    assert "in ch" in text and "30->15" in text and "c3 (in), c4 (out)" in text
     assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
 
 
@@ -444,11 +482,12 @@ def test_two_plan_check_scores_both_plans_in_place_restores_the_copy_and_builds_
     assert ("the alternative's note" in stats.notes) == (winner == "min_summed_loss")
     # the final model is the winner, built from its masked refits: it computes what the working copy computed
     assert stats.compressed_model_accuracy == pytest.approx(stats.plan_scores[winner], abs=1e-5)
-    kept = {row.name: row.rank for row in stats.per_layer_stats}
+    kept = kept_inputs(stats)
+    pruned = {name: keep for name, keep in alternatives[0].items() if keep < model.get_layer(name).kernel.shape[-2]}
     if winner == "min_summed_loss":
-        assert kept == alternatives[0]
+        assert kept == pruned
     else:
-        assert kept != alternatives[0]
+        assert kept != pruned
     # both plans were masked into the working copy and it was restored afterwards, exactly
     for a, b in zip(work.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

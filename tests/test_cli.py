@@ -337,7 +337,7 @@ def test_missing_matplotlib_fails_before_the_work(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert _run(["compress", files["model"], "-q", "-o", tmp_path / "out"]) == 1
-    line = _assert_one_line_error(capsys, 'pip install "tfcompress[report]"')
+    line = _assert_one_line_error(capsys, 'pip install -e ".[report]"')
     assert "weaker" not in line
     assert _run(["compress", files["model"], "--candidates", "3", "--no-report", "-q", "-o", tmp_path / "out"]) == 0
 

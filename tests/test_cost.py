@@ -101,7 +101,7 @@ def test_max_rank_per_scheme():
     with pytest.raises(ValueError, match="'c'"):
         decomposed_cost(LayerGeometry("conv2d", 3, 3, name="c"), "svd", 1)
     with pytest.raises(ValueError, match="kind"):
-        LayerGeometry("conv1d", 3, 3)
+        LayerGeometry("lstm", 3, 3)
 
 
 def test_dense_on_3d_input_counts_positions():

@@ -184,7 +184,7 @@ def test_report_rejects_what_is_not_stats() -> None:
 
 def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    with pytest.raises(ImportError, match=re.escape('pip install "tfcompress[report]"')):
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[report]"')):
         _stats().plot("ratios")
     with pytest.raises(report_module.MissingDependencyError):
         tfc.report(_stats(), tmp_path / "report.html")

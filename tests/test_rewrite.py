@@ -393,11 +393,13 @@ def test_unsupported_layers_are_named_together():
     x = keras.layers.SeparableConv2D(4, 1, name="sep")(x)
     model = keras.Model(inp, x)
     with pytest.raises(ValueError) as info:
-        tfc.rewrite_model(model, {"dw": 2, "bn": 2, "grouped": 2, "sep": 2}, scheme="weight_svd")
+        # (a SeparableConv2D decomposes, but not above the rank min(C*dm, N) = 4 of its pointwise kernel)
+        tfc.rewrite_model(model, {"dw": 2, "bn": 2, "grouped": 2, "sep": 9}, scheme="weight_svd")
     message = str(info.value)
     for name in ("'dw'", "'bn'", "'grouped'", "'sep'"):
         assert name in message
     assert "groups=2" in message
+    assert "'sep': weight_svd rank 9 is outside 1..4" in message
 
 
 def test_rank_out_of_range_and_bad_ranks():

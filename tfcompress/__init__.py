@@ -30,7 +30,17 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .cost import model_cost, rank_for_ratio
     from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
     from .latency import LatencyOptions
-    from .layers import ChannelGather, SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
+    from .layers import (
+        ChannelGather,
+        SpatialSVDConv1D,
+        SpatialSVDConv2D,
+        SVDDense,
+        SVDSeparableConv2D,
+        TuckerConv2D,
+        WeightSVDConv1D,
+        WeightSVDConv2D,
+        WeightSVDConv2DTranspose,
+    )
     from .params import (
         AutoSchemeParameters,
         ChannelPruningParameters,
@@ -59,10 +69,14 @@ _PUBLIC = {
     "RankSelectScheme": "enums",
     "LatencyOptions": "latency",
     "ChannelGather": "layers",
+    "SpatialSVDConv1D": "layers",
     "SpatialSVDConv2D": "layers",
     "SVDDense": "layers",
+    "SVDSeparableConv2D": "layers",
     "TuckerConv2D": "layers",
+    "WeightSVDConv1D": "layers",
     "WeightSVDConv2D": "layers",
+    "WeightSVDConv2DTranspose": "layers",
     "AutoSchemeParameters": "params",
     "ChannelPruningParameters": "params",
     "GreedySelectionParameters": "params",
@@ -95,13 +109,17 @@ __all__ = [
     "ModelCompressor",
     "RankSelectScheme",
     "SVDDense",
+    "SVDSeparableConv2D",
+    "SpatialSVDConv1D",
     "SpatialSVDConv2D",
     "SpatialSvdParameters",
     "SvdThenPruneResult",
     "TarRankSelectionParameters",
     "TuckerConv2D",
     "TuckerParameters",
+    "WeightSVDConv1D",
     "WeightSVDConv2D",
+    "WeightSVDConv2DTranspose",
     "WeightSvdParameters",
     "__version__",
     "compress_model",

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -29,8 +26,7 @@ import sys
 import textwrap
 import traceback
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ._startup import import_tensorflow_quietly
@@ -38,31 +34,20 @@ from ._version import __version__
 from .archive import check_keras_archive
 from .atomic import save_model_atomic
 from .outputs import RunOutputs, check_writable_file
-from .stats import _fmt_big
-
-__all__ = ["main", "build_parser", "CLIError", "load_eval_function", "output_agreement_eval"]
-
-_SCHEMES = ("weight_svd", "spatial_svd", "tucker")
-
-DATA_FREE_WARNING = (
-    "tfcompress: warning: no --eval function given, so layers are ranked by how closely the compressed model's "
-    "outputs match the original's on {source} (score = minus the relative mean squared difference). This is a "
-    "weaker choice than a real eval function (e.g. accuracy on held-out data): pass --eval module:function."
+from .cli_eval import (
+    DATA_FREE_WARNING,
+    CLIError,
+    _EvalFunctionError,
+    _load_npz,
+    _warn_on_first_call,
+    _wrap_user_function,
+    load_eval_function,
+    output_agreement_eval,
 )
+from .cli_inspect import SCHEMES as _SCHEMES
+from .cli_inspect import inspect_model, inspect_text
 
-
-class CLIError(Exception):
-    """A user mistake on the command line: reported as one line on stderr, exit code 1.
-
-    Example:
-        >>> str(CLIError("no such file: 'x.keras'"))
-        "no such file: 'x.keras'"
-    """
-
-
-class _EvalFunctionError(Exception):
-    """The user's --eval function raised: its traceback is the useful part, so it is printed."""
-
+__all__ = ["main", "build_parser", "CLIError", "inspect_model", "load_eval_function", "output_agreement_eval"]
 
 # ---------------------------------------------------------------- argument parsing
 
@@ -267,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_paragraphs(
             "Write one self-contained HTML file (plots embedded as PNG) from the stats.json that "
             "'tfcompress compress' or CompressionStats.to_json wrote. Needs matplotlib: "
-            'pip install "tfcompress[report]".'
+            'pip install matplotlib, or pip install -e ".[report]" in the tfcompress checkout.'
         ),
         epilog="example:\n  tfcompress report out/stats.json -o out/report.html",
         formatter_class=_Formatter,
@@ -358,292 +343,7 @@ def _load_model(path: str, args: argparse.Namespace | None = None) -> Any:
     return model
 
 
-def load_eval_function(spec: str) -> Callable[..., Any]:
-    """Resolve ``module:function`` (or ``path/to/file.py:function``) to the function.
-
-    The current folder is searched first, like ``python -m`` does. A missing
-    module or function raises :class:`CLIError`.
-
-    Example:
-        >>> load_eval_function("math:hypot")(3, 4)
-        5.0
-        >>> load_eval_function("math:nope")
-        Traceback (most recent call last):
-        ...
-        tfcompress.cli.CLIError: --eval math:nope: module 'math' has no attribute 'nope' (it has: ...)
-    """
-    module_name, sep, attribute = spec.rpartition(":")
-    if not sep or not module_name or not attribute:
-        raise CLIError(f"--eval must be MODULE:FUNCTION (e.g. my_eval:accuracy), got {spec!r}")
-    if module_name.endswith(".py"):
-        if not os.path.isfile(module_name):
-            raise CLIError(f"--eval {spec}: no such file: {module_name!r}")
-        name = "tfcompress_eval_" + os.path.splitext(os.path.basename(module_name))[0]
-        module_spec = importlib.util.spec_from_file_location(name, module_name)
-        if module_spec is None or module_spec.loader is None:
-            raise CLIError(f"--eval {spec}: cannot import {module_name!r}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        loader = module_spec.loader
-        _import_user_module(spec, module_name, lambda: loader.exec_module(module))
-    else:
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        module = _import_user_module(spec, module_name, lambda: importlib.import_module(module_name))
-    function = getattr(module, attribute, None)
-    if function is None:
-        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        shown = ", ".join(public[:12]) + (", ..." if len(public) > 12 else "")
-        raise CLIError(f"--eval {spec}: module {module_name!r} has no attribute {attribute!r} (it has: {shown})")
-    if not callable(function):
-        raise CLIError(f"--eval {spec}: {attribute!r} is a {type(function).__name__}, not a function")
-    return function
-
-
-def _import_user_module(spec: str, module_name: str, do_import: Callable[[], Any]) -> Any:
-    """Import errors are one-line user mistakes; anything else raised by the module's own code keeps its traceback."""
-    try:
-        return do_import()
-    except ImportError as err:
-        raise CLIError(f"--eval {spec}: cannot import module {module_name!r}: {err}") from None
-    except Exception as err:
-        raise _EvalFunctionError(
-            f"importing the --eval module {module_name!r} raised {type(err).__name__}: {err}"
-        ) from err
-
-
-def _wrap_user_function(function: Callable[..., Any], spec: str) -> Callable[..., Any]:
-    """Mark exceptions raised inside the user's function so main() shows their traceback."""
-
-    @functools.wraps(function)  # compress_model reads the user's signature through __wrapped__
-    def wrapped(*args: Any) -> Any:
-        try:
-            return function(*args)
-        except Exception as err:
-            raise _EvalFunctionError(f"the --eval function {spec} raised {type(err).__name__}: {err}") from err
-
-    return wrapped
-
-
-def _warn_on_first_call(function: Callable[..., float], message: str) -> Callable[..., float]:
-    """Print ``message`` on stderr when compress_model first calls ``function``: after it has checked its arguments."""
-    warned = False
-
-    @functools.wraps(function)
-    def wrapped(model: Any, iterations: Any = None) -> float:
-        nonlocal warned
-        if not warned:
-            warned = True
-            print(message, file=sys.stderr, flush=True)
-        return function(model, iterations)
-
-    return wrapped
-
-
-def _load_npz(path: str) -> dict[str, Any]:
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise CLIError(f"--data: no such file: {path!r}")
-    if not zipfile.is_zipfile(path):
-        raise CLIError(f"--data {path!r} is not an .npz archive; write one with np.savez('data.npz', x=..., y=...)")
-    check_keras_archive(path, what=".npz data file")  # sizes checked before anything is inflated
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as err:
-        message = " ".join(str(err).split())
-        raise CLIError(f"--data {path!r} is not a readable .npz file (np.savez, no pickles): {message}") from None
-
-
-def output_agreement_eval(model: Any, inputs: Any = None, seed: int = 0, batch_size: int = 32) -> Callable[..., float]:
-    """A data-free eval callback: minus the relative MSE between a model's outputs and ``model``'s.
-
-    The reference outputs are computed once, on ``inputs`` (an array or a list of arrays,
-    one per model input) or on a standard-normal batch of ``batch_size`` samples drawn with
-    ``seed`` in the model's input shape. A perfect copy scores 0; worse copies score lower.
-
-    Example:
-        >>> import keras
-        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-        >>> score = output_agreement_eval(model)
-        >>> score(model, None)
-        0.0
-    """
-    import numpy as np
-
-    if inputs is None:
-        rng = np.random.default_rng(seed)
-        batches = []
-        for tensor in model.inputs:
-            shape = tuple(tensor.shape)[1:]
-            if any(d is None for d in shape):
-                raise CLIError(
-                    f"the model's input shape {tuple(tensor.shape)} has unknown dimensions, so a random batch "
-                    "cannot be made; pass --data FILE.npz with an array 'x', or --eval"
-                )
-            batches.append(rng.standard_normal((batch_size, *shape)).astype(tensor.dtype or "float32"))
-        inputs = batches[0] if len(batches) == 1 else batches
-
-    def _outputs(m: Any) -> list[Any]:
-        out = m.predict(inputs, batch_size=256, verbose=0)
-        items = out if isinstance(out, list | tuple) else list(out.values()) if isinstance(out, dict) else [out]
-        return [np.asarray(o, dtype=np.float64) for o in items]
-
-    reference = _outputs(model)
-    scales = [max(float(np.mean(r**2)), 1e-12) for r in reference]
-
-    def output_agreement(m: Any, iterations: Any = None) -> float:
-        outputs = _outputs(m)
-        error = sum(float(np.mean((o - r) ** 2)) / s for o, r, s in zip(outputs, reference, scales, strict=True))
-        return 0.0 - error  # 0.0 for a perfect copy (not -0.0)
-
-    return output_agreement
-
-
 # ---------------------------------------------------------------- inspect
-
-
-def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
-    """Per-layer costs, max ranks and eligibility per scheme of ``model``, JSON-ready.
-
-    Example:
-        >>> import keras
-        >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3, name="c"),
-        ...                           keras.layers.Conv2D(8, 1, name="p")])
-        >>> info = inspect_model(model)
-        >>> info["layers"][0]["schemes"]["spatial_svd"]
-        {'eligible': True, 'manual_only': False, 'max_rank': 9, 'reason': None}
-        >>> info["layers"][1]["schemes"]["spatial_svd"]["reason"]
-        '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
-    """
-    import keras
-
-    from .compress import _ineligibility
-    from .cost import decomposed_cost, layer_geometry, max_rank, model_cost, original_cost
-    from .enums import CompressionScheme
-    from .graph import walk_layers
-
-    cost = model_cost(model)
-    rows = []
-    eligible_totals = {s: {"layers": 0, "macs": 0, "params": 0} for s in _SCHEMES}
-    for ref in walk_layers(model):
-        row_cost = cost.layers[ref.path]
-        if not row_cost.macs and not row_cost.params:
-            continue
-        layer = ref.layer
-        schemes: dict[str, dict[str, Any]] = {}
-        decomposable = isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
-        for scheme_name in _SCHEMES:
-            entry: dict[str, Any] = {"eligible": False, "manual_only": False, "max_rank": None, "reason": None}
-            scheme = CompressionScheme(scheme_name)
-            if not decomposable:
-                entry["reason"] = f"{type(layer).__name__} is not a Conv2D or Dense layer"
-                schemes[scheme_name] = entry
-                continue
-            why = _ineligibility(layer, scheme, manual=False)
-            manual_why = _ineligibility(layer, scheme, manual=True) if why else None
-            if why and manual_why:
-                entry["reason"] = why
-            else:
-                per_layer = "svd" if isinstance(layer, keras.layers.Dense) else scheme_name
-                geometry = layer_geometry(layer)
-                smallest = decomposed_cost(geometry, per_layer, (1, 1) if per_layer == "tucker" else 1)
-                if smallest.metric(metric) >= original_cost(geometry).metric(metric):
-                    entry["reason"] = f"even rank 1 costs as many {'MACs' if metric == 'mac' else 'parameters'} "
-                    entry["reason"] += "as the original layer"
-                else:
-                    bound = max_rank(geometry, per_layer)
-                    entry["max_rank"] = list(bound) if isinstance(bound, tuple) else int(bound)
-                    entry["eligible"] = True
-                    entry["manual_only"] = bool(why)
-                    if why:
-                        entry["reason"] = why
-                    else:
-                        totals = eligible_totals[scheme_name]
-                        totals["layers"] += 1
-                        totals["macs"] += row_cost.macs
-                        totals["params"] += row_cost.params
-            schemes[scheme_name] = entry
-        rows.append(
-            {
-                "name": ref.path,
-                "class": type(layer).__name__,
-                "macs": int(row_cost.macs),
-                "params": int(row_cost.params),
-                "calls": int(ref.calls),
-                "schemes": schemes,
-            }
-        )
-    return {
-        "model": model.name,
-        "macs": int(cost.macs),
-        "params": int(cost.params),
-        "layers": rows,
-        "eligible_totals": eligible_totals,
-    }
-
-
-def _inspect_text(info: dict[str, Any], path: str) -> str:
-    def cell(entry: dict[str, Any]) -> str:
-        if not entry["eligible"]:
-            return "-"
-        rank = entry["max_rank"]
-        text = "x".join(str(r) for r in rank) if isinstance(rank, list) else str(rank)
-        return text + (" (manual)" if entry["manual_only"] else "")
-
-    header = ("layer", "type", "MACs", "params", *_SCHEMES)
-    rows = [
-        (
-            row["name"],
-            row["class"],
-            _fmt_big(row["macs"]),
-            _fmt_big(row["params"]),
-            *[cell(row["schemes"][s]) for s in _SCHEMES],
-        )
-        for row in info["layers"]
-    ]
-    rows.append(("total", "", _fmt_big(info["macs"]), _fmt_big(info["params"]), "", "", ""))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    numeric = {2, 3}
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-
-    out = [f"model '{info['model']}' ({path}): {info['macs']:,} MACs per sample, {info['params']:,} parameters", ""]
-    out.append(line(header))
-    out.append(line(["-" * w for w in widths]))
-    out.extend(line(r) for r in rows[:-1])
-    out.append(line(["-" * w for w in widths]))
-    out.append(line(rows[-1]))
-    out.append("")
-    out.append("scheme columns: the maximum rank where the layer can be compressed with the scheme, '-' where it")
-    out.append("cannot; '(manual)': only when listed with --manual.")
-    out.append("")
-    for scheme in _SCHEMES:
-        totals = info["eligible_totals"][scheme]
-        share = 100.0 * totals["macs"] / info["macs"] if info["macs"] else 0.0
-        out.append(
-            f"{scheme:<12} {totals['layers']} eligible layer(s) in auto mode, {_fmt_big(totals['macs'])} MACs "
-            f"({share:.1f}% of the model), {_fmt_big(totals['params'])} parameters"
-        )
-    reasons: dict[tuple[str, str], list[str]] = {}
-    for row in info["layers"]:
-        if row["class"] not in ("Conv2D", "Dense") and all(row["schemes"][s]["max_rank"] is None for s in _SCHEMES):
-            continue  # layers that are never decomposable need no explanation per scheme
-        for scheme in _SCHEMES:
-            entry = row["schemes"][scheme]
-            if entry["reason"] and not entry["eligible"]:
-                reasons.setdefault((scheme, entry["reason"]), []).append(row["name"])
-    if reasons:
-        out.append("")
-        out.append("not eligible:")
-        for (scheme, reason), names in reasons.items():
-            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-            out.append(f"  {scheme}: {shown}: {reason}")
-    return "\n".join(out)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -657,7 +357,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": path, **info}, indent=2))
     else:
-        print(_inspect_text(info, path))
+        print(inspect_text(info, path))
     return 0
 
 
@@ -766,6 +466,10 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
     compressed, stats = tfc.compress_model(
         model, evaluate, data, args.scheme, args.metric, parameters, verbose=0 if args.quiet else 1
     )
+    if user_function is None:
+        stats.score_name = "output fidelity (data-free; minus the relative squared error, 0 = identical outputs)"
+    else:
+        stats.score_name = f"{args.eval} (eval function)"
 
     save_model_atomic(compressed, outputs.path("compressed.keras"))
     stats.to_json(outputs.path("stats.json"))
@@ -790,7 +494,8 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         print(stats)
         print()
         for what, path in files.items():
-            print(f"  wrote {what:<7} {path}")
+            note = "  (without the optimizer's state; import tfcompress before loading it)" if what == "model" else ""
+            print(f"  wrote {what:<7} {path}{note}")
     return 0
 
 

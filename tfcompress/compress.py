@@ -45,14 +45,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import decompose
+from . import decompose, unfoldings
 from ._checks import check_finite
 from .cost import (
+    KIND_CLASSES,
     LayerGeometry,
     UncountedMacsWarning,
     _rank_for_ratio,
     decomposed_cost,
     layer_geometry,
+    layer_kind,
     max_rank,
     model_cost,
     original_cost,
@@ -61,7 +63,7 @@ from .cost import (
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
 from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
-from .layers.base import check_source_conv2d, check_source_dense
+from .layers.base import check_source_conv, check_source_dense
 from .outputs import check_writable_file, remove_stale_temp_files
 from .params import (
     AutoSchemeParameters,
@@ -72,7 +74,8 @@ from .params import (
     _SchemeParameters,
 )
 from .progress import Progress
-from .rewrite import rewrite_model
+from .rewire import replacement_problem
+from .rewrite import _source_kernel, rewrite_model
 from .select import (
     EvalScoresCacheError,
     ScoreCacheWriter,
@@ -84,7 +87,7 @@ from .select import (
     tar_indices_to_evaluate,
     tar_select,
 )
-from .stats import CompressionStats, LayerStats
+from .stats import CompressionStats, LayerStats, run_metadata
 
 __all__ = ["compress_model", "ModelCompressor", "ModelChangedError"]
 
@@ -226,12 +229,8 @@ class _Candidate:
         return self.ref.path
 
     def svd_matrix(self) -> np.ndarray:
-        """The matrix whose SVD gives this layer's factors (the kernel, unfolded for its scheme)."""
-        if self.scheme == "svd":
-            return self.kernel
-        if self.scheme == "weight_svd":
-            return decompose.weight_svd_unfold(self.kernel)
-        return decompose.spatial_svd_unfold(self.kernel)
+        """The matrix whose SVD gives this layer's factors (the kernel, unfolded for its kind and scheme)."""
+        return unfoldings.unfold(self.geometry.kind, self.scheme, self.kernel)
 
     def _factor(self) -> decompose.TruncatedSVD:
         if self._svd is None:
@@ -271,12 +270,7 @@ class _Candidate:
             factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
             self.svd_seconds += time.perf_counter() - start
             return decompose.tucker2_compose(*factors)
-        approx = self._approximation(int(rank))
-        if self.scheme == "svd":
-            return approx
-        if self.scheme == "weight_svd":
-            return decompose.weight_svd_fold(approx, self.kernel.shape)
-        return decompose.spatial_svd_fold(approx, self.kernel.shape)
+        return unfoldings.fold(self.geometry.kind, self.scheme, self._approximation(int(rank)), self.kernel.shape)
 
     def _approximation(self, rank: int) -> np.ndarray:
         """The float32 rank-``rank`` approximation of the unfolded kernel. The last one is kept: a higher rank next
@@ -297,18 +291,9 @@ class _Candidate:
 
     def share_kernel(self, matrix: np.ndarray | None) -> None:
         """Make ``kernel`` a read-only view of ``matrix``, this layer's unfolded kernel (:meth:`svd_matrix`)."""
-        if (
-            matrix is None
-            or matrix.dtype != self.kernel.dtype
-            or self.scheme not in ("svd", "weight_svd", "spatial_svd")
-        ):
+        if matrix is None or matrix.dtype != self.kernel.dtype or self.scheme == "tucker":
             return
-        if self.scheme == "svd":
-            view = matrix
-        elif self.scheme == "weight_svd":
-            view = decompose.weight_svd_fold(matrix, self.kernel.shape)
-        else:
-            view = decompose.spatial_svd_fold(matrix, self.kernel.shape)
+        view = unfoldings.fold(self.geometry.kind, self.scheme, matrix, self.kernel.shape)
         if view.shape == self.kernel.shape and np.shares_memory(view, matrix):
             view.flags.writeable = False
             self.kernel = view
@@ -336,8 +321,8 @@ def _original_kernels(candidates: list[_Candidate]) -> dict[int, np.ndarray]:
     working copy's, which is a clone), so restoring a swapped kernel needs no further copy of it."""
     originals = {}
     for candidate in candidates:
-        variable = getattr(candidate.work_layer, "kernel", None)
-        if variable is not None and candidate.kernel.dtype == np.dtype(variable.dtype):
+        variable = _source_kernel(candidate.work_layer)
+        if candidate.kernel.dtype == np.dtype(variable.dtype):
             originals[id(variable)] = candidate.kernel
     return originals
 
@@ -347,8 +332,9 @@ def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterato
     """``put(kernel)`` assigns one candidate kernel after another to ``layer``; its original kernel is restored once
     at the end, whatever happens (one assignment per candidate instead of two: no restore between candidates of the
     same layer). ``original_kernels`` (one dict per selection run) keeps each kernel's original value from its first
-    use, so it is read from the variable once per layer instead of once per candidate."""
-    variable = layer.kernel
+    use, so it is read from the variable once per layer instead of once per candidate. The variable is the one the
+    decomposition factorises (a SeparableConv2D's pointwise kernel; every other layer's ``kernel``)."""
+    variable = _source_kernel(layer)
     if id(variable) not in original_kernels:
         original_kernels[id(variable)] = keras.ops.convert_to_numpy(variable)
     changed = False
@@ -367,20 +353,32 @@ def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterato
 
 def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str | None:
     """Why ``layer`` cannot be compressed with ``scheme`` (None when it can)."""
-    if isinstance(layer, keras.layers.Dense):
+    kind = layer_kind(layer)
+    if kind == "dense":
         if scheme is CompressionScheme.tucker:
             return "Tucker-2 applies to Conv2D layers only"
         if scheme is CompressionScheme.spatial_svd and not manual:
             return "Dense layers are decomposed under spatial_svd only when listed in manual mode"
-        checker = check_source_dense
-    elif isinstance(layer, keras.layers.Conv2D):
-        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker) and tuple(layer.kernel_size) == (1, 1):
-            return f"1x1 convolution: {scheme.value} needs a kernel larger than 1 in at least one direction"
-        checker = check_source_conv2d
+    elif kind in ("conv2d", "conv1d"):
+        if scheme is CompressionScheme.tucker and kind == "conv1d":
+            return "Tucker-2 applies to Conv2D layers only"
+        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker) and set(layer.kernel_size) == {1}:
+            size = "x".join("1" * len(layer.kernel_size))
+            return f"{size} convolution: {scheme.value} needs a kernel larger than 1 in at least one direction"
+    elif kind in ("separable_conv2d", "conv2d_transpose"):
+        if scheme in (CompressionScheme.spatial_svd, CompressionScheme.tucker):
+            what = "the pointwise kernel of a SeparableConv2D" if kind == "separable_conv2d" else "a Conv2DTranspose"
+            return f"{scheme.value} does not apply to {what}; weight_svd does"
     else:
-        return f"{type(layer).__name__} is not a Conv2D or Dense layer"
+        return (
+            f"{type(layer).__name__} is not a Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer "
+            "(the layers that can be decomposed)"
+        )
     try:
-        checker(layer)
+        if kind == "dense":
+            check_source_dense(layer)
+        else:
+            check_source_conv(layer, KIND_CLASSES[kind])
     except (TypeError, ValueError) as err:
         return str(err)
     if getattr(layer, "lora_enabled", False):
@@ -398,12 +396,14 @@ def _layer_scheme(layer: Any, scheme: CompressionScheme) -> str:
 
 def _auto_variants(candidate: _Candidate) -> list[_Candidate]:
     """The per-layer schemes ``compress_scheme="auto"`` compares: SVD for Dense; weight SVD, and for kernels
-    larger than 1x1 also spatial SVD and Tucker-2, for Conv2D."""
+    larger than 1x1 also spatial SVD and Tucker-2, for Conv2D; weight SVD, and for k > 1 spatial SVD, for Conv1D;
+    weight SVD alone for SeparableConv2D and Conv2DTranspose."""
     if candidate.scheme == "svd":
         return [candidate]
     schemes = ["weight_svd"]
-    if candidate.geometry.kernel_size != (1, 1):
-        schemes += ["spatial_svd", "tucker"]
+    kind = candidate.geometry.kind
+    if kind in ("conv2d", "conv1d") and candidate.geometry.kernel_size != (1, 1):
+        schemes += ["spatial_svd", "tucker"] if kind == "conv2d" else ["spatial_svd"]
     return [dataclasses.replace(candidate, scheme=s, _svd=None, svd_seconds=0.0, _last=None) for s in schemes]
 
 
@@ -456,6 +456,15 @@ def _progress(total: int, verbose: int) -> Progress:
     return Progress(total, verbose=1 if verbose else 0, unit="eval")
 
 
+def _inner_problem(ref: LayerRef) -> str | None:
+    """Why a layer held inside a custom layer cannot be replaced in a model that saves (``None`` when it can, and
+    for every top-level layer)."""
+    if ref.owner is None:
+        return None
+    problem = replacement_problem(ref.owner, ref.attribute)
+    return None if problem is None else f"inside custom layer '{ref.owner.name}': {problem}"
+
+
 def _resolve_ignored(refs: list[LayerRef], ignored: list[Any]) -> set[int]:
     if not ignored:
         return set()
@@ -487,8 +496,9 @@ def compress_model(
             score, so a digest of the copy's weights is checked after the baseline and after the search, and a
             change raises :class:`ModelChangedError`.
         eval_iterations: passed to ``eval_callback`` untouched.
-        compress_scheme: ``weight_svd`` (Conv2D and Dense), ``spatial_svd`` (Conv2D with a
-            kernel larger than 1x1; Dense layers too when listed in manual mode) or
+        compress_scheme: ``weight_svd`` (Conv2D, Conv1D, Conv2DTranspose, SeparableConv2D's pointwise kernel
+            and Dense), ``spatial_svd`` (Conv2D and Conv1D with a kernel larger than 1x1; Dense layers too when
+            listed in manual mode) or
             ``tucker`` (Tucker-2 of Conv2D layers), or ``auto``: per layer and candidate ratio the best of
             weight SVD, spatial SVD and Tucker-2 (Dense: SVD), so one model can mix schemes
             (with :class:`tfcompress.params.AutoSchemeParameters`; greedy or manual mode).
@@ -547,7 +557,12 @@ def compress_model(
     manual = parameters.mode is Mode.manual
     multiplicity = parameters.multiplicity
 
-    stats = CompressionStats(compress_scheme=scheme.value, cost_metric=metric.value, mode=parameters.mode.value)
+    stats = CompressionStats(
+        compress_scheme=scheme.value,
+        cost_metric=metric.value,
+        mode=parameters.mode.value,
+        **run_metadata(model, eval_callback),
+    )
     original = model_cost(model, warn=False)
     if original.uncounted:
         if metric is CostMetric.mac and not allow_uncounted_macs:
@@ -568,11 +583,11 @@ def compress_model(
         compressed = compress_channels(model, work, parameters, metric, evaluator, stats, trainer, verbose)
         del work
         return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=0.0)
-    refs = walk_layers(model)
+    refs = walk_layers(model, sublayers=True)  # layers inside custom layers too ("block/ffn")
 
     def make_candidate(ref: LayerRef) -> _Candidate:
         layer = ref.layer
-        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel))  # its own dtype: no float64 copy of the model
+        kernel = np.asarray(keras.ops.convert_to_numpy(_source_kernel(layer)))  # its own dtype: no float64 copy
         if not np.issubdtype(kernel.dtype, np.floating) or kernel.dtype.itemsize < 4:
             kernel = kernel.astype(np.float32)
         check_finite(  # before any factorisation: LAPACK spins for ever on an infinity
@@ -584,7 +599,7 @@ def compress_model(
             ref=ref,
             work_layer=None,  # bound once the working copy exists
             scheme=_layer_scheme(layer, scheme),
-            geometry=layer_geometry(layer),
+            geometry=layer_geometry(layer, input_shape=ref.input_shape),
             kernel=kernel,
             metric=metric,
             multiplicity=multiplicity,
@@ -600,7 +615,7 @@ def compress_model(
         problems = []
         for layer_key, ratio in pairs:
             ref = resolved[layer_key]
-            why = _ineligibility(ref.layer, scheme, manual=True)
+            why = _ineligibility(ref.layer, scheme, manual=True) or _inner_problem(ref)
             if why:
                 problems.append(f"'{ref.path}': {why}")
                 continue
@@ -617,12 +632,12 @@ def compress_model(
         stats.rank_select_scheme = auto.rank_select_scheme.value
         stats.target_comp_ratio = auto.target_comp_ratio
         for ref in refs:
-            if not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
+            if layer_kind(ref.layer) is None:
                 continue
             if id(ref.layer) in ignored:
                 stats.skipped_layers[ref.path] = "in modules_to_ignore"
                 continue
-            why = _ineligibility(ref.layer, scheme, manual=False)
+            why = _ineligibility(ref.layer, scheme, manual=False) or _inner_problem(ref)
             if why:
                 stats.skipped_layers[ref.path] = why
                 continue
@@ -672,7 +687,7 @@ def compress_model(
         )
         with background_svds as background:
             work = _working_copy(model, stats)
-            work_by_path = {ref.path: ref.layer for ref in walk_layers(work)}
+            work_by_path = {ref.path: ref.layer for ref in walk_layers(work, sublayers=True)}
             for candidate in candidates:
                 candidate.work_layer = work_by_path[candidate.path]
             wait_start = time.perf_counter()
@@ -723,7 +738,7 @@ def compress_model(
             compressed = model
             for path in forward:
                 compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
-                target_layer = {r.path: r.layer for r in walk_layers(compressed)}[path]
+                target_layer = {r.path: r.layer for r in walk_layers(compressed, sublayers=True)}[path]
                 logger.info("fine-tuning after compressing %s", path)
                 train_start = time.perf_counter()
                 trainer.train_model(compressed, target_layer, train_flag=True)
@@ -808,6 +823,7 @@ def _finish(
         }
     )
     stats.num_eval_calls = evaluator.calls
+    stats.put_in_model_order(original.layers)  # layers as they come in the model, whatever step recorded them
     logger.info(
         "compressed %s: MAC ratio %.4f, memory ratio %.4f, score %.4f -> %.4f",
         compressed.name,
@@ -1035,7 +1051,7 @@ def _compare_plans(
                 put[path](by_path[path].reconstructed(alt_plan[path]))
                 by_path[path].forget_approximation()
             elif path not in alt_plan:
-                put[path](originals[id(by_path[path].work_layer.kernel)])
+                put[path](originals[id(_source_kernel(by_path[path].work_layer))])
         alt_score = evaluator(work, "the least-summed-loss plan")
     if _keep_alternative(stats, (threshold_score, ratio), (alt_score, alt_ratio), "layer"):
         return alt_plan, alt_chosen

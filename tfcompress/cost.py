@@ -22,6 +22,20 @@ Tucker-2       H*W*C*r1 + Ho*Wo*kh*kw*r1*r2          C*r1 + kh*kw*r1*r2 + r2*N
                + Ho*Wo*r2*N
 =============  ====================================  =============================
 
+A ``Conv1D`` (input length ``L``, output ``Lo``, kernel ``k``) is costed as a ``Conv2D``
+with a ``k x 1`` kernel on an ``L x 1`` input: weight SVD ``L*C*r + Lo*k*r*N``, spatial
+SVD ``Lo*k*C*r + Lo*r*N``. The other convolutions (``M = C*dm`` for a depth multiplier
+``dm``):
+
+=====================  ===================================  ==================================
+layer, scheme          MACs                                 parameters (without bias)
+=====================  ===================================  ==================================
+SeparableConv2D        Ho*Wo*(kh*kw*M + M*N)                kh*kw*M + M*N
+ weight SVD            Ho*Wo*(kh*kw*M + (M + N)*r)          kh*kw*M + (M + N)*r
+Conv2DTranspose        H*W*kh*kw*C*N                        kh*kw*C*N
+ weight SVD            H*W*C*r + H*W*kh*kw*r*N              C*r + kh*kw*r*N
+=====================  ===================================  ==================================
+
 A ``Dense`` layer ``in -> units`` applied at ``P`` positions costs ``P*in*units``
 MACs, and ``P*(in + units)*r`` once split at rank ``r``.
 """
@@ -41,7 +55,17 @@ from ._checks import is_int, is_real
 from .enums import CompressionScheme, CostMetric, coerce_enum
 from .graph import check_graph_model, walk_calls
 from .layer_macs import Uncounted, UnknownSize, layer_macs
-from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
+from .layers import (
+    SpatialSVDConv1D,
+    SpatialSVDConv2D,
+    SVDDense,
+    SVDSeparableConv2D,
+    TuckerConv2D,
+    WeightSVDConv1D,
+    WeightSVDConv2D,
+    WeightSVDConv2DTranspose,
+)
+from .layers.base import DecomposedConv
 
 __all__ = [
     "Cost",
@@ -63,6 +87,57 @@ __all__ = [
 #: per-layer schemes: "svd" (Dense), "weight_svd", "spatial_svd", "tucker" (Conv2D)
 LAYER_SCHEMES = ("svd", "weight_svd", "spatial_svd", "tucker")
 
+#: the schemes each kind of layer can be decomposed with (the first is what "weight_svd" means for it)
+KIND_SCHEMES: dict[str, tuple[str, ...]] = {
+    "dense": ("svd",),
+    "conv2d": ("weight_svd", "spatial_svd", "tucker"),
+    "conv1d": ("weight_svd", "spatial_svd"),
+    "separable_conv2d": ("weight_svd",),
+    "conv2d_transpose": ("weight_svd",),
+}
+
+#: Keras layer class of each kind, and the kind's display name in messages
+KIND_CLASSES: dict[str, Any] = {
+    "dense": keras.layers.Dense,
+    "conv2d": keras.layers.Conv2D,
+    "conv1d": keras.layers.Conv1D,
+    "separable_conv2d": keras.layers.SeparableConv2D,
+    "conv2d_transpose": keras.layers.Conv2DTranspose,
+}
+
+#: the layers whose cost comes from a LayerGeometry: the decomposable Keras layers and their decomposed twins
+GEOMETRY_CLASSES = (*KIND_CLASSES.values(), SVDDense, DecomposedConv)
+
+
+#: the kind of layer each decomposed layer class replaces
+_TWIN_KINDS: dict[type, str] = {
+    SVDDense: "dense",
+    WeightSVDConv1D: "conv1d",
+    SpatialSVDConv1D: "conv1d",
+    SVDSeparableConv2D: "separable_conv2d",
+    WeightSVDConv2DTranspose: "conv2d_transpose",
+    WeightSVDConv2D: "conv2d",
+    SpatialSVDConv2D: "conv2d",
+    TuckerConv2D: "conv2d",
+}
+
+
+def layer_kind(layer: Any) -> str | None:
+    """The :class:`LayerGeometry` kind of a decomposable Keras layer or decomposed twin, ``None`` for others.
+
+    Example:
+        >>> import keras
+        >>> layer_kind(keras.layers.Conv1D(4, 3)), layer_kind(keras.layers.ReLU())
+        ('conv1d', None)
+    """
+    for cls, kind in _TWIN_KINDS.items():
+        if isinstance(layer, cls):
+            return kind
+    for kind, cls in KIND_CLASSES.items():
+        if isinstance(layer, cls):
+            return kind
+    return None
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -83,7 +158,11 @@ class Cost:
 
 @dataclass(frozen=True)
 class LayerGeometry:
-    """What the cost formulas need to know about a Conv2D or Dense layer.
+    """What the cost formulas need to know about a decomposable layer.
+
+    ``kind`` is one of ``KIND_SCHEMES``. A ``conv1d`` is described as a ``k x 1``
+    convolution on an ``L x 1`` input (``kernel_size=(k, 1)``, ``in_hw=(L, 1)``);
+    ``separable_conv2d`` also needs its ``depth_multiplier``.
 
     Example:
         >>> g = LayerGeometry("conv2d", 32, 64, kernel_size=(5, 5), in_hw=(14, 14), out_hw=(14, 14))
@@ -91,7 +170,7 @@ class LayerGeometry:
         10035200
     """
 
-    kind: str  # "conv2d" or "dense"
+    kind: str  # a key of KIND_SCHEMES
     in_channels: int
     out_channels: int
     kernel_size: tuple[int, int] = (1, 1)
@@ -100,10 +179,11 @@ class LayerGeometry:
     positions: int = 1  # Dense: product of the non-batch leading dims
     use_bias: bool = True
     name: str = "?"
+    depth_multiplier: int = 1  # separable_conv2d only
 
     def __post_init__(self) -> None:
-        if self.kind not in ("conv2d", "dense"):
-            raise ValueError(f"LayerGeometry.kind must be 'conv2d' or 'dense', got {self.kind!r}.")
+        if self.kind not in KIND_SCHEMES:
+            raise ValueError(f"LayerGeometry.kind must be one of {list(KIND_SCHEMES)}, got {self.kind!r}.")
 
 
 def _bias(g: LayerGeometry) -> int:
@@ -116,7 +196,12 @@ def original_cost(g: LayerGeometry) -> Cost:
     if g.kind == "dense":
         return Cost(g.positions * c * n, c * n + _bias(g))
     kh, kw = g.kernel_size
-    ho, wo = g.out_hw
+    (h, w), (ho, wo) = g.in_hw, g.out_hw
+    if g.kind == "separable_conv2d":
+        m = c * g.depth_multiplier
+        return Cost(ho * wo * (kh * kw * m + m * n), kh * kw * m + m * n + _bias(g))
+    if g.kind == "conv2d_transpose":  # every input pixel scatters a kh x kw x N patch per input channel
+        return Cost(h * w * kh * kw * c * n, kh * kw * c * n + _bias(g))
     return Cost(ho * wo * kh * kw * c * n, kh * kw * c * n + _bias(g))
 
 
@@ -128,9 +213,13 @@ def _check_scheme(g: LayerGeometry, scheme: str) -> str:
                 f"layer '{g.name}' is a Dense layer; it can be decomposed with 'svd' only, not {scheme!r}."
             )
         return "svd"
-    if scheme not in ("weight_svd", "spatial_svd", "tucker"):
+    allowed = KIND_SCHEMES[g.kind]
+    if g.kind == "separable_conv2d" and scheme == "svd":
+        return "weight_svd"  # its pointwise kernel is a matrix: plain SVD is its weight SVD
+    if scheme not in allowed:
         raise ValueError(
-            f"layer '{g.name}' is a Conv2D; scheme must be 'weight_svd', 'spatial_svd' or 'tucker', got {scheme!r}."
+            f"layer '{g.name}' is a {KIND_CLASSES[g.kind].__name__}; scheme must be "
+            f"{' or '.join(repr(s) for s in allowed)}, got {scheme!r}."
         )
     return scheme
 
@@ -156,6 +245,11 @@ def decomposed_cost(g: LayerGeometry, scheme: str, rank: int | Sequence[int]) ->
         return Cost(g.positions * (c + n) * r, (c + n) * r + b)
     kh, kw = g.kernel_size
     (h, w), (ho, wo) = g.in_hw, g.out_hw
+    if g.kind == "separable_conv2d":
+        m = c * g.depth_multiplier
+        return Cost(ho * wo * (kh * kw * m + (m + n) * r), kh * kw * m + (m + n) * r + b)
+    if g.kind == "conv2d_transpose":
+        return Cost(h * w * c * r + h * w * kh * kw * r * n, c * r + kh * kw * r * n + b)
     if scheme == "weight_svd":
         return Cost(h * w * c * r + ho * wo * kh * kw * r * n, c * r + kh * kw * r * n + b)
     return Cost(ho * w * kh * c * r + ho * wo * kw * r * n, kh * c * r + kw * r * n + b)
@@ -173,6 +267,8 @@ def max_rank(g: LayerGeometry, scheme: str) -> int | tuple[int, int]:
     kh, kw = g.kernel_size
     if scheme == "svd":
         return min(c, n)
+    if g.kind == "separable_conv2d":
+        return min(c * g.depth_multiplier, n)
     if scheme == "weight_svd":
         return min(c, kh * kw * n)
     if scheme == "spatial_svd":
@@ -273,16 +369,18 @@ def _layer_shapes(layer: Any, input_shape: Sequence[int | None] | None) -> tuple
 
 
 def _hw(shape: tuple, layer: Any, which: str) -> tuple[int, int]:
-    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+    """``(H, W)`` of a 4-D shape, ``(L, 1)`` of a 3-D one (a Conv1D is costed as a ``k x 1`` Conv2D)."""
+    if len(shape) not in (3, 4) or any(d is None for d in shape[1:-1]):
         raise ValueError(
             f"layer '{layer.name}': the {which} spatial size {shape} is not fully known, so MACs cannot be computed; "
             "give the model a fixed input size (e.g. keras.Input((224, 224, 3)))."
         )
-    return int(shape[1]), int(shape[2])
+    return (int(shape[1]), int(shape[2])) if len(shape) == 4 else (int(shape[1]), 1)
 
 
 def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) -> LayerGeometry:
-    """Geometry of a ``Conv2D``/``Dense`` layer (or a decomposed twin) from its real input and output shapes.
+    """Geometry of a decomposable layer (``Dense``, ``Conv1D``, ``Conv2D``, ``SeparableConv2D``,
+    ``Conv2DTranspose``) or of a decomposed twin, from its real input and output shapes.
 
     Example:
         >>> import keras
@@ -292,24 +390,14 @@ def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) 
         >>> layer_geometry(conv).out_hw
         (28, 28)
     """
-    if isinstance(layer, keras.layers.Conv2D | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D):
-        in_shape, out_shape = _layer_shapes(layer, input_shape)
-        if isinstance(layer, keras.layers.Conv2D) and layer.built:
-            c = int(layer.kernel.shape[2]) * int(getattr(layer, "groups", 1))
-        else:
-            c = int(in_shape[-1])
-        return LayerGeometry(
-            "conv2d",
-            c,
-            int(layer.filters),
-            kernel_size=tuple(int(k) for k in layer.kernel_size),
-            in_hw=_hw(in_shape, layer, "input"),
-            out_hw=_hw(out_shape, layer, "output"),
-            use_bias=bool(layer.use_bias),
-            name=layer.name,
+    kind = layer_kind(layer)
+    if kind is None:
+        raise TypeError(
+            f"layer '{getattr(layer, 'name', '?')}' ({type(layer).__name__}) is not a Dense, Conv1D, Conv2D, "
+            "SeparableConv2D or Conv2DTranspose layer; only those can be decomposed."
         )
-    if isinstance(layer, keras.layers.Dense | SVDDense):
-        in_shape, _ = _layer_shapes(layer, input_shape)
+    in_shape, out_shape = _layer_shapes(layer, input_shape)
+    if kind == "dense":
         lead = [d for d in in_shape[1:-1]]
         if any(d is None for d in lead):
             raise ValueError(f"layer '{layer.name}': input shape {in_shape} has unknown inner dimensions.")
@@ -321,19 +409,27 @@ def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) 
             use_bias=bool(layer.use_bias),
             name=layer.name,
         )
-    raise TypeError(
-        f"layer '{getattr(layer, 'name', '?')}' ({type(layer).__name__}) is not a Conv2D or Dense layer; "
-        "only those can be decomposed."
+    if isinstance(layer, keras.layers.Conv2D) and layer.built:
+        c = int(layer.kernel.shape[2]) * int(getattr(layer, "groups", 1))
+    else:
+        c = int(in_shape[-1])
+    kernel_size = tuple(int(k) for k in layer.kernel_size)
+    return LayerGeometry(
+        kind,
+        c,
+        int(layer.filters),
+        kernel_size=kernel_size if len(kernel_size) == 2 else (kernel_size[0], 1),
+        in_hw=_hw(in_shape, layer, "input"),
+        out_hw=_hw(out_shape, layer, "output"),
+        use_bias=bool(layer.use_bias),
+        name=layer.name,
+        depth_multiplier=int(getattr(layer, "depth_multiplier", 1)),
     )
 
 
 def layer_scheme(layer: Any) -> str | None:
     """The decomposition scheme a decomposed layer implements, or ``None`` for any other layer."""
-    return (
-        getattr(layer, "scheme", None)
-        if isinstance(layer, SVDDense | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D)
-        else None
-    )
+    return getattr(layer, "scheme", None) if isinstance(layer, SVDDense | DecomposedConv) else None
 
 
 @dataclass(frozen=True)
@@ -418,13 +514,12 @@ class UncountedMacsWarning(UserWarning):
 
 
 def _geometry_macs(layer: Any, in_shape: tuple) -> int | None:
-    """MACs of one call of a plain ``Conv2D``/``Dense`` or a decomposed layer from the geometry formulas (so costs
-    agree with ``rank_for_ratio`` to the MAC); ``None`` for any other layer."""
-    if not isinstance(
-        layer, keras.layers.Conv2D | keras.layers.Dense | SVDDense | WeightSVDConv2D | SpatialSVDConv2D | TuckerConv2D
-    ) or (isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) != 1):
+    """MACs of one call of a plain decomposable layer (``Dense``, ``Conv1D``, ``Conv2D``, ``SeparableConv2D``,
+    ``Conv2DTranspose``) or a decomposed layer from the geometry formulas (so costs agree with ``rank_for_ratio`` to
+    the MAC); ``None`` for any other layer."""
+    if not isinstance(layer, GEOMETRY_CLASSES) or getattr(layer, "groups", 1) != 1:
         return None
-    if type(layer) not in (keras.layers.Conv2D, keras.layers.Dense) and layer_scheme(layer) is None:
+    if type(layer) not in KIND_CLASSES.values() and layer_scheme(layer) is None:
         return None  # a subclass: counted from its weights by layer_macs
     if any(d is None for d in in_shape[1:]):
         return None

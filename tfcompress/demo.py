@@ -31,7 +31,8 @@ def digits_data(seed: int = 0, test_fraction: float = 0.33) -> tuple[np.ndarray,
         from sklearn.datasets import load_digits
     except ImportError:
         raise ImportError(
-            'the demo\'s data ships with scikit-learn, which is not installed: pip install "tfcompress[demo]"'
+            "the demo's data ships with scikit-learn, which is not installed: pip install scikit-learn matplotlib "
+            '(or, in the tfcompress checkout: pip install -e ".[demo]")'
         ) from None
 
     digits = load_digits()
@@ -165,15 +166,19 @@ def run_demo(
         "stats": os.path.join(output_dir, "stats.json"),
         "summary": os.path.join(output_dir, "summary.json"),
     }
+    stats.finetuned_model_accuracy = finetuned
+    stats.finetune_note = f"after {finetune_epochs} epoch(s) of fine-tuning the whole compressed model"
     save_model_atomic(compressed, files["model"])
     compressed.export(files["saved_model"], verbose=False)
     stats.to_json(files["stats"])
     try:
         import matplotlib  # noqa: F401  (the report's plots need it)
     except ImportError:
-        say('  (no report.html: the plots need matplotlib, pip install "tfcompress[report]")')
+        say('  (no report.html: the plots need matplotlib; from the checkout: pip install -e ".[report]")')
     else:
-        files["report"] = tfc.report(stats, os.path.join(output_dir, "report.html"))
+        from .report import report  # not tfc.report: under the command line (lazy package) that may be the module
+
+        files["report"] = report(stats, os.path.join(output_dir, "report.html"))
     result = DemoResult(
         baseline_accuracy=stats.baseline_model_accuracy,
         compressed_accuracy=stats.compressed_model_accuracy,
@@ -211,5 +216,6 @@ def run_demo(
         print(f"  latency (b=1) {lat_before:>7.3f}ms    {lat_after:>7.3f}ms   (x{result.latency_ratio_batch1:.2f})")
         print()
         for what, path in files.items():
-            print(f"  wrote {what:<12} {path}")
+            note = "  (without the optimizer's state; import tfcompress before loading it)" if what == "model" else ""
+            print(f"  wrote {what:<12} {path}{note}")
     return result

@@ -61,6 +61,11 @@ class LayerRef:
     path: str
     layer: Any
     calls: int
+    #: for a layer held inside a custom layer: the top-level custom layer that holds it, the attribute path to it
+    #: there (``"convs.1"``), and the input shape it is called with (its own ``input`` is not known to Keras)
+    owner: Any = None
+    attribute: str | None = None
+    input_shape: tuple | None = None
 
     @property
     def name(self) -> str:
@@ -108,8 +113,12 @@ def inherit_call_counts(original: Any, clone: Any) -> None:
             inherit_call_counts(old, new)
 
 
-def walk_layers(model: Any, _prefix: str = "", _calls: int = 1) -> list[LayerRef]:
+def walk_layers(model: Any, _prefix: str = "", _calls: int = 1, *, sublayers: bool = False) -> list[LayerRef]:
     """All leaf layers of ``model`` in order, descending into nested models (InputLayers skipped).
+
+    With ``sublayers=True``, each custom layer that holds layers (a residual block, a transformer block) is followed
+    by the layers it runs, named ``"block/inner"`` (descending into custom layers inside it too); their refs carry
+    the holding top-level layer, the attribute path and the input shape seen when its ``call`` was traced.
 
     Example:
         >>> import keras
@@ -125,9 +134,58 @@ def walk_layers(model: Any, _prefix: str = "", _calls: int = 1) -> list[LayerRef
         n = _calls * max(calls.get(layer.name, 1), 1)
         path = f"{_prefix}{layer.name}"
         if is_graph_model(layer):
-            refs.extend(walk_layers(layer, _prefix=path + "/", _calls=n))
+            refs.extend(walk_layers(layer, _prefix=path + "/", _calls=n, sublayers=sublayers))
         else:
             refs.append(LayerRef(path, layer, n))
+    if sublayers and any(_holds_layers(ref.layer) for ref in refs):
+        arguments = {call.path: call for call in walk_calls(model, _prefix=_prefix, _calls=_calls)}
+        expanded: list[LayerRef] = []
+        for ref in refs:
+            expanded.append(ref)
+            call = arguments.get(ref.path)
+            if call is not None and _holds_layers(ref.layer):
+                expanded.extend(_inner_refs(ref.path, ref.layer, ref.layer, "", call.args, call.kwargs, ref.calls))
+        refs = expanded
+    return refs
+
+
+def _holds_layers(layer: Any) -> bool:
+    from .layers import RewiredLayer
+    from .sublayers import is_container
+
+    return isinstance(layer, RewiredLayer) or is_container(layer)
+
+
+def _inner_refs(
+    path: str, owner: Any, layer: Any, attribute: str, args: Any, kwargs: Any, calls: int
+) -> list[LayerRef]:
+    """Refs of the layers that ``layer`` (held at ``attribute`` of the top-level ``owner``) runs, in call order."""
+    from .layers import RewiredLayer
+    from .sublayers import attribute_sublayers, trace_calls
+
+    if isinstance(layer, RewiredLayer):  # a custom layer rewritten before: address what it wraps
+        layer = layer.layer
+    try:
+        traced = trace_calls(layer, args, kwargs)
+    except ValueError:
+        return []  # cannot be traced: its sublayers stay unaddressable (model_cost says why)
+    where = {id(sub): attr for attr, sub in attribute_sublayers(layer)}
+    order: dict[int, list[Any]] = {}
+    for sub, sub_args, sub_kwargs, _ in traced:
+        order.setdefault(id(sub), [sub, sub_args, sub_kwargs, 0])[3] += 1
+    refs: list[LayerRef] = []
+    used: set[str] = set()
+    for sub, sub_args, sub_kwargs, count in order.values():
+        if id(sub) not in where:
+            continue
+        name = sub.name if sub.name not in used else where[id(sub)]
+        used.add(name)
+        sub_path, sub_attribute, n = f"{path}/{name}", f"{attribute}{where[id(sub)]}", calls * count
+        tensors = [t for t in keras.tree.flatten((list(sub_args), sub_kwargs)) if hasattr(t, "shape")]
+        shape = tuple(None if d is None else int(d) for d in tensors[0].shape) if tensors else None
+        refs.append(LayerRef(sub_path, sub, n, owner=owner, attribute=sub_attribute, input_shape=shape))
+        if _holds_layers(sub):
+            refs.extend(_inner_refs(sub_path, owner, sub, sub_attribute + ".", sub_args, sub_kwargs, n))
     return refs
 
 

@@ -15,16 +15,17 @@ does with them is not known.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 
-__all__ = ["Uncounted", "UnknownSize", "einsum_macs", "layer_macs", "operation_macs", "sublayers", "ZERO_MAC_LAYERS"]
+from .sublayers import attribute_sublayers, trace_calls
+
+__all__ = ["Uncounted", "UnknownSize", "einsum_macs", "layer_macs", "operation_macs", "ZERO_MAC_LAYERS"]
 
 Shape = tuple[int | None, ...]
 
@@ -366,102 +367,26 @@ def operation_macs(op: Any, args: Sequence[Any], kwargs: dict[str, Any], outputs
 # ---------------------------------------------------------------- layers that hold sublayers
 
 
-def sublayers(layer: Any) -> list[Any]:
-    """The layers held as attributes of ``layer`` (directly, or in lists, tuples and dicts), in attribute order.
-
-    Example:
-        >>> import keras
-        >>> class Block(keras.layers.Layer):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.inner = [keras.layers.Dense(4), keras.layers.Dense(2)]
-        >>> [type(s).__name__ for s in sublayers(Block())]
-        ['Dense', 'Dense']
-    """
-    found: list[Any] = []
-    seen: set[int] = set()
-
-    def visit(value: Any, depth: int) -> None:
-        if isinstance(value, keras.layers.Layer):
-            if id(value) not in seen and value is not layer:
-                seen.add(id(value))
-                found.append(value)
-        elif depth < 3 and isinstance(value, list | tuple):
-            for item in value:
-                visit(item, depth + 1)
-        elif depth < 3 and isinstance(value, dict):
-            for item in value.values():
-                visit(item, depth + 1)
-
-    for name, value in vars(layer).items():
-        if not name.startswith("__"):
-            visit(value, 0)
-    return found
-
-
-@contextlib.contextmanager
-def _recording(layers: Sequence[Any], calls: list[tuple[Any, tuple, dict, Any]]) -> Iterator[None]:
-    """While active, each call of one of ``layers`` appends ``(layer, args, kwargs, outputs)`` to ``calls`` (only the
-    outermost call when one recorded layer calls another). The layers' ``call`` is restored afterwards."""
-    depth = [0]
-    patched = []
-
-    def wrap(target: Any, original: Callable[..., Any]) -> Callable[..., Any]:
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            depth[0] += 1
-            try:
-                result = original(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-            if depth[0] == 0:
-                calls.append((target, args, kwargs, result))
-            return result
-
-        return recorded
-
-    try:
-        for target in layers:
-            had_own = "call" in vars(target)
-            original = target.call
-            target.call = wrap(target, original)
-            patched.append((target, had_own, original))
-        yield
-    finally:
-        for target, had_own, original in reversed(patched):
-            if had_own:
-                target.call = original
-            else:
-                del target.call
-
-
 def _owned_weights(layer: Any, subs: Sequence[Any]) -> list[Any]:
+    """The weights ``layer`` holds itself (outside its sublayers), scalars left out: a scalar can only scale."""
     inner = {id(w) for sub in subs for w in sub.weights}
-    return [w for w in layer.weights if id(w) not in inner]
+    return [w for w in layer.weights if id(w) not in inner and len(w.shape) > 0]
 
 
 def _custom_layer_macs(
     layer: Any, args: Sequence[Any], kwargs: dict[str, Any], special: Callable[[Any, Shape], int | None] | None
 ) -> int:
-    subs = sublayers(layer)
+    subs = [sub for _, sub in attribute_sublayers(layer)]
     own = _owned_weights(layer, subs)
     if own:
-        names = ", ".join(sorted({re.sub(r":\d+$", "", str(w.path if hasattr(w, "path") else w.name)) for w in own}))
+        names = ", ".join(sorted({re.sub(r":\d+$", "", str(getattr(w, "path", w.name))) for w in own}))
         raise Uncounted(f"a custom layer ({type(layer).__name__}) that uses weights of its own ({names})")
     if not subs:
-        if not layer.weights:
-            raise Uncounted(f"a custom layer ({type(layer).__name__}) whose call() tfcompress cannot see into")
-        raise Uncounted(f"a custom layer ({type(layer).__name__}) whose arithmetic is not known")
-    symbolic_args = keras.tree.map_structure(_symbolic, list(args))
-    symbolic_kwargs = keras.tree.map_structure(_symbolic, dict(kwargs))
-    calls: list[tuple[Any, tuple, dict, Any]] = []
-    with _recording(subs, calls):
-        try:
-            # the base Operation's spec traces call() (a layer's own may shortcut through compute_output_shape)
-            keras.Operation.compute_output_spec(layer, *symbolic_args, **symbolic_kwargs)
-        except Exception as err:
-            raise Uncounted(f"a custom layer ({type(layer).__name__}) that could not be traced ({err})") from None
-    called = {id(sub) for sub, *_ in calls}
-    unused = [sub for sub in subs if id(sub) not in called and sub.weights]
+        raise Uncounted(f"a custom layer ({type(layer).__name__}) whose call() tfcompress cannot see into")
+    try:
+        calls = trace_calls(layer, args, kwargs)
+    except ValueError as err:
+        raise Uncounted(f"a custom layer ({type(layer).__name__}) whose {err}") from None
     if not calls:
         raise Uncounted(f"a custom layer ({type(layer).__name__}) whose sublayers were not seen running")
     total = 0
@@ -471,11 +396,4 @@ def _custom_layer_macs(
             total += layer_macs(sub, sub_args, sub_kwargs, outputs, special)
         except Uncounted as err:
             raise Uncounted(f"its sublayer '{sub.name}' is {err}") from None
-    del unused  # weights of sublayers that did not run cost nothing in this call
     return total
-
-
-def _symbolic(value: Any) -> Any:
-    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, keras.KerasTensor):
-        return keras.KerasTensor(tuple(value.shape), dtype=str(value.dtype))
-    return value

@@ -258,7 +258,8 @@ class _SchemeParameters:
 
 
 class WeightSvdParameters(_SchemeParameters):
-    """Parameters for ``CompressionScheme.weight_svd`` (Conv2D and Dense layers).
+    """Parameters for ``CompressionScheme.weight_svd`` (Conv2D, Conv1D, Conv2DTranspose, the pointwise kernel of
+    SeparableConv2D, and Dense layers).
 
     Example:
         >>> import tfcompress as tfc
@@ -274,7 +275,7 @@ class WeightSvdParameters(_SchemeParameters):
 
 
 class SpatialSvdParameters(_SchemeParameters):
-    """Parameters for ``CompressionScheme.spatial_svd`` (Conv2D layers with a kernel larger than 1x1).
+    """Parameters for ``CompressionScheme.spatial_svd`` (Conv2D and Conv1D layers with a kernel larger than 1x1).
 
     Example:
         >>> import tfcompress as tfc

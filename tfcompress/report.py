@@ -4,7 +4,7 @@ The plots are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg
 canvas directly: nothing here touches ``matplotlib.pyplot`` or the global backend,
 so importing or using this module changes no global state. matplotlib is imported
 only inside the functions; it is an optional dependency
-(``pip install "tfcompress[report]"``).
+(``pip install matplotlib``, or ``pip install -e ".[report]"`` in the checkout).
 
 Plot kinds (:func:`plot_stats`, ``CompressionStats.plot(kind)``):
 
@@ -40,7 +40,7 @@ __all__ = ["PLOT_KINDS", "MissingDependencyError", "plot_stats", "figure_png", "
 #: the kinds accepted by :func:`plot_stats` and ``CompressionStats.plot``
 PLOT_KINDS = ("scores", "ratios", "macs", "params", "costs")
 
-_INSTALL_HINT = 'pip install "tfcompress[report]"'
+_INSTALL_HINT = 'pip install matplotlib (or, in the tfcompress checkout: pip install -e ".[report]")'
 _BEFORE_COLOR = "#b9c4d0"
 _AFTER_COLOR = "#1f6fb2"
 _TARGET_COLOR = "#c0392b"
@@ -124,6 +124,15 @@ def _legend(ax: Any, own: bool, ncol: int = 1) -> None:
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
 
 
+def _channels_text(s: Any) -> str:
+    """``"in 64->40, out 32"`` of a channel-pruned layer (what changed, and what did not)."""
+    parts = []
+    for label, pair in (("in", s.in_channels), ("out", s.out_channels)):
+        if pair:
+            parts.append(f"{label} {pair[0]}" if pair[0] == pair[1] else f"{label} {pair[0]}->{pair[1]}")
+    return ", ".join(parts)
+
+
 def _rank_text(rank: Any) -> str:
     if isinstance(rank, list | tuple):
         return "x".join(str(r) for r in rank)
@@ -145,6 +154,7 @@ def _plot_scores(stats: CompressionStats, ax: Any) -> None:
             "the 'scores' plot needs a greedy auto-mode run."
         )
     chosen = {s.name: (s.ratio, s.rank) for s in stats.per_layer_stats}
+    chosen.update({name: (ratio, None) for name, ratio in stats.chosen_ratios.items()})  # channel groups
     layers = list(stats.eval_scores)
     many = len(layers) > _MAX_LEGEND_LAYERS
     if many:
@@ -196,7 +206,7 @@ def _plot_scores(stats: CompressionStats, ax: Any) -> None:
         colorbar.set_label("layer position in the model (0 = input side)", fontsize=9)
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(f"compression ratio of the layer ({_metric_words(stats)} compressed / original)")
-    ax.set_ylabel("eval score (higher is better)")
+    ax.set_ylabel(f"{stats.score_name or 'eval score'} (higher is better)")
     ax.set_title("Eval score with one layer compressed at a time", fontsize=11)
     ax.grid(True, alpha=0.3)
 
@@ -226,7 +236,7 @@ def _plot_tar_scores(stats: CompressionStats, ax: Any) -> None:
         ax.axhline(stats.baseline_model_accuracy, color="0.35", linestyle="--", linewidth=1.0, label="baseline")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("TAR residual index (all layers at the same relative residual)")
-    ax.set_ylabel("eval score (higher is better)")
+    ax.set_ylabel(f"{stats.score_name or 'eval score'} (higher is better)")
     ax.set_title("Eval score of the whole model per TAR residual index", fontsize=11)
     ax.grid(True, alpha=0.3)
 
@@ -240,18 +250,29 @@ def _plot_ratios(stats: CompressionStats, ax: Any, own: bool = False) -> None:
     _need_layers(stats, "ratios")
     rows = stats.per_layer_stats
     positions = np.arange(len(rows))
-    ratios = [s.ratio for s in rows]
+    ratios = [min(s.ratio, 1.0) for s in rows]
     ax.barh(positions, ratios, color=_AFTER_COLOR, height=0.65)
     for y, s in zip(positions, rows, strict=True):
-        ax.text(min(s.ratio, 1.0) + 0.01, y, f"{s.ratio:.2f}  rank {_rank_text(s.rank)}", va="center", fontsize=8)
+        what = f"rank {_rank_text(s.rank)}" if s.rank is not None else _channels_text(s)
+        inside = s.ratio > 0.55  # long bars carry their label inside, in white; short ones right of the bar
+        ax.text(
+            min(s.ratio, 1.0) - 0.01 if inside else s.ratio + 0.01,
+            y,
+            f"{s.ratio:.2f}  {what}",
+            va="center",
+            ha="right" if inside else "left",
+            fontsize=8,
+            color="white" if inside else "black",
+        )
+    # the achieved ratio under the target: a wide pale band, the target a thin dashed line, so both show when equal
+    achieved = _model_ratio(stats)
+    ax.axvline(achieved, color="0.55", linestyle="-", linewidth=5.0, alpha=0.45, label=f"model achieved {achieved:.3f}")
     if stats.target_comp_ratio is not None:
         target = stats.target_comp_ratio
-        ax.axvline(target, color=_TARGET_COLOR, linestyle="--", linewidth=1.2, label=f"model target {target:.2f}")
-    achieved = _model_ratio(stats)
-    ax.axvline(achieved, color="0.2", linestyle=":", linewidth=1.4, label=f"model achieved {achieved:.3f}")
+        ax.axvline(target, color=_TARGET_COLOR, linestyle="--", linewidth=1.3, label=f"model target {target:.2f}")
     ax.set_yticks(positions, [_short(s.name) for s in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first layer at the top
-    ax.set_xlim(0.0, 1.3)
+    ax.set_xlim(0.0, 1.0)
     ax.set_xticks([0.0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlabel(f"chosen ratio ({_metric_words(stats)} compressed / original)")
     ax.set_title("Chosen ratio per layer (top: input side)", fontsize=11)
@@ -399,14 +420,19 @@ def _table(header: list[str] | None, rows: list[list[Any]], text_columns: tuple[
 
 def _summary_rows(stats: CompressionStats) -> list[list[Any]]:
     scheme = stats.compress_scheme + (f" / {stats.rank_select_scheme}" if stats.rank_select_scheme else "")
-    rows: list[list[Any]] = [
-        ["scheme", f"{scheme} ({stats.mode or '?'} mode, cost metric {stats.cost_metric or '?'})"],
-    ]
+    rows: list[list[Any]] = []
+    if stats.model_name or stats.created:
+        rows.append(["model", stats.model_name or "?"])
+        run = [stats.created or "date not recorded", *[f"{k} {v}" for k, v in stats.versions.items()]]
+        rows.append(["run", ", ".join(run)])
+    rows.append(["scheme", f"{scheme} ({stats.mode or '?'} mode, cost metric {stats.cost_metric or '?'})"])
     if stats.target_comp_ratio is not None:
         rows.append(["target ratio", f"{stats.target_comp_ratio:.3f}"])
+    rows.append(["score", stats.score_line().replace(" -> ", " \u2192 ")])
+    if stats.finetuned_model_accuracy is not None:
+        note = f" ({stats.finetune_note})" if stats.finetune_note else ""
+        rows.append(["fine-tuned score", f"{_fmt(stats.finetuned_model_accuracy)}{note}"])
     rows += [
-        ["eval score", f"baseline {_fmt(stats.baseline_model_accuracy)} \u2192 compressed "
-         f"{_fmt(stats.compressed_model_accuracy)}"],
         ["MACs per sample", f"{stats.original_macs:,} \u2192 {stats.compressed_macs:,} "
          f"(ratio {stats.mac_compression_ratio:.3f})"],
         ["parameters", f"{stats.original_params:,} \u2192 {stats.compressed_params:,} "
@@ -422,7 +448,18 @@ def _summary_rows(stats: CompressionStats) -> list[list[Any]]:
     return rows
 
 
+def _pair(pair: list[int] | None) -> str:
+    if not pair:
+        return "-"
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]} \u2192 {pair[1]}"
+
+
+def _has_channels(stats: CompressionStats) -> bool:
+    return any(s.in_channels or s.out_channels for s in stats.per_layer_stats)
+
+
 def _layer_rows(stats: CompressionStats) -> list[list[Any]]:
+    channels = _has_channels(stats)
     return [
         [
             s.name,
@@ -436,6 +473,7 @@ def _layer_rows(stats: CompressionStats) -> list[list[Any]]:
             f"{s.params_before:,}",
             f"{s.params_after:,}",
             f"{s.param_ratio:.3f}",
+            *([_pair(s.in_channels), _pair(s.out_channels), s.group or "-"] if channels else []),
         ]
         for s in stats.per_layer_stats
     ]
@@ -510,7 +548,9 @@ def render_html(stats: Any, title: str = "tfcompress report") -> str:
     parts.append("<h2>Compressed layers</h2>")
     header = ["layer", "scheme", "kernel", "rank", "chosen ratio", "MACs before", "MACs after", "MAC ratio"]
     header += ["params before", "params after", "param ratio"]
-    parts.append(_table(header, _layer_rows(stats)) if stats.per_layer_stats else "<p>none</p>")
+    if _has_channels(stats):
+        header += ["input channels", "output channels", "channel group"]
+    parts.append(_table(header, _layer_rows(stats), text_columns=(13,)) if stats.per_layer_stats else "<p>none</p>")
     if stats.eval_scores:
         parts.append("<h2>Eval scores (one layer compressed at a time, by candidate ratio)</h2>")
         parts.append(_score_table(stats))

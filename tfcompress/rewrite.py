@@ -18,12 +18,23 @@ import keras
 import numpy as np
 
 from ._checks import check_finite
+from .cost import KIND_CLASSES, KIND_SCHEMES, layer_kind
 from .enums import CompressionScheme
 from .graph import check_graph_model, inherit_call_counts, resolve_layers, walk_layers
-from .layers import SpatialSVDConv2D, SVDDense, TuckerConv2D, WeightSVDConv2D
-from .layers.base import check_source_conv2d, check_source_dense
+from .layers import (
+    SpatialSVDConv1D,
+    SpatialSVDConv2D,
+    SVDDense,
+    SVDSeparableConv2D,
+    TuckerConv2D,
+    WeightSVDConv1D,
+    WeightSVDConv2D,
+    WeightSVDConv2DTranspose,
+)
+from .layers.base import check_source_conv, check_source_dense
+from .rewire import fill_rewired, replacement_problem, rewired_twin
 
-__all__ = ["rewrite_model", "decomposed_layer", "normalize_plan"]
+__all__ = ["rewrite_model", "decomposed_layer", "decomposed_class", "normalize_plan"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -40,11 +51,44 @@ def _scheme_name(scheme: Any, what: str) -> str:
     )
 
 
+#: (layer kind, per-layer scheme) -> the decomposed layer class
+_TWINS: dict[tuple[str, str], Any] = {
+    ("dense", "svd"): SVDDense,
+    ("conv2d", "weight_svd"): WeightSVDConv2D,
+    ("conv2d", "spatial_svd"): SpatialSVDConv2D,
+    ("conv2d", "tucker"): TuckerConv2D,
+    ("conv1d", "weight_svd"): WeightSVDConv1D,
+    ("conv1d", "spatial_svd"): SpatialSVDConv1D,
+    ("separable_conv2d", "weight_svd"): SVDSeparableConv2D,
+    ("conv2d_transpose", "weight_svd"): WeightSVDConv2DTranspose,
+}
+
+
 def _layer_scheme(layer: Any, scheme: str) -> str:
-    """The per-layer scheme actually used: Dense layers are always decomposed with plain SVD."""
+    """The per-layer scheme actually used: Dense layers are always decomposed with plain SVD, and plain SVD of a
+    SeparableConv2D (its pointwise kernel is a matrix) is its weight SVD."""
     if isinstance(layer, keras.layers.Dense) and scheme in ("weight_svd", "spatial_svd"):
         return "svd"
+    if isinstance(layer, keras.layers.SeparableConv2D) and scheme == "svd":
+        return "weight_svd"
     return scheme
+
+
+def decomposed_class(layer: Any, scheme: str) -> Any:
+    """The decomposed layer class for ``layer`` under the per-layer ``scheme``, ``None`` when there is none.
+
+    Example:
+        >>> import keras
+        >>> decomposed_class(keras.layers.Conv1D(8, 3), "spatial_svd").__name__
+        'SpatialSVDConv1D'
+    """
+    kind = layer_kind(layer)
+    return None if kind is None else _TWINS.get((kind, _layer_scheme(layer, scheme)))
+
+
+def _source_kernel(layer: Any) -> Any:
+    """The kernel variable a decomposition factorises: the pointwise kernel of a SeparableConv2D, else ``kernel``."""
+    return layer.pointwise_kernel if isinstance(layer, keras.layers.SeparableConv2D) else layer.kernel
 
 
 def _check_rank_value(rank: Any, scheme: str, where: str) -> int | tuple[int, int]:
@@ -110,38 +154,43 @@ def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tu
         'SVDDense'
     """
     scheme = _layer_scheme(layer, _scheme_name(scheme, f"layer '{layer.name}'"))
-    check_finite(keras.ops.convert_to_numpy(layer.kernel), f"the kernel of layer '{layer.name}'", _NOT_FINITE)
-    if scheme == "svd":
-        return SVDDense.from_layer(layer, rank=int(rank))
-    if scheme == "weight_svd":
-        return WeightSVDConv2D.from_layer(layer, rank=int(rank))
-    if scheme == "spatial_svd":
-        return SpatialSVDConv2D.from_layer(layer, rank=int(rank))
-    return TuckerConv2D.from_layer(layer, ranks=rank)
+    cls = decomposed_class(layer, scheme)
+    if cls is None:
+        problem = _validate_entry(layer, scheme, rank) or f"{scheme} does not apply to it"
+        raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be decomposed: {problem}.")
+    check_finite(keras.ops.convert_to_numpy(_source_kernel(layer)), f"the kernel of layer '{layer.name}'", _NOT_FINITE)
+    if cls is TuckerConv2D:
+        return TuckerConv2D.from_layer(layer, ranks=rank)
+    return cls.from_layer(layer, rank=int(rank))
 
 
 def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     """Problem with decomposing ``layer`` this way, or ``None`` when it is fine."""
+    kind = layer_kind(layer)
+    if kind is None:
+        return (
+            f"{type(layer).__name__} is not a Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer, "
+            "the layers that can be decomposed"
+        )
+    scheme = _layer_scheme(layer, scheme)
+    if (kind, scheme) not in _TWINS:
+        if scheme == "tucker":
+            return "Tucker-2 applies to Conv2D layers only"
+        if scheme == "svd" and kind != "dense":
+            return f"plain SVD applies to Dense (and SeparableConv2D) layers; use {KIND_SCHEMES[kind][0]!r} here"
+        allowed = " or ".join(repr(s) for s in KIND_SCHEMES[kind])
+        return f"{scheme} does not apply to a {KIND_CLASSES[kind].__name__}; use {allowed}"
     try:
-        if scheme == "svd" or isinstance(layer, keras.layers.Dense):
-            if scheme == "tucker":
-                return "Tucker-2 applies to Conv2D layers only"
+        if kind == "dense":
             check_source_dense(layer)
         else:
-            check_source_conv2d(layer)
-        kernel_shape = tuple(int(d) for d in layer.kernel.shape)
-        check_finite(keras.ops.convert_to_numpy(layer.kernel), "its kernel", _NOT_FINITE)
+            check_source_conv(layer, KIND_CLASSES[kind])
+        kernel_shape = tuple(int(d) for d in _source_kernel(layer).shape)
+        check_finite(keras.ops.convert_to_numpy(_source_kernel(layer)), "its kernel", _NOT_FINITE)
     except (TypeError, ValueError) as err:
         return str(err)
-    scheme = _layer_scheme(layer, scheme)
-    if scheme == "svd":
-        bound: Any = min(kernel_shape)
-    elif scheme == "weight_svd":
-        bound = WeightSVDConv2D.max_rank_for(kernel_shape)
-    elif scheme == "spatial_svd":
-        bound = SpatialSVDConv2D.max_rank_for(kernel_shape)
-    else:
-        bound = TuckerConv2D.max_rank_for(kernel_shape)
+    cls = _TWINS[(kind, scheme)]
+    bound: Any = min(kernel_shape) if cls is SVDDense else cls.max_rank_for(kernel_shape)
     ranks = rank if isinstance(rank, tuple) else (rank,)
     bounds = bound if isinstance(bound, tuple) else (bound,)
     if any(r < 1 or r > b for r, b in zip(ranks, bounds, strict=True)):
@@ -260,20 +309,29 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     check_graph_model(model)
     entries = normalize_plan(plan, scheme)
     refs = walk_layers(model)
-    resolved = resolve_layers(refs, entries.keys(), what="rewrite_model plan")
+    try:
+        resolved = resolve_layers(refs, entries.keys(), what="rewrite_model plan")
+    except ValueError:  # perhaps a layer inside a custom layer ("block/ffn"): look inside them too
+        resolved = resolve_layers(walk_layers(model, sublayers=True), entries.keys(), what="rewrite_model plan")
     problems = []
     targets: dict[int, tuple[str, Any]] = {}
+    inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]] = {}  # id(custom layer) -> (it, {attribute: entry})
     for key, (entry_scheme, rank) in entries.items():
         ref = resolved[key]
         problem = _validate_entry(ref.layer, entry_scheme, rank)
+        if not problem and ref.owner is not None:
+            problem = replacement_problem(ref.owner, ref.attribute)
         if problem:
             problems.append(f"'{ref.path}': {problem}")
         elif id(ref.layer) in targets and targets[id(ref.layer)] != (entry_scheme, rank):
             problems.append(f"'{ref.path}': named twice with different entries")
         else:
             targets[id(ref.layer)] = (entry_scheme, rank)
+            if ref.owner is not None:
+                inner.setdefault(id(ref.owner), (ref.owner, {}))[1][ref.attribute] = (entry_scheme, rank)
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
+    rewired: dict[int, dict[str, list[np.ndarray]]] = {}  # id(new RewiredLayer) -> the replacements' weights
 
     # The re-created layers' weights would be overwritten with copies of the originals right after the clone, so
     # drawing random initial values for them (most of a clone's variable-creation time) is wasted. While the clone
@@ -287,6 +345,11 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
     def clone_function(layer: Any) -> Any:
         if not isinstance(layer, keras.layers.Layer):
             return _clone_operation(layer)
+        if id(layer) in inner:
+            owner, owner_entries = inner[id(layer)]
+            twin, values = rewired_twin(owner, owner_entries, decomposed_layer)
+            rewired[id(twin)] = values
+            return twin
         if id(layer) in targets:
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
@@ -326,6 +389,9 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
             "rewrite_model: the cloned model's layers do not line up with the original's (please report this)."
         )
     for old, new in zip(refs, new_refs, strict=True):
+        if id(new.layer) in rewired:
+            fill_rewired(old.layer, new.layer, rewired[id(new.layer)])
+            continue
         if id(old.layer) in targets:
             continue
         values = preset.get(id(new.layer))

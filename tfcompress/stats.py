@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .atomic import write_json_atomic
 
-__all__ = ["LayerStats", "CompressionStats", "write_json_atomic"]
+__all__ = ["LayerStats", "CompressionStats", "run_metadata", "write_json_atomic"]
 
 
 @dataclass
 class LayerStats:
-    """One compressed layer: what it was, what it became, and what that saved."""
+    """One changed layer: what it was, what it became, and what that saved.
+
+    ``ratio`` is the layer's chosen compressed / original cost for a decomposition; for channel pruning it is
+    the layer's own cost ratio (MACs, or parameters under the memory metric), and ``rank`` is ``None``.
+    ``in_channels`` / ``out_channels`` are ``[before, after]`` when the layer's channels changed, and ``group``
+    names the channel group(s) the layer belongs to (channel pruning).
+    """
 
     name: str
     scheme: str
@@ -26,6 +35,9 @@ class LayerStats:
     macs_after: int
     params_before: int
     params_after: int
+    in_channels: list[int] | None = None
+    out_channels: list[int] | None = None
+    group: str | None = None
 
     @property
     def mac_ratio(self) -> float:
@@ -38,6 +50,46 @@ class LayerStats:
 
 def _fmt_score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _fmt_channels(pair: list[int] | None) -> str:
+    if not pair:
+        return "-"
+    before, after = pair
+    return str(before) if before == after else f"{before}->{after}"
+
+
+def run_metadata(model: Any, eval_callback: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """What a stats record says about its run: model name, UTC time, versions, and what the score is.
+
+    The score's name is the eval callback's function name (``"accuracy (eval callback)"``), or
+    ``"eval callback score"`` for a lambda or another callable.
+
+    Example:
+        >>> class Model:
+        ...     name = "my_cnn"
+        >>> def accuracy(model, iterations):
+        ...     return 1.0
+        >>> info = run_metadata(Model(), accuracy)
+        >>> info["model_name"], info["score_name"], sorted(info["versions"])[-1]
+        ('my_cnn', 'accuracy (eval callback)', 'tfcompress')
+    """
+    from ._version import __version__
+
+    versions = {"tfcompress": __version__}
+    for module, key in (("keras", "keras"), ("tensorflow", "tensorflow"), ("numpy", "numpy")):
+        loaded = sys.modules.get(module)
+        version = getattr(loaded, "__version__", None)
+        if isinstance(version, str):
+            versions[key] = version
+    function = getattr(eval_callback, "__wrapped__", eval_callback)
+    name = getattr(function, "__name__", "")
+    return {
+        "model_name": str(getattr(model, "name", "") or ""),
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": dict(sorted(versions.items())),
+        "score_name": f"{name} (eval callback)" if name and name.isidentifier() else "eval callback score",
+    }
 
 
 def _fmt_big(value: int) -> str:
@@ -119,6 +171,13 @@ _FIELD_KINDS = {
     "skipped_layers": "texts",
     "uncounted_layers": "texts",
     "notes": "notes",
+    "score_name": "str",
+    "finetuned_model_accuracy": "number?",
+    "finetune_note": "str",
+    "chosen_ratios": "dict",
+    "model_name": "str",
+    "created": "str",
+    "versions": "texts",
 }
 _LAYER_KINDS = {
     "name": "str",
@@ -178,6 +237,40 @@ class CompressionStats:
     #: ``{layer: reason}`` of layers whose MACs are not known (MAC ratios leave them out; see ``allow_uncounted_macs``)
     uncounted_layers: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what the score is (the eval callback's name, or e.g. "output fidelity (data-free)"); "" = not recorded
+    score_name: str = ""
+    #: the score after fine-tuning that followed the compression (the demo's), when there was one
+    finetuned_model_accuracy: float | None = None
+    finetune_note: str = ""
+    #: the selection's choice per row of ``eval_scores`` (a layer, or a channel group), when it differs from rows
+    chosen_ratios: dict[str, float] = field(default_factory=dict)
+    model_name: str = ""
+    #: when the run finished, "YYYY-MM-DD HH:MM UTC"
+    created: str = ""
+    #: versions of tfcompress, Keras, TensorFlow and numpy that made these stats
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def put_in_model_order(self, paths: Iterable[str]) -> None:
+        """Order ``per_layer_stats`` and ``skipped_layers`` as ``paths`` (the model's layers); others keep their place
+        after them.
+
+        Example:
+            >>> s = CompressionStats(skipped_layers={"fc": "not eligible", "conv1": "kept at full size"})
+            >>> s.put_in_model_order(["conv1", "conv2", "fc"])
+            >>> list(s.skipped_layers)
+            ['conv1', 'fc']
+        """
+        position = {path: i for i, path in enumerate(paths)}
+        last = len(position)
+
+        def key(item: tuple[int, str]) -> tuple[int, int]:
+            index, name = item
+            return (position.get(name, last), index)
+
+        order = sorted(enumerate(s.name for s in self.per_layer_stats), key=key)
+        self.per_layer_stats = [self.per_layer_stats[i] for i, _ in order]
+        names = sorted(enumerate(self.skipped_layers), key=key)
+        self.skipped_layers = {name: self.skipped_layers[name] for _, name in names}
 
     # ---------------------------------------------------------------- serialisation
 
@@ -238,6 +331,10 @@ class CompressionStats:
             )
             for i, s in data.get("tar_index_scores", {}).items()
         }
+        data["chosen_ratios"] = {
+            str(k): _checked(v, "number", f"field 'chosen_ratios[{k!r}]'")
+            for k, v in data.get("chosen_ratios", {}).items()
+        }
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -271,7 +368,7 @@ class CompressionStats:
                 (before/after per layer) or ``"costs"`` (both, side by side; no ``ax``).
             ax: a matplotlib ``Axes`` to draw on; by default a new ``Figure`` (Agg canvas, no pyplot).
 
-        Needs matplotlib (``pip install "tfcompress[report]"``).
+        Needs matplotlib (``pip install matplotlib``, or ``pip install -e ".[report]"`` in the checkout).
 
         Example:
             >>> stats = CompressionStats(per_layer_stats=[LayerStats("fc", "svd", [64, 10], 4, 0.3, 640, 296, 650, 306)])
@@ -287,14 +384,16 @@ class CompressionStats:
 
     def __str__(self) -> str:
         lines = ["tfcompress: compression stats"]
+        if self.model_name or self.created:
+            lines.append(f"  model            {self.run_line()}")
         scheme = self.compress_scheme + (f" / {self.rank_select_scheme}" if self.rank_select_scheme else "")
         lines.append(f"  scheme           {scheme} ({self.mode} mode, cost metric {self.cost_metric})")
         if self.target_comp_ratio is not None:
             lines.append(f"  target ratio     {self.target_comp_ratio:.3f}")
-        lines.append(
-            f"  accuracy         baseline {_fmt_score(self.baseline_model_accuracy)} -> "
-            f"compressed {_fmt_score(self.compressed_model_accuracy)}"
-        )
+        lines.append(f"  score            {self.score_line()}")
+        if self.finetuned_model_accuracy is not None:
+            note = f" ({self.finetune_note})" if self.finetune_note else ""
+            lines.append(f"  fine-tuned       {_fmt_score(self.finetuned_model_accuracy)}{note}")
         lines.append(
             f"  MACs             {_fmt_big(self.original_macs)} -> {_fmt_big(self.compressed_macs)} "
             f"(ratio {self.mac_compression_ratio:.3f})"
@@ -314,37 +413,33 @@ class CompressionStats:
                 f"{overhead:.1f} s toolkit overhead ({share:.1f}%{f', {svd:.1f} s of it SVD' if svd else ''})"
             )
         if self.per_layer_stats:
-            header = (
-                "layer",
-                "scheme",
-                "kernel",
-                "rank",
-                "ratio",
-                "MACs before",
-                "MACs after",
-                "params before",
-                "params after",
-            )
-            rows = [
-                (
+            channels = any(s.in_channels or s.out_channels for s in self.per_layer_stats)
+            header: tuple[str, ...] = ("layer", "scheme", "kernel", "rank", "ratio")
+            header += ("MACs before", "MACs after", "params before", "params after")
+            if channels:
+                header += ("in ch", "out ch", "group")
+            rows = []
+            for s in self.per_layer_stats:
+                row: tuple[str, ...] = (
                     s.name,
                     s.scheme,
                     "x".join(str(d) for d in s.original_shape),
-                    "x".join(str(r) for r in s.rank) if isinstance(s.rank, list | tuple) else str(s.rank),
+                    "x".join(str(r) for r in s.rank) if isinstance(s.rank, list | tuple) else str(s.rank or "-"),
                     f"{s.ratio:.2f}",
                     _fmt_big(s.macs_before),
                     _fmt_big(s.macs_after),
                     _fmt_big(s.params_before),
                     _fmt_big(s.params_after),
                 )
-                for s in self.per_layer_stats
-            ]
+                if channels:
+                    row += (_fmt_channels(s.in_channels), _fmt_channels(s.out_channels), s.group or "-")
+                rows.append(row)
             widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
             lines.append("")
-            lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+            lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
             lines.append("  " + "  ".join("-" * w for w in widths))
-            for row in rows:
-                lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+            for cells in rows:
+                lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
         if self.skipped_layers:
             lines.append("")
             lines.append("  not compressed:")
@@ -353,6 +448,23 @@ class CompressionStats:
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)
+
+    def score_line(self) -> str:
+        """``"<what the score is>: baseline 0.9359 -> compressed 0.9410"``."""
+        name = self.score_name or "eval score"
+        trained = " (after the trainer's fine-tuning)" if self.timings.get("trainer_seconds") else ""
+        return (
+            f"{name}: baseline {_fmt_score(self.baseline_model_accuracy)} -> "
+            f"compressed {_fmt_score(self.compressed_model_accuracy)}{trained}"
+        )
+
+    def run_line(self) -> str:
+        """``"digits_cnn, 2026-12-05 12:50 UTC, tfcompress 0.1.0, keras 3.15.1, ..."`` (what is recorded)."""
+        parts = [self.model_name or "?"]
+        if self.created:
+            parts.append(self.created)
+        parts += [f"{name} {version}" for name, version in self.versions.items()]
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         return (

@@ -2,8 +2,10 @@
 
 - :mod:`.select` (numpy): :func:`magnitude_channels`, :func:`greedy_channels`, :func:`channel_order`.
 - :mod:`.reconstruct` (numpy): :func:`extract_patches`, :func:`reconstruct_weights`.
-- :mod:`.winnow` (Keras): :func:`prune_units` (dependency groups), :func:`apply_pruning`,
-  :func:`prune_input_channels`, :func:`prunable_layers`.
+- :mod:`.kinds` (Keras): how channels cross each layer (producer, per-channel, pass-through, merge, ...).
+- :mod:`.groups` (Keras): :func:`prune_units`, the dependency groups of channels.
+- :mod:`.rebuild` (Keras): :func:`apply_pruning`, :func:`kept_channels`: the smaller model, for real.
+- :mod:`.winnow` (Keras): :func:`prune_input_channels`, :func:`prunable_layers`, :func:`find_chain`.
 - :mod:`.driver`: the ``channel_pruning`` scheme of :func:`tfcompress.compress_model`.
 
 Example:

@@ -57,9 +57,11 @@ from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
 from ..select import ScoreCacheWriter, greedy_select, min_loss_select
 from ..stats import CompressionStats, LayerStats
+from .groups import PruneUnit, prune_units
+from .kinds import _out_channels
+from .rebuild import apply_pruning
 from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
 from .select import ChannelProblem, channel_order
-from .winnow import PruneUnit, apply_pruning, prune_units
 
 __all__ = ["check_data_form", "compress_channels", "keep_count", "model_inputs"]
 
@@ -262,16 +264,17 @@ def _rank_of(layer: Any) -> Any:
     return getattr(layer, "ranks", None) or getattr(layer, "rank", None)
 
 
-def _layer_cost(layer: Any, removed_in: int = 0, removed_out: int = 0) -> tuple[float, float]:
+def _layer_cost(layer: Any, removed_in: int = 0, removed_out: int = 0, full_macs: float = 0.0) -> tuple[float, float]:
     """Exact ``(macs, params)`` of ``layer`` with ``removed_in`` input and ``removed_out`` output channels gone.
 
     Conv2D/Dense and the decomposed layers use the cost formulas; per-channel layers (BatchNormalization,
-    DepthwiseConv2D) shrink in proportion to their channels (``removed_out``).
+    DepthwiseConv2D) shrink their ``full_macs`` (the layer's MACs at full size, from ``model_cost``) and parameters
+    in proportion to their channels (``removed_out``).
     """
     try:
         geometry = layer_geometry(layer)
     except TypeError:
-        row_macs = _generic_cost(layer)
+        row_macs = full_macs
         channels = int(layer.output.shape[-1])
         share = (channels - removed_out) / channels
         return row_macs * share, layer.count_params() * share
@@ -281,12 +284,6 @@ def _layer_cost(layer: Any, removed_in: int = 0, removed_out: int = 0) -> tuple[
     scheme = layer_scheme(layer)
     cost = original_cost(smaller) if scheme is None else decomposed_cost(smaller, scheme, _rank_of(layer))
     return float(cost.macs), float(cost.params)
-
-
-def _generic_cost(layer: Any) -> float:
-    from ..cost import _generic_macs, _shape_of
-
-    return float(max(_generic_macs(layer, _shape_of(layer.input), _shape_of(layer.output)), 0))
 
 
 def _rank_fits(layer: Any, removed_in: int, removed_out: int) -> bool:
@@ -460,7 +457,7 @@ def _plan_cost(
             continue
         if name in removed_in or name in removed_out or name in gathered:
             m, p = _layer_cost(
-                model.get_layer(name), removed_in.get(name, 0) + gathered.get(name, 0), removed_out.get(name, 0)
+                model.get_layer(name), removed_in.get(name, 0) + gathered.get(name, 0), removed_out.get(name, 0), m
             )
         macs += m
         params += p
@@ -643,7 +640,7 @@ def _manual_ratios(run: _Run, reasons: dict[str, str]) -> dict[str, list[float]]
     for u in run.units_list:
         for slot in u.consumers:
             consumer_units.setdefault(slot.layer, []).append(u.name)
-    top = {r.path for r in walk_layers(run.model)}
+    top = {r.path for r in walk_layers(run.model, sublayers=True)}
     ratios_of: dict[str, list[float]] = {}
     problems = []
     for layer, ratio in run.parameters.params.list_of_module_comp_ratio_pairs:
@@ -672,7 +669,7 @@ def _auto_ratios(run: _Run) -> dict[str, list[float]]:
     auto = run.parameters.params
     run.stats.rank_select_scheme = auto.rank_select_scheme.value
     run.stats.target_comp_ratio = auto.target_comp_ratio
-    refs = resolve_layers(walk_layers(run.model), auto.modules_to_ignore, what="modules_to_ignore")
+    refs = resolve_layers(walk_layers(run.model, sublayers=True), auto.modules_to_ignore, what="modules_to_ignore")
     ignored = {ref.path for ref in refs.values()}
     ratios_of: dict[str, list[float]] = {}
     for u in run.units_list:
@@ -981,32 +978,61 @@ def _apply_with_trainer(run: _Run, ordered: list[PruneUnit], plan: dict[str, int
 
 
 def _record(run: _Run, kept_channels: dict[str, np.ndarray]) -> None:
-    """One ``LayerStats`` row per pruned group: the MACs/params of every layer it touches, before and after."""
+    """One ``LayerStats`` row per changed layer, in model order, with its own MACs/params before and after, its input
+    and output channels, and the channel group(s) it belongs to; ``chosen_ratios`` keeps each group's kept share."""
     stats = run.stats
     stats.timings["channel_selection_seconds"] = run.order_seconds
     stats.timings["activation_sampling_seconds"] = 0.0 if run.sampler is None else run.sampler.seconds
+    removed_in: dict[str, int] = {}
+    removed_out: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
+    gathered: set[str] = set()
     for name, kept in kept_channels.items():
         unit = run.units[name]
-        before = _unit_cost(unit, unit.channels, run.model, run.layer_costs)
-        after = _unit_cost(unit, len(kept), run.model, run.layer_costs)
+        gone = unit.channels - len(kept)
+        stats.chosen_ratios[name] = len(kept) / unit.channels
+        for slot in unit.consumers:
+            removed_in[slot.layer] = removed_in.get(slot.layer, 0) + gone
+            groups.setdefault(slot.layer, []).append(f"{name} (in)")
+            if unit.gather:
+                gathered.add(slot.layer)
+        for slot in (*unit.producers, *unit.channelwise):
+            removed_out[slot.layer] = removed_out.get(slot.layer, 0) + gone
+            groups.setdefault(slot.layer, []).append(f"{name} (out)")
+    metric = 1 if stats.cost_metric == "memory" else 0
+    for layer_name, before in run.layer_costs.items():  # model order
+        if layer_name not in groups:
+            continue
+        layer = run.model.get_layer(layer_name)
+        after = _layer_cost(layer, removed_in.get(layer_name, 0), removed_out.get(layer_name, 0), before[0])
+        try:
+            geometry = layer_geometry(layer)
+            channels_in, channels_out = geometry.in_channels, geometry.out_channels
+            shape = [int(d) for d in _view(layer).kernel.shape]
+            kept_in = channels_in - removed_in.get(layer_name, 0)
+        except TypeError:  # a per-channel layer (BatchNormalization, DepthwiseConv2D): its inputs are its outputs
+            channels_in = channels_out = int(layer.output.shape[-1])
+            shape = [channels_out]
+            kept_in = channels_in - removed_out.get(layer_name, 0)
         stats.per_layer_stats.append(
             LayerStats(
-                name=name,
-                scheme="channel_pruning" + ("+gather" if unit.gather else ""),
-                original_shape=list(_view(run.model.get_layer(unit.consumers[0].layer)).kernel.shape),
-                rank=len(kept),
-                ratio=len(kept) / unit.channels,
+                name=layer_name,
+                scheme="channel_pruning" + ("+gather" if layer_name in gathered else ""),
+                original_shape=shape,
+                rank=None,
+                ratio=after[metric] / before[metric] if before[metric] else 1.0,
                 macs_before=round(before[0]),
                 macs_after=round(after[0]),
                 params_before=round(before[1]),
                 params_after=round(after[1]),
+                in_channels=[channels_in, kept_in],
+                out_channels=[channels_out, channels_out - removed_out.get(layer_name, 0)],
+                group=", ".join(groups[layer_name]),
             )
         )
-        if len(unit.consumers) > 1:
-            stats.notes.append(
-                f"channel group '{name}' ({len(kept)} of {unit.channels} kept) is read by "
-                f"{[s.layer for s in unit.consumers]}; its row's MACs/params cover {sorted(set(unit.layers))}"
-            )
+        why = stats.skipped_layers.pop(layer_name, None)
+        if why:  # its own inputs were not pruned, but the layer changed: the reason goes with its row
+            stats.per_layer_stats[-1].group += f"; own inputs kept: {why}"
 
 
 def _ratio_of(row: dict[float, int], keep: int) -> float:
@@ -1061,10 +1087,16 @@ def _final_weights(
     """Each refitted consumer's full weight list for ``apply_pruning``: the refitted input-side kernel (and bias),
     the other factors of a decomposed layer as they are, and the output side cut to the kept outputs where the
     layer is also a producer of a pruned unit."""
-    out_keep: dict[str, np.ndarray] = {}
+    removed_out: dict[str, set[int]] = {}  # a producer can be in several units (each holding part of its outputs)
     for name, kept in kept_channels.items():
+        dropped = np.setdiff1d(np.arange(units[name].channels), kept)
         for slot in units[name].producers:
-            out_keep[slot.layer] = np.asarray(slot.index)[kept]
+            removed_out.setdefault(slot.layer, set()).update(int(i) for i in np.asarray(slot.index)[dropped])
+    out_keep = {
+        name: np.setdiff1d(np.arange(_out_channels(model.get_layer(name))), sorted(gone))
+        for name, gone in removed_out.items()
+        if gone
+    }
     result = {}
     for name, (_, kernel, bias) in fitted.items():
         layer = model.get_layer(name)

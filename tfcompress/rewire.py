@@ -1,0 +1,87 @@
+"""Rewriting layers that live inside custom layers: the part of ``rewrite_model`` that builds a
+:class:`~tfcompress.layers.RewiredLayer` for each custom layer whose sublayers are replaced, and fills its weights.
+
+The custom layer is re-created from its config (fresh, unbuilt sublayers), the planned sublayers are swapped for
+unbuilt decomposed twins, and the wrapper is called in the cloned graph like any layer. Afterwards every weight is
+copied from the original by attribute path: twins get their factors, the other sublayers and the custom layer's own
+weights their values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from .layers import RewiredLayer
+from .layers.rewired_layer import replaceable
+from .sublayers import attribute_sublayers, get_by_path
+
+__all__ = ["rewired_twin", "fill_rewired", "replacement_problem"]
+
+
+def _inner(owner: Any) -> Any:
+    return owner.layer if isinstance(owner, RewiredLayer) else owner
+
+
+def replacement_problem(owner: Any, attribute: str) -> str | None:
+    """Why the sublayer at ``attribute`` of the top-level custom layer ``owner`` cannot be replaced (or ``None``)."""
+    return replaceable(_inner(owner), attribute)
+
+
+def rewired_twin(
+    owner: Any, entries: Mapping[str, tuple[Any, Any]], make_twin: Callable[[Any, str, Any], Any]
+) -> tuple[RewiredLayer, dict[str, list[np.ndarray]]]:
+    """A new, unbuilt ``RewiredLayer`` for ``owner`` with ``entries`` (``{attribute: (scheme, rank)}``) replaced,
+    and the weights each replacement must get once built.
+
+    ``make_twin(sublayer, scheme, rank)`` gives the built decomposed twin of a sublayer. A ``RewiredLayer`` owner
+    keeps the replacements it already has.
+    """
+    inner = _inner(owner)
+    fresh = type(inner).from_config(inner.get_config())
+    replacements: dict[str, Any] = {}
+    values: dict[str, list[np.ndarray]] = {}
+    if isinstance(owner, RewiredLayer):
+        for attribute, existing in owner.replacements.items():
+            replacements[attribute] = type(existing).from_config(existing.get_config())
+            values[attribute] = existing.get_weights()
+    for attribute, (scheme, rank) in entries.items():
+        built = make_twin(get_by_path(inner, attribute), scheme, rank)
+        replacements[attribute] = type(built).from_config(built.get_config())
+        values[attribute] = built.get_weights()
+    return RewiredLayer(fresh, replacements, name=owner.name), values
+
+
+def _owned(layer: Any, subs: list[Any]) -> list[Any]:
+    inner = {id(w) for sub in subs for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+def fill_rewired(original: Any, new: RewiredLayer, values: Mapping[str, list[np.ndarray]]) -> None:
+    """Copy ``original``'s weights into the built ``new`` (its rewritten twin), replacements from ``values``."""
+    _copy(_inner(original), new.layer, values, "")
+
+
+def _copy(source: Any, target: Any, values: Mapping[str, list[np.ndarray]], prefix: str) -> None:
+    source_subs = dict(attribute_sublayers(source))
+    target_subs = dict(attribute_sublayers(target))
+    for attribute, sub in source_subs.items():
+        path = prefix + attribute
+        twin = target_subs.get(attribute)
+        if twin is None:
+            raise RuntimeError(f"rewrite_model: the rewritten '{target.name}' has no sublayer at {path!r}.")
+        if path in values:
+            twin.set_weights(values[path])
+        elif any(key.startswith(path + ".") for key in values):
+            _copy(sub, twin, values, path + ".")
+        elif sub.weights:
+            twin.set_weights(sub.get_weights())
+    own_source = _owned(source, list(source_subs.values()))
+    own_target = _owned(target, list(target_subs.values()))
+    if len(own_source) != len(own_target):
+        raise RuntimeError(f"rewrite_model: the rewritten '{target.name}' holds other weights than the original.")
+    for src, dst in zip(own_source, own_target, strict=True):
+        dst.assign(keras.ops.convert_to_numpy(src))

@@ -1,0 +1,215 @@
+"""Layers held inside custom layers: finding them, addressing them by attribute path, and seeing them run.
+
+A custom layer (a user's residual block, a keras_hub ``TransformerEncoder``) keeps its sublayers as attributes,
+directly or in lists, tuples and dicts. Keras has no public listing of them, so they are found by looking at the
+layer's attributes (:func:`attribute_sublayers`); an *attribute path* such as ``"convs.1"`` or ``"ffn"`` names where
+one lives, so it can be found again in a layer re-created from its config (:func:`get_by_path`, :func:`set_by_path`).
+
+What a sublayer is called with is only known when its owner runs: :func:`trace_calls` runs the owner's ``call`` once
+symbolically (``keras.Operation.compute_output_spec``: shapes only, no data) and records each sublayer call with its
+arguments and outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import keras
+
+__all__ = [
+    "attribute_sublayers",
+    "get_by_path",
+    "set_by_path",
+    "trace_calls",
+    "is_container",
+    "TracedCall",
+]
+
+TracedCall = tuple[Any, tuple, dict, Any]  # (sublayer, args, kwargs, outputs)
+
+
+def is_container(layer: Any) -> bool:
+    """True for a layer that is neither a Keras built-in nor a tfcompress layer nor a model, and holds sublayers.
+
+    Example:
+        >>> import keras
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = keras.layers.Dense(4)
+        >>> is_container(Block()), is_container(keras.layers.Dense(4))
+        (True, False)
+    """
+    module = type(layer).__module__
+    if module.startswith(("keras.", "tfcompress.layers")) or isinstance(layer, keras.Model):
+        return False
+    return bool(attribute_sublayers(layer))
+
+
+def attribute_sublayers(layer: Any) -> list[tuple[str, Any]]:
+    """``(attribute path, sublayer)`` for each layer held by ``layer``'s attributes, in attribute order.
+
+    The path joins attribute names, list indices and dict keys with dots (``"convs.1"``).
+
+    Example:
+        >>> import keras
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.convs = [keras.layers.Conv2D(4, 3), keras.layers.Conv2D(4, 3)]
+        ...         self.head = keras.layers.Dense(2)
+        >>> [path for path, _ in attribute_sublayers(Block())]
+        ['convs.0', 'convs.1', 'head']
+    """
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = {id(layer)}
+
+    def visit(path: str, value: Any, depth: int) -> None:
+        if isinstance(value, keras.layers.Layer):
+            if id(value) not in seen:
+                seen.add(id(value))
+                found.append((path, value))
+        elif depth < 3 and isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                visit(f"{path}.{i}", item, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "." not in key:
+                    visit(f"{path}.{key}", item, depth + 1)
+
+    for name, value in vars(layer).items():
+        if not name.startswith(("__", "_self_")) and "." not in name and name not in _KERAS_BOOKKEEPING:
+            visit(name, value, 0)
+    return found
+
+
+# attributes Keras keeps its own bookkeeping in (the tracker's lists hold every sublayer again); TensorFlow's
+# trackable bookkeeping lives in ``_self_*`` attributes
+_KERAS_BOOKKEEPING = frozenset({"_layers", "_tracker", "_inbound_nodes", "_outbound_nodes"})
+
+
+def _steps(path: str) -> list[str]:
+    steps = path.split(".")
+    if not steps or any(not s for s in steps):
+        raise ValueError(f"bad attribute path {path!r}")
+    return steps
+
+
+def _child(value: Any, step: str) -> Any:
+    if isinstance(value, list | tuple):
+        return value[int(step)]
+    if isinstance(value, dict):
+        return value[step]
+    return getattr(value, step)
+
+
+def get_by_path(layer: Any, path: str) -> Any:
+    """The object at attribute path ``path`` of ``layer`` (``"convs.1"`` is ``layer.convs[1]``).
+
+    Example:
+        >>> import keras
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.convs = [keras.layers.Dense(4, name="a"), keras.layers.Dense(4, name="b")]
+        >>> get_by_path(Block(), "convs.1").name
+        'b'
+    """
+    value = layer
+    for step in _steps(path):
+        value = _child(value, step)
+    return value
+
+
+def set_by_path(layer: Any, path: str, new: Any) -> None:
+    """Put ``new`` at attribute path ``path`` of ``layer`` (through Keras' own attribute and list tracking)."""
+    *head, last = _steps(path)
+    parent = layer
+    for step in head:
+        parent = _child(parent, step)
+    # pop + insert (not item assignment): Keras' tracked lists and dicts then stop tracking the old layer and
+    # track the new one, so the owner's weights are the new layer's
+    if isinstance(parent, list):
+        parent.pop(int(last))
+        parent.insert(int(last), new)
+    elif isinstance(parent, dict):
+        parent.pop(last)
+        parent[last] = new
+    elif isinstance(parent, tuple):
+        raise ValueError(f"the sublayer at {path!r} is held in a tuple, which cannot be changed")
+    else:
+        setattr(parent, last, new)
+
+
+@contextlib.contextmanager
+def _recording(layers: Sequence[Any], calls: list[TracedCall]) -> Iterator[None]:
+    """While active, each call of one of ``layers`` appends ``(layer, args, kwargs, outputs)`` to ``calls`` (the
+    outermost call only, when one recorded layer calls another). Their ``call`` is put back afterwards."""
+    depth = [0]
+    patched: list[tuple[Any, bool, Any]] = []
+
+    def wrap(target: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            depth[0] += 1
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if depth[0] == 0:
+                calls.append((target, args, kwargs, result))
+            return result
+
+        return recorded
+
+    try:
+        for target in layers:
+            had_own = "call" in vars(target)
+            original = target.call
+            target.call = wrap(target, original)
+            patched.append((target, had_own, original))
+        yield
+    finally:
+        for target, had_own, original in reversed(patched):
+            if had_own:
+                target.call = original
+            else:
+                del target.call
+
+
+def _symbolic(value: Any) -> Any:
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, keras.KerasTensor):
+        return keras.KerasTensor(tuple(value.shape), dtype=keras.backend.standardize_dtype(value.dtype))
+    return value
+
+
+def trace_calls(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[TracedCall]:
+    """Run ``layer.call`` once on symbolic tensors of the given shapes and return the calls of its direct sublayers.
+
+    Raises:
+        ValueError: when the call cannot be traced (the message says why).
+
+    Example:
+        >>> import keras
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = keras.layers.Dense(4)
+        ...     def call(self, x):
+        ...         return self.fc(self.fc(x))
+        >>> block = Block()
+        >>> [tuple(a[0].shape) for _, a, _, _ in trace_calls(block, [keras.KerasTensor((None, 4))], {})]
+        [(None, 4), (None, 4)]
+    """
+    subs = [sub for _, sub in attribute_sublayers(layer)]
+    calls: list[TracedCall] = []
+    symbolic_args = keras.tree.map_structure(_symbolic, list(args))
+    symbolic_kwargs = keras.tree.map_structure(_symbolic, dict(kwargs))
+    with _recording(subs, calls):
+        try:
+            # the base Operation's spec traces call() (a layer's own may shortcut through compute_output_shape)
+            keras.Operation.compute_output_spec(layer, *symbolic_args, **symbolic_kwargs)
+        except Exception as err:  # any failure to trace: the caller says what cannot be known
+            raise ValueError(f"its call() could not be traced ({type(err).__name__}: {err})") from None
+    return calls
