@@ -33,7 +33,6 @@ from ._startup import import_tensorflow_quietly
 from ._version import __version__
 from .archive import check_keras_archive
 from .atomic import save_model_atomic
-from .outputs import RunOutputs, check_writable_file
 from .cli_eval import (
     DATA_FREE_WARNING,
     CLIError,
@@ -46,6 +45,7 @@ from .cli_eval import (
 )
 from .cli_inspect import SCHEMES as _SCHEMES
 from .cli_inspect import inspect_model, inspect_text
+from .outputs import RunOutputs, check_writable_file
 
 __all__ = ["main", "build_parser", "CLIError", "inspect_model", "load_eval_function", "output_agreement_eval"]
 
