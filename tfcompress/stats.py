@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
 from .atomic import write_json_atomic
@@ -189,7 +189,14 @@ _LAYER_KINDS = {
     "macs_after": "int",
     "params_before": "int",
     "params_after": "int",
+    "in_channels": "shape?",
+    "out_channels": "shape?",
+    "group": "str?",
 }
+
+
+def _required(field_: Any) -> bool:
+    return field_.default is MISSING and field_.default_factory is MISSING
 
 
 @dataclass
@@ -310,10 +317,10 @@ class CompressionStats:
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected an object, got {row!r}")
             where += f" (layer {row.get('name', '?')!r})"
-            missing = [k for k in LayerStats.__dataclass_fields__ if k not in row]
+            missing = [k for k, f in LayerStats.__dataclass_fields__.items() if k not in row and _required(f)]
             if missing:
                 raise ValueError(f"{where}: missing {', '.join(missing)}")
-            checked = {k: _checked(row[k], kind, f"{where}.{k}") for k, kind in _LAYER_KINDS.items()}
+            checked = {k: _checked(row[k], kind, f"{where}.{k}") for k, kind in _LAYER_KINDS.items() if k in row}
             rows.append(LayerStats(**checked))
         data["per_layer_stats"] = rows
         data["eval_scores"] = {
