@@ -184,7 +184,7 @@ class _WorkGuard:
         out = []
         for variable in self.model.weights:
             value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
-            digest = hashlib.blake2b(value.tobytes(), digest_size=16)
+            digest = hashlib.blake2b(value.reshape(-1).view(np.uint8), digest_size=16)  # no copy of the bytes
             digest.update(repr((value.shape, value.dtype.str)).encode())
             out.append((str(getattr(variable, "path", variable.name)), digest.digest()))
         return out
@@ -1130,8 +1130,14 @@ def _auto_scheme(
                     score = seen[key]
                     if ratio not in row or score > row[ratio][0]:
                         row[ratio] = (score, variant, rank)
+        winners = {id(v[1]) for v in row.values()}
         for variant in variants:
             variant.forget_approximation()
+            if id(variant) not in winners and variant._svd is not None:  # never chosen: its SVD is not needed again
+                decompose.forget_svd(variant._svd)
+                if candidate._svd is variant._svd:
+                    candidate._svd = None
+                variant._svd = None
         if row:
             best[candidate.path] = row
         else:

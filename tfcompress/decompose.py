@@ -129,6 +129,18 @@ def reuse_svds() -> Iterator[None]:
         _SVD_MEMO.reset(token)
 
 
+def forget_svd(svd: TruncatedSVD) -> None:
+    """Inside :func:`reuse_svds`, drop ``svd`` from the block's memo (its memory goes once nobody else holds it).
+
+    ``compress_model(compress_scheme="auto")`` does this for the per-layer variants that lost at every ratio.
+    """
+    memo = _SVD_MEMO.get()
+    if memo is None:
+        return
+    for shape, entries in memo.items():
+        memo[shape] = [(matrix, known) for matrix, known in entries if known is not svd]
+
+
 def _remembered_svd(
     matrix: np.ndarray, compute: Callable[[np.ndarray], TruncatedSVD], private: bool = False
 ) -> TruncatedSVD:
