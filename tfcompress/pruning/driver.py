@@ -201,32 +201,44 @@ class _Sampler:
         or input rows (Dense) at the sampled positions, computed on ``model``."""
         start = time.perf_counter()
         layers = [model.get_layer(n) for n in names]
+        views = [_view(layer) for layer in layers]
         feature = keras.Model(model.inputs[0], [layer.input for layer in layers])
-        maps: list[list[np.ndarray]] = [[] for _ in names]
-        for lo in range(0, len(self.images), self.batch_size):
+        total = len(self.images)
+        result: dict[str, np.ndarray] = {}
+        # batch by batch, each layer's patches are taken from its input maps right away: the maps of all layers
+        # and all images are never held at once (they are many times the weights' size)
+        for lo in range(0, total, self.batch_size):
             outs = feature(self.images[lo : lo + self.batch_size], training=False)
-            outs = outs if isinstance(outs, list | tuple) else [outs]
-            for i, out in enumerate(outs):
-                maps[i].append(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32))
-        result = {}
-        for name, layer, chunks in zip(names, layers, maps, strict=True):
-            x = np.concatenate(chunks, axis=0)
-            check_finite(
-                x,
-                f"channel pruning: the inputs of layer '{name}' (computed from ChannelPruningParameters.data)",
-                "the layers before it give NaN or infinity on these inputs: check the model's weights and the data",
-            )
-            view = _view(layer)
-            if view.kernel_size is not None:
-                out_hw = conv_output_size(x.shape[1:3], view.kernel_size, view.strides, view.padding, view.dilation)
-                positions = self._positions_for(name, len(x), out_hw)
-                result[name] = extract_patches(
-                    x, view.kernel_size, view.strides, view.padding, view.dilation, positions
+            outs = list(outs) if isinstance(outs, list | tuple) else [outs]
+            for i, (name, view) in enumerate(zip(names, views, strict=True)):
+                x = np.asarray(keras.ops.convert_to_numpy(outs[i]), dtype=np.float32)
+                outs[i] = None
+                check_finite(
+                    x,
+                    f"channel pruning: the inputs of layer '{name}' (computed from ChannelPruningParameters.data)",
+                    "the layers before it give NaN or infinity on these inputs: check the model's weights and the data",
                 )
-            else:
-                rows = x.reshape(-1, x.shape[-1])
-                pick = self._positions_for(name, 1, (1, len(rows)))[:, 2]
-                result[name] = rows[pick]
+                if view.kernel_size is not None:
+                    out_hw = conv_output_size(x.shape[1:3], view.kernel_size, view.strides, view.padding, view.dilation)
+                    positions = self._positions_for(name, total, out_hw)
+                    here = (positions[:, 0] >= lo) & (positions[:, 0] < lo + len(x))
+                    patches = extract_patches(
+                        x,
+                        view.kernel_size,
+                        view.strides,
+                        view.padding,
+                        view.dilation,
+                        positions[here] - np.array([lo, 0, 0]),
+                    )
+                else:
+                    per_image = int(np.prod(x.shape[1:-1], dtype=np.int64))
+                    pick = self._positions_for(name, 1, (1, total * per_image))[:, 2]
+                    here = (pick >= lo * per_image) & (pick < (lo + len(x)) * per_image)
+                    patches = x.reshape(-1, x.shape[-1])[pick[here] - lo * per_image]
+                if name not in result:
+                    result[name] = np.empty((len(here), patches.shape[1]), dtype=patches.dtype)
+                result[name][here] = patches
+                del x, patches
         self.seconds += time.perf_counter() - start
         return result
 
