@@ -196,11 +196,12 @@ def test_run_outputs_commit_marks_the_folder_while_it_moves(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         run.commit()
     marker = out / outputs.INCOMPLETE_MARKER
-    assert marker.exists() and "may mix two runs" in marker.read_text()
+    staging = out / f".tfcompress-run-{os.getpid()}"
+    assert marker.exists() and "may mix two runs" in marker.read_text() and staging.name in marker.read_text()
     monkeypatch.undo()
     run.abort()
-    assert not (out / f".tfcompress-run-{os.getpid()}").exists()
     assert (out / "compressed.keras").read_text() == "new model"
+    assert (staging / "stats.json").read_text() == "new stats"  # not lost: the marker says where it is
 
 
 # ---------------------------------------------------------------- 6. hostile and broken .keras files

@@ -172,7 +172,7 @@ def stale_temp_files(folder: str | os.PathLike, names: Iterable[str]) -> list[st
     :data:`LEGACY_STALE_AFTER_SECONDS` ago). Staging folders of a run qualify by their PID alone.
     """
     folder = os.fspath(folder)
-    wanted = set(names)
+    wanted = {*names, "tfcompress-probe"}  # (a writability probe of a run killed within its microseconds)
     try:
         entries = os.listdir(folder)
     except OSError:
@@ -248,6 +248,7 @@ class RunOutputs:
         self.removed: list[str] = []
         self._created: list[str] = []  # folders this run created (innermost last)
         self._committed = False
+        self._keep_staging = False
 
     # ---- start
 
@@ -302,14 +303,19 @@ class RunOutputs:
         with open(marker, "w", encoding="utf-8") as handle:
             handle.write(
                 f"tfcompress (process {os.getpid()}) was replacing the outputs in this folder "
-                f"({', '.join(self.names)}) with a new run's when it stopped: they may mix two runs. Run again.\n"
+                f"({', '.join(self.names)}) with a new run's when it stopped: they may mix two runs. The new run's "
+                f"files not moved yet are in {os.path.basename(self.staging)}/. Run again.\n"
             )
-        for name in self.names:
-            target = os.path.join(self.folder, name)
-            if name in final:
-                os.replace(os.path.join(self.staging, name), target)
-            elif os.path.isfile(target):
-                os.unlink(target)  # an output of an earlier run that this one does not write
+        try:
+            for name in self.names:
+                target = os.path.join(self.folder, name)
+                if name in final:
+                    os.replace(os.path.join(self.staging, name), target)
+                elif os.path.isfile(target):
+                    os.unlink(target)  # an output of an earlier run that this one does not write
+        except BaseException:
+            self._keep_staging = True  # what was not moved stays where the marker says
+            raise
         os.unlink(marker)
         _fsync_folder(self.folder)
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -318,8 +324,9 @@ class RunOutputs:
         return final
 
     def abort(self) -> None:
-        """Remove the staging folder, and the folders this run created if they are empty."""
-        if self.staging is not None:
+        """Remove the staging folder (unless a commit stopped half-way: it holds outputs then), and the folders this
+        run created if they are empty."""
+        if self.staging is not None and not self._keep_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
         for path in reversed(self._created):
