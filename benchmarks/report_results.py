@@ -289,7 +289,23 @@ def summary_memory(stem: str, data: dict[str, Any], link: str) -> str:
     )
 
 
+def summary_coverage(stem: str, data: dict[str, Any], link: str) -> str:
+    import importlib.util
+
+    # benchmarks/coverage.py is loaded by path: a module named plain "coverage" is another package's
+    spec = importlib.util.spec_from_file_location("_coverage_benchmark", os.path.join(_common.HERE, "coverage.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return (
+        f"**Supported models** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): every keras.applications family's "
+        "smallest variant, random weights; full-rank rewrite of every decomposable layer, then greedy weight SVD and "
+        "channel pruning to 0.5 MACs (ratio reached, layers changed) and a `.keras` round trip:\n\n"
+        + module.table(data)
+    )
+
+
 SUMMARIES: dict[str, Callable[[str, dict[str, Any], str], str]] = {
+    "coverage": summary_coverage,
     "accuracy": summary_accuracy,
     "selection_cost": summary_selection_cost,
     "real_speed": summary_real_speed,

@@ -443,3 +443,25 @@ def test_real_speed_append_keeps_the_rows_of_targets_not_measured_again(monkeypa
     again = {"model": "VGG16", "input_size": 224, "results": [row("weight_svd", 0.5, 1.6), row("tucker", 0.5, 1.8)]}
     assert real_speed._with_earlier_rows(again, earlier) == again
     assert real_speed._with_earlier_rows({**new, "input_size": 64}, earlier)["results"] == new["results"]
+
+
+@pytest.mark.slow
+def test_coverage_quick(tmp_path, monkeypatch):
+    data, markdown = run_quick("coverage.py", tmp_path)
+    rows = {row["constructor"]: row for row in data["models"]}
+    assert set(rows) == {"MobileNetV3Small", "ResNet50", "VGG16"}
+    for row in rows.values():
+        assert "error" not in row, row.get("traceback")
+        assert row["uncounted"] == {} and row["macs"] > 0 and row["decomposable_layers"] > 0
+        assert row["full_rank_max_rel_diff"] < 1e-3
+        for scheme in ("weight_svd", "channel_pruning"):
+            result = row[scheme]
+            assert result["outcome"] in ("reached", "unreachable")
+            assert result["mac_ratio"] <= 0.5 + 1e-3 or result["outcome"] == "unreachable"
+            assert result["round_trip_max_diff"] <= 1e-5
+    assert "MobileNetV3Small" in markdown and "| --- |" in markdown
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import report_results
+
+    section = report_results.readme_section([("coverage", data)], "benchmarks/results")
+    assert "**Supported models**" in section and "ResNet50" in section

@@ -370,3 +370,16 @@ def test_process_compress_with_an_eval_module_on_pythonpath(files, tmp_path) -> 
     assert result.returncode == 0, result.stderr
     assert "eval" in result.stdout + result.stderr  # the progress bar over the evaluations
     assert sorted(os.listdir(tmp_path / "out")) == ["compressed.keras", "report.html", "stats.json"]
+
+
+@pytest.mark.usefixtures("eval_on_path")
+def test_unreachable_target_exits_1_with_one_line_unless_allowed(files, tmp_path, capsys) -> None:
+    argv = ["compress", files["model"], "--eval", f"{EVAL_MODULE}:agreement", "--data", files["data"]]
+    argv += ["--target", "0.01", "--candidates", "3", "--ignore", "c2"]
+    assert _run([*argv, "-o", tmp_path / "refused"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "cannot be reached; the best reachable ratio is" in err[-1] and "--allow-unreachable" in err[-1]
+    assert not (tmp_path / "refused" / "compressed.keras").exists()
+    assert _run([*argv, "--allow-unreachable", "-o", tmp_path / "allowed"]) == 0
+    stats = tfc.CompressionStats.from_json(tmp_path / "allowed" / "stats.json")
+    assert stats.mac_compression_ratio > 0.01 and any("not reachable" in note for note in stats.notes)

@@ -70,9 +70,23 @@ class Recorder:
         return len(self.models)
 
 
-def greedy(params_cls, target=0.5, mode="auto", ignore=None, multiplicity=1, n=10, cache=None, compare_plans=True):
+def greedy(
+    params_cls,
+    target=0.5,
+    mode="auto",
+    ignore=None,
+    multiplicity=1,
+    n=10,
+    cache=None,
+    compare_plans=True,
+    allow_unreachable=False,
+):
     select = tfc.GreedySelectionParameters(
-        target_comp_ratio=target, num_comp_ratio_candidates=n, saved_eval_scores_dict=cache, compare_plans=compare_plans
+        target_comp_ratio=target,
+        num_comp_ratio_candidates=n,
+        saved_eval_scores_dict=cache,
+        compare_plans=compare_plans,
+        allow_unreachable=allow_unreachable,
     )
     return params_cls(mode, params_cls.AutoModeParams(select, modules_to_ignore=ignore), multiplicity=multiplicity)
 
@@ -434,7 +448,7 @@ def test_tar_compressed_score_matches_evaluated_index():
 def test_modules_to_ignore_by_name_and_object():
     model = cnn()
     snap = snapshot(model)
-    # conv1 alone: rank 1 gives a model ratio of 0.975 (see test_unreachable_target_warns_and_returns_best_plan)
+    # conv1 alone: rank 1 gives a model ratio of 0.975 (see test_unreachable_target_allowed_warns_and_returns_best_plan)
     params = greedy(SPATIAL, target=0.98, ignore=["conv2", model.get_layer("conv3")])
     compressed, stats, recorder = run(model, params)
     assert set(stats.eval_scores) == {"conv1"}
@@ -497,7 +511,7 @@ def test_cache_roundtrip_and_reuse(tmp_path):
     # a different target: only baseline and final evaluations; same plan as a fresh run at that target
     _, stats2, recorder2 = run(model, greedy(SPATIAL, target=0.7, cache=path, compare_plans=False))
     assert recorder2.calls == 2 == stats2.num_eval_calls
-    _, fresh, _ = run(model, greedy(SPATIAL, target=0.7))
+    _, fresh, _ = run(model, greedy(SPATIAL, target=0.7, compare_plans=False))  # the same selection as stats2
     assert ranks(stats2) == ranks(fresh)
     assert ranks(stats2) != ranks(stats1)
     assert stats2.mac_compression_ratio == pytest.approx(fresh.mac_compression_ratio)
@@ -570,11 +584,49 @@ def test_cache_errors(tmp_path):
 # ---------------------------------------------------------------- unreachable target
 
 
+def test_unreachable_target_raises_with_the_best_ratio_and_keeps_the_table(tmp_path):
+    model = cnn()
+    cache = tmp_path / "scores.json"
+    with pytest.raises(tfc.TargetUnreachableError, match=r"cannot be reached; the best reachable ratio is") as info:
+        run(model, greedy(SPATIAL, target=0.05, ignore=["conv2", "conv3"], cache=cache))
+    err = info.value
+    assert isinstance(err, ValueError) and "\n" not in str(err) and "allow_unreachable=True" in str(err)
+    total = tfc.model_cost(model).macs
+    assert err.target_ratio == 0.05
+    assert err.best_ratio == pytest.approx((total - 4608 + 1728) / total, rel=1e-5)  # conv1 alone at rank 1
+    assert set(err.eval_scores) == {"conv1"} and len(err.eval_scores["conv1"]) == 9
+    assert err.cache_path == str(cache) and str(cache) in str(err)
+    assert set(json.loads(cache.read_text())["eval_scores"]) == {"conv1"}  # nothing computed is lost
+    # the same run again only reads the cache: 1 baseline evaluation, then the same error
+    recorder = Recorder(model)
+    with pytest.raises(tfc.TargetUnreachableError):
+        run(model, greedy(SPATIAL, target=0.05, ignore=["conv2", "conv3"], cache=cache), callback=recorder)
+    assert recorder.calls == 1
+
+
+def test_unreachable_channel_pruning_target_raises():
+    model = cnn()
+    params = tfc.ChannelPruningParameters(
+        data=np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32"),
+        num_reconstruction_samples=100,
+        allow_custom_downsample_ops=False,
+        mode="auto",
+        params=tfc.ChannelPruningParameters.AutoModeParams(
+            tfc.GreedySelectionParameters(target_comp_ratio=0.01, num_comp_ratio_candidates=4)
+        ),
+    )
+    with pytest.raises(tfc.TargetUnreachableError) as info:
+        run(model, params, scheme="channel_pruning")
+    assert info.value.best_ratio > 0.01 and info.value.eval_scores
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_unreachable_target_warns_and_returns_best_plan():
+def test_unreachable_target_allowed_warns_and_returns_best_plan():
     model = cnn()
     with pytest.warns(UserWarning, match="best reachable") as caught:
-        compressed, stats, _ = run(model, greedy(SPATIAL, target=0.05, ignore=["conv2", "conv3"]))
+        compressed, stats, _ = run(
+            model, greedy(SPATIAL, target=0.05, ignore=["conv2", "conv3"], allow_unreachable=True)
+        )
     messages = [str(w.message) for w in caught if "best reachable" in str(w.message)]
     reported = float(re.search(r"best reachable model ratio is ([0-9.]+)", messages[0]).group(1))
     # only conv1 can shrink: rank 1 costs 1728 of its 4608 MACs
@@ -853,3 +905,22 @@ def test_compare_plans_costs_nothing_when_both_plans_agree():
 def test_compare_plans_must_be_a_bool():
     with pytest.raises(TypeError, match="compare_plans"):
         tfc.GreedySelectionParameters(target_comp_ratio=0.5, compare_plans="yes")
+
+
+@pytest.mark.parametrize("scheme", ["weight_svd", "auto", "channel_pruning"])
+def test_a_model_without_decomposable_layers_says_what_it_has(scheme):
+    inp = keras.Input((5, 3))
+    model = keras.Model(inp, L.LSTM(4, name="rnn")(inp), name="rnn_only")
+    if scheme == "channel_pruning":
+        params = tfc.ChannelPruningParameters(
+            data=np.zeros((4, 5, 3), "float32"),
+            num_reconstruction_samples=10,
+            allow_custom_downsample_ops=False,
+            mode="auto",
+            params=tfc.ChannelPruningParameters.AutoModeParams(tfc.GreedySelectionParameters(0.5)),
+        )
+    else:
+        cls = tfc.WeightSvdParameters if scheme == "weight_svd" else tfc.AutoSchemeParameters
+        params = cls("auto", cls.AutoModeParams(tfc.GreedySelectionParameters(0.5)))
+    with pytest.raises(ValueError, match=r"no layer of 'rnn_only' can be .*: it has no Dense, .*'rnn' \(LSTM\)"):
+        tfc.compress_model(model, lambda m, _: 1.0, None, scheme, "mac", params, verbose=0)

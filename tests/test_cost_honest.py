@@ -232,3 +232,14 @@ def test_convnext_matches_tensorflow_profiler_plus_its_grouped_convolutions():
     by_hand = sum(math.prod(layer.output.shape[1:3]) * 49 * layer.filters for layer in grouped)
     assert sum(cost.layers[layer.name].macs for layer in grouped) == by_hand
     assert cost.macs - by_hand == pytest.approx(_tf_profiler_macs(model, (64, 64, 3)), rel=0.02)
+
+
+def test_inspect_names_uncounted_layers():
+    from tfcompress.cli_inspect import inspect_model, inspect_text
+
+    inp = keras.Input((6,))
+    model = keras.Model(inp, _OwnWeights(name="own")(L.Dense(6, name="fc")(inp)))
+    info = inspect_model(model)
+    assert list(info["uncounted"]) == ["own"]
+    text = inspect_text(info, "m.keras")
+    assert "MACs not counted" in text and "own: a custom layer (_OwnWeights)" in text and "--allow-uncounted" in text

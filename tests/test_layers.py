@@ -535,6 +535,11 @@ def test_from_layer_draws_no_random_factors_and_keeps_the_initializer(cls):
 
 @pytest.mark.parametrize("cls", [*CONV_CLASSES, SVDDense])
 def test_from_layer_preserves_float64(cls):
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            pytest.skip("JAX computes in float32 unless JAX_ENABLE_X64=1")
     global_policy = keras.config.dtype_policy().name
     if cls is SVDDense:
         source = make_dense(8, 6, dtype="float64")

@@ -51,6 +51,11 @@ def test_rewrite_full_rank_keeps_outputs_and_op_nodes(tmp_path):
     new.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), new.predict(x, verbose=0), atol=1e-6)
+    import tensorflow as tf
+
+    new.export(str(tmp_path / "saved"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(served.serve(x).numpy(), new.predict(x, verbose=0), atol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", ["spatial_svd", "weight_svd", "tucker"])

@@ -550,3 +550,15 @@ def test_mobilenetv2_rewrite():
         "predictions": "svd",
     }
     check_application(model, (32, 32, 3), plan)
+
+
+def test_adapted_normalization_keeps_its_statistics():
+    """An adapted Normalization divides by statistics it derives from its weights in finalize_state(); a copy that
+    only got set_weights would normalise with the initial (0, 1) ones."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(32, 4)).astype("float32")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2, name="fc")(norm(inp)))
+    for new in (tfc.rewrite_model(model, {}), tfc.rewrite_model(model, {"fc": ("svd", 2)})):
+        np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)

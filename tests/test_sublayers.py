@@ -163,3 +163,36 @@ def test_greedy_manual_and_ignore_reach_layers_inside_custom_layers(tmp_path):
     small, manual_stats = tfc.compress_model(model, fidelity, None, "weight_svd", "mac", manual, verbose=0)
     assert [row.name for row in manual_stats.per_layer_stats] == ["block/conv_b", "outer/res/conv_a"]
     assert type(small.get_layer("block").layer.convs[1]).__name__ == "WeightSVDConv2D"
+
+
+def test_inspect_lists_layers_inside_custom_layers_with_reasons():
+    from tfcompress.cli_inspect import inspect_model, inspect_text
+
+    info = inspect_model(_model())
+    rows = {row["name"]: row for row in info["layers"]}
+    assert rows["block/conv_a"]["inside"] == "block" and rows["block/conv_a"]["schemes"]["weight_svd"]["eligible"]
+    assert rows["block/conv_a"]["macs"] == 10 * 10 * 9 * 8 * 8
+    late = rows["late/late_fc"]["schemes"]["weight_svd"]
+    assert not late["eligible"] and "created in build()" in late["reason"]
+    text = inspect_text(info, "model.keras")
+    assert "outer/res/conv_a" in text and "inside custom layer 'late'" in text
+
+
+def test_attention_projections_are_addressable_and_refused_with_a_reason():
+    from tfcompress.cli_inspect import inspect_model, inspect_text
+
+    inp = keras.Input((12, 32))
+    attended = L.MultiHeadAttention(4, 8, name="mha")(inp, inp)
+    model = keras.Model(inp, L.Dense(32, name="ffn")(L.LayerNormalization(name="ln")(inp + attended)))
+    refs = {ref.path: ref for ref in walk_layers(model, sublayers=True)}
+    assert {"mha/query", "mha/key", "mha/value", "mha/attention_output"} <= set(refs)
+    assert refs["mha/query"].input_shape == (None, 12, 32)
+    with pytest.raises(ValueError, match=r"'mha/query': EinsumDense is not"):
+        tfc.rewrite_model(model, {"mha/query": ("svd", 4)})
+    info = inspect_model(model)
+    rows = {row["name"]: row for row in info["layers"]}
+    assert (
+        rows["mha/query"]["macs"] == 12 * 32 * 4 * 8 and rows["mha"]["macs"] == tfc.model_cost(model).layers["mha"].macs
+    )
+    assert "mha/query" in inspect_text(info, "m.keras").split("not eligible:")[1]
+    assert info["channel_pruning"]["reasons"]["ffn"].startswith("they come out of 'ln'")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .compress import ModelChangedError, ModelCompressor, compress_model
     from .cost import model_cost, rank_for_ratio
     from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
+    from .errors import TargetUnreachableError
     from .latency import LatencyOptions
     from .layers import (
         ChannelGather,
@@ -61,6 +62,7 @@ _PUBLIC = {
     "ModelChangedError": "compress",
     "ModelCompressor": "compress",
     "compress_model": "compress",
+    "TargetUnreachableError": "errors",
     "model_cost": "cost",
     "rank_for_ratio": "cost",
     "CompressionScheme": "enums",
@@ -115,6 +117,7 @@ __all__ = [
     "SpatialSvdParameters",
     "SvdThenPruneResult",
     "TarRankSelectionParameters",
+    "TargetUnreachableError",
     "TuckerConv2D",
     "TuckerParameters",
     "WeightSVDConv1D",

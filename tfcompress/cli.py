@@ -240,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCORES.json",
         help="read and write the eval-score table here, so a rerun skips evaluations (auto mode only)",
     )
+    compress.add_argument(
+        "--allow-unreachable",
+        action="store_true",
+        help="when the target cannot be reached, write the most-compressed plan (with a warning) instead of failing",
+    )
+    compress.add_argument(
+        "--allow-uncounted",
+        action="store_true",
+        help="with --metric mac, compress a model holding layers whose MACs are not known (see inspect); the MAC "
+        "target and ratios then cover the counted layers only",
+    )
     compress.add_argument("--no-report", action="store_true", help="do not write OUT/report.html (no matplotlib)")
     compress.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only a summary line")
     compress.set_defaults(subparser=compress)
@@ -455,7 +466,10 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
         )
     else:
         greedy = tfc.GreedySelectionParameters(
-            target_comp_ratio=target, num_comp_ratio_candidates=candidates, saved_eval_scores_dict=args.cache
+            target_comp_ratio=target,
+            num_comp_ratio_candidates=candidates,
+            saved_eval_scores_dict=args.cache,
+            allow_unreachable=args.allow_unreachable,
         )
         parameters = parameters_class(
             *leading,
@@ -464,7 +478,14 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
             multiplicity=args.multiplicity,
         )
     compressed, stats = tfc.compress_model(
-        model, evaluate, data, args.scheme, args.metric, parameters, verbose=0 if args.quiet else 1
+        model,
+        evaluate,
+        data,
+        args.scheme,
+        args.metric,
+        parameters,
+        verbose=0 if args.quiet else 1,
+        allow_uncounted_macs=args.allow_uncounted,
     )
     if user_function is None:
         stats.score_name = "output fidelity (data-free; minus the relative squared error, 0 = identical outputs)"

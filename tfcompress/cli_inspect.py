@@ -14,6 +14,8 @@ SCHEMES = ("weight_svd", "spatial_svd", "tucker")
 #: the layer classes that can be decomposed: they get a reason per scheme in the text when not eligible
 _DECOMPOSABLE = ("Dense", "Conv1D", "Conv2D", "SeparableConv2D", "Conv2DTranspose")
 _DECOMPOSABLE_TEXT = "Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose"
+#: layers that hold most of a model's weights without being decomposable yet: their reason is printed too
+_EXPLAINED = (*_DECOMPOSABLE, "EinsumDense")
 
 
 def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
@@ -29,16 +31,19 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         >>> info["layers"][1]["schemes"]["spatial_svd"]["reason"]
         '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
     """
-    from .compress import _ineligibility
+    from .compress import _ineligibility, _inner_problem
     from .cost import decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
     from .enums import CompressionScheme
     from .graph import walk_layers
 
-    cost = model_cost(model)
+    cost = model_cost(model, warn=False)
     rows = []
     eligible_totals = {s: {"layers": 0, "macs": 0, "params": 0} for s in SCHEMES}
-    for ref in walk_layers(model):
-        row_cost = cost.layers[ref.path]
+    for ref in walk_layers(model, sublayers=True):
+        if ref.owner is None:
+            row_cost = cost.layers[ref.path]
+        else:  # inside a custom layer: counted in its owner's row too
+            row_cost = _inner_cost(ref)
         if not row_cost.macs and not row_cost.params:
             continue
         layer = ref.layer
@@ -51,13 +56,14 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
                 entry["reason"] = f"{type(layer).__name__} is not a {_DECOMPOSABLE_TEXT} layer"
                 schemes[scheme_name] = entry
                 continue
-            why = _ineligibility(layer, scheme, manual=False)
-            manual_why = _ineligibility(layer, scheme, manual=True) if why else None
+            inner = _inner_problem(ref)
+            why = inner or _ineligibility(layer, scheme, manual=False)
+            manual_why = (inner or _ineligibility(layer, scheme, manual=True)) if why else None
             if why and manual_why:
                 entry["reason"] = why
             else:
                 per_layer = "svd" if layer_kind(layer) == "dense" else scheme_name
-                geometry = layer_geometry(layer)
+                geometry = layer_geometry(layer, input_shape=ref.input_shape)
                 smallest = decomposed_cost(geometry, per_layer, (1, 1) if per_layer == "tucker" else 1)
                 if smallest.metric(metric) >= original_cost(geometry).metric(metric):
                     entry["reason"] = f"even rank 1 costs as many {'MACs' if metric == 'mac' else 'parameters'} "
@@ -82,6 +88,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
                 "macs": int(row_cost.macs),
                 "params": int(row_cost.params),
                 "calls": int(ref.calls),
+                "inside": None if ref.owner is None else ref.owner.name,
                 "schemes": schemes,
             }
         )
@@ -91,7 +98,39 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         "params": int(cost.params),
         "layers": rows,
         "eligible_totals": eligible_totals,
+        "uncounted": dict(cost.uncounted),
+        "channel_pruning": _pruning_info(model),
     }
+
+
+def _inner_cost(ref: Any) -> Any:
+    """The cost row of a layer inside a custom layer, from the input shape its owner's traced call gave it."""
+    import keras
+
+    from .cost import LayerCost, _geometry_macs
+    from .layer_macs import Uncounted, layer_macs
+
+    layer, shape = ref.layer, ref.input_shape
+    try:
+        if shape is None:
+            raise Uncounted("no input shape")
+        macs = layer_macs(layer, [keras.KerasTensor(shape)], {}, [], special=_geometry_macs)
+    except Uncounted:
+        macs = 0
+    params = int(layer.count_params()) if layer.built else 0
+    return LayerCost(ref.path, type(layer).__name__, macs * ref.calls, params, ref.calls)
+
+
+def _pruning_info(model: Any) -> dict[str, Any]:
+    """Which layers channel pruning can prune (consumers of a channel group) and why the others cannot."""
+    from .pruning import prune_units
+
+    try:
+        units, reasons = prune_units(model)
+    except ValueError as err:
+        return {"prunable": [], "groups": 0, "reasons": {}, "error": str(err)}
+    prunable = sorted({slot.layer for unit in units for slot in unit.consumers})
+    return {"prunable": prunable, "groups": len(units), "reasons": dict(reasons)}
 
 
 def inspect_text(info: dict[str, Any], path: str) -> str:
@@ -130,7 +169,16 @@ def inspect_text(info: dict[str, Any], path: str) -> str:
     out.append(line(rows[-1]))
     out.append("")
     out.append("scheme columns: the maximum rank where the layer can be compressed with the scheme, '-' where it")
-    out.append("cannot; '(manual)': only when listed with --manual.")
+    out.append("cannot; '(manual)': only when listed with --manual. 'outer/inner' is a layer inside the custom layer")
+    out.append("'outer' (its MACs and parameters are also in the row of 'outer').")
+    uncounted = info.get("uncounted") or {}
+    if uncounted:
+        out.append("")
+        out.append(
+            f"MACs not counted ({len(uncounted)} layer(s); the total above leaves them out, and compress refuses"
+        )
+        out.append("a MAC target unless --allow-uncounted):")
+        out.extend(f"  {name}: {reason}" for name, reason in uncounted.items())
     out.append("")
     for scheme in SCHEMES:
         totals = info["eligible_totals"][scheme]
@@ -139,14 +187,23 @@ def inspect_text(info: dict[str, Any], path: str) -> str:
             f"{scheme:<12} {totals['layers']} eligible layer(s) in auto mode, {_fmt_big(totals['macs'])} MACs "
             f"({share:.1f}% of the model), {_fmt_big(totals['params'])} parameters"
         )
+    pruning = info.get("channel_pruning")
+    if pruning:
+        out.append(
+            f"{'channel_pruning':<12} {len(pruning['prunable'])} prunable layer(s) in {pruning['groups']} channel "
+            f"group(s); {len(pruning['reasons'])} layer(s) cannot lose input channels"
+            + (f" ({pruning['error']})" if pruning.get("error") else "")
+        )
     reasons: dict[tuple[str, str], list[str]] = {}
     for row in info["layers"]:
-        if row["class"] not in _DECOMPOSABLE and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):
+        if row["class"] not in _EXPLAINED and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):
             continue  # layers that are never decomposable need no explanation per scheme
         for scheme in SCHEMES:
             entry = row["schemes"][scheme]
             if entry["reason"] and not entry["eligible"]:
                 reasons.setdefault((scheme, entry["reason"]), []).append(row["name"])
+    for name, reason in (pruning or {}).get("reasons", {}).items():
+        reasons.setdefault(("channel_pruning", reason), []).append(name)
     if reasons:
         out.append("")
         out.append("not eligible:")

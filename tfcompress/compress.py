@@ -61,7 +61,8 @@ from .cost import (
     round_rank,
 )
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
-from .graph import LayerRef, check_graph_model, resolve_layers, walk_layers
+from .errors import TargetUnreachableError, unreachable_message
+from .graph import LayerRef, check_graph_model, no_candidates_detail, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv, check_source_dense
 from .outputs import check_writable_file, remove_stale_temp_files
@@ -653,7 +654,7 @@ def compress_model(
         if not candidates:
             raise ValueError(
                 f"compress_model: no layer of '{model.name}' can be compressed with {scheme.value}: "
-                + "; ".join(f"{k}: {v}" for k, v in stats.skipped_layers.items())
+                + no_candidates_detail(model, stats.skipped_layers)
             )
 
     # ---- a score cache that cannot be used is an error before any (possibly slow) evaluation
@@ -1205,6 +1206,20 @@ def _select_greedy(
             float(total_cost),
             select_params.target_comp_ratio,
             use_monotonic_fit=select_params.use_monotonic_fit,
+        )
+    if not selection.reached and not select_params.allow_unreachable:
+        raise TargetUnreachableError(
+            unreachable_message(
+                "compress_model",
+                select_params.target_comp_ratio,
+                selection.model_ratio,
+                select_params.saved_eval_scores_dict,
+                "every eligible layer at its smallest candidate ratio",
+            ),
+            target_ratio=select_params.target_comp_ratio,
+            best_ratio=selection.model_ratio,
+            eval_scores=stats.eval_scores or scores,
+            cache_path=select_params.saved_eval_scores_dict,
         )
     for warning in caught:
         warnings.warn(f"compress_model: {warning.message}", UserWarning, stacklevel=4)

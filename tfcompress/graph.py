@@ -17,7 +17,16 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["LayerRef", "NodeCall", "check_graph_model", "is_graph_model", "walk_layers", "walk_calls", "resolve_layers"]
+__all__ = [
+    "LayerRef",
+    "NodeCall",
+    "check_graph_model",
+    "is_graph_model",
+    "no_candidates_detail",
+    "resolve_layers",
+    "walk_calls",
+    "walk_layers",
+]
 
 
 def is_graph_model(obj: Any) -> bool:
@@ -153,7 +162,9 @@ def _holds_layers(layer: Any) -> bool:
     from .layers import RewiredLayer
     from .sublayers import is_container
 
-    return isinstance(layer, RewiredLayer) or is_container(layer)
+    # MultiHeadAttention's projections are addressable too ("block/attention/query"), so plans and inspect can name
+    # them; it creates them in build(), and replacing them is refused with that reason
+    return isinstance(layer, RewiredLayer | keras.layers.MultiHeadAttention) or is_container(layer)
 
 
 def _inner_refs(
@@ -161,7 +172,7 @@ def _inner_refs(
 ) -> list[LayerRef]:
     """Refs of the layers that ``layer`` (held at ``attribute`` of the top-level ``owner``) runs, in call order."""
     from .layers import RewiredLayer
-    from .sublayers import attribute_sublayers, trace_calls
+    from .sublayers import attribute_sublayers, static_shape, trace_calls
 
     if isinstance(layer, RewiredLayer):  # a custom layer rewritten before: address what it wraps
         layer = layer.layer
@@ -182,7 +193,7 @@ def _inner_refs(
         used.add(name)
         sub_path, sub_attribute, n = f"{path}/{name}", f"{attribute}{where[id(sub)]}", calls * count
         tensors = [t for t in keras.tree.flatten((list(sub_args), sub_kwargs)) if hasattr(t, "shape")]
-        shape = tuple(None if d is None else int(d) for d in tensors[0].shape) if tensors else None
+        shape = static_shape(tensors[0]) if tensors else None
         refs.append(LayerRef(sub_path, sub, n, owner=owner, attribute=sub_attribute, input_shape=shape))
         if _holds_layers(sub):
             refs.extend(_inner_refs(sub_path, owner, sub, sub_attribute + ".", sub_args, sub_kwargs, n))
@@ -264,6 +275,26 @@ def walk_calls(model: Any, _prefix: str = "", _calls: int = 1) -> list[NodeCall]
         else:
             found.append(NodeCall(path, operation, n, tuple(args), dict(kwargs), _outputs(operation)))
     return found
+
+
+def no_candidates_detail(model: Any, reasons: dict[str, str]) -> str:
+    """The end of a "no layer can be compressed" message: each layer's reason, or, when no layer even got one, the
+    kinds of layers with weights that the model has instead.
+
+    Example:
+        >>> import keras
+        >>> inp = keras.Input((5, 3))
+        >>> no_candidates_detail(keras.Model(inp, keras.layers.LSTM(4, name="rnn")(inp)), {})
+        "it has no Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer (its layers with weights: 'rnn' (LSTM))"
+    """
+    if reasons:
+        return "; ".join(f"{name}: {why}" for name, why in reasons.items())
+    weighted = [f"'{ref.path}' ({type(ref.layer).__name__})" for ref in walk_layers(model) if ref.layer.weights]
+    return (
+        "it has no Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer (its layers with weights: "
+        + (", ".join(weighted[:10]) + (f" and {len(weighted) - 10} more" if len(weighted) > 10 else "") or "none")
+        + ")"
+    )
 
 
 def resolve_layers(refs: Iterable[LayerRef], names: Iterable[Any], what: str = "plan") -> dict[Any, LayerRef]:

@@ -186,6 +186,12 @@ class LatencyMeter:
     """
 
     def __init__(self, options: LatencyOptions | None = None) -> None:
+        backend = keras.backend.backend()
+        if backend != "tensorflow":
+            raise ValueError(
+                f"cost_metric='latency' times layers with TensorFlow (runtime 'tf' or 'tflite'), but Keras runs on "
+                f"the {backend!r} backend here; set KERAS_BACKEND=tensorflow, or use cost_metric='mac' or 'memory'."
+            )
         self.options = options or LatencyOptions()
         self.timings = 0
         self.seconds = 0.0

@@ -23,7 +23,7 @@ from typing import Any
 
 import keras
 
-from .sublayers import attribute_sublayers, trace_calls
+from .sublayers import attribute_sublayers, static_shape, trace_calls
 
 __all__ = ["Uncounted", "UnknownSize", "einsum_macs", "layer_macs", "operation_macs", "ZERO_MAC_LAYERS"]
 
@@ -234,8 +234,7 @@ def _mha_macs(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
 
 
 def _shape(tensor: Any) -> Shape:
-    shape = getattr(tensor, "shape", tensor)
-    return tuple(None if d is None else int(d) for d in shape)
+    return static_shape(tensor)
 
 
 def _tensors(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:

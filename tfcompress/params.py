@@ -48,6 +48,8 @@ class GreedySelectionParameters:
             whole model (kernels swapped in place; for channel pruning, each plan masked into the
             working copy) and keep the better: at most two more evaluations, none when both plans
             agree. ``False`` keeps the threshold plan alone, as AIMET does.
+        allow_unreachable: when the target cannot be reached, return the most-compressed plan (with a warning and
+            a note in the stats) instead of raising :class:`tfcompress.TargetUnreachableError`.
 
     Example:
         >>> GreedySelectionParameters(target_comp_ratio=0.5).num_comp_ratio_candidates
@@ -59,11 +61,14 @@ class GreedySelectionParameters:
     use_monotonic_fit: bool = False
     saved_eval_scores_dict: str | os.PathLike | None = None
     compare_plans: bool = True
+    allow_unreachable: bool = False
 
     def __post_init__(self) -> None:
         self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
         if not isinstance(self.compare_plans, bool):
             raise TypeError(f"`compare_plans` must be True or False, got {self.compare_plans!r}.")
+        if not isinstance(self.allow_unreachable, bool):
+            raise TypeError(f"`allow_unreachable` must be True or False, got {self.allow_unreachable!r}.")
         n = self.num_comp_ratio_candidates
         if not is_int(n) or n < 2:
             raise ValueError(f"`num_comp_ratio_candidates` must be an int >= 2, got {n!r}.")

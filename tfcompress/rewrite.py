@@ -400,6 +400,11 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
         weights = old.layer.get_weights()
         if weights:
             new.layer.set_weights(weights)
+            # preprocessing layers (an adapted Normalization) compute what they apply from their weights only in
+            # finalize_state(); without it the copy would normalise with its initial statistics
+            finalize = getattr(new.layer, "finalize_state", None)
+            if callable(finalize):
+                finalize()
     if getattr(model, "compiled", False):
         try:
             new_model.compile_from_config(model.get_compile_config())

@@ -25,6 +25,7 @@ __all__ = [
     "trace_calls",
     "is_container",
     "TracedCall",
+    "static_shape",
 ]
 
 TracedCall = tuple[Any, tuple, dict, Any]  # (sublayer, args, kwargs, outputs)
@@ -178,9 +179,29 @@ def _recording(layers: Sequence[Any], calls: list[TracedCall]) -> Iterator[None]
                 del target.call
 
 
+def static_shape(tensor: Any) -> tuple[int | None, ...]:
+    """The shape of a tensor seen while tracing, with ``None`` for every size not fixed (TensorFlow's ``None``,
+    JAX's symbolic dimensions).
+
+    Example:
+        >>> static_shape(keras.KerasTensor((None, 4, 3)))
+        (None, 4, 3)
+    """
+
+    def size(d: Any) -> int | None:
+        if d is None:
+            return None
+        try:
+            return int(d)
+        except Exception:  # a symbolic dimension (JAX raises its own error type)
+            return None
+
+    return tuple(size(d) for d in getattr(tensor, "shape", tensor))
+
+
 def _symbolic(value: Any) -> Any:
     if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, keras.KerasTensor):
-        return keras.KerasTensor(tuple(value.shape), dtype=keras.backend.standardize_dtype(value.dtype))
+        return keras.KerasTensor(static_shape(value), dtype=keras.backend.standardize_dtype(value.dtype))
     return value
 
 

@@ -224,7 +224,9 @@ def svd_then_prune(
             ssvd_params = SpatialSvdParameters(
                 Mode.auto,
                 SpatialSvdParameters.AutoModeParams(
-                    GreedySelectionParameters(ratio, num_comp_ratio_candidates), modules_to_ignore=ignore
+                    # a stage that cannot reach its ratio still yields a step; the recipe picks among the steps
+                    GreedySelectionParameters(ratio, num_comp_ratio_candidates, allow_unreachable=True),
+                    modules_to_ignore=ignore,
                 ),
                 multiplicity=multiplicity,
             )
@@ -248,7 +250,8 @@ def svd_then_prune(
                 allow_custom_downsample_ops,
                 Mode.auto,
                 ChannelPruningParameters.AutoModeParams(
-                    GreedySelectionParameters(prune_ratio, num_comp_ratio_candidates), modules_to_ignore=ignore
+                    GreedySelectionParameters(prune_ratio, num_comp_ratio_candidates, allow_unreachable=True),
+                    modules_to_ignore=ignore,
                 ),
                 multiplicity=multiplicity,
             )

@@ -52,7 +52,8 @@ from ..compress import (
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..decompose import blas_single_thread
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
-from ..graph import resolve_layers, walk_layers
+from ..errors import TargetUnreachableError, unreachable_message
+from ..graph import no_candidates_detail, resolve_layers, walk_layers
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
 from ..select import ScoreCacheWriter, greedy_select, min_loss_select
@@ -700,7 +701,7 @@ def _auto_ratios(run: _Run) -> dict[str, list[float]]:
     if not ratios_of:
         raise ValueError(
             f"compress_model: no layer of '{run.model.name}' can be channel-pruned: "
-            + "; ".join(f"{k}: {v}" for k, v in run.stats.skipped_layers.items())
+            + no_candidates_detail(run.model, run.stats.skipped_layers)
         )
     return ratios_of
 
@@ -832,6 +833,20 @@ def _select(
         )
 
     chosen = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection")
+    if chosen.ratio > target + 1e-3 and not select_params.allow_unreachable:
+        raise TargetUnreachableError(
+            unreachable_message(
+                "compress_model",
+                target,
+                chosen.ratio,
+                select_params.saved_eval_scores_dict,
+                "every channel group at its smallest candidate ratio",
+            ),
+            target_ratio=target,
+            best_ratio=chosen.ratio,
+            eval_scores=scores,
+            cache_path=select_params.saved_eval_scores_dict,
+        )
     stats.notes.extend(chosen.notes)
     stats.selected_comp_ratio = chosen.ratio
     if not (select_params.compare_plans and chosen.plan and chosen.ratio <= target + 1e-3):
