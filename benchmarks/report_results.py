@@ -25,7 +25,7 @@ import _common
 
 from tfcompress.atomic import write_text_atomic
 
-ORDER = ("accuracy", "selection_cost", "real_speed", "latency_plans")
+ORDER = ("accuracy", "selection_cost", "real_speed", "latency_plans", "memory")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_README = os.path.join(os.path.dirname(_common.HERE), "README.md")
 
@@ -276,6 +276,19 @@ def summary_latency_plans(stem: str, data: dict[str, Any], link: str) -> str:
     )
 
 
+def summary_memory(stem: str, data: dict[str, Any], link: str) -> str:
+    rows = [
+        (row["scheme"], f"{row['extra_over_footprint_mb']:.0f}", f"{row['extra_over_weights']:.2f}x")
+        for row in data["rows"]
+    ]
+    headers = ("scheme", "peak above the model's own (MB)", "in copies of the weights")
+    return (
+        f"**Peak memory of compress_model** ({data['model']} {data['input_size']}px, weights "
+        f"{data['weights_mb']:.0f} MB; {_mode(data)}; [{stem}.md]({link}/{stem}.md); goal at most 4x):\n\n"
+        + _common.md_table(headers, rows)
+    )
+
+
 def summary_coverage(stem: str, data: dict[str, Any], link: str) -> str:
     import importlib.util
 
@@ -297,6 +310,7 @@ SUMMARIES: dict[str, Callable[[str, dict[str, Any], str], str]] = {
     "selection_cost": summary_selection_cost,
     "real_speed": summary_real_speed,
     "latency_plans": summary_latency_plans,
+    "memory": summary_memory,
 }
 
 

@@ -210,14 +210,24 @@ def test_background_svds_work_on_their_own_copy_and_feed_the_memo():
             first.s[0] = 1.0
 
 
-def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads():
+def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads(monkeypatch):
     from threadpoolctl import threadpool_info
 
     before = [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()]
-    bad = np.full((20, 10), np.nan)
+    bad = np.full((20, 10), 2.0)
+    compute = decompose.TruncatedSVD._compute_here.__func__
+
+    def failing(cls, matrix):
+        if matrix.shape == bad.shape:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return compute(cls, matrix)
+
+    monkeypatch.setattr(decompose.TruncatedSVD, "_compute_here", classmethod(failing))
     with pytest.raises(np.linalg.LinAlgError), decompose.BackgroundSVDs([np.eye(4), bad]) as background:
         background.wait()
     assert [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()] == before
+    with pytest.raises(ValueError, match="layer 'conv' holds 1 non-finite value"):  # NaN: refused before any thread
+        decompose.BackgroundSVDs([np.eye(4), np.where(np.eye(3) > 0, np.nan, 0.0)[:1]], names=["a", "layer 'conv'"])
     with pytest.raises(ValueError, match="matrices"):
         decompose.BackgroundSVDs([np.zeros(3)])
     with pytest.raises(RuntimeError, match="context manager"):
@@ -226,9 +236,16 @@ def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads():
 
 def test_background_svds_leave_no_thread_when_the_caller_fails():
     matrices = [np.random.default_rng(i).normal(size=(200, 200)) for i in range(6)]
-    with pytest.raises(KeyError), decompose.BackgroundSVDs(matrices, workers=1):
+    with pytest.raises(KeyError), decompose.BackgroundSVDs(matrices, workers=1) as background:
         raise KeyError("the working copy could not be made")
+    # leaving by an error does not wait: the one SVD already running ends on its own daemon thread, the rest never
+    # start, and the BLAS limits are restored after it
+    left = [t for t in threading.enumerate() if t.name.startswith("tfcompress-svd")]
+    assert all(t.daemon for t in left)
+    for thread in left:
+        thread.join(10.0)
     assert not [t for t in threading.enumerate() if t.name.startswith("tfcompress-svd")]
+    assert sum(f.cancelled() for f in background._futures) >= len(matrices) - 1
 
 
 def test_compress_model_reports_svd_wait_and_compute_time():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
-    from .compress import ModelCompressor, compress_model
+    from .compress import ModelChangedError, ModelCompressor, compress_model
     from .cost import model_cost, rank_for_ratio
     from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
     from .errors import TargetUnreachableError
@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
 
 # public name -> the module that defines it
 _PUBLIC = {
+    "ModelChangedError": "compress",
     "ModelCompressor": "compress",
     "compress_model": "compress",
     "TargetUnreachableError": "errors",
@@ -106,6 +107,7 @@ __all__ = [
     "LatencyOptions",
     "LayerStats",
     "Mode",
+    "ModelChangedError",
     "ModelCompressor",
     "RankSelectScheme",
     "SVDDense",

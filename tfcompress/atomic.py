@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, then one rename.
 
 A reader sees either the old file or the complete new one, never a half-written
-file, and nothing is left behind when writing fails.
+file, and nothing is left behind when writing fails. A process killed while
+writing leaves its temporary file (named after its PID); the next command-line
+run removes it (:mod:`tfcompress.outputs`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,18 @@ import os
 import tempfile
 from typing import Any
 
-__all__ = ["save_model_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["save_model_atomic", "temp_prefix", "write_json_atomic", "write_text_atomic"]
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name start of a temporary file for ``path``: ``.NAME.tmp-PID-`` (the PID lets the next run tell a
+    killed writer's leftovers from a live one's; see :func:`tfcompress.outputs.remove_stale_temp_files`).
+
+    Example:
+        >>> temp_prefix("out/stats.json") == f".stats.json.tmp-{os.getpid()}-"
+        True
+    """
+    return f".{os.path.basename(os.fspath(path))}.tmp-{os.getpid()}-"
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -28,7 +41,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
     try:
         # mkstemp creates 0600 files; give the result the target's mode, or the usual rw-r--r--
         os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)

@@ -31,6 +31,7 @@ from typing import Any
 
 from ._startup import import_tensorflow_quietly
 from ._version import __version__
+from .archive import check_keras_archive
 from .atomic import save_model_atomic
 from .cli_eval import (
     DATA_FREE_WARNING,
@@ -44,6 +45,7 @@ from .cli_eval import (
 )
 from .cli_inspect import SCHEMES as _SCHEMES
 from .cli_inspect import inspect_model, inspect_text
+from .outputs import RunOutputs, check_writable_file
 
 __all__ = ["main", "build_parser", "CLIError", "inspect_model", "load_eval_function", "output_agreement_eval"]
 
@@ -336,6 +338,7 @@ def _load_model(path: str, args: argparse.Namespace | None = None) -> Any:
     from .layers import SVDDense  # noqa: F401  (registers the decomposed layers for deserialisation)
     from .saving import load_error_message
 
+    check_keras_archive(path)  # not a zip, truncated, or inflating past the limit: one line, before loading
     if args is not None:
         _status(args, f"loading {path} ...")
     start = time.perf_counter()
@@ -403,19 +406,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     model_path = _check_model_path(args.model)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise CLIError(f"-o {args.output!r} exists and is not a folder")
-    created = not os.path.exists(args.output)
-    os.makedirs(args.output, exist_ok=True)  # now, so a bad -o fails before the long part
-    try:
-        return _compress(args, model_path, target, candidates)
-    except BaseException:
-        if created and os.path.isdir(args.output) and not os.listdir(args.output):
-            os.rmdir(args.output)  # leave no empty folder behind a failed run
-        raise
+    # now, so a bad -o fails before the long part: the outputs are staged in the folder and moved into place
+    # together at the end; a failed run leaves the folder as it was (no empty folder if it created it)
+    with RunOutputs(args.output, ["compressed.keras", "stats.json", "report.html"]) as outputs:
+        return _compress(args, model_path, target, candidates, outputs)
 
 
-def _compress(args: argparse.Namespace, model_path: str, target: float, candidates: int) -> int:
+def _compress(args: argparse.Namespace, model_path: str, target: float, candidates: int, outputs: Any) -> int:
     if args.cache and not os.path.isdir(os.path.dirname(os.path.abspath(args.cache))):
         raise CLIError(f"--cache {args.cache!r}: its folder does not exist")
+    if args.cache is not None:
+        check_writable_file(args.cache, "--cache")  # before the first evaluation, not after the first layer
     if not args.no_report:
         from .report import _require_matplotlib
 
@@ -491,16 +492,18 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
     else:
         stats.score_name = f"{args.eval} (eval function)"
 
-    files = {
-        "model": os.path.join(args.output, "compressed.keras"),
-        "stats": os.path.join(args.output, "stats.json"),
-    }
-    save_model_atomic(compressed, files["model"])
-    stats.to_json(files["stats"])
+    save_model_atomic(compressed, outputs.path("compressed.keras"))
+    stats.to_json(outputs.path("stats.json"))
     if not args.no_report:
         from .report import report
 
-        files["report"] = report(stats, os.path.join(args.output, "report.html"))
+        report(stats, outputs.path("report.html"))
+    moved = outputs.commit()
+    files = {
+        what: moved[name]
+        for what, name in (("model", "compressed.keras"), ("stats", "stats.json"), ("report", "report.html"))
+        if name in moved
+    }
     if args.quiet:
         print(
             f"MAC ratio {stats.mac_compression_ratio:.3f}, parameter ratio {stats.memory_compression_ratio:.3f}, "

@@ -126,6 +126,9 @@ def _load_npz(path: str) -> dict[str, Any]:
         raise CLIError(f"--data: no such file: {path!r}")
     if not zipfile.is_zipfile(path):
         raise CLIError(f"--data {path!r} is not an .npz archive; write one with np.savez('data.npz', x=..., y=...)")
+    from .archive import check_keras_archive
+
+    check_keras_archive(path, what=".npz data file")  # sizes checked before anything is inflated
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import logging
 import math
@@ -45,6 +46,7 @@ import keras
 import numpy as np
 
 from . import decompose, unfoldings
+from ._checks import check_finite
 from .cost import (
     KIND_CLASSES,
     LayerGeometry,
@@ -63,6 +65,7 @@ from .errors import TargetUnreachableError, unreachable_message
 from .graph import LayerRef, check_graph_model, no_candidates_detail, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv, check_source_dense
+from .outputs import check_writable_file, remove_stale_temp_files
 from .params import (
     AutoSchemeParameters,
     ChannelPruningParameters,
@@ -76,18 +79,18 @@ from .rewire import replacement_problem
 from .rewrite import _source_kernel, rewrite_model
 from .select import (
     EvalScoresCacheError,
+    ScoreCacheWriter,
     fingerprint_from_entries,
     greedy_select,
     load_eval_scores,
     min_loss_select,
-    save_eval_scores,
     tar_candidate_ranks,
     tar_indices_to_evaluate,
     tar_select,
 )
 from .stats import CompressionStats, LayerStats, run_metadata
 
-__all__ = ["compress_model", "ModelCompressor"]
+__all__ = ["compress_model", "ModelCompressor", "ModelChangedError"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -154,6 +157,53 @@ class _Evaluator:
         if not math.isfinite(score):
             raise ValueError(f"eval_callback returned {score} for {what}; scores must be finite numbers.")
         return score
+
+
+class ModelChangedError(ValueError):
+    """The eval callback changed the working copy it was given (trained it, edited a weight, ...).
+
+    Example:
+        >>> issubclass(ModelChangedError, ValueError)
+        True
+    """
+
+
+class _WorkGuard:
+    """A digest of every weight of the working copy, taken before the first evaluation, so that a callback that
+    trains or edits the model it is given is caught instead of silently corrupting every later score.
+
+    Each candidate only swaps one kernel in and restores it bit for bit, so between evaluations the weights must be
+    exactly the ones taken here. Checking costs one read and hash of the weights (about 0.2 s for ResNet50's 100
+    MB); it is done after the baseline (most such callbacks change the model on every call) and after the search.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self.digests = self._digests()
+
+    def _digests(self) -> list[tuple[str, bytes]]:
+        out = []
+        for variable in self.model.weights:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+            digest = hashlib.blake2b(value.reshape(-1).view(np.uint8), digest_size=16)  # no copy of the bytes
+            digest.update(repr((value.shape, value.dtype.str)).encode())
+            out.append((str(getattr(variable, "path", variable.name)), digest.digest()))
+        return out
+
+    def check(self, when: str) -> None:
+        now = self._digests()
+        if [name for name, _ in now] != [name for name, _ in self.digests]:
+            changed = ["(weights were added or removed)"]
+        else:
+            changed = [name for (name, old), (_, new) in zip(self.digests, now, strict=True) if old != new]
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise ModelChangedError(
+                f"eval_callback changed the model it was given ({when}: {len(changed)} weight(s) differ, {shown}); "
+                "every later score would be wrong. The callback must only evaluate the model: no fit/train step, "
+                "no assign or set_weights, no training=True call that updates BatchNormalization statistics (copy "
+                "the model first if it must change)."
+            )
 
 
 # ---------------------------------------------------------------- per-layer candidates
@@ -235,28 +285,47 @@ class _Candidate:
         self._last = (rank, approx)
         return approx
 
-    def forget_approximation(self) -> None:
-        """Drop the kept approximation (a full-size array) once the layer's candidates are done."""
+    def share_kernel_with_svd(self) -> None:
+        """Make ``kernel`` a read-only view of the SVD's own copy of the unfolded kernel (the same values), so the
+        run holds one copy of each kernel instead of two."""
+        self.share_kernel(None if self._svd is None else self._svd.matrix)
+
+    def share_kernel(self, matrix: np.ndarray | None) -> None:
+        """Make ``kernel`` a read-only view of ``matrix``, this layer's unfolded kernel (:meth:`svd_matrix`)."""
+        if matrix is None or matrix.dtype != self.kernel.dtype or self.scheme == "tucker":
+            return
+        view = unfoldings.fold(self.geometry.kind, self.scheme, matrix, self.kernel.shape)
+        if view.shape == self.kernel.shape and np.shares_memory(view, matrix):
+            view.flags.writeable = False
+            self.kernel = view
+
+    def release(self) -> None:
+        """Let go of the SVD and the kernel's values once the model is rewritten; ``kernel`` keeps its shape (a
+        zero-stride view of one value) for the stats."""
+        self._svd = None
         self._last = None
+        self.kernel = np.broadcast_to(np.zeros((), dtype=self.kernel.dtype), self.kernel.shape)
+
+    def forget_approximation(self) -> None:
+        """Drop the kept approximation (a full-size array) and the SVD's float32 products once the layer's
+        candidates are done (a later reconstruction, e.g. of a whole plan, makes them again)."""
+        self._last = None
+        if self._svd is not None:
+            self._svd.__dict__.pop("_float32", None)
 
     def relative_residuals(self) -> np.ndarray:
         return decompose.relative_residuals(self._factor().s)
 
 
-@contextlib.contextmanager
-def _kernels_swapped(
-    swaps: list[tuple[Any, np.ndarray]], original_kernels: dict[int, np.ndarray] | None = None
-) -> Iterator[None]:
-    """Assign each (layer, kernel) in place and restore the original kernels afterwards, whatever happens.
-
-    ``original_kernels`` (one dict per selection run) keeps each kernel's original value from its first swap, so
-    it is read from the variable once per layer instead of once per candidate.
-    """
-    originals = {} if original_kernels is None else original_kernels
-    with contextlib.ExitStack() as stack:  # restores in reverse order, whatever happens
-        for layer, kernel in swaps:
-            stack.enter_context(_kernel_slot(layer, originals))(kernel)
-        yield
+def _original_kernels(candidates: list[_Candidate]) -> dict[int, np.ndarray]:
+    """``{id(working copy's kernel variable): original value}``, from the candidates' own kernels (equal to the
+    working copy's, which is a clone), so restoring a swapped kernel needs no further copy of it."""
+    originals = {}
+    for candidate in candidates:
+        variable = _source_kernel(candidate.work_layer)
+        if candidate.kernel.dtype == np.dtype(variable.dtype):
+            originals[id(variable)] = candidate.kernel
+    return originals
 
 
 @contextlib.contextmanager
@@ -422,7 +491,11 @@ def compress_model(
     Args:
         model: a trained, built Sequential or Functional Keras model. Never modified.
         eval_callback: ``eval_callback(model, iterations) -> float``, higher is better
-            (AIMET's ``(model, iterations, use_cuda)`` form works too).
+            (AIMET's ``(model, iterations, use_cuda)`` form works too). It must only evaluate the model it is
+            given (a working copy whose kernels are swapped in place): training it, assigning weights or calling
+            it with ``training=True`` (which updates BatchNormalization statistics) would corrupt every later
+            score, so a digest of the copy's weights is checked after the baseline and after the search, and a
+            change raises :class:`ModelChangedError`.
         eval_iterations: passed to ``eval_callback`` untouched.
         compress_scheme: ``weight_svd`` (Conv2D, Conv1D, Conv2DTranspose, SeparableConv2D's pointwise kernel
             and Dense), ``spatial_svd`` (Conv2D and Conv1D with a kernel larger than 1x1; Dense layers too when
@@ -515,12 +588,20 @@ def compress_model(
 
     def make_candidate(ref: LayerRef) -> _Candidate:
         layer = ref.layer
+        kernel = np.asarray(keras.ops.convert_to_numpy(_source_kernel(layer)))  # its own dtype: no float64 copy
+        if not np.issubdtype(kernel.dtype, np.floating) or kernel.dtype.itemsize < 4:
+            kernel = kernel.astype(np.float32)
+        check_finite(  # before any factorisation: LAPACK spins for ever on an infinity
+            kernel,
+            f"compress_model: the kernel of layer '{ref.path}'",
+            "it cannot be decomposed: fix the weights, or leave the layer out (modules_to_ignore)",
+        )
         return _Candidate(
             ref=ref,
             work_layer=None,  # bound once the working copy exists
             scheme=_layer_scheme(layer, scheme),
             geometry=layer_geometry(layer, input_shape=ref.input_shape),
-            kernel=np.asarray(keras.ops.convert_to_numpy(_source_kernel(layer)), dtype=np.float64),
+            kernel=kernel,
             metric=metric,
             multiplicity=multiplicity,
             meter=meter,
@@ -595,7 +676,17 @@ def compress_model(
         others = []  # compress_scheme="auto" also tries other per-layer schemes: their SVDs go into the memo too
         if scheme is CompressionScheme.auto:
             others = [v for c in candidates for v in _auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
-        with decompose.BackgroundSVDs([c.svd_matrix() for c in factored + others]) as background:
+        matrices = []
+        for i, c in enumerate(factored + others):  # one copy of each kernel: it becomes a view of its unfolding
+            matrices.append(c.svd_matrix())
+            if i < len(factored):
+                c.share_kernel(matrices[-1])
+        background_svds = decompose.BackgroundSVDs(  # the unfolded kernels are new arrays: no second copy needed
+            matrices,
+            names=[f"layer '{c.path}'" for c in factored + others],
+            copy=False,
+        )
+        with background_svds as background:
             work = _working_copy(model, stats)
             work_by_path = {ref.path: ref.layer for ref in walk_layers(work, sublayers=True)}
             for candidate in candidates:
@@ -605,11 +696,15 @@ def compress_model(
         svd_wait_seconds = time.perf_counter() - wait_start  # what the SVDs added beyond the working copy
         for candidate, svd in zip(factored, svds[: len(factored)], strict=True):
             candidate._svd = svd
+            candidate.share_kernel_with_svd()
         stats.timings["svd_compute_seconds"] = background.compute_seconds
+        del background_svds, background, svds, matrices  # from here on the candidates (and the memo) hold them
 
         # ---- baseline
+        guard = _WorkGuard(work)
         logger.info("evaluating the baseline model")
         stats.baseline_model_accuracy = evaluator(work, "the baseline model")
+        guard.check("when the baseline was evaluated")
 
         # ---- choose ranks, then apply the plan
         plan: dict[str, Any] = {}
@@ -630,6 +725,8 @@ def compress_model(
 
         for candidate in candidates:
             candidate.forget_approximation()  # (TAR and the two-plan check may have kept one per layer)
+        guard.check("during the search")
+        del guard
 
         # apply the plan to the user's model
         rewrite_start = time.perf_counter()
@@ -653,6 +750,8 @@ def compress_model(
         if trainer is not None:
             stats.timings["trainer_seconds"] = trainer_seconds
     del work
+    for candidate in candidates:
+        candidate.release()  # the SVDs and kernels are not needed for the final numbers
 
     # ---- final numbers
     for path in forward:
@@ -738,12 +837,33 @@ def _finish(
 
 
 def _open_cache(model: keras.Model, cache_path: str, tag: str) -> tuple[str, dict[str, dict[float, float]]]:
-    """Fingerprint the model and read the score table (empty when the file does not exist yet)."""
+    """Fingerprint the model and read the score table (empty when the file does not exist yet).
+
+    Before any evaluation: the path must be a file that can be written (a probe file is created in its folder), and
+    temporary files that a killed run left beside it are removed."""
     folder = os.path.dirname(os.path.abspath(cache_path))
     if not os.path.isdir(folder):
         raise ValueError(f"saved_eval_scores_dict: the folder {folder!r} does not exist; create it first.")
+    remove_stale_temp_files(folder, [os.path.basename(cache_path)])
+    check_writable_file(cache_path, "saved_eval_scores_dict")
     digest = _model_fingerprint(model)
     return digest, _load_cache(cache_path, digest, tag) or {}
+
+
+@contextlib.contextmanager
+def _scores_kept(
+    writer: ScoreCacheWriter | None, table: dict[str, dict[float, float]], stats: CompressionStats
+) -> Iterator[None]:
+    """Around the evaluations that fill ``table``: at the end, also by an error or Ctrl-C, the scores computed so
+    far (a stopped layer's too) are written to the cache, or where :class:`ScoreCacheWriter` can put them, and a
+    note says where they went when that was not the cache."""
+    try:
+        yield
+    finally:
+        if writer is not None:
+            writer.close(table)
+            if writer.message:
+                stats.notes.append(writer.message)
 
 
 def _nothing_saves_message(stats: CompressionStats) -> str:
@@ -800,26 +920,27 @@ def _greedy(
     total_evals = sum(len(v) for v in todo.values())
     logger.info("greedy selection: %d layer(s), %d candidate evaluation(s)", len(candidates), total_evals)
     progbar = _progress(total_evals, verbose)
-    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
+    original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     done = 0
-    for candidate in candidates:
-        pending = todo.get(candidate.path)
-        if not pending:
-            continue
-        row = dict(table.get(candidate.path, {}))
-        with _kernel_slot(candidate.work_layer, original_kernels) as put:
-            for ratio_list in pending.values():
-                rank = ranks[candidate.path][ratio_list[0]]
-                put(candidate.reconstructed(rank))
-                score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
-                for ratio in ratio_list:
-                    row[ratio] = score
-                done += 1
-                progbar.update(done, values=[("score", score)])
-        candidate.forget_approximation()
-        table[candidate.path] = row
-        if cache_path is not None:
-            save_eval_scores(cache_path, table, f"{digest}|{tag}")
+    writer = ScoreCacheWriter(cache_path, f"{digest}|{tag}") if cache_path is not None else None
+    with _scores_kept(writer, table, stats):
+        for candidate in candidates:
+            pending = todo.get(candidate.path)
+            if not pending:
+                continue
+            row = table[candidate.path] = dict(table.get(candidate.path, {}))  # a stop mid-layer keeps its scores
+            with _kernel_slot(candidate.work_layer, original_kernels) as put:
+                for ratio_list in pending.values():
+                    rank = ranks[candidate.path][ratio_list[0]]
+                    put(candidate.reconstructed(rank))
+                    score = evaluator(work, f"layer '{candidate.path}' at rank {rank}")
+                    for ratio in ratio_list:
+                        row[ratio] = score
+                    done += 1
+                    progbar.update(done, values=[("score", score)])
+            candidate.forget_approximation()
+            if writer is not None:
+                writer.save(table)
 
     scores = {
         c.path: {ratio: _lookup(table[c.path], ratio) for ratio in ranks[c.path]} for c in candidates if ranks[c.path]
@@ -917,17 +1038,19 @@ def _compare_plans(
     alt_plan, alt_chosen, alt_ratio = alternative
     if not alt_plan or {p: _rank_key(r) for p, r in alt_plan.items()} == {p: _rank_key(r) for p, r in plan.items()}:
         return plan, chosen
-    originals: dict[int, np.ndarray] = {}
+    originals = _original_kernels(list(by_path.values()))
     paths = list(dict.fromkeys([*plan, *alt_plan]))
     with contextlib.ExitStack() as stack:  # every kernel is restored at the end, whatever happens
         put = {p: stack.enter_context(_kernel_slot(by_path[p].work_layer, originals)) for p in paths}
         for path, rank in plan.items():
             put[path](by_path[path].reconstructed(rank))
+            by_path[path].forget_approximation()  # in the variable now: one layer's arrays at a time
         threshold_score = evaluator(work, "the threshold plan")
         # from the threshold plan to the other: only the layers whose kernel differs are assigned again
         for path in paths:
             if path in alt_plan and (path not in plan or _rank_key(alt_plan[path]) != _rank_key(plan[path])):
                 put[path](by_path[path].reconstructed(alt_plan[path]))
+                by_path[path].forget_approximation()
             elif path not in alt_plan:
                 put[path](originals[id(_source_kernel(by_path[path].work_layer))])
         alt_score = evaluator(work, "the least-summed-loss plan")
@@ -983,7 +1106,7 @@ def _auto_scheme(
         ratios_of = {c.path: list(parameters.params.select_params.candidates) for c in candidates}
     total_evals = 0 if data_free else sum(len(ratios_of[c.path]) * len(_auto_variants(c)) for c in candidates)
     progbar = _progress(total_evals, verbose)
-    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
+    original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     done = 0
     best: dict[str, dict[float, tuple[float, _Candidate, Any]]] = {}
     for candidate in candidates:
@@ -1008,8 +1131,14 @@ def _auto_scheme(
                     score = seen[key]
                     if ratio not in row or score > row[ratio][0]:
                         row[ratio] = (score, variant, rank)
+        winners = {id(v[1]) for v in row.values()}
         for variant in variants:
             variant.forget_approximation()
+            if id(variant) not in winners and variant._svd is not None:  # never chosen: its SVD is not needed again
+                decompose.forget_svd(variant._svd)
+                if candidate._svd is variant._svd:
+                    candidate._svd = None
+                variant._svd = None
         if row:
             best[candidate.path] = row
         else:
@@ -1196,11 +1325,13 @@ def _tar(
         ratios[i] = (total_cost - saved_total + compressed + untouched) / total_cost
     meets = tar_indices_to_evaluate(ratios, target)
     progbar = _progress(len(meets), verbose)
-    original_kernels: dict[int, np.ndarray] = {}  # the working copy's kernels, read at their first swap
+    original_kernels = _original_kernels(candidates)  # what each swapped kernel of the working copy is restored to
     scores: dict[int, float] = {}
     for done, i in enumerate(meets, start=1):
-        swaps = [(by_path[p].work_layer, by_path[p].reconstructed(r)) for p, r in ranks_at[i].items()]
-        with _kernels_swapped(swaps, original_kernels):
+        with contextlib.ExitStack() as stack:  # every kernel is restored at the end, whatever happens
+            for p, r in ranks_at[i].items():  # one layer's reconstruction in memory at a time
+                stack.enter_context(_kernel_slot(by_path[p].work_layer, original_kernels))(by_path[p].reconstructed(r))
+                by_path[p].forget_approximation()
             scores[i] = evaluator(work, f"TAR residual index {i}/{n}")
         progbar.update(done, values=[("score", scores[i])])
     with warnings.catch_warnings(record=True) as caught:

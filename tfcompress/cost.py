@@ -51,6 +51,7 @@ from typing import Any
 
 import keras
 
+from ._checks import is_int, is_real
 from .enums import CompressionScheme, CostMetric, coerce_enum
 from .graph import check_graph_model, walk_calls
 from .layer_macs import Uncounted, UnknownSize, layer_macs
@@ -234,7 +235,7 @@ def decomposed_cost(g: LayerGeometry, scheme: str, rank: int | Sequence[int]) ->
     scheme = _check_scheme(g, scheme)
     c, n, b = g.in_channels, g.out_channels, _bias(g)
     if scheme == "tucker":
-        r1, r2 = (int(rank), int(rank)) if isinstance(rank, int) else (int(rank[0]), int(rank[1]))
+        r1, r2 = (int(rank), int(rank)) if is_int(rank) else (int(rank[0]), int(rank[1]))
         kh, kw = g.kernel_size
         (h, w), (ho, wo) = g.in_hw, g.out_hw
         macs = h * w * c * r1 + ho * wo * kh * kw * r1 * r2 + ho * wo * r2 * n
@@ -333,7 +334,7 @@ def _rank_for_ratio(
 ) -> int | tuple[int, int]:
     metric = coerce_enum(cost_metric, CostMetric, "cost_metric")
     scheme = _check_scheme(g, scheme)
-    if not (isinstance(ratio, int | float) and 0 < float(ratio)):
+    if not (is_real(ratio) and 0 < float(ratio)):
         raise ValueError(f"layer '{g.name}': ratio must be a number > 0, got {ratio!r}.")
     full = original_cost(g).metric(metric)
     budget = _as_fraction(ratio) * full

@@ -31,13 +31,17 @@ import contextlib
 import contextvars
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ._checks import check_finite
 
 __all__ = [
     "TruncatedSVD",
@@ -125,6 +129,18 @@ def reuse_svds() -> Iterator[None]:
         _SVD_MEMO.reset(token)
 
 
+def forget_svd(svd: TruncatedSVD) -> None:
+    """Inside :func:`reuse_svds`, drop ``svd`` from the block's memo (its memory goes once nobody else holds it).
+
+    ``compress_model(compress_scheme="auto")`` does this for the per-layer variants that lost at every ratio.
+    """
+    memo = _SVD_MEMO.get()
+    if memo is None:
+        return
+    for shape, entries in memo.items():
+        memo[shape] = [(matrix, known) for matrix, known in entries if known is not svd]
+
+
 def _remembered_svd(
     matrix: np.ndarray, compute: Callable[[np.ndarray], TruncatedSVD], private: bool = False
 ) -> TruncatedSVD:
@@ -155,6 +171,7 @@ def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
         raise ValueError(f"{what} expects a kernel with {ndim} dimensions, got shape {kernel.shape}.")
     if not np.issubdtype(kernel.dtype, np.floating):
         kernel = kernel.astype(np.float64)
+    check_finite(kernel, f"{what}: the kernel")
     return kernel
 
 
@@ -202,17 +219,32 @@ class TruncatedSVD:
         Large matrices go through the eigendecomposition of their Gram matrix (about twice as fast; a few small
         singular values are recomputed directly); badly conditioned or rank-deficient ones through LAPACK's SVD.
         Either way ``u`` and ``vt`` have orthonormal columns and rows and ``s`` is non-increasing.
+
+        A float32 matrix (a float32 kernel's) is factorised in float64 too, but ``u``, ``vt`` and the matrix are
+        kept in float32 (``s`` in float64): half the memory, and float32 is all the layers built from them hold.
         """
-        matrix = np.asarray(matrix, dtype=np.float64)
+        matrix = np.asarray(matrix)
+        if matrix.dtype != np.float32:
+            matrix = np.asarray(matrix, dtype=np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"TruncatedSVD.of expects a matrix, got shape {matrix.shape}.")
+        check_finite(matrix, "TruncatedSVD.of: the matrix")  # LAPACK can spin for ever on an infinity
         return _remembered_svd(matrix, cls._compute)
 
     @classmethod
     def _compute(cls, matrix: np.ndarray) -> TruncatedSVD:
         m, n = matrix.shape
         with _blas_threads_for(m * n * min(m, n)):
+            return cls._compute_kept(matrix)
+
+    @classmethod
+    def _compute_kept(cls, matrix: np.ndarray) -> TruncatedSVD:
+        """:meth:`_compute_here` in float64; for a float32 ``matrix`` the factors are kept in float32 (see :meth:`of`)
+        and the float64 copy is dropped at once."""
+        if matrix.dtype == np.float64:
             return cls._compute_here(matrix)
+        svd = cls._compute_here(matrix.astype(np.float64))
+        return cls(svd.u.astype(np.float32), svd.s, svd.vt.astype(np.float32), matrix)
 
     @classmethod
     def _compute_here(cls, matrix: np.ndarray) -> TruncatedSVD:
@@ -289,8 +321,8 @@ class TruncatedSVD:
     @functools.cached_property
     def _float32(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         us = (self.u * self.s).astype(np.float32)
-        vt = self.vt.astype(np.float32)
-        matrix = None if self.matrix is None else self.matrix.astype(np.float32)
+        vt = np.asarray(self.vt, dtype=np.float32)  # no copy when the factors are float32 already
+        matrix = None if self.matrix is None else np.asarray(self.matrix, dtype=np.float32)
         return us, vt, matrix, None
 
     def _scaled(self, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -357,9 +389,16 @@ class BackgroundSVDs:
     LAPACK releases the GIL, so the SVDs run next to Python-bound work of the calling thread (``compress_model``
     clones its working copy meanwhile). The largest matrices start first; each of up to
     ``min(cores, 4, len(matrices))`` workers uses ``cores // workers`` BLAS threads, a limit that is set for the
-    time the workers run and restored afterwards. Use it as a context manager: leaving the block cancels what has
-    not started and waits for what has, so no thread outlives it. Inside :func:`reuse_svds`, :meth:`get` enters
-    each SVD into the block's memo, so the final rewrite reuses it.
+    time the workers run and restored afterwards. Use it as a context manager: leaving the block normally waits
+    for the workers, so no thread outlives it. Leaving it by an exception (Ctrl-C's ``KeyboardInterrupt``, an
+    error) does not wait: what has not started is cancelled, and an SVD already inside LAPACK (which no signal
+    can stop) finishes on its own daemon thread, which never keeps the interpreter from exiting. Waiting
+    (:meth:`get`, :meth:`wait`) wakes up every 0.1 s, so Ctrl-C ends it at once. Inside :func:`reuse_svds`,
+    :meth:`get` enters each SVD into the block's memo, so the final rewrite reuses it.
+
+    Each matrix is copied (``copy=False``: taken as handed over, for arrays nobody else changes) and kept in
+    float32 when it is float32 (see :meth:`TruncatedSVD.of`); a NaN or an infinity is refused at once, with
+    ``names[i]`` in the message.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -370,12 +409,25 @@ class BackgroundSVDs:
         True
     """
 
-    def __init__(self, matrices: Sequence[np.ndarray], workers: int | None = None) -> None:
+    _POLL_SECONDS = 0.1  # how often waiting threads look up (so Ctrl-C is handled within this time)
+
+    def __init__(
+        self,
+        matrices: Sequence[np.ndarray],
+        workers: int | None = None,
+        names: Sequence[str] | None = None,
+        copy: bool = True,
+    ) -> None:
         frozen = []
-        for matrix in matrices:
-            matrix = np.array(matrix, dtype=np.float64)  # a copy: later changes to the caller's array cannot leak in
+        for i, matrix in enumerate(matrices):
+            # a copy: later changes to the caller's array cannot leak in (copy=False: the caller hands them over)
+            matrix = np.array(matrix) if copy else np.asarray(matrix)
+            if matrix.dtype != np.float32:  # float32 stays float32 (see TruncatedSVD.of), the rest becomes float64
+                matrix = matrix.astype(np.float64)
             if matrix.ndim != 2:
                 raise ValueError(f"BackgroundSVDs expects matrices, got shape {matrix.shape}.")
+            # an infinity makes LAPACK spin for ever on a thread nobody can stop: refuse it here, by name
+            check_finite(matrix, names[i] if names is not None else f"BackgroundSVDs: matrix {i}")
             matrix.flags.writeable = False
             frozen.append(matrix)
         self._matrices = frozen
@@ -386,7 +438,10 @@ class BackgroundSVDs:
         self.blas_threads = max(1, cores // self.workers)
         self._seconds = [0.0] * len(frozen)
         self._futures: list[Future[TruncatedSVD]] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+        self._queue: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._limits: contextlib.ExitStack | None = None
 
     def __enter__(self) -> BackgroundSVDs:
@@ -394,35 +449,93 @@ class BackgroundSVDs:
         controller = _blas_controller()
         if controller is not None:
             self._limits.enter_context(controller.limit(limits=self.blas_threads, user_api="blas"))
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tfcompress-svd")
-        futures: dict[int, Future[TruncatedSVD]] = {}
-        for index in sorted(range(len(self._matrices)), key=lambda i: -self._matrices[i].size):
-            futures[index] = self._pool.submit(self._work, index)
-        self._futures = [futures[i] for i in range(len(self._matrices))]
+        self._futures = [Future() for _ in self._matrices]
+        self._queue = sorted(range(len(self._matrices)), key=lambda i: -self._matrices[i].size)
+        self._stop.clear()
+        # daemon threads (not a ThreadPoolExecutor, whose workers the interpreter joins at exit): a computation
+        # stuck in LAPACK never blocks Ctrl-C or the end of the process
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"tfcompress-svd-{i}", daemon=True)
+            for i in range(min(self.workers, len(self._queue)))
+        ]
+        for thread in self._threads:
+            thread.start()
         return self
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._queue:
+                    return
+                index = self._queue.pop(0)
+            future = self._futures[index]
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = self._work(index)
+            except BaseException as err:  # handed to the caller by get()
+                future.set_exception(err)
+            else:
+                future.set_result(result)
 
     def _work(self, index: int) -> TruncatedSVD:
         start = time.perf_counter()
         try:
-            return TruncatedSVD._compute_here(self._matrices[index])
+            return TruncatedSVD._compute_kept(self._matrices[index])
         finally:
             self._seconds[index] = time.perf_counter() - start
 
-    def __exit__(self, *exc_info: Any) -> None:
-        try:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            self._pool = None
-            if self._limits is not None:
-                self._limits.close()  # only once no worker runs BLAS any more
-                self._limits = None
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        self._stop.set()
+        with self._lock:
+            for index in self._queue:
+                self._futures[index].cancel()
+            self._queue = []
+        threads, self._threads = self._threads, []
+        limits, self._limits = self._limits, None
+        if exc_type is None:
+            try:
+                for thread in threads:
+                    while thread.is_alive():
+                        thread.join(self._POLL_SECONDS)
+            except BaseException:
+                self._restore_limits_later(threads, limits)
+                raise
+            if limits is not None:
+                limits.close()  # only once no worker runs BLAS any more
+            return
+        self._restore_limits_later(threads, limits)
+
+    @staticmethod
+    def _restore_limits_later(threads: list[threading.Thread], limits: contextlib.ExitStack | None) -> None:
+        """Leave without waiting: the BLAS limits are restored once the last running worker is done (changing them
+        under a running LAPACK call is not safe), by a daemon thread that dies with the process."""
+        running = [t for t in threads if t.is_alive()]
+        if limits is None:
+            return
+        if not running:
+            limits.close()
+            return
+
+        def restore() -> None:
+            for thread in running:
+                thread.join()
+            limits.close()
+
+        threading.Thread(target=restore, name="tfcompress-svd-limits", daemon=True).start()
 
     def get(self, index: int) -> TruncatedSVD:
         """The SVD of matrix ``index`` (waits for it; re-raises what its computation raised)."""
         if not self._futures:
             raise RuntimeError("BackgroundSVDs.get: use the object as a context manager first.")
-        svd = self._futures[index].result()
+        future = self._futures[index]
+        while True:
+            try:
+                svd = future.result(timeout=self._POLL_SECONDS)
+                break
+            except FutureTimeout:
+                if not self._threads and not future.done():
+                    raise RuntimeError("BackgroundSVDs.get: the block was left before this SVD was done.") from None
         return _remembered_svd(self._matrices[index], lambda _matrix: svd, private=True)
 
     def wait(self) -> list[TruncatedSVD]:

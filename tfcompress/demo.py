@@ -120,6 +120,9 @@ def run_demo(
     import tfcompress as tfc
 
     from .atomic import save_model_atomic, write_json_atomic
+    from .outputs import check_folder_can_be_written
+
+    check_folder_can_be_written(output_dir, "demo output folder")  # now, not after the training
 
     def say(text: str) -> None:
         if verbose:

@@ -41,6 +41,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ._checks import is_int
 from .graph import walk_layers
 from .stats import write_json_atomic
 
@@ -82,8 +83,9 @@ class LatencyOptions:
             raise ValueError(f"LatencyOptions.runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
         for name, low in (("batch_size", 1), ("repeats", 1), ("warmup", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"LatencyOptions.{name} must be an int >= {low}, got {value!r}.")
+            object.__setattr__(self, name, int(value))  # (a frozen dataclass)
         if self.cache_path is not None and not isinstance(self.cache_path, str | os.PathLike):
             raise TypeError(f"LatencyOptions.cache_path must be a path or None, got {type(self.cache_path).__name__}.")
 

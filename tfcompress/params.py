@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import is_int, is_real
 from .enums import Mode, RankSelectScheme, coerce_enum
 
 __all__ = [
@@ -22,7 +23,7 @@ __all__ = [
 
 
 def _check_ratio(value: Any, argument: str, allow_one: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+    if not is_real(value) or not math.isfinite(float(value)):
         raise TypeError(f"`{argument}` must be a number, got {value!r}.")
     value = float(value)
     upper_ok = value <= 1.0 if allow_one else value < 1.0
@@ -69,8 +70,9 @@ class GreedySelectionParameters:
         if not isinstance(self.allow_unreachable, bool):
             raise TypeError(f"`allow_unreachable` must be True or False, got {self.allow_unreachable!r}.")
         n = self.num_comp_ratio_candidates
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        if not is_int(n) or n < 2:
             raise ValueError(f"`num_comp_ratio_candidates` must be an int >= 2, got {n!r}.")
+        self.num_comp_ratio_candidates = int(n)
         if self.saved_eval_scores_dict is not None and not isinstance(self.saved_eval_scores_dict, str | os.PathLike):
             raise TypeError(
                 "`saved_eval_scores_dict` must be a path to a JSON file (or None), got "
@@ -104,8 +106,9 @@ class TarRankSelectionParameters:
 
     def __post_init__(self) -> None:
         n = self.num_rank_indices
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        if not is_int(n) or n < 2:
             raise ValueError(f"`num_rank_indices` must be an int >= 2, got {n!r}.")
+        self.num_rank_indices = int(n)
         if self.target_comp_ratio is not None:
             self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
 
@@ -248,10 +251,10 @@ class _SchemeParameters:
             raise ValueError(
                 f"{type(self).__name__}: mode is manual but params are AutoModeParams; use ManualModeParams."
             )
-        if isinstance(multiplicity, bool) or not isinstance(multiplicity, int) or multiplicity < 1:
+        if not is_int(multiplicity) or multiplicity < 1:
             raise ValueError(f"{type(self).__name__}: multiplicity must be an int >= 1, got {multiplicity!r}.")
         self.params = params
-        self.multiplicity = multiplicity
+        self.multiplicity = int(multiplicity)
 
     def __repr__(self) -> str:
         return (
@@ -339,8 +342,10 @@ class ChannelPruningParameters(_SchemeParameters):
 
     Args:
         data: model inputs to sample activations from: a numpy array (or tensor) with
-            the batch axis first, or a ``tf.data.Dataset`` of batches; ``(x, y)`` or
-            ``(x, y, weights)`` elements and tuples are fine (labels are ignored).
+            the batch axis first, a tuple ``(x, y)`` or ``(x, y, weights)``, or a
+            ``tf.data.Dataset`` of batches (elements ``x``, ``(x, y)`` or ``(x, y, weights)``);
+            labels are ignored. A list is refused: ``[a, b]`` could be two input arrays or
+            inputs and labels. Inputs (and the activations they give) must be finite.
         num_reconstruction_samples: how many output positions per layer (randomly drawn
             over images and pixels, about 8 per image) feed the channel choice and the
             least-squares reconstruction. Use more than the number of kept weights per
@@ -383,14 +388,18 @@ class ChannelPruningParameters(_SchemeParameters):
         seed: int = 0,
     ) -> None:
         super().__init__(mode, params, multiplicity)
-        if data is None or isinstance(data, str | bytes | int | float):
+        if data is None or isinstance(data, str | bytes) or is_real(data):
             raise TypeError(
                 "ChannelPruningParameters: data must be model inputs (a numpy array or a tf.data.Dataset of batches), "
                 f"got {data!r}."
             )
+        from .pruning.driver import check_data_form
+
+        check_data_form(data)
         n = num_reconstruction_samples
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"ChannelPruningParameters: num_reconstruction_samples must be an int >= 1, got {n!r}.")
+        n = int(n)
         for name, value in (("allow_custom_downsample_ops", allow_custom_downsample_ops), ("reconstruct", reconstruct)):
             if not isinstance(value, bool):
                 raise TypeError(f"ChannelPruningParameters: {name} must be True or False, got {value!r}.")
@@ -398,8 +407,9 @@ class ChannelPruningParameters(_SchemeParameters):
             raise ValueError(
                 f"ChannelPruningParameters: channel_selection must be 'greedy' or 'magnitude', got {channel_selection!r}."
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not is_int(seed):
             raise TypeError(f"ChannelPruningParameters: seed must be an int, got {seed!r}.")
+        seed = int(seed)
         self.data = data
         self.num_reconstruction_samples = n
         self.allow_custom_downsample_ops = allow_custom_downsample_ops

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ._checks import check_finite
 from .cost import KIND_CLASSES, KIND_SCHEMES, layer_kind
 from .enums import CompressionScheme
 from .graph import check_graph_model, inherit_call_counts, resolve_layers, walk_layers
@@ -38,6 +39,7 @@ __all__ = ["rewrite_model", "decomposed_layer", "decomposed_class", "normalize_p
 logger = logging.getLogger("tfcompress")
 
 _SCHEME_NAMES = ("svd", "weight_svd", "spatial_svd", "tucker")
+_NOT_FINITE = "it cannot be decomposed (the factors would be NaN or the SVD would not end): fix the weights first"
 
 
 def _scheme_name(scheme: Any, what: str) -> str:
@@ -156,6 +158,7 @@ def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tu
     if cls is None:
         problem = _validate_entry(layer, scheme, rank) or f"{scheme} does not apply to it"
         raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}) cannot be decomposed: {problem}.")
+    check_finite(keras.ops.convert_to_numpy(_source_kernel(layer)), f"the kernel of layer '{layer.name}'", _NOT_FINITE)
     if cls is TuckerConv2D:
         return TuckerConv2D.from_layer(layer, ranks=rank)
     return cls.from_layer(layer, rank=int(rank))
@@ -183,6 +186,7 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
         else:
             check_source_conv(layer, KIND_CLASSES[kind])
         kernel_shape = tuple(int(d) for d in _source_kernel(layer).shape)
+        check_finite(keras.ops.convert_to_numpy(_source_kernel(layer)), "its kernel", _NOT_FINITE)
     except (TypeError, ValueError) as err:
         return str(err)
     cls = _TWINS[(kind, scheme)]

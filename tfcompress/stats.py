@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
 from .atomic import write_json_atomic
@@ -96,6 +97,106 @@ def _fmt_big(value: int) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
     return str(value)
+
+
+def _checked(value: Any, kind: str, where: str) -> Any:
+    """``value`` converted to ``kind`` (number, int, str, list, dict, shape, rank, with ``?`` for optional), or a
+    ``ValueError`` that names ``where``."""
+    if kind.endswith("?"):
+        if value is None:
+            return None
+        kind = kind[:-1]
+    if kind in ("number", "int") and not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if kind == "number" and not math.isnan(number):
+            return number
+        if kind == "int" and math.isfinite(number) and number.is_integer():
+            return int(number)
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "list" and isinstance(value, list):
+        return value
+    if kind == "dict" and isinstance(value, dict):
+        return value
+    if kind == "shape" and isinstance(value, list):
+        return [_checked(v, "int", where) for v in value]
+    if kind in ("numbers", "texts") and isinstance(value, dict):
+        inner = "number" if kind == "numbers" else "str"
+        return {str(k): _checked(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
+    if kind == "notes" and isinstance(value, list):
+        return [_checked(v, "str", f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind == "rank" and isinstance(value, list):
+        return [_checked(v, "int", where) for v in value]
+    if kind == "rank":
+        return _checked(value, "int", where)
+    names = {
+        "number": "a number",
+        "int": "an integer",
+        "str": "a string",
+        "list": "a list",
+        "dict": "an object",
+        "shape": "a list of integers",
+        "numbers": "an object of numbers",
+        "texts": "an object of strings",
+        "notes": "a list of strings",
+        "rank": "an integer or a list of integers",
+    }
+    raise ValueError(f"{where}: expected {names[kind]}, got {value!r}")
+
+
+_FIELD_KINDS = {
+    "baseline_model_accuracy": "number?",
+    "compressed_model_accuracy": "number?",
+    "mac_compression_ratio": "number",
+    "memory_compression_ratio": "number",
+    "per_layer_stats": "list",
+    "eval_scores": "dict",
+    "compress_scheme": "str",
+    "cost_metric": "str",
+    "mode": "str",
+    "rank_select_scheme": "str?",
+    "target_comp_ratio": "number?",
+    "selected_comp_ratio": "number?",
+    "original_macs": "int",
+    "compressed_macs": "int",
+    "original_params": "int",
+    "compressed_params": "int",
+    "timings": "numbers",
+    "num_eval_calls": "int",
+    "tar_index_scores": "dict",
+    "plan_scores": "numbers",
+    "skipped_layers": "texts",
+    "uncounted_layers": "texts",
+    "notes": "notes",
+    "score_name": "str",
+    "finetuned_model_accuracy": "number?",
+    "finetune_note": "str",
+    "chosen_ratios": "dict",
+    "model_name": "str",
+    "created": "str",
+    "versions": "texts",
+}
+_LAYER_KINDS = {
+    "name": "str",
+    "scheme": "str",
+    "original_shape": "shape",
+    "rank": "rank?",
+    "ratio": "number",
+    "macs_before": "int",
+    "macs_after": "int",
+    "params_before": "int",
+    "params_after": "int",
+    "in_channels": "shape?",
+    "out_channels": "shape?",
+    "group": "str?",
+}
+
+
+def _required(field_: Any) -> bool:
+    return field_.default is MISSING and field_.default_factory is MISSING
 
 
 @dataclass
@@ -196,15 +297,51 @@ class CompressionStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressionStats:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`. A malformed field raises ``ValueError`` naming it.
+
+        Example:
+            >>> CompressionStats.from_dict({"per_layer_stats": [{"name": "fc", "rank": "x"}]})
+            Traceback (most recent call last):
+            ...
+            ValueError: field 'per_layer_stats[0]' (layer 'fc'): missing scheme, original_shape, ratio, macs_before, macs_after, params_before, params_after
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object of stats fields, got {type(data).__name__}")
         data = dict(data)
-        data["per_layer_stats"] = [LayerStats(**row) for row in data.get("per_layer_stats", [])]
+        for name, kind in _FIELD_KINDS.items():
+            if name in data:
+                data[name] = _checked(data[name], kind, f"field {name!r}")
+        rows = []
+        for i, row in enumerate(data.get("per_layer_stats", [])):
+            where = f"field 'per_layer_stats[{i}]'"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected an object, got {row!r}")
+            where += f" (layer {row.get('name', '?')!r})"
+            missing = [k for k, f in LayerStats.__dataclass_fields__.items() if k not in row and _required(f)]
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(missing)}")
+            checked = {k: _checked(row[k], kind, f"{where}.{k}") for k, kind in _LAYER_KINDS.items() if k in row}
+            rows.append(LayerStats(**checked))
+        data["per_layer_stats"] = rows
         data["eval_scores"] = {
-            layer: {float(r): float(s) for r, s in table.items()}
+            layer: {
+                _checked(r, "number", f"field 'eval_scores[{layer!r}]' ratio"): _checked(
+                    s, "number", f"field 'eval_scores[{layer!r}][{r!r}]'"
+                )
+                for r, s in _checked(table, "dict", f"field 'eval_scores[{layer!r}]'").items()
+            }
             for layer, table in data.get("eval_scores", {}).items()
         }
-        data["tar_index_scores"] = {int(i): float(s) for i, s in data.get("tar_index_scores", {}).items()}
-        data["chosen_ratios"] = {str(k): float(v) for k, v in data.get("chosen_ratios", {}).items()}
+        data["tar_index_scores"] = {
+            _checked(i, "int", "field 'tar_index_scores' key"): _checked(
+                s, "number", f"field 'tar_index_scores[{i!r}]'"
+            )
+            for i, s in data.get("tar_index_scores", {}).items()
+        }
+        data["chosen_ratios"] = {
+            str(k): _checked(v, "number", f"field 'chosen_ratios[{k!r}]'")
+            for k, v in data.get("chosen_ratios", {}).items()
+        }
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -222,7 +359,10 @@ class CompressionStats:
             raise ValueError(f"{os.fspath(path)} is not a valid stats JSON file: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{os.fspath(path)} is not a stats JSON file (expected an object at top level).")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{os.fspath(path)} is not a valid stats JSON file: {err}") from None
 
     # ---------------------------------------------------------------- plots
 

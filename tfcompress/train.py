@@ -6,6 +6,8 @@ from typing import Any
 
 import keras
 
+from ._checks import is_int
+
 __all__ = ["FitTrainer"]
 
 
@@ -43,8 +45,9 @@ class FitTrainer:
         metrics: Any = None,
         verbose: int = 0,
     ) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"FitTrainer: steps must be an int >= 1, got {steps!r}.")
+        steps = int(steps)
         if isinstance(data, tuple | list) and len(data) != 2:
             raise ValueError("FitTrainer: data must be a tf.data.Dataset of (x, y) or a pair (x, y) of arrays.")
         self.data = data

@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 
+from ._checks import is_real
 from .compress import _Evaluator, compress_model
 from .cost import model_cost
 from .enums import CostMetric, Mode
@@ -198,7 +199,7 @@ def svd_then_prune(
         True
     """
     target = _check_ratio(target_comp_ratio, "target_comp_ratio")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0:
+    if not is_real(tolerance) or not tolerance >= 0:
         raise ValueError(f"svd_then_prune: tolerance must be a number >= 0, got {tolerance!r}.")
     if ssvd_ratios is None:
         ratios = sorted({max(r, target) for r in (0.75, 0.85)})

@@ -38,7 +38,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..compress import _keep_alternative, _lookup, _match, _open_cache, _progress, _settings_tag
+from .._checks import check_finite
+from ..compress import (
+    _keep_alternative,
+    _lookup,
+    _match,
+    _open_cache,
+    _progress,
+    _scores_kept,
+    _settings_tag,
+    _WorkGuard,
+)
 from ..cost import decomposed_cost, layer_geometry, layer_scheme, model_cost, original_cost
 from ..decompose import blas_single_thread
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
@@ -46,7 +56,7 @@ from ..errors import TargetUnreachableError, unreachable_message
 from ..graph import no_candidates_detail, resolve_layers, walk_layers
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
-from ..select import greedy_select, min_loss_select, save_eval_scores
+from ..select import ScoreCacheWriter, greedy_select, min_loss_select
 from ..stats import CompressionStats, LayerStats
 from .groups import PruneUnit, prune_units
 from .kinds import _out_channels
@@ -54,7 +64,7 @@ from .rebuild import apply_pruning
 from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
 from .select import ChannelProblem, channel_order
 
-__all__ = ["compress_channels", "keep_count", "model_inputs"]
+__all__ = ["check_data_form", "compress_channels", "keep_count", "model_inputs"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -81,9 +91,36 @@ def keep_count(ratio: float, channels: int, multiplicity: int = 1) -> int:
 
 def _first(element: Any) -> Any:
     """The inputs of one dataset element: ``x`` of ``(x, y)`` / ``(x, y, w)``."""
-    if isinstance(element, tuple | list) and len(element) in (2, 3) and not isinstance(element[0], dict):
+    if isinstance(element, tuple) and len(element) in (2, 3) and not isinstance(element[0], dict):
         return element[0]
     return element
+
+
+def check_data_form(data: Any) -> None:
+    """Refuse the forms of ``ChannelPruningParameters.data`` that could be read two ways.
+
+    A list (``[a, b]``: two input arrays, or inputs and labels?) and a tuple of other than 2 or 3 items are
+    refused; a tuple is ``(x, y)`` or ``(x, y, sample_weights)``, and only ``x`` is used.
+
+    Example:
+        >>> import numpy as np
+        >>> check_data_form((np.zeros((4, 2)), np.zeros(4)))
+        >>> check_data_form([np.zeros((4, 2)), np.zeros((4, 2))])
+        Traceback (most recent call last):
+        ...
+        TypeError: ChannelPruningParameters.data: a list is ambiguous (several input arrays, or inputs and labels?); pass the model inputs as one array (batch axis first), a tuple (x, y) or (x, y, sample_weights), or a tf.data.Dataset.
+    """
+    if isinstance(data, list):
+        raise TypeError(
+            "ChannelPruningParameters.data: a list is ambiguous (several input arrays, or inputs and labels?); pass "
+            "the model inputs as one array (batch axis first), a tuple (x, y) or (x, y, sample_weights), or a "
+            "tf.data.Dataset."
+        )
+    if isinstance(data, tuple) and len(data) not in (2, 3):
+        raise TypeError(
+            f"ChannelPruningParameters.data: a tuple must be (x, y) or (x, y, sample_weights), got {len(data)} "
+            "items; pass the model inputs as one array (batch axis first) or a tf.data.Dataset."
+        )
 
 
 def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
@@ -100,6 +137,7 @@ def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
             f"channel pruning: model '{model.name}' has {len(model.inputs)} inputs; only single-input models are "
             "supported for now."
         )
+    check_data_form(data)
     expected = tuple(model.inputs[0].shape)
     chunks: list[np.ndarray] = []
     count = 0
@@ -124,7 +162,13 @@ def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
             break
     if not count:
         raise ValueError("ChannelPruningParameters.data holds no inputs.")
-    return np.concatenate(chunks, axis=0)
+    inputs = np.concatenate(chunks, axis=0)
+    check_finite(
+        inputs,
+        f"ChannelPruningParameters.data (the first {len(inputs)} model inputs)",
+        "the least-squares refit cannot use them: fix or drop those samples",
+    )
+    return inputs
 
 
 class _Sampler:
@@ -158,27 +202,44 @@ class _Sampler:
         or input rows (Dense) at the sampled positions, computed on ``model``."""
         start = time.perf_counter()
         layers = [model.get_layer(n) for n in names]
+        views = [_view(layer) for layer in layers]
         feature = keras.Model(model.inputs[0], [layer.input for layer in layers])
-        maps: list[list[np.ndarray]] = [[] for _ in names]
-        for lo in range(0, len(self.images), self.batch_size):
+        total = len(self.images)
+        result: dict[str, np.ndarray] = {}
+        # batch by batch, each layer's patches are taken from its input maps right away: the maps of all layers
+        # and all images are never held at once (they are many times the weights' size)
+        for lo in range(0, total, self.batch_size):
             outs = feature(self.images[lo : lo + self.batch_size], training=False)
-            outs = outs if isinstance(outs, list | tuple) else [outs]
-            for i, out in enumerate(outs):
-                maps[i].append(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32))
-        result = {}
-        for name, layer, chunks in zip(names, layers, maps, strict=True):
-            x = np.concatenate(chunks, axis=0)
-            view = _view(layer)
-            if view.kernel_size is not None:
-                out_hw = conv_output_size(x.shape[1:3], view.kernel_size, view.strides, view.padding, view.dilation)
-                positions = self._positions_for(name, len(x), out_hw)
-                result[name] = extract_patches(
-                    x, view.kernel_size, view.strides, view.padding, view.dilation, positions
+            outs = list(outs) if isinstance(outs, list | tuple) else [outs]
+            for i, (name, view) in enumerate(zip(names, views, strict=True)):
+                x = np.asarray(keras.ops.convert_to_numpy(outs[i]), dtype=np.float32)
+                outs[i] = None
+                check_finite(
+                    x,
+                    f"channel pruning: the inputs of layer '{name}' (computed from ChannelPruningParameters.data)",
+                    "the layers before it give NaN or infinity on these inputs: check the model's weights and the data",
                 )
-            else:
-                rows = x.reshape(-1, x.shape[-1])
-                pick = self._positions_for(name, 1, (1, len(rows)))[:, 2]
-                result[name] = rows[pick]
+                if view.kernel_size is not None:
+                    out_hw = conv_output_size(x.shape[1:3], view.kernel_size, view.strides, view.padding, view.dilation)
+                    positions = self._positions_for(name, total, out_hw)
+                    here = (positions[:, 0] >= lo) & (positions[:, 0] < lo + len(x))
+                    patches = extract_patches(
+                        x,
+                        view.kernel_size,
+                        view.strides,
+                        view.padding,
+                        view.dilation,
+                        positions[here] - np.array([lo, 0, 0]),
+                    )
+                else:
+                    per_image = int(np.prod(x.shape[1:-1], dtype=np.int64))
+                    pick = self._positions_for(name, 1, (1, total * per_image))[:, 2]
+                    here = (pick >= lo * per_image) & (pick < (lo + len(x)) * per_image)
+                    patches = x.reshape(-1, x.shape[-1])[pick[here] - lo * per_image]
+                if name not in result:
+                    result[name] = np.empty((len(here), patches.shape[1]), dtype=patches.dtype)
+                result[name][here] = patches
+                del x, patches
         self.seconds += time.perf_counter() - start
         return result
 
@@ -331,6 +392,7 @@ def _consumers(
     for slot in unit.consumers:
         view, source = _view(current.get_layer(slot.layer)), _view(original.get_layer(slot.layer))
         w0 = np.asarray(keras.ops.convert_to_numpy(source.kernel), dtype=np.float64)
+        check_finite(w0, f"channel pruning: the kernel of layer '{slot.layer}'", "fix the weights first")
         if before[slot.layer] is None:
             before[slot.layer] = now[slot.layer] = np.zeros((0, w0[..., 0].size))
         y = before[slot.layer].astype(np.float64) @ w0.reshape(-1, w0.shape[-1])
@@ -527,6 +589,9 @@ def compress_channels(
     start = time.perf_counter()
     units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
     stats.skipped_layers.update(reasons)
+    for name in dict.fromkeys(slot.layer for unit in units_list for slot in unit.consumers):
+        kernel = keras.ops.convert_to_numpy(_view(model.get_layer(name)).kernel)  # before any data is sampled
+        check_finite(kernel, f"channel pruning: the kernel of layer '{name}'", "fix the weights first")
     original = model_cost(model, warn=False)
     run = _Run(
         model,
@@ -551,8 +616,10 @@ def compress_channels(
         f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per layer, "
         f"{parameters.channel_selection} channel selection, reconstruction {'on' if parameters.reconstruct else 'off'}"
     )
+    guard = _WorkGuard(work)
     logger.info("evaluating the baseline model")
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
+    guard.check("when the baseline was evaluated")
 
     keeps = _candidate_keeps(run, ratios_of, manual)
     masked = None  # the chosen plan's masked result, when the two-plan check already computed it
@@ -564,6 +631,8 @@ def compress_channels(
         if alternative is not None:
             chosen, masked = _compare_plans(run, chosen, alternative, evaluator)
         plan = chosen.plan
+    guard.check("during the search")
+    del guard
     for name in ratios_of:
         if name not in plan:
             stats.skipped_layers.setdefault(name, "kept at full size by the selection")
@@ -690,25 +759,27 @@ def _score_table(
     logger.info("channel pruning: %d group(s), %d candidate evaluation(s)", len(keeps), total_evals)
     progbar = _progress(total_evals, verbose)
     done = 0
-    for name, pending in todo.items():
-        if not pending:
-            continue
-        unit = run.units[name]
-        consumers = _consumers(unit, run.work, run.model, run.sampler, {}, run.consumer_names, current_is_original=True)
-        order = run.choose(consumers, unit, max(pending))
-        by_keep = {}
-        for k in pending:
-            dropped = np.setdiff1d(np.arange(unit.channels), order[:k])
-            refits = _refits(consumers, dropped, run.parameters.reconstruct)
-            with _Swap(_assignments(run.work, consumers, refits)):
-                by_keep[k] = evaluator(run.work, f"channel group '{name}' keeping {k} of {unit.channels} channels")
-            done += 1
-            progbar.update(done, values=[("score", by_keep[k])])
-        row = dict(table.get(name, {}))
-        row.update({ratio: by_keep[k] for ratio, k in keeps[name].items() if k in by_keep})
-        table[name] = row
-        if cache:
-            save_eval_scores(cache[0], table, cache[1])
+    writer = ScoreCacheWriter(cache[0], cache[1]) if cache else None
+    with _scores_kept(writer, table, run.stats):
+        for name, pending in todo.items():
+            if not pending:
+                continue
+            unit = run.units[name]
+            consumers = _consumers(
+                unit, run.work, run.model, run.sampler, {}, run.consumer_names, current_is_original=True
+            )
+            order = run.choose(consumers, unit, max(pending))
+            row = table[name] = dict(table.get(name, {}))  # a stop mid-group keeps its scores
+            for k in pending:
+                dropped = np.setdiff1d(np.arange(unit.channels), order[:k])
+                refits = _refits(consumers, dropped, run.parameters.reconstruct)
+                with _Swap(_assignments(run.work, consumers, refits)):
+                    score = evaluator(run.work, f"channel group '{name}' keeping {k} of {unit.channels} channels")
+                row.update({ratio: score for ratio, kept in keeps[name].items() if kept == k})
+                done += 1
+                progbar.update(done, values=[("score", score)])
+            if writer is not None:
+                writer.save(table)
     run.stats.eval_scores = {name: dict(sorted(table.get(name, {}).items())) for name in keeps}
     return table
 

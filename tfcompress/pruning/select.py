@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import is_int
+
 __all__ = ["ChannelProblem", "channel_order", "magnitude_channels", "greedy_channels", "reconstruction_error"]
 
 
@@ -258,7 +260,7 @@ def channel_order(problems: Sequence[ChannelProblem], keep: int, *, max_steps: i
     if any(len(s.map) != n for s in states):
         raise ValueError("channel_order: every problem must map the same number of selectable channels.")
     keep = _check_keep(keep, n, "channel_order")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+    if not is_int(max_steps) or max_steps < 1:
         raise ValueError(f"channel_order: max_steps must be an int >= 1, got {max_steps!r}.")
     batch = -(-keep // max_steps)
     chosen: list[int] = []

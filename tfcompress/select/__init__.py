@@ -11,13 +11,20 @@ Example:
     {0.25: 0.75, 0.5: 0.75}
 """
 
-from tfcompress.select.cache import EvalScoresCacheError, fingerprint_from_entries, load_eval_scores, save_eval_scores
+from tfcompress.select.cache import (
+    EvalScoresCacheError,
+    ScoreCacheWriter,
+    fingerprint_from_entries,
+    load_eval_scores,
+    save_eval_scores,
+)
 from tfcompress.select.greedy import Selection, greedy_select, monotonic_fit
 from tfcompress.select.knapsack import min_loss_select
 from tfcompress.select.tar import TarSelection, tar_candidate_ranks, tar_indices_to_evaluate, tar_select
 
 __all__ = [
     "EvalScoresCacheError",
+    "ScoreCacheWriter",
     "Selection",
     "TarSelection",
     "fingerprint_from_entries",

@@ -19,13 +19,21 @@ import json
 import math
 import os
 import tempfile
+import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalScoresCacheError", "fingerprint_from_entries", "load_eval_scores", "save_eval_scores"]
+__all__ = [
+    "EvalScoresCacheError",
+    "ScoreCacheWriter",
+    "fingerprint_from_entries",
+    "load_eval_scores",
+    "save_eval_scores",
+]
 
 _SCORES_KEY = "eval_scores"
 _FINGERPRINT_KEY = "model_fingerprint"
@@ -117,7 +125,7 @@ def save_eval_scores(
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:
         mode = 0o644
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -281,3 +289,89 @@ def fingerprint_from_entries(entries: Iterable[tuple[str, str, Sequence[np.ndarr
             field(array.dtype.str.encode())
             field(array.tobytes())
     return digest.hexdigest()
+
+
+class ScoreCacheWriter:
+    """Saves a growing score table to its cache file after each layer, without ever losing the scores.
+
+    A write that fails (full disk, a folder made read-only, a network share gone) does not stop the run: the scores
+    stay in memory, a warning says so once, and every later :meth:`save` tries again. :meth:`close` (at the end of
+    the evaluations, also when they stop by an error or Ctrl-C) tries a last time and, if the cache still cannot
+    be written, writes the table to a file in the temporary folder instead; a warning (and :attr:`message`) says
+    where the scores went, so a rerun can take them with ``saved_eval_scores_dict``/``--cache``.
+
+    Example:
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> writer = ScoreCacheWriter(os.path.join(folder, "missing", "scores.json"), None)
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     writer.save({"conv": {0.5: 0.9}})  # fails: the scores stay in memory
+        ...     where = writer.close()  # fails again: saved in the temporary folder instead
+        False
+        >>> load_eval_scores(where, None)
+        {'conv': {0.5: 0.9}}
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fingerprint: str | None) -> None:
+        self.path = os.fspath(path)
+        self.fingerprint = fingerprint
+        self.table: dict[str, dict[float, float]] | None = None
+        self.error: OSError | None = None  # the last write's failure, None once a write succeeded
+        self.message: str | None = None  # where the scores went when the cache could not be written
+
+    def save(self, table: Mapping[str, Mapping[float, float]]) -> bool:
+        """Write ``table`` (kept in memory first); ``False`` when the write failed (it is retried later)."""
+        self.table = {layer: dict(row) for layer, row in table.items()}
+        return self._write()
+
+    def _write(self) -> bool:
+        assert self.table is not None
+        try:
+            save_eval_scores(self.path, self.table, self.fingerprint)
+        except OSError as err:
+            if self.error is None:
+                warnings.warn(
+                    f"could not write the eval-score cache {self.path!r} ({err}); the scores stay in memory and the "
+                    "write is tried again after the next layer",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            self.error = err
+            return False
+        self.error = None
+        return True
+
+    def close(self, table: Mapping[str, Mapping[float, float]] | None = None) -> str | None:
+        """Last try, with ``table`` when given (the scores so far, e.g. of a run stopped mid-layer); if the cache
+        still cannot be written, save the table elsewhere. Returns the file that holds the scores (``None`` when
+        there were none, or they could not be saved anywhere)."""
+        if table is not None:
+            latest = {layer: dict(row) for layer, row in table.items() if row}
+            if latest and latest != self.table:
+                self.table = latest
+                if self._write():
+                    return self.path
+        if self.table is None:
+            return None
+        if self.error is None or self._write():
+            return self.path
+        base = os.path.splitext(os.path.basename(self.path))[0] or "scores"
+        fallback = os.path.join(tempfile.gettempdir(), f"tfcompress-{base}-{os.getpid()}-{int(time.time())}.json")
+        try:
+            save_eval_scores(fallback, self.table, self.fingerprint)
+        except OSError as err:
+            self.message = (
+                f"the eval-score cache {self.path!r} could not be written ({self.error}), nor {fallback!r} ({err}): "
+                f"the scores of {len(self.table)} layer(s) are only in the returned stats (eval_scores)"
+            )
+            warnings.warn(self.message, UserWarning, stacklevel=2)
+            return None
+        self.message = (
+            f"the eval-score cache {self.path!r} could not be written ({self.error}); the scores of "
+            f"{len(self.table)} layer(s) were saved to {fallback!r} instead: copy it there, or pass it as "
+            "saved_eval_scores_dict (--cache), to reuse them"
+        )
+        warnings.warn(self.message, UserWarning, stacklevel=2)
+        return fallback

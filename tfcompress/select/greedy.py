@@ -13,6 +13,13 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Integral
+
+
+def is_int(value: object) -> bool:
+    """An int, Python's or numpy's (``np.int64(3)``), not a bool (this package imports nothing of tfcompress)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
 
 __all__ = ["Selection", "greedy_select", "monotonic_fit"]
 
@@ -290,7 +297,7 @@ def greedy_select(
     tol = _finite(tolerance, "tolerance")
     if tol < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+    if not is_int(max_iterations) or max_iterations < 1:
         raise ValueError(f"max_iterations must be an int >= 1, got {max_iterations!r}")
 
     layers, total = _prepare(scores, layer_costs, original_layer_costs, total_cost, use_monotonic_fit)

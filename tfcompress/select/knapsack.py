@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .greedy import Selection, _finite, _prepare
+from .greedy import Selection, _finite, _prepare, is_int
 
 __all__ = ["min_loss_select"]
 
@@ -70,7 +70,7 @@ def min_loss_select(
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target_ratio must be in (0, 1], got {target_ratio!r}")
     reference = _finite(reference_score, "reference_score")
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 10:
+    if not is_int(resolution) or resolution < 10:
         raise ValueError(f"resolution must be an int >= 10, got {resolution!r}")
     layers, total = _prepare(scores, layer_costs, original_layer_costs, total_cost, use_monotonic_fit)
 

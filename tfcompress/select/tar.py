@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .greedy import is_int
+
 __all__ = ["TarSelection", "tar_candidate_ranks", "tar_indices_to_evaluate", "tar_select"]
 
 # Residual distances closer than this count as a tie (then the larger, more accurate rank wins).
@@ -62,7 +64,7 @@ def tar_candidate_ranks(relative_residuals: Sequence[float], num_rank_indices: i
         >>> tar_candidate_ranks([1.0, 0.7, 0.45, 0.2, 0.0], num_rank_indices=4)
         {1: 3, 2: 2, 3: 1}
     """
-    if isinstance(num_rank_indices, bool) or not isinstance(num_rank_indices, int) or num_rank_indices < 2:
+    if not is_int(num_rank_indices) or num_rank_indices < 2:
         raise ValueError(f"num_rank_indices must be an int >= 2, got {num_rank_indices!r}")
     try:
         residuals = [float(value) for value in relative_residuals]
@@ -105,8 +107,9 @@ def _check_table(table: Mapping[int, float], what: str) -> dict[int, float]:
         raise ValueError(f"{what} must be a non-empty mapping rank index -> number")
     checked: dict[int, float] = {}
     for index, value in table.items():
-        if isinstance(index, bool) or not isinstance(index, int):
+        if not is_int(index):
             raise ValueError(f"{what} has key {index!r}; rank indices must be ints")
+        index = int(index)
         try:
             number = float(value)
         except (TypeError, ValueError):
