@@ -132,7 +132,7 @@ def _greedy(model: Any, scheme: str, x: Any, candidates: int) -> dict[str, Any]:
 
 
 def outcome(mac_ratio: float, target: float = TARGET) -> str:
-    """"reached" when the MAC ratio is within the selection's tolerance (1e-3) of the target, else "unreachable"
+    """ "reached" when the MAC ratio is within the selection's tolerance (1e-3) of the target, else "unreachable"
     (the run returned the most-compressed plan it could find)."""
     return "reached" if mac_ratio <= target + 1e-3 else "unreachable"
 
