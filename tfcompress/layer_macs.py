@@ -23,7 +23,7 @@ from typing import Any
 
 import keras
 
-from .sublayers import attribute_sublayers, static_shape, trace_calls
+from .sublayers import attribute_sublayers, own_weights, static_shape, trace_calls
 
 __all__ = ["Uncounted", "UnknownSize", "einsum_macs", "layer_macs", "operation_macs", "ZERO_MAC_LAYERS"]
 
@@ -211,9 +211,9 @@ def _mha_macs(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
         raise Uncounted(f"its call arguments could not be read ({err})") from None
     if "query" not in bound or "value" not in bound:
         raise Uncounted("its query and value inputs are not known")
-    query = _per_sample(_shape(bound["query"]), "the query")
-    value = _per_sample(_shape(bound["value"]), "the value")
-    key = _per_sample(_shape(bound["key"]), "the key") if bound.get("key") is not None else value
+    query = _per_sample(static_shape(bound["query"]), "the query")
+    value = _per_sample(static_shape(bound["value"]), "the value")
+    key = _per_sample(static_shape(bound["key"]), "the key") if bound.get("key") is not None else value
     projections = (
         math.prod(query[1:-1]) * _size(layer.query_dense.kernel)
         + math.prod(key[1:-1]) * _size(layer.key_dense.kernel)
@@ -231,10 +231,6 @@ def _mha_macs(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     tq = math.prod(query[a] for a in axes)
     tk = math.prod(key[a] for a in axes)
     return projections + heads * batch_like * tq * tk * (key_dim + value_dim)
-
-
-def _shape(tensor: Any) -> Shape:
-    return static_shape(tensor)
 
 
 def _tensors(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
@@ -280,7 +276,7 @@ def layer_macs(
     if not isinstance(layer, keras.layers.Layer):
         return operation_macs(layer, args, kwargs, outputs)
     tensors = _tensors(args, kwargs)
-    in_shape = _shape(tensors[0]) if tensors else ()
+    in_shape = static_shape(tensors[0]) if tensors else ()
     if special is not None:
         known = special(layer, in_shape)
         if known is not None:
@@ -289,7 +285,7 @@ def layer_macs(
     def out() -> tuple[int, ...]:
         if not outputs:
             raise Uncounted("its output shape is not known")
-        return _per_sample(_shape(outputs[0]), "its output")
+        return _per_sample(static_shape(outputs[0]), "its output")
 
     L = keras.layers
     if isinstance(layer, L.MultiHeadAttention):
@@ -316,11 +312,11 @@ def layer_macs(
         step_out = layer.layer.compute_output_spec(step)
         return shape[1] * layer_macs(layer.layer, [step], {}, [step_out], special)
     if isinstance(layer, L.Dot):
-        a, b = (_per_sample(_shape(t), "an input") for t in tensors[:2])
+        a, b = (_per_sample(static_shape(t), "an input") for t in tensors[:2])
         axes = layer.axes if isinstance(layer.axes, list | tuple) else (layer.axes, layer.axes)
         return math.prod(a[1:]) * math.prod(b[1:]) // a[int(axes[0]) % len(a)]
     if type(layer) is L.Attention:
-        q, v = (_per_sample(_shape(t), "an input") for t in tensors[:2])
+        q, v = (_per_sample(static_shape(t), "an input") for t in tensors[:2])
         return math.prod(q[1:-1]) * math.prod(v[1:-1]) * (q[-1] + v[-1])
     if type(layer).__name__ in ZERO_MAC_LAYERS and type(layer).__module__.startswith("keras."):
         return 0
@@ -346,17 +342,17 @@ def operation_macs(op: Any, args: Sequence[Any], kwargs: dict[str, Any], outputs
     name = type(op).__name__
     tensors = _tensors(args, kwargs)
     if name == "Matmul" and len(tensors) == 2:
-        a = _per_sample(_shape(tensors[0]), "an operand")
-        out = _per_sample(_shape(outputs[0]), "its output")
+        a = _per_sample(static_shape(tensors[0]), "an operand")
+        out = _per_sample(static_shape(outputs[0]), "its output")
         return math.prod(out[1:]) * (a[-1] if len(a) > 1 else a[0])
     if name == "Einsum":
         subscripts = getattr(op, "subscripts", None)
         if not isinstance(subscripts, str) or len(tensors) != 2:
             raise Uncounted(f"a keras.ops einsum with {len(tensors)} tensor operands")
-        return einsum_macs(subscripts, [_per_sample(_shape(t), "an operand") for t in tensors])
+        return einsum_macs(subscripts, [_per_sample(static_shape(t), "an operand") for t in tensors])
     if name == "Dot" and len(tensors) == 2:
-        a = _per_sample(_shape(tensors[0]), "an operand")
-        out = _per_sample(_shape(outputs[0]), "its output")
+        a = _per_sample(static_shape(tensors[0]), "an operand")
+        out = _per_sample(static_shape(outputs[0]), "its output")
         return math.prod(out[1:]) * a[-1]
     if name in _UNCOUNTED_OPS:
         raise Uncounted(f"a keras.ops {name} operation, whose arithmetic tfcompress does not count")
@@ -366,17 +362,11 @@ def operation_macs(op: Any, args: Sequence[Any], kwargs: dict[str, Any], outputs
 # ---------------------------------------------------------------- layers that hold sublayers
 
 
-def _owned_weights(layer: Any, subs: Sequence[Any]) -> list[Any]:
-    """The weights ``layer`` holds itself (outside its sublayers), scalars left out: a scalar can only scale."""
-    inner = {id(w) for sub in subs for w in sub.weights}
-    return [w for w in layer.weights if id(w) not in inner and len(w.shape) > 0]
-
-
 def _custom_layer_macs(
     layer: Any, args: Sequence[Any], kwargs: dict[str, Any], special: Callable[[Any, Shape], int | None] | None
 ) -> int:
     subs = [sub for _, sub in attribute_sublayers(layer)]
-    own = _owned_weights(layer, subs)
+    own = [w for w in own_weights(layer, subs) if len(w.shape) > 0]  # a scalar weight can only scale
     if own:
         names = ", ".join(sorted({re.sub(r":\d+$", "", str(getattr(w, "path", w.name))) for w in own}))
         raise Uncounted(f"a custom layer ({type(layer).__name__}) that uses weights of its own ({names})")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .layers import RewiredLayer
 from .layers.rewired_layer import replaceable
-from .sublayers import attribute_sublayers, get_by_path
+from .sublayers import attribute_sublayers, get_by_path, own_weights
 
 __all__ = ["rewired_twin", "fill_rewired", "replacement_problem"]
 
@@ -55,11 +55,6 @@ def rewired_twin(
     return RewiredLayer(fresh, replacements, name=owner.name), values
 
 
-def _owned(layer: Any, subs: list[Any]) -> list[Any]:
-    inner = {id(w) for sub in subs for w in sub.weights}
-    return [w for w in layer.weights if id(w) not in inner]
-
-
 def fill_rewired(original: Any, new: RewiredLayer, values: Mapping[str, list[np.ndarray]]) -> None:
     """Copy ``original``'s weights into the built ``new`` (its rewritten twin), replacements from ``values``."""
     _copy(_inner(original), new.layer, values, "")
@@ -79,8 +74,8 @@ def _copy(source: Any, target: Any, values: Mapping[str, list[np.ndarray]], pref
             _copy(sub, twin, values, path + ".")
         elif sub.weights:
             twin.set_weights(sub.get_weights())
-    own_source = _owned(source, list(source_subs.values()))
-    own_target = _owned(target, list(target_subs.values()))
+    own_source = own_weights(source, list(source_subs.values()))
+    own_target = own_weights(target, list(target_subs.values()))
     if len(own_source) != len(own_target):
         raise RuntimeError(f"rewrite_model: the rewritten '{target.name}' holds other weights than the original.")
     for src, dst in zip(own_source, own_target, strict=True):

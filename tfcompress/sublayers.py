@@ -20,6 +20,7 @@ import keras
 
 __all__ = [
     "attribute_sublayers",
+    "own_weights",
     "get_by_path",
     "set_by_path",
     "trace_calls",
@@ -104,6 +105,27 @@ def _child(value: Any, step: str) -> Any:
     if isinstance(value, dict):
         return value[step]
     return getattr(value, step)
+
+
+def own_weights(layer: Any, subs: Sequence[Any]) -> list[Any]:
+    """The weights ``layer`` holds itself, outside the sublayers ``subs``, in ``layer.weights`` order.
+
+    Example:
+        >>> import keras
+        >>> class Scaled(keras.layers.Layer):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = keras.layers.Dense(2)
+        ...     def build(self, shape):
+        ...         self.fc.build(shape)
+        ...         self.scale = self.add_weight(shape=(2,), name="scale")
+        >>> block = Scaled()
+        >>> block.build((None, 3))
+        >>> [w.name for w in own_weights(block, [block.fc])]
+        ['scale']
+    """
+    inner = {id(w) for sub in subs for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
 
 
 def get_by_path(layer: Any, path: str) -> Any:
