@@ -122,15 +122,21 @@ def _inner_cost(ref: Any) -> Any:
 
 
 def _pruning_info(model: Any) -> dict[str, Any]:
-    """Which layers channel pruning can prune (consumers of a channel group) and why the others cannot."""
+    """Which layers channel pruning can prune (consumers of a channel group) and why the others cannot, by their
+    paths in ``model`` (channel pruning inlines nested models first, as compress_model does)."""
     from .pruning import prune_units
+    from .pruning.inline import inline_nested_models
 
     try:
-        units, reasons = prune_units(model)
+        inlined = inline_nested_models(model)
+        flat = model if inlined is None else inlined.model
+        paths = {} if inlined is None else inlined.paths
+        units, reasons = prune_units(flat)
     except ValueError as err:
         return {"prunable": [], "groups": 0, "reasons": {}, "error": str(err)}
-    prunable = sorted({slot.layer for unit in units for slot in unit.consumers})
-    return {"prunable": prunable, "groups": len(units), "reasons": dict(reasons)}
+    prunable = sorted({paths.get(slot.layer, slot.layer) for unit in units for slot in unit.consumers})
+    reasons = {paths.get(name, name): why for name, why in reasons.items()}
+    return {"prunable": prunable, "groups": len(units), "reasons": reasons}
 
 
 def inspect_text(info: dict[str, Any], path: str) -> str:

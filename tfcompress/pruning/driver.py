@@ -59,6 +59,7 @@ from ..layers.base import DecomposedConv2D
 from ..select import ScoreCacheWriter, greedy_select, min_loss_select
 from ..stats import CompressionStats, LayerStats
 from .groups import PruneUnit, prune_units
+from .inline import inline_for_pruning
 from .kinds import _out_channels
 from .rebuild import apply_pruning
 from .reconstruct import conv_output_size, extract_patches, reconstruct_weights, sample_positions
@@ -587,6 +588,9 @@ def compress_channels(
             "needs singular values and does not apply to channel pruning."
         )
     start = time.perf_counter()
+    model, work, parameters, note = inline_for_pruning(model, work, parameters)  # nested models become one graph
+    if note:
+        stats.notes.append(note)
     units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
     stats.skipped_layers.update(reasons)
     for name in dict.fromkeys(slot.layer for unit in units_list for slot in unit.consumers):
