@@ -133,6 +133,7 @@ def test_layers_inside_a_nested_base_are_pruned(transfer, tmp_path):
     assert stats.mac_compression_ratio <= 0.6 + 1e-3
     assert stats.mac_compression_ratio == pytest.approx(tfc.model_cost(small).macs / tfc.model_cost(model).macs)
     assert any("inlined the nested model(s) 'base'" in note for note in stats.notes)
+    assert small.compiled  # compiled like the user's model
     shrunk = {layer.name for layer in small.layers if isinstance(layer, L.Conv2D) and layer.kernel.shape[-2] < 24}
     assert shrunk & {"conv2", "conv3"}  # layers that lived inside 'base' lost input channels
     assert stats.compressed_model_accuracy > stats.baseline_model_accuracy - 0.15

@@ -341,6 +341,11 @@ def inline_nested_models(model: keras.Model) -> Inlined | None:
         source = objects.get(paths.get(layer.name, ""))
         if source is not None and layer.weights:
             layer.set_weights(source.get_weights())
+    if getattr(model, "compiled", False):  # the pruned model is built from the flat one: keep the user's compile
+        try:
+            flat.compile_from_config(model.get_compile_config())
+        except Exception:  # a custom loss or metric that cannot be re-created from its config: left uncompiled
+            pass
     result.model = flat
     result.paths = {layer.name: paths.get(layer.name, layer.name) for layer in flat.layers}
     result.by_id = {id(objects[path]): name for name, path in result.paths.items() if path in objects}
