@@ -118,4 +118,4 @@ def test_unknown_pairs_and_bad_shapes_are_refused():
         uf.conv1d_weight_svd_unfold(np.ones((3, 3, 2, 2)))
     with pytest.raises(ValueError, match=r"\(1, 1, M, N\)"):
         uf.pointwise_svd_unfold(np.ones((3, 3, 2, 2)))
-    assert set(uf.KINDS) == {"dense", "conv2d", "conv1d", "separable_conv2d", "conv2d_transpose"}
+    assert set(uf.KINDS) == {"dense", "einsum_dense", "conv2d", "conv1d", "separable_conv2d", "conv2d_transpose"}

@@ -12,10 +12,10 @@ __all__ = ["SCHEMES", "inspect_model", "inspect_text"]
 #: the decomposition schemes the command line offers (channel_pruning is separate)
 SCHEMES = ("weight_svd", "spatial_svd", "tucker")
 #: the layer classes that can be decomposed: they get a reason per scheme in the text when not eligible
-_DECOMPOSABLE = ("Dense", "Conv1D", "Conv2D", "SeparableConv2D", "Conv2DTranspose")
-_DECOMPOSABLE_TEXT = "Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose"
+_DECOMPOSABLE = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "SeparableConv2D", "Conv2DTranspose")
+_DECOMPOSABLE_TEXT = "Dense, EinsumDense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose"
 #: layers that hold most of a model's weights without being decomposable yet: their reason is printed too
-_EXPLAINED = (*_DECOMPOSABLE, "EinsumDense")
+_EXPLAINED = (*_DECOMPOSABLE, "MultiHeadAttention", "ReversibleEmbedding", "RotaryEmbedding")
 
 
 def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
@@ -62,7 +62,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
             if why and manual_why:
                 entry["reason"] = why
             else:
-                per_layer = "svd" if layer_kind(layer) == "dense" else scheme_name
+                per_layer = "svd" if layer_kind(layer) in ("dense", "einsum_dense") else scheme_name
                 geometry = layer_geometry(layer, input_shape=ref.input_shape)
                 smallest = decomposed_cost(geometry, per_layer, (1, 1) if per_layer == "tucker" else 1)
                 if smallest.metric(metric) >= original_cost(geometry).metric(metric):

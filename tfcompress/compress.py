@@ -65,6 +65,7 @@ from .errors import TargetUnreachableError, unreachable_message
 from .graph import LayerRef, check_graph_model, no_candidates_detail, resolve_layers, walk_layers
 from .latency import LatencyMeter, LatencyOptions
 from .layers.base import check_source_conv, check_source_dense
+from .layers.svd_einsum_dense import check_source_einsum_dense
 from .outputs import check_writable_file, remove_stale_temp_files
 from .params import (
     AutoSchemeParameters,
@@ -231,7 +232,7 @@ class _Candidate:
 
     def svd_matrix(self) -> np.ndarray:
         """The matrix whose SVD gives this layer's factors (the kernel, unfolded for its kind and scheme)."""
-        return unfoldings.unfold(self.geometry.kind, self.scheme, self.kernel)
+        return unfoldings.unfold(self.geometry.kind, self.scheme, self.kernel, self.geometry.equation)
 
     def _factor(self) -> decompose.TruncatedSVD:
         if self._svd is None:
@@ -271,7 +272,10 @@ class _Candidate:
             factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
             self.svd_seconds += time.perf_counter() - start
             return decompose.tucker2_compose(*factors)
-        return unfoldings.fold(self.geometry.kind, self.scheme, self._approximation(int(rank)), self.kernel.shape)
+        approximation = self._approximation(int(rank))
+        return unfoldings.fold(
+            self.geometry.kind, self.scheme, approximation, self.kernel.shape, self.geometry.equation
+        )
 
     def _approximation(self, rank: int) -> np.ndarray:
         """The float32 rank-``rank`` approximation of the unfolded kernel. The last one is kept: a higher rank next
@@ -294,7 +298,7 @@ class _Candidate:
         """Make ``kernel`` a read-only view of ``matrix``, this layer's unfolded kernel (:meth:`svd_matrix`)."""
         if matrix is None or matrix.dtype != self.kernel.dtype or self.scheme == "tucker":
             return
-        view = unfoldings.fold(self.geometry.kind, self.scheme, matrix, self.kernel.shape)
+        view = unfoldings.fold(self.geometry.kind, self.scheme, matrix, self.kernel.shape, self.geometry.equation)
         if view.shape == self.kernel.shape and np.shares_memory(view, matrix):
             view.flags.writeable = False
             self.kernel = view
@@ -355,11 +359,13 @@ def _kernel_slot(layer: Any, original_kernels: dict[int, np.ndarray]) -> Iterato
 def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str | None:
     """Why ``layer`` cannot be compressed with ``scheme`` (None when it can)."""
     kind = layer_kind(layer)
-    if kind == "dense":
+    if kind in ("dense", "einsum_dense"):
         if scheme is CompressionScheme.tucker:
             return "Tucker-2 applies to Conv2D layers only"
         if scheme is CompressionScheme.spatial_svd and not manual:
-            return "Dense layers are decomposed under spatial_svd only when listed in manual mode"
+            return (
+                f"{KIND_CLASSES[kind].__name__} layers are decomposed under spatial_svd only when listed in manual mode"
+            )
     elif kind in ("conv2d", "conv1d"):
         if scheme is CompressionScheme.tucker and kind == "conv1d":
             return "Tucker-2 applies to Conv2D layers only"
@@ -372,12 +378,14 @@ def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str |
             return f"{scheme.value} does not apply to {what}; weight_svd does"
     else:
         return (
-            f"{type(layer).__name__} is not a Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer "
-            "(the layers that can be decomposed)"
+            f"{type(layer).__name__} is not a Dense, EinsumDense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose "
+            "layer (the layers that can be decomposed)"
         )
     try:
         if kind == "dense":
             check_source_dense(layer)
+        elif kind == "einsum_dense":
+            check_source_einsum_dense(layer)
         else:
             check_source_conv(layer, KIND_CLASSES[kind])
     except (TypeError, ValueError) as err:
@@ -388,7 +396,7 @@ def _ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str |
 
 
 def _layer_scheme(layer: Any, scheme: CompressionScheme) -> str:
-    if isinstance(layer, keras.layers.Dense):
+    if isinstance(layer, keras.layers.Dense | keras.layers.EinsumDense):
         return "svd"
     if scheme is CompressionScheme.auto:
         return "weight_svd"  # the first variant; compress_scheme="auto" tries the others too (see _auto_variants)

@@ -52,6 +52,7 @@ from typing import Any
 import keras
 
 from ._checks import is_int, is_real
+from .einsum_unfold import einsum_problem, einsum_split
 from .enums import CompressionScheme, CostMetric, coerce_enum
 from .graph import check_graph_model, walk_calls
 from .layer_macs import Uncounted, UnknownSize, layer_macs
@@ -59,6 +60,7 @@ from .layers import (
     SpatialSVDConv1D,
     SpatialSVDConv2D,
     SVDDense,
+    SVDEinsumDense,
     SVDSeparableConv2D,
     TuckerConv2D,
     WeightSVDConv1D,
@@ -66,6 +68,7 @@ from .layers import (
     WeightSVDConv2DTranspose,
 )
 from .layers.base import DecomposedConv
+from .layers.svd_einsum_dense import positions_of
 
 __all__ = [
     "Cost",
@@ -90,6 +93,7 @@ LAYER_SCHEMES = ("svd", "weight_svd", "spatial_svd", "tucker")
 #: the schemes each kind of layer can be decomposed with (the first is what "weight_svd" means for it)
 KIND_SCHEMES: dict[str, tuple[str, ...]] = {
     "dense": ("svd",),
+    "einsum_dense": ("svd",),
     "conv2d": ("weight_svd", "spatial_svd", "tucker"),
     "conv1d": ("weight_svd", "spatial_svd"),
     "separable_conv2d": ("weight_svd",),
@@ -99,6 +103,7 @@ KIND_SCHEMES: dict[str, tuple[str, ...]] = {
 #: Keras layer class of each kind, and the kind's display name in messages
 KIND_CLASSES: dict[str, Any] = {
     "dense": keras.layers.Dense,
+    "einsum_dense": keras.layers.EinsumDense,
     "conv2d": keras.layers.Conv2D,
     "conv1d": keras.layers.Conv1D,
     "separable_conv2d": keras.layers.SeparableConv2D,
@@ -106,12 +111,13 @@ KIND_CLASSES: dict[str, Any] = {
 }
 
 #: the layers whose cost comes from a LayerGeometry: the decomposable Keras layers and their decomposed twins
-GEOMETRY_CLASSES = (*KIND_CLASSES.values(), SVDDense, DecomposedConv)
+GEOMETRY_CLASSES = (*KIND_CLASSES.values(), SVDDense, SVDEinsumDense, DecomposedConv)
 
 
 #: the kind of layer each decomposed layer class replaces
 _TWIN_KINDS: dict[type, str] = {
     SVDDense: "dense",
+    SVDEinsumDense: "einsum_dense",
     WeightSVDConv1D: "conv1d",
     SpatialSVDConv1D: "conv1d",
     SVDSeparableConv2D: "separable_conv2d",
@@ -180,6 +186,9 @@ class LayerGeometry:
     use_bias: bool = True
     name: str = "?"
     depth_multiplier: int = 1  # separable_conv2d only
+    #: einsum_dense only: the equation (its kernel unfolds to (in_channels, out_channels)) and the bias size
+    equation: str | None = None
+    bias_params: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_SCHEMES:
@@ -187,13 +196,15 @@ class LayerGeometry:
 
 
 def _bias(g: LayerGeometry) -> int:
+    if g.bias_params is not None:
+        return g.bias_params if g.use_bias else 0
     return g.out_channels if g.use_bias else 0
 
 
 def original_cost(g: LayerGeometry) -> Cost:
     """Cost of the uncompressed layer."""
     c, n = g.in_channels, g.out_channels
-    if g.kind == "dense":
+    if g.kind in ("dense", "einsum_dense"):
         return Cost(g.positions * c * n, c * n + _bias(g))
     kh, kw = g.kernel_size
     (h, w), (ho, wo) = g.in_hw, g.out_hw
@@ -207,10 +218,11 @@ def original_cost(g: LayerGeometry) -> Cost:
 
 def _check_scheme(g: LayerGeometry, scheme: str) -> str:
     scheme = str(getattr(scheme, "value", scheme))
-    if g.kind == "dense":
+    if g.kind in ("dense", "einsum_dense"):
         if scheme not in ("svd", "weight_svd", "spatial_svd"):
             raise ValueError(
-                f"layer '{g.name}' is a Dense layer; it can be decomposed with 'svd' only, not {scheme!r}."
+                f"layer '{g.name}' is a {KIND_CLASSES[g.kind].__name__} layer; it can be decomposed with 'svd' only, "
+                f"not {scheme!r}."
             )
         return "svd"
     allowed = KIND_SCHEMES[g.kind]
@@ -379,7 +391,7 @@ def _hw(shape: tuple, layer: Any, which: str) -> tuple[int, int]:
 
 
 def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) -> LayerGeometry:
-    """Geometry of a decomposable layer (``Dense``, ``Conv1D``, ``Conv2D``, ``SeparableConv2D``,
+    """Geometry of a decomposable layer (``Dense``, ``EinsumDense``, ``Conv1D``, ``Conv2D``, ``SeparableConv2D``,
     ``Conv2DTranspose``) or of a decomposed twin, from its real input and output shapes.
 
     Example:
@@ -393,10 +405,12 @@ def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) 
     kind = layer_kind(layer)
     if kind is None:
         raise TypeError(
-            f"layer '{getattr(layer, 'name', '?')}' ({type(layer).__name__}) is not a Dense, Conv1D, Conv2D, "
-            "SeparableConv2D or Conv2DTranspose layer; only those can be decomposed."
+            f"layer '{getattr(layer, 'name', '?')}' ({type(layer).__name__}) is not a Dense, EinsumDense, Conv1D, "
+            "Conv2D, SeparableConv2D or Conv2DTranspose layer; only those can be decomposed."
         )
     in_shape, out_shape = _layer_shapes(layer, input_shape)
+    if kind == "einsum_dense":
+        return _einsum_geometry(layer, in_shape)
     if kind == "dense":
         lead = [d for d in in_shape[1:-1]]
         if any(d is None for d in lead):
@@ -427,9 +441,36 @@ def layer_geometry(layer: Any, input_shape: Sequence[int | None] | None = None) 
     )
 
 
+def _einsum_geometry(layer: Any, in_shape: tuple) -> LayerGeometry:
+    """An ``EinsumDense`` (or ``SVDEinsumDense``) as a dense map (in, out) applied at ``positions`` places."""
+    if isinstance(layer, SVDEinsumDense):
+        kernel_shape, bias = layer.kernel_shape, layer.bias
+    else:
+        if not layer.built:
+            raise ValueError(f"layer '{layer.name}' is not built; build or call the model first.")
+        kernel_shape, bias = tuple(int(d) for d in layer.kernel.shape), layer.bias
+    try:
+        split = einsum_split(layer.equation)
+        positions = positions_of(layer.equation, in_shape)
+    except ValueError as err:
+        raise ValueError(f"layer '{layer.name}' ({type(layer).__name__}): {err}.") from None
+    c, n = split.matrix_shape(kernel_shape)
+    bias_params = 0 if bias is None else math.prod(int(d) for d in bias.shape)
+    return LayerGeometry(
+        "einsum_dense",
+        c,
+        n,
+        positions=positions,
+        use_bias=bias is not None,
+        name=layer.name,
+        equation=layer.equation,
+        bias_params=bias_params,
+    )
+
+
 def layer_scheme(layer: Any) -> str | None:
     """The decomposition scheme a decomposed layer implements, or ``None`` for any other layer."""
-    return getattr(layer, "scheme", None) if isinstance(layer, SVDDense | DecomposedConv) else None
+    return getattr(layer, "scheme", None) if isinstance(layer, SVDDense | SVDEinsumDense | DecomposedConv) else None
 
 
 @dataclass(frozen=True)
@@ -521,6 +562,8 @@ def _geometry_macs(layer: Any, in_shape: tuple) -> int | None:
         return None
     if type(layer) not in KIND_CLASSES.values() and layer_scheme(layer) is None:
         return None  # a subclass: counted from its weights by layer_macs
+    if isinstance(layer, keras.layers.EinsumDense) and einsum_problem(layer.equation):
+        return None  # counted from its equation by layer_macs
     if any(d is None for d in in_shape[1:]):
         return None
     g = layer_geometry(layer, input_shape=in_shape)

@@ -25,6 +25,7 @@ from .layers import (
     SpatialSVDConv1D,
     SpatialSVDConv2D,
     SVDDense,
+    SVDEinsumDense,
     SVDSeparableConv2D,
     TuckerConv2D,
     WeightSVDConv1D,
@@ -32,6 +33,7 @@ from .layers import (
     WeightSVDConv2DTranspose,
 )
 from .layers.base import check_source_conv, check_source_dense
+from .layers.svd_einsum_dense import check_source_einsum_dense
 from .rewire import fill_rewired, replacement_problem, rewired_twin
 
 __all__ = ["rewrite_model", "decomposed_layer", "decomposed_class", "normalize_plan"]
@@ -54,6 +56,7 @@ def _scheme_name(scheme: Any, what: str) -> str:
 #: (layer kind, per-layer scheme) -> the decomposed layer class
 _TWINS: dict[tuple[str, str], Any] = {
     ("dense", "svd"): SVDDense,
+    ("einsum_dense", "svd"): SVDEinsumDense,
     ("conv2d", "weight_svd"): WeightSVDConv2D,
     ("conv2d", "spatial_svd"): SpatialSVDConv2D,
     ("conv2d", "tucker"): TuckerConv2D,
@@ -67,7 +70,7 @@ _TWINS: dict[tuple[str, str], Any] = {
 def _layer_scheme(layer: Any, scheme: str) -> str:
     """The per-layer scheme actually used: Dense layers are always decomposed with plain SVD, and plain SVD of a
     SeparableConv2D (its pointwise kernel is a matrix) is its weight SVD."""
-    if isinstance(layer, keras.layers.Dense) and scheme in ("weight_svd", "spatial_svd"):
+    if isinstance(layer, keras.layers.Dense | keras.layers.EinsumDense) and scheme in ("weight_svd", "spatial_svd"):
         return "svd"
     if isinstance(layer, keras.layers.SeparableConv2D) and scheme == "svd":
         return "weight_svd"
@@ -142,9 +145,10 @@ def normalize_plan(plan: Mapping[Any, Any], scheme: Any = None) -> dict[Any, tup
 
 
 def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tuple[int, int]) -> keras.layers.Layer:
-    """The built decomposed twin of ``layer`` (a Conv2D or Dense) with its optimal factors.
+    """The built decomposed twin of ``layer`` (a Conv2D, Dense, EinsumDense, ...) with its optimal factors.
 
-    ``weight_svd`` and ``spatial_svd`` applied to a ``Dense`` layer give an ``SVDDense``.
+    ``weight_svd`` and ``spatial_svd`` applied to a ``Dense`` layer give an ``SVDDense`` (an ``EinsumDense``: an
+    ``SVDEinsumDense``).
 
     Example:
         >>> import keras
@@ -169,20 +173,22 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     kind = layer_kind(layer)
     if kind is None:
         return (
-            f"{type(layer).__name__} is not a Dense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose layer, "
-            "the layers that can be decomposed"
+            f"{type(layer).__name__} is not a Dense, EinsumDense, Conv1D, Conv2D, SeparableConv2D or Conv2DTranspose "
+            "layer, the layers that can be decomposed"
         )
     scheme = _layer_scheme(layer, scheme)
     if (kind, scheme) not in _TWINS:
         if scheme == "tucker":
             return "Tucker-2 applies to Conv2D layers only"
-        if scheme == "svd" and kind != "dense":
+        if scheme == "svd" and kind not in ("dense", "einsum_dense"):
             return f"plain SVD applies to Dense (and SeparableConv2D) layers; use {KIND_SCHEMES[kind][0]!r} here"
         allowed = " or ".join(repr(s) for s in KIND_SCHEMES[kind])
         return f"{scheme} does not apply to a {KIND_CLASSES[kind].__name__}; use {allowed}"
     try:
         if kind == "dense":
             check_source_dense(layer)
+        elif kind == "einsum_dense":
+            check_source_einsum_dense(layer)
         else:
             check_source_conv(layer, KIND_CLASSES[kind])
         kernel_shape = tuple(int(d) for d in _source_kernel(layer).shape)
@@ -190,7 +196,10 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     except (TypeError, ValueError) as err:
         return str(err)
     cls = _TWINS[(kind, scheme)]
-    bound: Any = min(kernel_shape) if cls is SVDDense else cls.max_rank_for(kernel_shape)
+    if cls is SVDEinsumDense:
+        bound: Any = cls.max_rank_for(kernel_shape, layer.equation)
+    else:
+        bound = min(kernel_shape) if cls is SVDDense else cls.max_rank_for(kernel_shape)
     ranks = rank if isinstance(rank, tuple) else (rank,)
     bounds = bound if isinstance(bound, tuple) else (bound,)
     if any(r < 1 or r > b for r, b in zip(ranks, bounds, strict=True)):

@@ -56,6 +56,7 @@ import numpy as np
 
 from . import decompose
 from .decompose import TruncatedSVD
+from .einsum_unfold import einsum_fold, einsum_unfold
 
 __all__ = [
     "KINDS",
@@ -261,6 +262,9 @@ for _kind, _scheme in _TABLE:
     KINDS[_kind] += (_scheme,)
 
 
+KINDS["einsum_dense"] = ("svd",)  # unfolded per its equation (tfcompress.einsum_unfold), not by a table entry
+
+
 def _entry(kind: str, scheme: str) -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
     try:
         return _TABLE[(kind, scheme)]
@@ -270,17 +274,34 @@ def _entry(kind: str, scheme: str) -> tuple[Callable[..., np.ndarray], Callable[
         ) from None
 
 
-def unfold(kind: str, scheme: str, kernel: np.ndarray) -> np.ndarray:
-    """The matrix whose truncated SVD gives the ``scheme`` factors of a ``kind`` layer's kernel.
+def _einsum(kind: str, scheme: str, equation: str | None) -> bool:
+    if kind != "einsum_dense":
+        return False
+    if scheme not in ("svd", "weight_svd", "spatial_svd") or not equation:
+        raise ValueError(
+            f"an 'einsum_dense' kernel unfolds for 'svd' with its equation (got {scheme!r}, {equation!r})."
+        )
+    return True
+
+
+def unfold(kind: str, scheme: str, kernel: np.ndarray, equation: str | None = None) -> np.ndarray:
+    """The matrix whose truncated SVD gives the ``scheme`` factors of a ``kind`` layer's kernel (an
+    ``"einsum_dense"`` kernel needs its ``equation``).
 
     Example:
         >>> unfold("conv2d_transpose", "weight_svd", np.zeros((3, 3, 8, 4))).shape
         (4, 72)
+        >>> unfold("einsum_dense", "svd", np.zeros((2, 4, 16)), equation="abcd,cde->abe").shape
+        (8, 16)
     """
+    if _einsum(kind, scheme, equation):
+        return einsum_unfold(kernel, equation)
     return _entry(kind, scheme)[0](kernel)
 
 
-def fold(kind: str, scheme: str, matrix: np.ndarray, kernel_shape: tuple[int, ...]) -> np.ndarray:
+def fold(
+    kind: str, scheme: str, matrix: np.ndarray, kernel_shape: tuple[int, ...], equation: str | None = None
+) -> np.ndarray:
     """Inverse of :func:`unfold`: the kernel of shape ``kernel_shape`` whose unfolding is ``matrix``.
 
     Example:
@@ -288,4 +309,6 @@ def fold(kind: str, scheme: str, matrix: np.ndarray, kernel_shape: tuple[int, ..
         >>> np.array_equal(fold("conv1d", "spatial_svd", unfold("conv1d", "spatial_svd", k), k.shape), k)
         True
     """
+    if _einsum(kind, scheme, equation):
+        return einsum_fold(matrix, equation, tuple(kernel_shape))
     return _entry(kind, scheme)[1](matrix, tuple(kernel_shape))

@@ -6,6 +6,7 @@ from .rewired_layer import RewiredLayer
 from .spatial_svd_conv1d import SpatialSVDConv1D
 from .spatial_svd_conv2d import SpatialSVDConv2D
 from .svd_dense import SVDDense
+from .svd_einsum_dense import SVDEinsumDense
 from .svd_separable_conv2d import SVDSeparableConv2D
 from .tucker_conv2d import TuckerConv2D
 from .weight_svd_conv1d import WeightSVDConv1D
@@ -16,6 +17,7 @@ __all__ = [
     "ChannelGather",
     "RewiredLayer",
     "SVDDense",
+    "SVDEinsumDense",
     "SVDSeparableConv2D",
     "SpatialSVDConv1D",
     "SpatialSVDConv2D",
