@@ -287,7 +287,7 @@ def test_candidates_swap_kernel_in_place_without_cloning():
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_kernel_slot_assigns_each_candidate_once_and_restores_the_original_once(fail):
-    from tfcompress.compress import _kernel_slot
+    from tfcompress.pipeline.candidates import kernel_slot as _kernel_slot
 
     layer = cnn().get_layer("conv2")
     original = layer.get_weights()[0].copy()

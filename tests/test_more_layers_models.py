@@ -263,8 +263,9 @@ def test_greedy_spatial_svd_takes_conv1d_and_says_why_not_the_others():
 
 
 def test_auto_scheme_variants_per_kind():
-    from tfcompress.compress import _auto_variants, _Candidate
     from tfcompress.enums import CostMetric
+    from tfcompress.pipeline.candidates import Candidate as _Candidate
+    from tfcompress.pipeline.candidates import auto_variants as _auto_variants
 
     model = mixed_model()
     variants = {}

@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         TuckerParameters,
         WeightSvdParameters,
     )
+    from .pipeline import LocalExecutor
     from .report import report
     from .rewrite import rewrite_model
     from .stats import CompressionStats, LayerStats
@@ -71,6 +72,7 @@ _PUBLIC = {
     "Mode": "enums",
     "RankSelectScheme": "enums",
     "LatencyOptions": "latency",
+    "LocalExecutor": "pipeline",
     "ChannelGather": "layers",
     "SpatialSVDConv1D": "layers",
     "SpatialSVDConv2D": "layers",
@@ -108,6 +110,7 @@ __all__ = [
     "GreedySelectionParameters",
     "LatencyOptions",
     "LayerStats",
+    "LocalExecutor",
     "Mode",
     "ModelChangedError",
     "ModelCompressor",

@@ -31,10 +31,10 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
         >>> info["layers"][1]["schemes"]["spatial_svd"]["reason"]
         '1x1 convolution: spatial_svd needs a kernel larger than 1 in at least one direction'
     """
-    from .compress import _ineligibility, _inner_problem
     from .cost import decomposed_cost, layer_geometry, layer_kind, max_rank, model_cost, original_cost
     from .enums import CompressionScheme
     from .graph import walk_layers
+    from .pipeline.candidates import ineligibility, inner_problem
 
     cost = model_cost(model, warn=False)
     rows = []
@@ -56,9 +56,9 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
                 entry["reason"] = f"{type(layer).__name__} is not a {_DECOMPOSABLE_TEXT} layer"
                 schemes[scheme_name] = entry
                 continue
-            inner = _inner_problem(ref)
-            why = inner or _ineligibility(layer, scheme, manual=False)
-            manual_why = (inner or _ineligibility(layer, scheme, manual=True)) if why else None
+            inner = inner_problem(ref)
+            why = inner or ineligibility(layer, scheme, manual=False)
+            manual_why = (inner or ineligibility(layer, scheme, manual=True)) if why else None
             if why and manual_why:
                 entry["reason"] = why
             else:

@@ -19,10 +19,11 @@ from typing import Any
 import keras
 
 from ._checks import is_real
-from .compress import _Evaluator, compress_model
+from .compress import compress_model
 from .cost import model_cost
 from .enums import CostMetric, Mode
 from .params import ChannelPruningParameters, GreedySelectionParameters, SpatialSvdParameters, _check_ratio
+from .pipeline.evaluator import Evaluator
 from .rewrite import rewrite_model
 from .stats import CompressionStats, write_json_atomic
 
@@ -213,7 +214,7 @@ def svd_then_prune(
             )
     tune = _finetuner(finetune)
     ignore = list(modules_to_ignore or [])
-    evaluator = _Evaluator(eval_callback, eval_iterations)
+    evaluator = Evaluator(eval_callback, eval_iterations)
     original_macs = model_cost(model).macs
     original_params = model_cost(model).params
     result = SvdThenPruneResult(target, float(tolerance), evaluator(model, "the baseline model"))
