@@ -164,7 +164,7 @@ def test_user_mistakes_raise():
     with pytest.raises(ValueError, match="distinct"):
         prune_input_channels(model, {"conv2": [1, 1]})
     bn_model = keras.Sequential([keras.Input((4, 4, 2)), L.Conv2D(3, 1), L.BatchNormalization(name="bn")])
-    with pytest.raises(ValueError, match=r"bn.*Conv2D and Dense"):
+    with pytest.raises(ValueError, match=r"bn.*Conv2D, Dense and SeparableConv2D"):
         prune_input_channels(bn_model, {"bn": [0]})
 
 

@@ -16,8 +16,10 @@ from ..decompose import blas_single_thread
 from ..layers import SVDDense
 from ..layers.base import DecomposedConv2D
 from .groups import PruneUnit
+from .kinds import _is_separable
 from .reconstruct import reconstruct_weights
 from .select import ChannelProblem, channel_order
+from .separable import channel_norms, pointwise_from_taps, pointwise_taps
 
 if TYPE_CHECKING:
     from .sampling import Sampler
@@ -27,9 +29,12 @@ logger = logging.getLogger("tfcompress")
 
 @dataclass
 class View:
-    """The input side of a prunable layer: the kernel whose axis -2 is the layer's input channels, its conv
-    geometry (``kernel_size`` is ``None`` for Dense), and the bias added right after it (``None`` when the first
-    stage of a decomposed layer has none)."""
+    """The input side of a prunable layer: the kernel refitted when its input channels shrink, its conv geometry
+    (``kernel_size`` is ``None`` for Dense), and the bias added right after it (``None`` when the first stage of a
+    decomposed layer has none). The kernel's rows are the layer's input channels, ``taps`` rows per channel (a
+    ``(kh, kw, C, N)`` kernel has ``kh*kw``). A SeparableConv2D's refitted kernel is its pointwise kernel, read
+    on the outputs of ``depthwise`` (its depthwise kernel, which has the conv geometry): ``depth_multiplier``
+    taps per input channel."""
 
     kernel: Any
     kernel_size: tuple[int, int] | None
@@ -37,9 +42,24 @@ class View:
     padding: str = "valid"
     dilation: Any = 1
     bias: Any = None
+    depthwise: Any = None
+
+    def taps(self, kernel: np.ndarray) -> np.ndarray:
+        """A value of :attr:`kernel` as ``(taps, C, N)``."""
+        if self.depthwise is not None:
+            return pointwise_taps(kernel, int(self.depthwise.shape[-1]))
+        return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
+
+    def untaps(self, taps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The inverse of :meth:`taps`: a ``(taps, C, N)`` kernel as a value of ``shape`` for :attr:`kernel`."""
+        return taps.reshape(shape) if self.depthwise is None else pointwise_from_taps(taps, shape)
 
 
 def view_of(layer: Any) -> View:
+    if _is_separable(layer):
+        bias = layer.bias if layer.use_bias else None
+        geometry = (tuple(layer.kernel_size), layer.strides, layer.padding, layer.dilation_rate)
+        return View(layer.pointwise_kernel, *geometry, bias=bias, depthwise=layer.depthwise_kernel)
     if isinstance(layer, DecomposedConv2D):
         variable, strides, padding, dilation = layer._stages()[0]
         return View(variable, tuple(int(k) for k in variable.shape[:2]), strides, padding, dilation)
@@ -58,7 +78,8 @@ def _rank_of(layer: Any) -> Any:
 def layer_cost(layer: Any, removed_in: int = 0, removed_out: int = 0, full_macs: float = 0.0) -> tuple[float, float]:
     """Exact ``(macs, params)`` of ``layer`` with ``removed_in`` input and ``removed_out`` output channels gone.
 
-    Conv2D/Dense and the decomposed layers use the cost formulas; per-channel layers (BatchNormalization,
+    Conv2D/Dense/SeparableConv2D and the decomposed layers use the cost formulas (a SeparableConv2D with C inputs
+    left: C depthwise filters and C*dm pointwise rows); per-channel layers (BatchNormalization,
     DepthwiseConv2D) shrink their ``full_macs`` (the layer's MACs at full size, from ``model_cost``) and parameters
     in proportion to their channels (``removed_out``).
     """
@@ -117,6 +138,7 @@ class Consumer:
     kernel: np.ndarray  # current kernel, (taps, C, N)
     bias: np.ndarray | None
     removed: set[int]  # input channels already removed by earlier units
+    norms: np.ndarray  # (C,) squared norm of each input channel's weights (magnitude selection)
 
     def kept_inputs(self, dropped: np.ndarray) -> np.ndarray:
         gone = self.removed | {int(c) for c in self.index[dropped]}
@@ -133,16 +155,11 @@ class Consumer:
         )
         return kernel.reshape(sliced.shape), bias
 
-    def full_kernel(self, kept: np.ndarray, kernel: np.ndarray, shape: tuple) -> np.ndarray:
-        """The layer-shaped kernel with ``kernel`` on the kept inputs and zeros on the others."""
+    def full_kernel(self, kept: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """The ``(taps, C, N)`` kernel with ``kernel`` on the kept inputs and zeros on the others."""
         full = np.zeros((self.taps, self.channels_in, kernel.shape[-1]), dtype=np.float32)
         full[:, kept, :] = kernel
-        return full.reshape(shape)
-
-
-def _kernel_taps(kernel: np.ndarray) -> np.ndarray:
-    """A Conv2D ``(kh, kw, C, N)`` or Dense ``(C, N)`` kernel as ``(taps, C, N)``."""
-    return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
+        return full
 
 
 def consumers_of(
@@ -166,14 +183,14 @@ def consumers_of(
     result = []
     for slot in unit.consumers:
         view, source = view_of(current.get_layer(slot.layer)), view_of(original.get_layer(slot.layer))
-        w0 = np.asarray(keras.ops.convert_to_numpy(source.kernel), dtype=np.float64)
+        w0 = source.taps(np.asarray(keras.ops.convert_to_numpy(source.kernel), dtype=np.float64))
         check_finite(w0, f"channel pruning: the kernel of layer '{slot.layer}'", "fix the weights first")
         if before[slot.layer] is None:
             before[slot.layer] = now[slot.layer] = np.zeros((0, w0[..., 0].size))
         y = before[slot.layer].astype(np.float64) @ w0.reshape(-1, w0.shape[-1])
         if source.bias is not None:
             y = y + np.asarray(keras.ops.convert_to_numpy(source.bias), dtype=np.float64)
-        kernel = _kernel_taps(np.asarray(keras.ops.convert_to_numpy(view.kernel), dtype=np.float64))
+        kernel = view.taps(np.asarray(keras.ops.convert_to_numpy(view.kernel), dtype=np.float64))
         bias = None if view.bias is None else np.asarray(keras.ops.convert_to_numpy(view.bias), dtype=np.float64)
         taps, channels_in = kernel.shape[0], kernel.shape[1]
         x = now[slot.layer].reshape(len(y), taps, channels_in).transpose(0, 2, 1)
@@ -189,9 +206,18 @@ def consumers_of(
                 kernel=kernel,
                 bias=bias,
                 removed=set(removed.get(slot.layer, set())),
+                norms=_channel_norms(view, kernel),
             )
         )
     return result
+
+
+def _channel_norms(view: View, kernel: np.ndarray) -> np.ndarray:
+    """Per input channel, the squared norm of the layer's weights on it (a SeparableConv2D: of the effective
+    kernel, depthwise times pointwise); ``kernel`` is ``view.kernel``'s value as ``(taps, C, N)``."""
+    if view.depthwise is None:
+        return np.sum(kernel**2, axis=(0, 2))
+    return channel_norms(keras.ops.convert_to_numpy(view.depthwise), view.untaps(kernel, tuple(view.kernel.shape)))
 
 
 @blas_single_thread()
@@ -200,8 +226,7 @@ def keep_order(consumers: list[Consumer], n: int, keep: int, selection: str) -> 
     if selection == "magnitude":
         score = np.zeros(n)
         for c in consumers:
-            per_channel = np.sum(c.kernel[:, c.index, :] ** 2, axis=(0, 2))
-            score += per_channel / max(float(np.sum(c.kernel**2)), 1e-300)
+            score += c.norms[c.index] / max(float(np.sum(c.norms)), 1e-300)
         return np.argsort(-score, kind="stable")[:keep]
     problems = []
     for c in consumers:
@@ -269,7 +294,7 @@ def mask_assignments(work: keras.Model, consumers: list[Consumer], fitted: dict[
     for c in consumers:
         view = view_of(work.get_layer(c.name))
         kept, kernel, bias = fitted[c.name]
-        out.append((view.kernel, c.full_kernel(kept, kernel, tuple(view.kernel.shape))))
+        out.append((view.kernel, view.untaps(c.full_kernel(kept, kernel), tuple(view.kernel.shape))))
         if bias is not None and view.bias is not None:
             out.append((view.bias, bias))
     return out

@@ -3,7 +3,7 @@
 How a run goes (the SVD schemes' principles hold: one working copy, in-place candidates):
 
 1. :func:`tfcompress.pruning.prune_units` splits the model into *units*: channel
-   groups that must lose the same channels together (one Conv2D/Dense input, or a
+   groups that must lose the same channels together (one Conv2D/Dense/SeparableConv2D input, or a
    residual stage whose ``Add`` ties several layers), each named after its first
    consumer layer. Layers that cannot be pruned are listed with the reason.
 2. For a unit at a candidate ratio (fraction of channels kept), the kept channels
@@ -143,8 +143,11 @@ def compress_channels(
     units_list, reasons = prune_units(model, allow_custom_downsample_ops=parameters.allow_custom_downsample_ops)
     stats.skipped_layers.update(reasons)
     for name in dict.fromkeys(slot.layer for unit in units_list for slot in unit.consumers):
-        kernel = keras.ops.convert_to_numpy(view_of(model.get_layer(name)).kernel)  # before any data is sampled
-        check_finite(kernel, f"channel pruning: the kernel of layer '{name}'", "fix the weights first")
+        view = view_of(model.get_layer(name))
+        for what, variable in (("kernel", view.kernel), ("depthwise kernel", view.depthwise)):
+            if variable is not None:  # before any data is sampled
+                value = keras.ops.convert_to_numpy(variable)
+                check_finite(value, f"channel pruning: the {what} of layer '{name}'", "fix the weights first")
     original = model_cost(model, warn=False)
     run = _Run(
         model,
@@ -222,8 +225,8 @@ def _manual_ratios(run: _Run, reasons: dict[str, str]) -> dict[str, list[float]]
             problems.append(f"'{name}': {reasons[name]}")
         else:
             problems.append(
-                f"'{name}': not a Conv2D/Dense layer whose input channels can be pruned (name the layer whose INPUT "
-                "channels should shrink)"
+                f"'{name}': not a Conv2D/Dense/SeparableConv2D layer whose input channels can be pruned (name the "
+                "layer whose INPUT channels should shrink)"
             )
     if problems:
         raise ValueError("ManualModeParams cannot be applied: " + "; ".join(problems) + ".")

@@ -15,7 +15,15 @@ import keras
 import numpy as np
 
 from ..graph import check_graph_model, is_graph_model, walk_layers
-from .kinds import _channels, _in_channels, _input_shapes, _kind, _out_channels, _producer_problem
+from .kinds import (
+    _channels,
+    _in_channels,
+    _input_shapes,
+    _is_channel_layer,
+    _kind,
+    _out_channels,
+    _producer_problem,
+)
 
 __all__ = ["ChannelSlot", "PruneUnit", "prune_units"]
 
@@ -52,10 +60,10 @@ class PruneUnit:
     layer is the first consumer of several units (it reads a concat),
     ``"layer[start:stop]"`` with the unit's slice of its input channels; to find the
     layer use ``consumers[0].layer``, never parse the name. Producers are
-    the Conv2D/Dense layers that make the channels (they lose output channels),
-    ``channelwise`` the layers on the way with per-channel weights (BatchNormalization,
-    DepthwiseConv2D), ``consumers`` the Conv2D/Dense layers that read the channels (they
-    lose input channels). A ``gather`` unit has one consumer and no producers: the
+    the Conv2D/Dense/SeparableConv2D layers that make the channels (they lose output
+    channels), ``channelwise`` the layers on the way with per-channel weights
+    (BatchNormalization, DepthwiseConv2D), ``consumers`` the Conv2D/Dense/SeparableConv2D
+    layers that read the channels (they lose input channels). A ``gather`` unit has one consumer and no producers: the
     upstream is left alone and a :class:`~tfcompress.layers.ChannelGather` picks the kept
     channels in front of the consumer.
     """
@@ -304,7 +312,7 @@ def _analyse(model: keras.Model) -> _Analysis:
             kind, why = "opaque", "which uses a constant with one value per channel"
         if kind != "opaque" and (extra or (kind not in ("merge", "concat") and len(refs) != 1)):
             kind, why = "opaque", f"which is called with {len(refs)} tensor inputs"
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and kind != "producer":
+        if _is_channel_layer(layer) and kind != "producer":
             result.reasons[name] = f"'{name}' ({type(layer).__name__}): {why.removeprefix('which ')}"
         if kind == "opaque":
             label = f"'{name}' ({type(layer).__name__}), {why}"
@@ -409,8 +417,8 @@ def prune_units(
 
     Returns:
         ``(units, reasons)``: the units, ordered by their first consumer, and
-        ``{layer: reason}`` for every top-level Conv2D/Dense none of whose input
-        channels can be pruned, and (by path, ``"outer/inner"``) every Conv2D/Dense
+        ``{layer: reason}`` for every top-level Conv2D/Dense/SeparableConv2D none of whose input
+        channels can be pruned, and (by path, ``"outer/inner"``) every such layer
         inside a nested model (a layer reading a concat of a pinned part and a
         prunable part is in a unit, not in ``reasons``; gather units remove their layer
         from ``reasons``).
@@ -493,12 +501,10 @@ def prune_units(
 
 
 def _inner_reasons(model: keras.Model) -> dict[str, str]:
-    """Why each Conv2D/Dense inside a nested model or a custom layer is not pruned, by its path."""
+    """Why each Conv2D/Dense/SeparableConv2D inside a nested model or a custom layer is not pruned, by its path."""
     out: dict[str, str] = {}
     for ref in walk_layers(model, sublayers=True):
-        if "/" not in ref.path or not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
-            continue
-        if type(ref.layer) is keras.layers.DepthwiseConv2D:
+        if "/" not in ref.path or not _is_channel_layer(ref.layer):
             continue
         top = ref.path.split("/", 1)[0]
         holder = model.get_layer(top)

@@ -2,7 +2,8 @@
 
 :func:`_kind` sorts every node of a model's graph into one of
 
-- ``producer``: a Conv2D/Dense (or a tfcompress decomposed layer) that reads one channel space and makes a new one;
+- ``producer``: a Conv2D/Dense/SeparableConv2D (or a tfcompress decomposed layer) that reads one channel space and
+  makes a new one;
 - ``channelwise``: a layer that keeps its input's channels apart and holds per-channel weights or config values
   (BatchNormalization, DepthwiseConv2D, ...), sliced with the channels;
 - ``pass``: a layer that keeps channels apart and holds nothing per channel (activations, pooling, padding, ...);
@@ -158,10 +159,22 @@ def _is_decomposed(layer: Any) -> bool:
     return isinstance(layer, DecomposedConv2D | SVDDense)
 
 
+def _is_separable(layer: Any) -> bool:
+    """A plain ``keras.layers.SeparableConv2D`` (not a subclass): see :mod:`.separable`."""
+    return type(layer) is keras.layers.SeparableConv2D
+
+
+def _is_channel_layer(layer: Any) -> bool:
+    """A layer of a class whose input channels channel pruning can remove (Conv2D, Dense, SeparableConv2D, and
+    their subclasses, which are refused with a reason); DepthwiseConv2D is per-channel, not one of them."""
+    return isinstance(layer, keras.layers.Conv2D | keras.layers.Dense | keras.layers.SeparableConv2D)
+
+
 def _is_target_type(layer: Any) -> bool:
     return (
         type(layer) is keras.layers.Dense
         or (type(layer) is keras.layers.Conv2D and int(layer.groups) == 1 and layer.data_format == "channels_last")
+        or (_is_separable(layer) and layer.data_format == "channels_last")
         or (_is_decomposed(layer) and getattr(layer, "data_format", "channels_last") == "channels_last")
     )
 
@@ -176,16 +189,19 @@ def _out_channels(layer: Any) -> int:
 
 
 def _producer_problem(layer: Any) -> str | None:
-    """Why a Conv2D/Dense ``layer`` cannot give up output channels (None when it can)."""
+    """Why a Conv2D/Dense/SeparableConv2D ``layer`` cannot give up output channels (None when it can)."""
     if _activation_name(layer) not in ELEMENTWISE_ACTIVATIONS:
         return f"its activation {layer.get_config().get('activation')!r} is not element-wise"
     return None
 
 
 def _in_channels(layer: Any) -> int:
-    """Input channels of a Conv2D/Dense or of a decomposed layer (its first factor's axis -2)."""
+    """Input channels of a Conv2D/Dense, of a SeparableConv2D (its depthwise kernel's axis -2) or of a decomposed
+    layer (its first factor's axis -2)."""
     if _is_decomposed(layer):
         return int(layer.weights[0].shape[-2])
+    if _is_separable(layer):
+        return int(layer.depthwise_kernel.shape[-2])
     return int(layer.kernel.shape[-2])
 
 
@@ -198,14 +214,16 @@ _OPAQUE_WHY = {
     "Reshape": "which changes what the last axis means",
     "Permute": "which moves the channel axis",
     "Softmax": "which mixes channels",
-    "SeparableConv2D": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "Conv2DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "Conv1D": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "Conv3D": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "Conv1DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "Conv3DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "EinsumDense": "which is not winnowed (channel pruning shrinks Conv2D/Dense layers only)",
-    "SVDSeparableConv2D": "a decomposed layer of a kind channel pruning does not winnow",
+    "Conv2DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense/SeparableConv2D layers only)",
+    "Conv1D": "which is not winnowed (channel pruning shrinks Conv2D/Dense/SeparableConv2D layers only)",
+    "Conv3D": "which is not winnowed (channel pruning shrinks Conv2D/Dense/SeparableConv2D layers only)",
+    "Conv1DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense/SeparableConv2D layers only)",
+    "Conv3DTranspose": "which is not winnowed (channel pruning shrinks Conv2D/Dense/SeparableConv2D layers only)",
+    "EinsumDense": "which is not winnowed (channel pruning shrinks Conv2D/Dense/SeparableConv2D layers only)",
+    "SVDSeparableConv2D": (
+        "an SVD-decomposed SeparableConv2D, which channel pruning does not winnow (its pointwise kernel is two "
+        "factors; prune the SeparableConv2D before decomposing it)"
+    ),
     "WeightSVDConv1D": "a decomposed layer of a kind channel pruning does not winnow",
     "SpatialSVDConv1D": "a decomposed layer of a kind channel pruning does not winnow",
     "WeightSVDConv2DTranspose": "a decomposed layer of a kind channel pruning does not winnow",
@@ -241,13 +259,13 @@ def _kind(layer: Any, calls: int, tensors: int = 1) -> tuple[str, str | None]:
         return "opaque", "which is channels_first"
     if _is_target_type(layer):
         return "producer", None
-    if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+    if _is_channel_layer(layer):
         if isinstance(layer, keras.layers.Conv2D) and int(getattr(layer, "groups", 1)) != 1:
             return "opaque", f"a grouped Conv2D (groups={layer.groups}), which is not winnowed"
-        return (
-            "opaque",
-            f"a subclass of {'Conv2D' if isinstance(layer, keras.layers.Conv2D) else 'Dense'}, which is not winnowed",
+        base = next(
+            c for c in (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.Dense) if isinstance(layer, c)
         )
+        return "opaque", f"a subclass of {base.__name__}, which is not winnowed"
     if type(layer) is keras.layers.BatchNormalization:
         shape = _input_shapes(layer)[0]
         axes = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]

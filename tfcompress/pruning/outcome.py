@@ -97,13 +97,17 @@ def final_weights(
         if gone
     }
     result = {}
-    for name, (_, kernel, bias) in fitted.items():
+    for name, (kept, kernel, bias) in fitted.items():
         layer = model.get_layer(name)
         view = view_of(layer)
         weights = [np.asarray(w) for w in layer.get_weights()]
         has_bias = bool(layer.use_bias)
-        first = kernel.reshape((*tuple(view.kernel.shape[:-2]), kernel.shape[1], kernel.shape[2]))
-        weights[0] = first
+        lead = tuple(view.kernel.shape[:-2])
+        if view.depthwise is None:
+            weights[0] = view.untaps(kernel, (*lead, kernel.shape[1], kernel.shape[2]))
+        else:  # a SeparableConv2D: the depthwise kernel's kept inputs, the refitted pointwise kernel
+            weights[0] = np.take(weights[0], kept, axis=-2)
+            weights[1] = view.untaps(kernel, (*lead, kernel.shape[0] * kernel.shape[1], kernel.shape[2]))
         if bias is not None and view.bias is not None:
             weights[-1] = np.asarray(bias)
         if name in out_keep:

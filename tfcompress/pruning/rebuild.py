@@ -23,12 +23,14 @@ from .kinds import (
     _channelwise_count,
     _in_channels,
     _is_decomposed,
+    _is_separable,
     _is_target_type,
     _kernels,
     _narrow_config,
     _out_channels,
     _slice_channelwise,
 )
+from .separable import slice_separable
 
 __all__ = ["KeptChannels", "apply_pruning", "kept_channels"]
 
@@ -329,8 +331,11 @@ def _sliced(layer: Any, weights: list[np.ndarray], keep_in: np.ndarray | None, k
     """``layer``'s weights with input channels ``keep_in`` and output channels ``keep_out`` only.
 
     Conv2D/Dense: the kernel's axes -2 and -1 and the bias. A decomposed layer: its first factor's input axis
-    and its last factor's output axis (and the bias); the factors in between are untouched.
+    and its last factor's output axis (and the bias); the factors in between are untouched. A SeparableConv2D:
+    see :func:`~tfcompress.pruning.separable.slice_separable`.
     """
+    if _is_separable(layer):
+        return slice_separable(weights, keep_in, keep_out)
     if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) or _is_decomposed(layer):
         out = list(weights)
         kernels = _kernels(out, layer)

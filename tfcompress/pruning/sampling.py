@@ -15,6 +15,7 @@ import numpy as np
 from .._checks import check_finite
 from .consumers import view_of
 from .reconstruct import conv_output_size, extract_patches, sample_positions
+from .separable import depthwise_outputs
 
 logger = logging.getLogger("tfcompress")
 
@@ -145,8 +146,9 @@ class Sampler:
         return {name: self._original[name] for name in names}
 
     def patches(self, model: keras.Model, names: list[str]) -> dict[str, np.ndarray]:
-        """``{name: (P, cols)}``: each layer's input patches (Conv2D, columns like ``kernel.reshape(-1, N)``)
-        or input rows (Dense) at the sampled positions, computed on ``model``."""
+        """``{name: (P, cols)}``: each layer's input patches (Conv2D, columns like ``kernel.reshape(-1, N)``),
+        depthwise outputs (SeparableConv2D, see :func:`~tfcompress.pruning.separable.depthwise_outputs`) or input
+        rows (Dense) at the sampled positions, computed on ``model``."""
         start = time.perf_counter()
         layers = [model.get_layer(n) for n in names]
         views = [view_of(layer) for layer in layers]
@@ -178,6 +180,8 @@ class Sampler:
                         view.dilation,
                         positions[here] - np.array([lo, 0, 0]),
                     )
+                    if view.depthwise is not None:  # a SeparableConv2D: its pointwise kernel reads these
+                        patches = depthwise_outputs(patches, keras.ops.convert_to_numpy(view.depthwise))
                 else:
                     per_image = int(np.prod(x.shape[1:-1], dtype=np.int64))
                     pick = self._positions_for(name, 1, (1, total * per_image))[:, 2]

@@ -18,7 +18,9 @@ produces it any more. Think of the channel axis of each tensor as a *space*:
   inputs' spaces; when a merge meets a concatenation (``x + conv(x)`` with ``x`` a concat,
   as in InceptionResNet blocks), the other inputs are cut at the same offsets, so a
   producer can hold parts of several units;
-- a ``Conv2D``/``Dense`` reads a space (a *consumer*) and makes a new one (a *producer*).
+- a ``Conv2D``/``Dense``/``SeparableConv2D`` reads a space (a *consumer*) and makes a new
+  one (a *producer*); a SeparableConv2D loses input channels as depthwise-kernel slices
+  and the matching pointwise rows (see :mod:`.separable`).
 
 A space with consumers that holds no model input, reaches no model output and
 passes through no layer mixing channels (Flatten, a Reshape of the last axis, a
@@ -63,8 +65,10 @@ from .kinds import (
     ELEMENTWISE_ACTIVATIONS,
     _activation_name,
     _in_channels,
+    _is_channel_layer,
     _is_target_type,
     _kind,
+    _out_channels,
     _producer_problem,
 )
 from .rebuild import KeptChannels, _compile_like, _rebuild, _set_weights, apply_pruning, kept_channels
@@ -93,7 +97,6 @@ _BLOCKERS = {
     "Minimum": "it meets other branches in a Minimum (a dependency group: see prune_units)",
     "Concatenate": "it is built by a Concatenate (channels from several producers: see prune_units)",
     "DepthwiseConv2D": "they come from a DepthwiseConv2D (a dependency group: see prune_units)",
-    "SeparableConv2D": "they come from a SeparableConv2D (not winnowed yet)",
     "Flatten": "a Flatten mixes spatial positions into the feature axis",
     "Reshape": "a Reshape changes what the last axis means",
     "LayerNormalization": "a LayerNormalization normalises across channels",
@@ -229,11 +232,11 @@ def _chain(graph: _Graph, name: str, channels: int) -> ChannelChain | str:
             problem = _producer_problem(layer)
             if problem:
                 return f"producer '{current}': {problem}"
-            produced = int(layer.filters if isinstance(layer, keras.layers.Conv2D) else layer.units)
+            produced = _out_channels(layer)
             if produced != channels:
                 return f"producer '{current}' makes {produced} channels, the layer takes {channels}"
             return ChannelChain(name, current, tuple(reversed(through)))
-        if type(layer).__name__ in ("Conv2D", "Dense"):
+        if type(layer).__name__ in ("Conv2D", "Dense", "SeparableConv2D"):
             return f"its channels come from '{current}', a grouped or channels_first {type(layer).__name__}"
         problem = _pass_through_problem(layer)
         if problem:
@@ -251,10 +254,10 @@ def _check_target(model: keras.Model, key: Any) -> tuple[str, Any] | str:
     ref = resolve_layers(refs, [key], what="prune_input_channels")[key]
     if "/" in ref.path:
         return ref.path, "layers inside nested models are not pruned yet"
-    if not isinstance(ref.layer, keras.layers.Conv2D | keras.layers.Dense):
+    if not _is_channel_layer(ref.layer):
         raise ValueError(
-            f"prune_input_channels: layer '{ref.path}' is a {type(ref.layer).__name__}; only Conv2D and Dense input "
-            "channels can be pruned."
+            f"prune_input_channels: layer '{ref.path}' is a {type(ref.layer).__name__}; only Conv2D, Dense and "
+            "SeparableConv2D input channels can be pruned."
         )
     return ref.path, ref.layer
 
@@ -276,12 +279,12 @@ def find_chain(model: keras.Model, name: str) -> ChannelChain | str:
     if isinstance(layer, str):
         return layer
     if not _is_target_type(layer):
-        return f"'{path}' is a grouped or channels_first Conv2D, or a subclass"
+        return f"'{path}' is a grouped or channels_first {type(layer).__name__}, or a subclass"
     return _chain(_graph(model), path, _in_channels(layer))
 
 
 def prunable_layers(model: keras.Model) -> dict[str, ChannelChain | str]:
-    """For every top-level Conv2D/Dense layer: its private :class:`ChannelChain`, or why it cannot be pruned.
+    """For every top-level Conv2D/Dense/SeparableConv2D layer: its private :class:`ChannelChain`, or why it cannot be pruned.
 
     Example:
         >>> import keras
@@ -294,9 +297,9 @@ def prunable_layers(model: keras.Model) -> dict[str, ChannelChain | str]:
     graph = _graph(model)
     out: dict[str, ChannelChain | str] = {}
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+        if _is_channel_layer(layer):
             if not _is_target_type(layer):
-                out[layer.name] = f"'{layer.name}' is a grouped or channels_first Conv2D, or a subclass"
+                out[layer.name] = f"'{layer.name}' is a grouped or channels_first {type(layer).__name__}, or a subclass"
             else:
                 out[layer.name] = _chain(graph, layer.name, _in_channels(layer))
     return out
@@ -323,13 +326,13 @@ def _kept_indices(value: Any, channels: int, name: str) -> np.ndarray:
 
 
 def prune_input_channels(model: keras.Model, kept: Mapping[Any, Sequence[int] | np.ndarray]) -> PruneResult:
-    """A new model in which each named Conv2D/Dense layer keeps only the given input channels.
+    """A new model in which each named Conv2D/Dense/SeparableConv2D layer keeps only the given input channels.
 
     A layer can be pruned this way when its input channels belong to pruning units
     (see :func:`prune_units`) that no other layer reads: a private chain, but also a
     residual group (producers joined by an ``Add``) or the parts of a ``Concatenate``.
-    Their producers lose the other output channels (Conv2D filters and bias, Dense
-    units), and so do the per-channel layers on the way (BatchNormalization,
+    Their producers lose the other output channels (Conv2D/SeparableConv2D filters and
+    bias, Dense units), and so do the per-channel layers on the way (BatchNormalization,
     DepthwiseConv2D). Other layers are left unpruned and listed in ``result.skipped``
     with the reason (use :func:`apply_pruning` to prune a unit with several consumers).
     The argument model is not modified.
