@@ -15,10 +15,12 @@ Writes ``coverage.json`` and ``coverage.md``; ``report_results.py --readme`` tur
 
     python benchmarks/coverage.py            # every family, ~an hour on 2 cores
     python benchmarks/coverage.py --quick    # three families, a few minutes
+    python benchmarks/coverage.py --families NASNet Xception --append   # re-run two rows, keep the others
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -52,6 +54,11 @@ TARGET = 0.5
 
 def _extra(parser: Any) -> None:
     parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), help="only these families")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the other families' rows of the existing coverage.json (same mode), each marked with its run's date",
+    )
 
 
 def _build(constructor: str, size: int) -> Any:
@@ -224,14 +231,46 @@ def table(data: dict[str, Any]) -> str:
     return _common.md_table(headers, rows)
 
 
+def _earlier_rows(output_dir: str, quick: bool, families: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of an earlier ``coverage.json`` of the same mode for the families this run does not re-run
+    (``--append``), each with ``measured_in``, the date of the run that measured it."""
+    path = os.path.join(output_dir, "coverage.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    if bool(earlier.get("quick")) != quick:
+        raise SystemExit(
+            f"--append: {path} holds a {'quick' if earlier.get('quick') else 'full'}-mode run; not mixing modes"
+        )
+    when = earlier.get("machine", {}).get("date")
+    return [
+        {**row, "measured_in": row.get("measured_in", when)}
+        for row in earlier.get("models", [])
+        if row.get("family") not in families
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     mode = "quick" if data["quick"] else "full"
+    kept = sorted({str(row["measured_in"])[:16] for row in data["models"] if row.get("measured_in")})
+    rerun = [row["constructor"] for row in data["models"] if not row.get("measured_in")]
+    appended = (
+        [
+            "",
+            f"Rows of {', '.join(rerun)} re-run on {str(data['machine'].get('date', '?'))[:16]}; the others are from "
+            f"the run of {', '.join(kept)} (UTC).",
+        ]
+        if kept
+        else []
+    )
     lines = [
         "## Coverage of keras.applications",
         "",
         f"{mode.capitalize()} mode. Each family's smallest variant, random weights, ten classes; greedy runs to 0.5 MACs "
         "with a data-free callback (agreement with the original outputs on random images); the ratio reached and the "
         "number of layers changed; every compressed model saved as `.keras` and loaded back.",
+        *appended,
         "",
         table(data),
         _common.md_machine(data["machine"]),
@@ -250,6 +289,10 @@ def main() -> int:
         row = run_family(family, args.quick, args.seed)
         print({k: v for k, v in row.items() if k != "traceback"}, flush=True)
         rows.append(row)
+    if args.append:
+        rows += _earlier_rows(args.output_dir, bool(args.quick), tuple(families))
+        order = list(FAMILIES)
+        rows.sort(key=lambda row: order.index(row["family"]) if row["family"] in order else len(order))
     data = {"benchmark": "coverage", "quick": bool(args.quick), "machine": _common.machine_info(), "models": rows}
     json_path, md_path = _common.write_results(args.output_dir, "coverage", data, markdown(data))
     print(f"wrote {json_path} and {md_path}")

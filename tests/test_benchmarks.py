@@ -465,3 +465,23 @@ def test_coverage_quick(tmp_path, monkeypatch):
 
     section = report_results.readme_section([("coverage", data)], "benchmarks/results")
     assert "**Supported models**" in section and "ResNet50" in section
+
+
+def test_coverage_append_keeps_the_other_rows_and_says_where_they_come_from(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    spec = importlib.util.spec_from_file_location("_coverage_benchmark", os.path.join(BENCHMARKS, "coverage.py"))
+    coverage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coverage)
+    pairs = (("NASNet", "NASNetMobile"), ("VGG", "VGG16"))
+    rows = [{"family": f, "constructor": c, "input": 32, "error": "x"} for f, c in pairs]
+    earlier = {"quick": False, "machine": {"date": "2026-12-05T14:12:29"}, "models": rows}
+    (tmp_path / "coverage.json").write_text(json.dumps(earlier), encoding="utf-8")
+    kept = coverage._earlier_rows(str(tmp_path), False, ("NASNet",))
+    assert kept == [{**rows[1], "measured_in": "2026-12-05T14:12:29"}]
+    data = {"quick": False, "machine": {"date": "2026-12-05T16:00:00"}, "models": [rows[0], *kept]}
+    text = coverage.markdown({**data, "machine": {**data["machine"], "cpu": "c", "cores": 2}})
+    assert "Rows of NASNetMobile re-run on 2026-12-05T16:00; the others are from the run of 2026-12-05T14:12" in text
+    with pytest.raises(SystemExit, match="full-mode run; not mixing modes"):
+        coverage._earlier_rows(str(tmp_path), True, ("NASNet",))

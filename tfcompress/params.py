@@ -333,7 +333,8 @@ class AutoSchemeParameters(_SchemeParameters):
 
 
 class ChannelPruningParameters(_SchemeParameters):
-    """Parameters for ``CompressionScheme.channel_pruning``: input channels of Conv2D/Dense layers removed.
+    """Parameters for ``CompressionScheme.channel_pruning``: input channels of Conv2D/Dense/SeparableConv2D
+    layers removed.
 
     A layer's ratio is the fraction of its input channels kept (rounded to
     ``multiplicity``, at least 1). Channels that several layers share (a residual
