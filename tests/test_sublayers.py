@@ -50,7 +50,7 @@ class Outer(L.Layer):
 
 @keras.saving.register_keras_serializable(package="tfcompress_tests")
 class LateBlock(L.Layer):
-    """Creates its Dense in build(): it cannot be replaced in a model that saves."""
+    """Creates its Dense in build(): replaced right after the re-created block's build."""
 
     def build(self, shape):
         self.fc = L.Dense(shape[-1], name="late_fc")
@@ -129,9 +129,40 @@ def test_rewriting_a_rewired_layer_keeps_its_replacements():
     assert tfc.model_cost(twice).layers["block"].macs > 0 and not tfc.model_cost(twice).uncounted
 
 
-def test_a_sublayer_created_in_build_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match=r"'late/late_fc'.*created in build\(\)"):
-        tfc.rewrite_model(_model(), {"late/late_fc": ("svd", 4)})
+class Unconfigurable(L.Layer):
+    """Leaves an argument out of its config: it cannot be re-created, so its sublayer cannot be replaced."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = L.Dense(units, name="fc")
+
+    def call(self, x):
+        return self.fc(x)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def test_a_sublayer_created_in_build_is_replaced_saved_and_loaded(tmp_path):
+    model = _model()
+    x = _x()
+    new = tfc.rewrite_model(model, {"late/late_fc": ("svd", 8)})
+    assert type(new.get_layer("late").layer.fc).__name__ == "SVDDense"
+    np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    assert new.count_params() == model.count_params() + (8 + 8) * 8 - 8 * 8
+    new.save(tmp_path / "late.keras")
+    loaded = keras.models.load_model(tmp_path / "late.keras")
+    assert type(loaded.get_layer("late").layer.fc).__name__ == "SVDDense"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), new.predict(x, verbose=0))
+    low = tfc.rewrite_model(model, {"late/late_fc": ("svd", 2)})
+    assert tfc.model_cost(low).layers["late"].macs == 10 * 10 * (8 + 8) * 2
+
+
+def test_a_layer_that_does_not_recreate_from_its_config_is_refused_with_the_reason():
+    inp = keras.Input((6,))
+    model = keras.Model(inp, Unconfigurable(4, name="odd")(inp))
+    with pytest.raises(ValueError, match=r"'odd/fc'.*cannot be re-created from its config"):
+        tfc.rewrite_model(model, {"odd/fc": ("svd", 2)})
 
 
 def test_greedy_manual_and_ignore_reach_layers_inside_custom_layers(tmp_path):
@@ -150,7 +181,7 @@ def test_greedy_manual_and_ignore_reach_layers_inside_custom_layers(tmp_path):
     assert stats.mac_compression_ratio <= 0.6 + 1e-9
     assert {"block/conv_a", "block/conv_b", "outer/res/conv_a"} <= set(stats.eval_scores)
     assert stats.skipped_layers["outer/head_a"] == "in modules_to_ignore"
-    assert "created in build()" in stats.skipped_layers["late/late_fc"]
+    assert "late/late_fc" in stats.eval_scores  # created in build(): eligible too
     assert any(row.name.startswith(("block/", "outer/")) for row in stats.per_layer_stats)
     path = tmp_path / "c.keras"
     compressed.save(path)
@@ -172,27 +203,48 @@ def test_inspect_lists_layers_inside_custom_layers_with_reasons():
     rows = {row["name"]: row for row in info["layers"]}
     assert rows["block/conv_a"]["inside"] == "block" and rows["block/conv_a"]["schemes"]["weight_svd"]["eligible"]
     assert rows["block/conv_a"]["macs"] == 10 * 10 * 9 * 8 * 8
-    late = rows["late/late_fc"]["schemes"]["weight_svd"]
-    assert not late["eligible"] and "created in build()" in late["reason"]
+    assert rows["late/late_fc"]["schemes"]["weight_svd"]["eligible"]
     text = inspect_text(info, "model.keras")
-    assert "outer/res/conv_a" in text and "inside custom layer 'late'" in text
+    assert "outer/res/conv_a" in text and "late/late_fc" in text
 
 
-def test_attention_projections_are_addressable_and_refused_with_a_reason():
-    from tfcompress.cli_inspect import inspect_model, inspect_text
-
+def _attention_model() -> keras.Model:
+    keras.utils.set_random_seed(5)
     inp = keras.Input((12, 32))
     attended = L.MultiHeadAttention(4, 8, name="mha")(inp, inp)
-    model = keras.Model(inp, L.Dense(32, name="ffn")(L.LayerNormalization(name="ln")(inp + attended)))
+    return keras.Model(inp, L.Dense(32, name="ffn")(L.LayerNormalization(name="ln")(inp + attended)))
+
+
+def test_attention_projections_are_replaced_costed_saved_and_exported(tmp_path):
+    from tfcompress.cli_inspect import inspect_model
+
+    model = _attention_model()
     refs = {ref.path: ref for ref in walk_layers(model, sublayers=True)}
     assert {"mha/query", "mha/key", "mha/value", "mha/attention_output"} <= set(refs)
     assert refs["mha/query"].input_shape == (None, 12, 32)
-    with pytest.raises(ValueError, match=r"'mha/query': it is created in build\(\)"):
-        tfc.rewrite_model(model, {"mha/query": ("svd", 4)})
-    info = inspect_model(model)
-    rows = {row["name"]: row for row in info["layers"]}
-    assert (
-        rows["mha/query"]["macs"] == 12 * 32 * 4 * 8 and rows["mha"]["macs"] == tfc.model_cost(model).layers["mha"].macs
-    )
-    assert "mha/query" in inspect_text(info, "m.keras").split("not eligible:")[1]
-    assert info["channel_pruning"]["reasons"]["ffn"].startswith("they come out of 'ln'")
+    t, hidden, heads, dim = 12, 32, 4, 8
+    products = heads * t * t * (dim + dim)  # Q·Kᵀ and A·V
+    assert tfc.model_cost(model).layers["mha"].macs == 4 * t * hidden * heads * dim + products
+    x = np.random.default_rng(1).normal(size=(3, 12, 32)).astype("float32")
+    projections = ("mha/query", "mha/key", "mha/value", "mha/attention_output")
+    full = tfc.rewrite_model(model, {p: ("svd", 32) for p in projections})
+    assert isinstance(full.get_layer("mha"), RewiredLayer)
+    np.testing.assert_allclose(full.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+    # honest costs: each replaced projection at its real cost, the attention products unchanged
+    assert tfc.model_cost(full).layers["mha"].macs == 4 * t * (hidden + 32) * 32 + products
+    low = tfc.rewrite_model(model, {"mha/query": ("svd", 4), "mha/attention_output": ("svd", 6)})
+    expected = 2 * t * hidden * heads * dim + t * (hidden + 32) * 4 + t * (32 + hidden) * 6 + products
+    assert tfc.model_cost(low).layers["mha"].macs == expected
+    assert low.count_params() == model.count_params() - 2 * 32 * 32 + (64 * 4) + (64 * 6)
+    low.save(tmp_path / "mha.keras")
+    loaded = keras.models.load_model(tmp_path / "mha.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), low.predict(x, verbose=0))
+    assert type(loaded.get_layer("mha").layer.query_dense).__name__ == "SVDEinsumDense"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        low.export(str(tmp_path / "saved"), verbose=False)
+        served = tf.saved_model.load(str(tmp_path / "saved"))
+        np.testing.assert_allclose(served.serve(x).numpy(), low.predict(x, verbose=0), atol=1e-5)
+    rows = {row["name"]: row for row in inspect_model(model)["layers"]}
+    assert rows["mha/query"]["macs"] == 12 * 32 * 4 * 8 and rows["mha/query"]["schemes"]["weight_svd"]["eligible"]

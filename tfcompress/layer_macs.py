@@ -23,9 +23,17 @@ from typing import Any
 
 import keras
 
-from .sublayers import attribute_sublayers, own_weights, static_shape, trace_calls
+from .sublayers import TracedOp, attribute_sublayers, own_weights, static_shape, trace_calls
 
-__all__ = ["Uncounted", "UnknownSize", "einsum_macs", "layer_macs", "operation_macs", "ZERO_MAC_LAYERS"]
+__all__ = [
+    "Uncounted",
+    "UnknownSize",
+    "einsum_macs",
+    "layer_macs",
+    "operation_macs",
+    "ZERO_MAC_LAYERS",
+    "ELEMENTWISE_HUB_LAYERS",
+]
 
 Shape = tuple[int | None, ...]
 
@@ -203,7 +211,20 @@ def _size(variable: Any) -> int:
     return math.prod(int(d) for d in variable.shape)
 
 
-def _mha_macs(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+def _projection_macs(
+    projection: Any, shape: tuple[int, ...], special: Callable[[Any, Shape], int | None] | None
+) -> int:
+    """MACs of one of MultiHeadAttention's projections on a per-sample input ``shape``: a plain ``EinsumDense`` from
+    its equation; a replaced one (an ``SVDEinsumDense``, ...) is counted as the layer it is."""
+    if type(projection) is keras.layers.EinsumDense:
+        return einsum_macs(projection.equation, [shape, tuple(projection.kernel.shape)])
+    x = keras.KerasTensor((None, *shape[1:]))
+    return layer_macs(projection, [x], {}, [], special)
+
+
+def _mha_macs(
+    layer: Any, args: Sequence[Any], kwargs: dict[str, Any], special: Callable[[Any, Shape], int | None] | None
+) -> int:
     """The four projections at every position, plus Q·Kᵀ and A·V for every head."""
     try:
         bound = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
@@ -214,14 +235,14 @@ def _mha_macs(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     query = _per_sample(static_shape(bound["query"]), "the query")
     value = _per_sample(static_shape(bound["value"]), "the value")
     key = _per_sample(static_shape(bound["key"]), "the key") if bound.get("key") is not None else value
-    projections = (
-        math.prod(query[1:-1]) * _size(layer.query_dense.kernel)
-        + math.prod(key[1:-1]) * _size(layer.key_dense.kernel)
-        + math.prod(value[1:-1]) * _size(layer.value_dense.kernel)
-        + math.prod(query[1:-1]) * _size(layer.output_dense.kernel)
-    )
     heads, key_dim = int(layer.num_heads), int(layer.key_dim)
     value_dim = int(layer.value_dim) if getattr(layer, "value_dim", None) else key_dim
+    projections = (
+        _projection_macs(layer.query_dense, query, special)
+        + _projection_macs(layer.key_dense, key, special)
+        + _projection_macs(layer.value_dense, value, special)
+        + _projection_macs(layer.output_dense, (*query[:-1], heads, value_dim), special)
+    )
     axes = getattr(layer, "attention_axes", None)
     rank = len(query)
     if axes is None:
@@ -289,7 +310,7 @@ def layer_macs(
 
     L = keras.layers
     if isinstance(layer, L.MultiHeadAttention):
-        return _mha_macs(layer, args, kwargs)
+        return _mha_macs(layer, args, kwargs, special)
     if isinstance(layer, L.EinsumDense):
         return einsum_macs(layer.equation, [_per_sample(in_shape, "its input"), tuple(layer.kernel.shape)])
     if isinstance(layer, L.Dense):
@@ -321,6 +342,8 @@ def layer_macs(
     if type(layer).__name__ in ZERO_MAC_LAYERS and type(layer).__module__.startswith("keras."):
         return 0
     if isinstance(layer, L.Embedding):  # subclasses too (keras_hub's ReversibleEmbedding in its embedding mode)
+        if kwargs.get("reverse") is True:  # ReversibleEmbedding(x, reverse=True): hidden states times the table
+            return math.prod(_per_sample(in_shape, "its input")[1:]) * int(layer.input_dim)
         return 0
     if type(layer).__module__.startswith("keras."):
         if not layer.weights:
@@ -362,11 +385,32 @@ def operation_macs(op: Any, args: Sequence[Any], kwargs: dict[str, Any], outputs
 # ---------------------------------------------------------------- layers that hold sublayers
 
 
+#: keras_hub layers (by class name) whose own weights are used element-wise or looked up, never multiplied into a
+#: sum: a normalisation's scale, a position table, a class token, rotary angles. They count 0 MACs besides the
+#: sublayers they run (ViT's patching runs its patch convolution).
+ELEMENTWISE_HUB_LAYERS = frozenset(
+    {
+        "RMSNormalization",
+        "MistralLayerNormalization",
+        "LlamaLayerNorm",
+        "PositionEmbedding",
+        "RotaryEmbedding",
+        "SinePositionEncoding",
+        "ViTPatchingAndEmbedding",
+    }
+)
+
+
 def _custom_layer_macs(
     layer: Any, args: Sequence[Any], kwargs: dict[str, Any], special: Callable[[Any, Shape], int | None] | None
 ) -> int:
     subs = [sub for _, sub in attribute_sublayers(layer)]
-    own = [w for w in own_weights(layer, subs) if len(w.shape) > 0]  # a scalar weight can only scale
+    if type(layer).__module__.startswith("keras_hub.") and type(layer).__name__ in ELEMENTWISE_HUB_LAYERS:
+        if not subs:
+            return 0
+        own = []
+    else:
+        own = [w for w in own_weights(layer, subs) if len(w.shape) > 0]  # a scalar weight can only scale
     if own:
         names = ", ".join(sorted({re.sub(r":\d+$", "", str(getattr(w, "path", w.name))) for w in own}))
         raise Uncounted(f"a custom layer ({type(layer).__name__}) that uses weights of its own ({names})")
@@ -381,8 +425,34 @@ def _custom_layer_macs(
     total = 0
     for sub, sub_args, sub_kwargs, result in calls:
         outputs = [t for t in keras.tree.flatten(result) if hasattr(t, "shape")]
+        if isinstance(sub, TracedOp):
+            total += _traced_op_macs(sub, sub_args, sub_kwargs, outputs, layer)
+            continue
         try:
             total += layer_macs(sub, sub_args, sub_kwargs, outputs, special)
         except Uncounted as err:
             raise Uncounted(f"its sublayer '{sub.name}' is {err}") from None
     return total
+
+
+def _traced_op_macs(
+    op: TracedOp, args: Sequence[Any], kwargs: dict[str, Any], outputs: Sequence[Any], owner: Any
+) -> int:
+    """MACs of a ``keras.ops`` product made by a custom layer's own code (see :class:`~tfcompress.sublayers.TracedOp`)."""
+    tensors = _tensors(args, kwargs)
+    where = f"a {op.name} in {type(owner).__name__}.call()"
+    if op.name == "einsum":
+        if op.subscripts is None or len(tensors) != 2:
+            raise Uncounted(f"{where} with {len(tensors)} tensor operands")
+        return einsum_macs(op.subscripts, [_per_sample(static_shape(t), where) for t in tensors])
+    if op.name == "matmul" and len(tensors) == 2 and outputs:
+        a = _per_sample(static_shape(tensors[0]), where)
+        out = _per_sample(static_shape(outputs[0]), where)
+        return math.prod(out[1:]) * (a[-1] if len(a) > 1 else a[0])
+    if op.name == "dot_product_attention" and len(tensors) >= 3:
+        # (batch, length, heads, head_dim) query, key and value: Q·Kᵀ and A·V for every head
+        q, k, v = (_per_sample(static_shape(t), where) for t in tensors[:3])
+        if len(q) != 4 or len(k) != 4 or len(v) != 4:
+            raise Uncounted(f"{where} on inputs of rank {len(q)}")
+        return q[2] * q[1] * k[1] * (q[3] + v[3])
+    raise Uncounted(f"{where} whose operands are not known")

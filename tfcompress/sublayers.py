@@ -26,10 +26,31 @@ __all__ = [
     "trace_calls",
     "is_container",
     "TracedCall",
+    "TracedOp",
     "static_shape",
 ]
 
-TracedCall = tuple[Any, tuple, dict, Any]  # (sublayer, args, kwargs, outputs)
+TracedCall = tuple[Any, tuple, dict, Any]  # (sublayer or TracedOp, args, kwargs, outputs)
+
+#: the ``keras.ops`` functions that multiply two activations, recorded when a custom layer's own code calls them
+_RECORDED_OPS = ("einsum", "matmul", "dot_product_attention")
+
+
+class TracedOp:
+    """A ``keras.ops`` call (``einsum``, ``matmul``, ``dot_product_attention``) made by a traced layer's own code,
+    not by one of its sublayers: a Q·Kᵀ or A·V product of a custom attention layer, say.
+
+    Example:
+        >>> TracedOp("einsum", "btnh,bsnh->bnts").name
+        'einsum'
+    """
+
+    def __init__(self, name: str, subscripts: str | None = None) -> None:
+        self.name = name
+        self.subscripts = subscripts
+
+    def __repr__(self) -> str:
+        return f"TracedOp({self.name!r}, {self.subscripts!r})"
 
 
 def is_container(layer: Any) -> bool:
@@ -82,13 +103,17 @@ def attribute_sublayers(layer: Any) -> list[tuple[str, Any]]:
                     visit(f"{path}.{key}", item, depth + 1)
 
     for name, value in vars(layer).items():
-        if not name.startswith(("__", "_self_")) and "." not in name and name not in _KERAS_BOOKKEEPING:
-            visit(name, value, 0)
+        if name.startswith("__") or "." in name or name in _KERAS_BOOKKEEPING:
+            continue
+        if name.startswith("_self_") and not isinstance(value, keras.layers.Layer):
+            continue  # TensorFlow's trackable bookkeeping (lists and dicts of every dependency again)
+        visit(name, value, 0)
     return found
 
 
 # attributes Keras keeps its own bookkeeping in (the tracker's lists hold every sublayer again); TensorFlow's
-# trackable bookkeeping lives in ``_self_*`` attributes
+# trackable bookkeeping lives in ``_self_*`` attributes, which hold lists and dicts, never a layer itself (a layer
+# there is a user's own attribute, e.g. keras_hub's ``_self_attention_layer``)
 _KERAS_BOOKKEEPING = frozenset({"_layers", "_tracker", "_inbound_nodes", "_outbound_nodes"})
 
 
@@ -186,14 +211,31 @@ def _recording(layers: Sequence[Any], calls: list[TracedCall]) -> Iterator[None]
 
         return recorded
 
+    def wrap_op(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if depth[0] == 0:  # the traced layer's own code, not a sublayer's (those are counted as layers)
+                subscripts = args[0] if name == "einsum" and args and isinstance(args[0], str) else None
+                operands = args[1:] if subscripts is not None else args
+                calls.append((TracedOp(name, subscripts), operands, kwargs, result))
+            return result
+
+        return recorded
+
+    ops_module = keras.ops
+    kept_ops = {name: getattr(ops_module, name) for name in _RECORDED_OPS if hasattr(ops_module, name)}
     try:
         for target in layers:
             had_own = "call" in vars(target)
             original = target.call
             target.call = wrap(target, original)
             patched.append((target, had_own, original))
+        for name, function in kept_ops.items():
+            setattr(ops_module, name, wrap_op(name, function))
         yield
     finally:
+        for name, function in kept_ops.items():
+            setattr(ops_module, name, function)
         for target, had_own, original in reversed(patched):
             if had_own:
                 target.call = original
@@ -228,7 +270,8 @@ def _symbolic(value: Any) -> Any:
 
 
 def trace_calls(layer: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[TracedCall]:
-    """Run ``layer.call`` once on symbolic tensors of the given shapes and return the calls of its direct sublayers.
+    """Run ``layer.call`` once on symbolic tensors of the given shapes and return the calls of its direct sublayers,
+    and the ``keras.ops`` products (:class:`TracedOp`) its own code makes.
 
     Raises:
         ValueError: when the call cannot be traced (the message says why).
