@@ -22,6 +22,7 @@ def test_the_notebooks_are_there() -> None:
         "01_quickstart.ipynb",
         "02_greedy_selection.ipynb",
         "03_channel_pruning.ipynb",
+        "04_transformers.ipynb",
     ]
 
 
