@@ -248,3 +248,24 @@ def test_attention_projections_are_replaced_costed_saved_and_exported(tmp_path):
         np.testing.assert_allclose(served.serve(x).numpy(), low.predict(x, verbose=0), atol=1e-5)
     rows = {row["name"]: row for row in inspect_model(model)["layers"]}
     assert rows["mha/query"]["macs"] == 12 * 32 * 4 * 8 and rows["mha/query"]["schemes"]["weight_svd"]["eligible"]
+
+
+@pytest.mark.slow
+def test_auto_search_swaps_attention_projections_in_place(tmp_path):
+    model = _attention_model()
+    x = np.random.default_rng(2).normal(size=(4, 12, 32)).astype("float32")
+    reference = model.predict(x, verbose=0)
+
+    def fidelity(m, _):
+        return -float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+
+    greedy = tfc.GreedySelectionParameters(target_comp_ratio=0.7, num_comp_ratio_candidates=3)
+    params = tfc.AutoSchemeParameters("auto", tfc.AutoSchemeParameters.AutoModeParams(greedy))
+    compressed, stats = tfc.compress_model(model, fidelity, None, "auto", "mac", params, verbose=0)
+    assert {"mha/query", "mha/key", "mha/value", "mha/attention_output", "ffn"} <= set(stats.eval_scores)
+    assert min(stats.eval_scores["mha/query"].values()) < 0  # the candidates were really swapped in
+    assert stats.mac_compression_ratio <= 0.7 + 1e-9
+    compressed.save(tmp_path / "auto.keras")
+    np.testing.assert_array_equal(
+        keras.models.load_model(tmp_path / "auto.keras").predict(x, verbose=0), compressed.predict(x, verbose=0)
+    )
