@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         WeightSvdParameters,
     )
     from .pipeline import LocalExecutor
+    from .pipeline.ray_executor import RayExecutor
     from .report import report
     from .rewrite import rewrite_model
     from .stats import CompressionStats, LayerStats
@@ -90,6 +91,7 @@ _PUBLIC = {
     "TarRankSelectionParameters": "params",
     "TuckerParameters": "params",
     "WeightSvdParameters": "params",
+    "RayExecutor": "pipeline.ray_executor",
     "report": "report",
     "rewrite_model": "rewrite",
     "CompressionStats": "stats",
@@ -115,6 +117,7 @@ __all__ = [
     "ModelChangedError",
     "ModelCompressor",
     "RankSelectScheme",
+    "RayExecutor",
     "SVDDense",
     "SVDEinsumDense",
     "SVDSeparableConv2D",
