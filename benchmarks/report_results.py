@@ -194,7 +194,39 @@ def summary_selection_cost(stem: str, data: dict[str, Any], link: str) -> str:
     return (
         f"**Selection cost** ({_mode(data)}; [{stem}.md]({link}/{stem}.md)): one greedy spatial-SVD "
         "`compress_model` run, and how much faster in-place candidate evaluation is per candidate than "
-        "rebuilding the model (or saving and reloading it):\n\n" + _common.md_table(headers, rows) + goals
+        "rebuilding the model (or saving and reloading it):\n\n"
+        + _common.md_table(headers, rows)
+        + goals
+        + _ray_summary(data.get("ray"))
+    )
+
+
+def _ray_summary(ray: dict[str, Any] | None) -> str:
+    """One paragraph on the Ray executor part of selection_cost.json (empty when it was not measured)."""
+    if not ray or "callbacks" not in ray:
+        return ""
+    parts = []
+    for entry in ray["callbacks"]:
+        runs = [r for key, r in entry["executors"].items() if key != "local"]
+        speedups = "/".join(f"x{r['speedup_vs_local']:.2f}" for r in runs)
+        workers = "/".join(str(r["workers"]) for r in runs)
+        parts.append(f"{entry['callback'].replace('_', '-')} callback {speedups} with {workers} workers")
+    waiting = ray["callbacks"][0]["executors"]
+    met = [str(r["workers"]) for key, r in waiting.items() if key != "local" and r["speedup_per_worker"] >= 0.8]
+    one = next((r for key, r in waiting.items() if r["workers"] == 1 and key != "local"), None)
+    overhead = (
+        f"; toolkit overhead per candidate {waiting['local']['overhead_per_candidate_ms']:.1f} ms in process, "
+        f"{one['overhead_per_candidate_ms']:.1f} ms on one Ray worker, whose start-up took {one['startup_seconds']:.0f} s"
+        if one
+        else ""
+    )
+    return (
+        f"\nCandidates on Ray workers (`tfc.RayExecutor`, the {ray['jobs']} jobs of the digits CNN's table, "
+        "against the in-process executor): "
+        + "; ".join(parts)
+        + f" (goal at least 0.8 x workers on the waiting callback: met with {', '.join(met) if met else 'none'})"
+        + overhead
+        + f". {ray['cores']} shared cores: the CPU-bound callback cannot gain from more workers than idle cores.\n"
     )
 
 

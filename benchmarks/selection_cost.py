@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import _common
+import selection_cost_ray
 
 SCHEME = "spatial_svd"
 
@@ -489,6 +490,8 @@ def _sweep_section(cases: list[dict[str, Any]]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    if not result["cases"]:  # --only-ray without an earlier run
+        return selection_cost_ray.markdown_alone(result)
     rows = [
         (
             r["model"],
@@ -554,6 +557,7 @@ def markdown(result: dict[str, Any]) -> str:
         + "\n"
         + _sweep_section(result["cases"])
         + "\n"
+        + (selection_cost_ray.markdown(result["ray"]) + "\n" if "ray" in result else "")
         + "".join(f"Note: {note}\n\n" for note in result.get("notes", []))
         + busy
         + _common.md_machine(machine)
@@ -571,6 +575,8 @@ def main() -> None:
             default=None,
             help=f"ResNet50 callback sizes, random images per call (quick: {quick_sizes}; full: {full_sizes})",
         )
+        parser.add_argument("--no-ray", action="store_true", help="leave out the Ray executor (selection_cost_ray.py)")
+        parser.add_argument("--only-ray", action="store_true", help="run only the Ray executor's part")
 
     args = _common.parse_args(__doc__.split("\n\n")[0], extra)
     images = args.resnet_images or RESNET_IMAGES["quick" if args.quick else "full"]
@@ -585,7 +591,7 @@ def main() -> None:
         *(functools.partial(fashion_case, name) for name in fashion),
         *(functools.partial(resnet_case, images=n) for n in dict.fromkeys(images)),
     ]
-    for make in makers:
+    for make in [] if args.only_ray else makers:
         case = make(args.quick, args.seed)
         if case is None:
             continue
@@ -600,6 +606,11 @@ def main() -> None:
         del case
         gc.collect()
     result = {"benchmark": "selection_cost", "quick": args.quick, "machine": machine, "cases": cases}
+    if args.only_ray:  # the other cases of an earlier run of the same mode stay
+        result = selection_cost_ray.earlier_result(args.output_dir, args.quick) or result
+    if not args.no_ray:
+        print("selection_cost: the table's candidates on Ray workers ...", flush=True)
+        result["ray"] = {**selection_cost_ray.run(args.quick, args.seed), "machine": machine}
     paths = _common.write_results(args.output_dir, "selection_cost", result, markdown(result))
     print("wrote", *paths)
 

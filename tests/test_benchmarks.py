@@ -91,6 +91,19 @@ def test_selection_cost_quick(tmp_path):
     assert "### ResNet50: the two goals against the callback's size" in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
     assert len(rows) == 2
+    # the table's candidates on Ray workers (when Ray is installed): both callbacks, local and 1-2 workers
+    ray = data["ray"]
+    if "skipped" in ray:
+        assert "Ray is not installed" in ray["skipped"]
+        return
+    assert ray["jobs"] > 0 and [c["callback"] for c in ray["callbacks"]] == ["waiting", "cpu_bound"]
+    for entry in ray["callbacks"]:
+        assert set(entry["executors"]) == {"local", "ray_1", "ray_2"}
+        for row in entry["executors"].values():
+            assert row["same_table_as_local"]  # the same scores, whichever executor
+            assert positive(row["wall_seconds_median"]) and positive(row["speedup_vs_local"])
+            assert math.isfinite(row["overhead_per_candidate_ms"])
+    assert "### Candidates on Ray workers" in markdown
 
 
 def test_selection_cost_callback_window_is_where_both_goals_hold(monkeypatch):

@@ -277,3 +277,54 @@ def test_callback_errors_propagate_unchanged_and_a_job_that_kills_two_workers_ra
         del accuracy
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------- compress_model on Ray (slow)
+
+
+def _plan(stats) -> list[tuple]:
+    """What was chosen per layer: (name, scheme, rank or kept channels, MACs after)."""
+    return [(row.name, row.scheme, row.rank, row.macs_after) for row in stats.per_layer_stats]
+
+
+def _greedy(params_cls, data=None, **greedy):
+    select = tfc.GreedySelectionParameters(target_comp_ratio=0.5, num_comp_ratio_candidates=5, **greedy)
+    if params_cls is tfc.ChannelPruningParameters:
+        return params_cls(data, 500, False, "auto", params_cls.AutoModeParams(select))
+    return params_cls("auto", params_cls.AutoModeParams(select))
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.parametrize(
+    ("scheme", "params_cls"),
+    [
+        ("weight_svd", tfc.WeightSvdParameters),
+        ("auto", tfc.AutoSchemeParameters),
+        ("channel_pruning", tfc.ChannelPruningParameters),
+    ],
+)
+def test_compress_model_on_two_ray_workers_gives_the_local_plan_and_table(trained_digits, scheme, params_cls):
+    from tfcompress.demo import digits_data
+
+    model, x_test, y_test = trained_digits
+    x_train = digits_data(seed=0)[0]
+    accuracy = _accuracy(x_test, y_test)
+    params = _greedy(params_cls, x_train[:500])
+    weights = [w.copy() for w in model.get_weights()]
+    local_model, local = tfc.compress_model(model, accuracy, None, scheme, "mac", params, verbose=0)
+    executor = tfc.RayExecutor(num_workers=2)
+    remote_model, remote = tfc.compress_model(
+        model, accuracy, None, scheme, "mac", params, verbose=0, executor=executor
+    )
+    assert not ray.is_initialized()  # the run closed the executor, which stopped the Ray it started
+    assert remote.eval_scores == local.eval_scores
+    assert sum(len(row) for row in remote.eval_scores.values()) >= 8
+    assert executor.evaluations >= 8  # the candidates were scored on the workers
+    assert _plan(remote) == _plan(local)
+    assert remote.mac_compression_ratio == local.mac_compression_ratio
+    assert remote.compressed_model_accuracy == local.compressed_model_accuracy
+    for a, b in zip(local_model.get_weights(), remote_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(weights, model.get_weights(), strict=True):  # the user's model is untouched
+        np.testing.assert_array_equal(a, b)

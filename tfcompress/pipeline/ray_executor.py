@@ -42,7 +42,7 @@ import numpy as np
 
 from .executor import Job
 
-__all__ = ["RayExecutor"]
+__all__ = ["RayExecutor", "quiet_worker_setup_hook"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -147,9 +147,10 @@ def _quiet_tensorflow_import() -> None:
     its start-up log lines dropped (see :mod:`tfcompress._startup`), which ``TF_CPP_MIN_LOG_LEVEL`` does not stop.
 
     It loads ``_startup.py`` by its file, so the ``tfcompress`` package (which imports TensorFlow) is not imported
-    before the quiet import. Sent to the workers by value (see :func:`_setup_hook`)."""
+    before the quiet import. Sent to the workers by value (see :func:`quiet_worker_setup_hook`)."""
     import importlib.util
     import os
+    import sys
 
     spec = importlib.util.find_spec("tfcompress")
     if spec is None or not spec.submodule_search_locations:
@@ -161,11 +162,38 @@ def _quiet_tensorflow_import() -> None:
     module = importlib.util.module_from_spec(startup_spec)
     startup_spec.loader.exec_module(module)
     module.import_tensorflow_quietly()
+    # TensorFlow looks for GPUs on its first use and logs "failed call to cuInit" on a machine without CUDA
+    import tempfile
+
+    import tensorflow as tf
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines()
+    kept = [line for line in lines if "cuInit" not in line and not module.is_startup_noise(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr, flush=True)
 
 
-def _setup_hook() -> Callable[[], None]:
-    """:func:`_quiet_tensorflow_import` as a function of no importable module, so that cloudpickle sends it by value
-    (by reference, unpickling it would import the tfcompress package, and TensorFlow with its log lines, first)."""
+def quiet_worker_setup_hook() -> Callable[[], None]:
+    """A ``worker_process_setup_hook`` for ``ray.init`` that imports TensorFlow quietly in every Ray worker process.
+
+    :class:`RayExecutor` passes it when it starts or connects to Ray itself; when you call ``ray.init`` yourself,
+    pass it too to keep TensorFlow's start-up lines out of the driver's output. It is
+    :func:`_quiet_tensorflow_import` as a function of no importable module, so that cloudpickle sends it by value
+    (by reference, unpickling it would import the tfcompress package, and TensorFlow with its log lines, first).
+
+    Example:
+        >>> import ray  # doctest: +SKIP
+        >>> ray.init(num_cpus=4, runtime_env={"worker_process_setup_hook": quiet_worker_setup_hook()})  # doctest: +SKIP
+    """
     function = _quiet_tensorflow_import
     copy = types.FunctionType(function.__code__, {"__builtins__": __builtins__}, function.__name__)
     copy.__module__ = "_tfcompress_ray_setup"
@@ -321,7 +349,7 @@ class RayExecutor:
             quiet = {
                 "include_dashboard": False,
                 "logging_level": logging.ERROR,
-                "runtime_env": {"worker_process_setup_hook": _setup_hook()},
+                "runtime_env": {"worker_process_setup_hook": quiet_worker_setup_hook()},
             }
             if self.address is None:
                 ray.init(num_cpus=self.num_workers, **quiet)
