@@ -99,8 +99,9 @@ def _custom_objects(model: keras.Model) -> dict[str, Any]:
         cls = type(layer)
         if not cls.__module__.startswith(("keras.", "tf_keras.")):
             found[keras.saving.get_registered_name(cls)] = cls
-        for sub in getattr(layer, "_layers", None) or []:  # Functional/Sequential children
-            walk(sub)
+        if isinstance(layer, keras.Model):  # Functional/Sequential children
+            for sub in layer.layers:
+                walk(sub)
         for value in vars(layer).values():  # sublayers held as attributes (custom layers, nested models)
             if isinstance(value, keras.layers.Layer):
                 walk(value)
