@@ -156,7 +156,7 @@ def run(quick: bool, seed: int) -> dict[str, Any]:
     try:
         import ray
     except ImportError:
-        return {"skipped": 'Ray is not installed (pip install "tfcompress[ray]").'}
+        return {"skipped": 'Ray is not installed (pip install -e ".[ray]").'}
     import keras
 
     import tfcompress as tfc

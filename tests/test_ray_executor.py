@@ -30,7 +30,7 @@ try:
 except ImportError:  # the fast checks below that need no Ray still run
     ray = None
 
-needs_ray = pytest.mark.skipif(ray is None, reason='Ray is not installed (pip install "tfcompress[ray]")')
+needs_ray = pytest.mark.skipif(ray is None, reason='Ray is not installed (pip install -e ".[ray]")')
 
 
 # ---------------------------------------------------------------- models
@@ -118,7 +118,7 @@ def test_custom_objects_name_the_custom_classes_only():
 
 def test_without_ray_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    with pytest.raises(ImportError, match=r'pip install "tfcompress\[ray\]"'):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[ray\]"'):
         tfc.RayExecutor(num_workers=2)
 
 

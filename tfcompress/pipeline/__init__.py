@@ -4,7 +4,7 @@
 - :mod:`.executor`: :class:`Job` (weight assignments for the working copy), the :class:`Executor` protocol and the
   default :class:`LocalExecutor` (in process, one job at a time).
 - :mod:`.ray_executor`: :class:`~.ray_executor.RayExecutor` (``tfc.RayExecutor``), the same jobs on Ray actors, each
-  with its own working copy (optional: ``pip install "tfcompress[ray]"``; imported only when one is created).
+  with its own working copy (optional: ``pip install -e ".[ray]"`` in the checkout; imported only when one is created).
 - :mod:`.candidates`: the SVD schemes' eligible layers and their decompositions.
 - :mod:`.scorecache`: the eval-score cache of a run (fingerprint, settings tag, opening, keeping scores).
 - :mod:`.plans`: from a score table to a plan (greedy selection, budget fill, two-plan check).

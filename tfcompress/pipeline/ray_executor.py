@@ -8,7 +8,7 @@ reconstructed kernels. An actor that dies has its jobs sent to a fresh one; a jo
 actors raises. Errors raised by the callback itself (a TypeError for a bad return value, ModelChangedError, ...)
 propagate unchanged.
 
-Ray is optional (``pip install "tfcompress[ray]"``); it is imported when a :class:`RayExecutor` is created, never
+Ray is optional (in the tfcompress checkout: ``pip install -e ".[ray]"``); it is imported when a :class:`RayExecutor` is created, never
 by ``import tfcompress``.
 
 Example:
@@ -46,7 +46,7 @@ __all__ = ["RayExecutor", "quiet_worker_setup_hook"]
 
 logger = logging.getLogger("tfcompress")
 
-INSTALL_HINT = 'pip install "tfcompress[ray]"'
+INSTALL_HINT = 'pip install "ray>=2.9" (or, in the tfcompress checkout: pip install -e ".[ray]")'
 JOBS_PER_WORKER = 2  # in flight per actor: one evaluating, the next one's values already on its node
 MAX_ATTEMPTS = 2  # a job that fails on this many different actors raises
 
