@@ -358,18 +358,17 @@ def factor_while_copying(
     in the working copy and its ``kernel`` becomes a view of the SVD's copy (one copy of each kernel). The timings are
     ``svd_compute_seconds`` (the SVDs' own time) and ``svd_wait_seconds`` (what they added beyond the working copy).
     """
+    # compress_scheme="auto" also tries other per-layer schemes (spatial SVD, Tucker-2): their SVDs are NOT made
+    # here but one layer at a time while that layer is scored (see svd_search.auto_search), so that the run never
+    # holds two SVDs of every layer at once (issue 19: auto peaked at 6.3x the weights when they were all made here)
     factored = [c for c in candidates if c.scheme != "tucker"]
-    others = []  # compress_scheme="auto" also tries other per-layer schemes: their SVDs go into the memo too
-    if scheme is CompressionScheme.auto:
-        others = [v for c in candidates for v in auto_variants(c) if v.scheme not in ("tucker", c.scheme)]
     matrices = []
-    for i, c in enumerate(factored + others):  # one copy of each kernel: it becomes a view of its unfolding
+    for c in factored:  # one copy of each kernel: it becomes a view of its unfolding
         matrices.append(c.svd_matrix())
-        if i < len(factored):
-            c.share_kernel(matrices[-1])
+        c.share_kernel(matrices[-1])
     background_svds = decompose.BackgroundSVDs(  # the unfolded kernels are new arrays: no second copy needed
         matrices,
-        names=[f"layer '{c.path}'" for c in factored + others],
+        names=[f"layer '{c.path}'" for c in factored],
         copy=False,
     )
     with background_svds as background:

@@ -207,6 +207,8 @@ def auto_search(
                         yield Job((candidate.path, key), what, ((index, variant.reconstructed(rank)),))
                 for variant in variants_of[candidate.path]:
                     variant.forget_approximation()
+                    if variant.scheme != candidate.scheme:
+                        _drop_svd(variant)  # made for this layer's jobs only; a winner's is made again if needed
 
         with opened(executor, work, evaluator), contextlib.closing(executor.map(jobs())) as results:
             for done, (job, score) in enumerate(results, start=1):
@@ -224,10 +226,9 @@ def auto_search(
         for variant in variants:
             variant.forget_approximation()
             if id(variant) not in winners and variant._svd is not None:  # never chosen: its SVD is not needed again
-                decompose.forget_svd(variant._svd)
                 if candidate._svd is variant._svd:
                     candidate._svd = None
-                variant._svd = None
+                _drop_svd(variant)
         if row:
             best[candidate.path] = row
         else:
@@ -256,6 +257,13 @@ def auto_search(
     schemes = sorted({v.scheme for v in winners.values()})
     stats.notes.append(f"compress_scheme='auto' chose {', '.join(schemes) or 'nothing'}")
     return plan, dict(chosen), [winners.get(c.path, c) for c in candidates]
+
+
+def _drop_svd(variant: Candidate) -> None:
+    """Let go of ``variant``'s SVD (and the memo's entry for it); it is computed again if it is asked for."""
+    if variant._svd is not None:
+        decompose.forget_svd(variant._svd)
+        variant._svd = None
 
 
 def tar_search(
