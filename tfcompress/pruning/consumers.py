@@ -284,7 +284,8 @@ def refit_consumers(consumers: list[Consumer], dropped: np.ndarray, reconstruct:
     for c in consumers:
         kept = c.kept_inputs(dropped)
         kernel, bias = c.refit(kept, reconstruct)
-        fitted[c.name] = (kept, kernel, bias)
+        # kept in float32, what the layers hold: a plan's refits of every consumer live until the model is built
+        fitted[c.name] = (kept, kernel.astype(np.float32), None if bias is None else np.asarray(bias, np.float32))
     return fitted
 
 

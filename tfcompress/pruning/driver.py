@@ -485,11 +485,15 @@ def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: A
     refits), which the final model is then built from, so the winner is not refitted a second time. Ties keep the
     threshold plan."""
     outcomes = []
+    # the working copy equals the model here: a masked variable is restored from the model's own variable (no copy
+    # of every consumer's kernel is held meanwhile; issue 19's memory bound)
+    pairs = zip(run.work.weights, run.model.weights, strict=False)
+    source_of = {id(w): v for w, v in pairs} if len(run.work.weights) == len(run.model.weights) else {}
     for label, candidate in (("threshold", threshold), ("least-summed-loss", alternative)):
         ordered = [u for u in run.units_list if u.name in candidate.plan]
-        originals: dict[int, tuple[Any, np.ndarray]] = {}
+        originals: dict[int, tuple[Any, Any]] = {}
         try:
-            masked = _masked_plan(run, ordered, candidate.plan, originals)
+            masked = _masked_plan(run, ordered, candidate.plan, originals, source_of)
             score = evaluator(run.work, f"the {label} plan")
         finally:
             for variable, value in originals.values():
@@ -518,11 +522,14 @@ def _masked_plan(
     run: _Run,
     ordered: list[PruneUnit],
     plan: dict[str, int],
-    originals: dict[int, tuple[Any, np.ndarray]] | None = None,
+    originals: dict[int, tuple[Any, Any]] | None = None,
+    source_of: dict[int, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
     """Write the plan in forward order into the working copy as masks (zeros on dropped inputs, refitted weights),
     so each unit is refitted on the inputs of the model pruned so far. Returns ``(kept channels, refits)``. With
-    ``originals``, each variable's value before its first assignment is recorded there (to restore the copy)."""
+    ``originals``, each variable's value before its first assignment is recorded there (to restore the copy): the
+    variable of ``source_of`` (working-copy variable id -> the model's variable holding the same value) when
+    given, else a copy."""
     kept_channels: dict[str, np.ndarray] = {}
     fitted: dict[str, tuple] = {}
     removed: dict[str, set[int]] = {}
@@ -530,7 +537,10 @@ def _masked_plan(
         kept, dropped, consumers, refits = _prune_unit(run, unit, plan[unit.name], run.work, removed)
         for variable, value in mask_assignments(run.work, consumers, refits):
             if originals is not None and id(variable) not in originals:
-                originals[id(variable)] = (variable, keras.ops.convert_to_numpy(variable))
+                source = None if source_of is None else source_of.get(id(variable))
+                if source is None or tuple(source.shape) != tuple(variable.shape):
+                    source = keras.ops.convert_to_numpy(variable)
+                originals[id(variable)] = (variable, source)
             variable.assign(np.asarray(value, dtype=variable.dtype))
         fitted.update(refits)
         for c in consumers:
