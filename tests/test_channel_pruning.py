@@ -507,3 +507,31 @@ def test_two_plan_check_can_be_switched_off():
     _, stats = tfc.compress_model(model, score, None, "channel_pruning", "mac", params, verbose=0)
     assert stats.plan_scores == {} and not any("two plans" in n for n in stats.notes)
     assert stats.num_eval_calls == len(calls) == 1 + sum(len(row) for row in stats.eval_scores.values()) + 1
+
+
+@pytest.mark.slow
+def test_functional_transformer_ffn_hidden_units_are_pruned():
+    """A transformer feed-forward block written as functional layers (Dense -> gelu -> Dense on token sequences,
+    residual and LayerNormalization after it) loses hidden units of its first projection; the second is refitted."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 32))
+    hidden = keras.layers.Dense(128, activation="gelu", name="ffn_in")(inp)
+    out = keras.layers.Dense(32, name="ffn_out")(hidden)
+    model = keras.Model(inp, keras.layers.LayerNormalization(name="ln")(inp + out))
+    x = np.random.default_rng(0).normal(size=(64, 12, 32)).astype("float32")
+    reference = model.predict(x, verbose=0)
+
+    def fidelity(m, _):
+        return -float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
+
+    params = tfc.ChannelPruningParameters(
+        data=x,
+        num_reconstruction_samples=500,
+        allow_custom_downsample_ops=False,
+        mode="auto",
+        params=tfc.ChannelPruningParameters.AutoModeParams(tfc.GreedySelectionParameters(0.6, 4)),
+    )
+    pruned, stats = tfc.compress_model(model, fidelity, 1, "channel_pruning", "mac", params, verbose=0)
+    assert stats.mac_compression_ratio <= 0.6 + 1e-9
+    units = pruned.get_layer("ffn_in").units
+    assert units < 128 and pruned.get_layer("ffn_out").kernel.shape[0] == units

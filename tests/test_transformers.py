@@ -256,10 +256,10 @@ def test_llama_is_skipped_for_a_keras_hub_bug() -> None:
 def test_bert_text_classifier_task_model(tmp_path: object) -> None:
     keras.utils.set_random_seed(2)
     backbone = H.BertBackbone(
-        vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN, intermediate_dim=FF
+        vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, hidden_dim=HIDDEN, intermediate_dim=FF, name="bert"
     )
     task = H.BertTextClassifier(backbone, num_classes=3, preprocessor=None)
-    # the task's head on a fixed-length copy of its backbone (a nested model: its layers are "bert_backbone/...")
+    # the task's head on a fixed-length copy of its backbone (a nested model: its layers are "bert/...")
     inputs = {k: keras.Input((T,), dtype=v.dtype, name=k) for k, v in task.input.items()}
     pooled = fixed_length(backbone)(inputs)["pooled_output"]
     model = keras.Model(inputs, task.get_layer("logits")(task.get_layer("classifier_dropout")(pooled)))
@@ -268,7 +268,7 @@ def test_bert_text_classifier_task_model(tmp_path: object) -> None:
     hand = BACKBONES["bert"][1] + HIDDEN * 3  # + the classification head
     assert tfc.model_cost(model).macs == hand
     plan = [p for p in _full_rank_plan(model) if "feedforward" in p or "query" in p]
-    assert "bert_backbone/transformer_layer_0/self_attention_layer/query" in plan
+    assert "bert/transformer_layer_0/self_attention_layer/query" in plan
     low = tfc.rewrite_model(model, {p: ("svd", 8) for p in plan})
     assert tfc.model_cost(low).macs < hand
     path = str(tmp_path / "task.keras")  # type: ignore[operator]
