@@ -304,7 +304,7 @@ def _greedy(params_cls, data=None, **greedy):
         ("channel_pruning", tfc.ChannelPruningParameters),
     ],
 )
-def test_compress_model_on_two_ray_workers_gives_the_local_plan_and_table(trained_digits, scheme, params_cls):
+def test_compress_model_on_two_ray_workers_gives_the_local_plan_and_table(trained_digits, scheme, params_cls, tmp_path):
     from tfcompress.demo import digits_data
 
     model, x_test, y_test = trained_digits
@@ -314,10 +314,15 @@ def test_compress_model_on_two_ray_workers_gives_the_local_plan_and_table(traine
     weights = [w.copy() for w in model.get_weights()]
     local_model, local = tfc.compress_model(model, accuracy, None, scheme, "mac", params, verbose=0)
     executor = tfc.RayExecutor(num_workers=2)
+    # weight SVD: one worker dies (os._exit) on its first candidate, in the middle of the run
+    marker = str(tmp_path / "died")
+    callback = _dies_once(accuracy, marker) if scheme == "weight_svd" else accuracy
     remote_model, remote = tfc.compress_model(
-        model, accuracy, None, scheme, "mac", params, verbose=0, executor=executor
+        model, callback, None, scheme, "mac", params, verbose=0, executor=executor
     )
     assert not ray.is_initialized()  # the run closed the executor, which stopped the Ray it started
+    assert executor.restarts == (1 if scheme == "weight_svd" else 0)
+    assert os.path.exists(marker) == (scheme == "weight_svd")
     assert remote.eval_scores == local.eval_scores
     assert sum(len(row) for row in remote.eval_scores.values()) >= 8
     assert executor.evaluations >= 8  # the candidates were scored on the workers
