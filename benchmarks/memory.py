@@ -63,7 +63,7 @@ if what == "footprint":
     for m in (model, work, model, work):
         score(m, None)
 else:
-    select = tfc.GreedySelectionParameters(0.5, num_comp_ratio_candidates=candidates)
+    select = tfc.GreedySelectionParameters(0.5, num_comp_ratio_candidates=candidates, allow_unreachable=True)
     classes = {"weight_svd": tfc.WeightSvdParameters, "spatial_svd": tfc.SpatialSvdParameters,
                "tucker": tfc.TuckerParameters, "auto": tfc.AutoSchemeParameters}
     if what == "channel_pruning":
