@@ -1,0 +1,627 @@
+"""Data-aware low-rank factors: fitted to a layer's real inputs instead of to its kernel alone (plain numpy).
+
+A linear layer maps an input vector ``x`` to ``y = x W + b``. The truncated SVD of ``W`` minimises the kernel
+error ``||W - A B||``; what matters is the *output* error on the inputs the layer really sees,
+``E ||x W + b - (x A B + b')||²``. With the input second moment ``S = E[x xᵀ]`` (``S = L Lᵀ``) that error is
+``||Lᵀ (W - A B)||²`` (for centred inputs; the bias ``b'`` takes the mean), so the best rank-``r`` factors are
+``A = L⁻ᵀ U_r``, ``B = Σ_r V_rᵀ`` from the SVD of the *whitened* kernel ``Lᵀ W = U Σ Vᵀ`` (Zhang et al. 2016;
+ASVD / SVD-LLM for linear layers). With white inputs (``S ∝ I``) this is the plain truncated SVD.
+
+**Which ``x``, per scheme** (``T`` taps of width ``d``; the full patch is ``T*d`` wide, tap-major):
+
+============  ==============================  ================================  =================================
+scheme        the first factor sees           per-tap vector (``d``)           taps (``T``)
+============  ==============================  ================================  =================================
+SVD (Dense)   the input features              ``in``                            1
+weight SVD    each pixel's channel vector     ``C`` (1x1 stage ``C -> r``)      ``kh*kw`` (the ``kh x kw`` stage)
+spatial SVD   each ``kh x 1`` patch           ``C*kh`` (row ``c*kh + i``)       ``kw`` (the ``1 x kw`` stage)
+Tucker-2      each pixel's channel vector     ``C`` (1x1 ``C -> r1``)           ``kh*kw`` (the core)
+============  ==============================  ================================  =================================
+
+**Exact or approximate.** A convolution's output at one position is ``y = Σ_t x_t W_t`` over its taps, so the
+output error of ``W_t - A B_t`` is ``Σ_{t,t'} tr((W_t - A B_t)ᵀ S_{tt'} (W_{t'} - A B_{t'}))`` with the *patch*
+second moment ``S_{tt'} = E[x_tᵀ x_{t'}]``. The closed form above uses one per-tap moment
+``S_1 = mean_t S_{tt}``: it is exact when neighbouring taps are uncorrelated (then the cross blocks vanish and
+every diagonal block is ``S_1``), and for Dense layers (one tap); on real images neighbouring pixels are strongly
+correlated, so for convolutions it is only the starting point. The second factor (``B``, with the bias) is then
+refitted by least squares on the full patch moment, which is exact for the given first factor: its output error
+is the smallest any second factor can give. The fitted factors are compared with the data-free ones (their
+second factor refitted too, and as they are) on the same moments and the lowest output error wins, so the
+result is never worse than the data-free factors on the fitting data; when the data-free start wins, or the
+moments are unusable (all-zero inputs, non-finite values), :attr:`LowRankFit.notes` says so.
+
+**Asymmetric fits.** For the final model each layer is fitted to reproduce the ORIGINAL layer's output from the
+COMPRESSED model's inputs ``x̂``: the moments are then ``E[x̂ x̂ᵀ]`` and ``E[x̂ xᵀ]`` (:class:`Moments` with
+``cross``), and the target kernel of the closed form becomes ``E[x̂ x̂ᵀ]⁻¹ E[x̂ xᵀ] W``; errors of the layers
+before are then absorbed instead of accumulated.
+
+Moments are ``O((T*d)²)`` per layer and accumulated batch by batch (:class:`MomentAccumulator`): the samples
+themselves are never kept.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 8))         # inputs in a 3-dim subspace
+    >>> w = rng.normal(size=(8, 6))
+    >>> acc = MomentAccumulator(8)
+    >>> acc.add(x)
+    >>> fit = fit_dense(w, None, acc.moments(), rank=3)
+    >>> a, b = fit.factors
+    >>> bool(np.allclose(x @ a @ b, x @ w))                              # exact at the subspace's rank
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import decompose
+
+__all__ = [
+    "Moments",
+    "MomentAccumulator",
+    "LowRankFit",
+    "fit_two_stage",
+    "fit_tucker",
+    "fit_dense",
+    "fit_conv2d",
+    "spatial_order",
+    "output_error",
+]
+
+#: relative ridge added to the per-tap moment before its Cholesky factorisation: ``λ · tr(S)/d · I``
+WHITENING_RIDGE = 1e-6
+#: relative ridge of the least-squares refits (tiny: only keeps the solve finite where the data sees nothing)
+REFIT_RIDGE = 1e-12
+
+
+# ---------------------------------------------------------------- moments
+
+
+@dataclass(frozen=True)
+class Moments:
+    """First and second moments of a layer's input vectors (float64), the only thing the fits need.
+
+    ``mean = E[x̂]`` and ``gram = E[x̂ x̂ᵀ]`` of the inputs the fitted layer will see; for an asymmetric fit also
+    ``target_mean = E[x]``, ``cross = E[x̂ xᵀ]`` and ``target_gram = E[x xᵀ]`` of the inputs the original layer
+    saw (``None``: the same inputs, ``x = x̂``).
+    """
+
+    count: int
+    mean: np.ndarray
+    gram: np.ndarray
+    target_mean: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    target_gram: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def symmetric(self) -> bool:
+        return self.cross is None
+
+    def permuted(self, order: np.ndarray) -> Moments:
+        """The moments of ``x[order]`` (reorders the features, e.g. patch columns into another tap layout)."""
+        order = np.asarray(order)
+
+        def square(m: np.ndarray | None) -> np.ndarray | None:
+            return None if m is None else m[np.ix_(order, order)]
+
+        return Moments(
+            self.count,
+            self.mean[order],
+            square(self.gram),
+            None if self.target_mean is None else self.target_mean[order],
+            square(self.cross),
+            square(self.target_gram),
+        )
+
+    def augmented(self, with_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Ŝ, M, S)``: the second moments of ``[x̂, 1]``, ``[x̂, 1]`` with ``[x, 1]``, and ``[x, 1]``;
+        without a bias the plain ``E[x̂ x̂ᵀ]``, ``E[x̂ xᵀ]``, ``E[x xᵀ]``."""
+        mean_x = self.mean if self.target_mean is None else self.target_mean
+        cross = self.gram if self.cross is None else self.cross
+        target = self.gram if self.target_gram is None else self.target_gram
+        if not with_bias:
+            return self.gram, cross, target
+
+        def aug(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+            out = np.empty((m.shape[0] + 1, m.shape[1] + 1))
+            out[:-1, :-1] = m
+            out[:-1, -1] = left
+            out[-1, :-1] = right
+            out[-1, -1] = 1.0
+            return out
+
+        return aug(self.gram, self.mean, self.mean), aug(cross, self.mean, mean_x), aug(target, mean_x, mean_x)
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Cov x̂, Cov(x̂, x), Cov x)``: what is left of the second moments once a bias takes the means."""
+        mean_x = self.mean if self.target_mean is None else self.target_mean
+        gram = self.gram - np.outer(self.mean, self.mean)
+        if self.symmetric:
+            return gram, gram, gram
+        return (
+            gram,
+            self.cross - np.outer(self.mean, mean_x),
+            self.target_gram - np.outer(mean_x, mean_x),
+        )
+
+
+class MomentAccumulator:
+    """Streaming sums of ``x̂``, ``x̂ x̂ᵀ`` (and, paired, ``x``, ``x̂ xᵀ``, ``x xᵀ``) in float64.
+
+    Only ``O(dim²)`` numbers are kept however many batches are added.
+
+    Example:
+        >>> acc = MomentAccumulator(2)
+        >>> acc.add(np.array([[1.0, 0.0], [0.0, 2.0]]))
+        >>> acc.moments().gram.tolist()
+        [[0.5, 0.0], [0.0, 2.0]]
+    """
+
+    def __init__(self, dim: int, paired: bool = False) -> None:
+        self.dim = int(dim)
+        self.paired = bool(paired)
+        self.count = 0
+        self._sum = np.zeros(self.dim)
+        self._gram = np.zeros((self.dim, self.dim))
+        if self.paired:
+            self._target_sum = np.zeros(self.dim)
+            self._cross = np.zeros((self.dim, self.dim))
+            self._target_gram = np.zeros((self.dim, self.dim))
+
+    def add(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
+        """Add rows ``inputs`` (``(P, dim)``: what the fitted layer sees) and, paired, the matching ``targets``
+        (what the original layer saw at the same positions)."""
+        x = np.asarray(inputs, dtype=np.float64).reshape(-1, self.dim)
+        if self.paired != (targets is not None):
+            raise ValueError(
+                f"MomentAccumulator.add: give targets exactly when the accumulator is paired (paired={self.paired})."
+            )
+        if not np.isfinite(x).all():
+            raise ValueError("MomentAccumulator.add: the inputs hold NaN or infinity.")
+        self.count += x.shape[0]
+        self._sum += x.sum(axis=0)
+        self._gram += x.T @ x
+        if targets is not None:
+            t = np.asarray(targets, dtype=np.float64).reshape(-1, self.dim)
+            if t.shape != x.shape:
+                raise ValueError(f"MomentAccumulator.add: targets {t.shape} do not match inputs {x.shape}.")
+            if not np.isfinite(t).all():
+                raise ValueError("MomentAccumulator.add: the targets hold NaN or infinity.")
+            self._target_sum += t.sum(axis=0)
+            self._cross += x.T @ t
+            self._target_gram += t.T @ t
+
+    def moments(self) -> Moments:
+        """The means and second moments so far."""
+        if not self.count:
+            raise ValueError("MomentAccumulator.moments: no samples were added.")
+        n = float(self.count)
+        gram = (self._gram + self._gram.T) / (2 * n)
+        if not self.paired:
+            return Moments(self.count, self._sum / n, gram)
+        return Moments(
+            self.count,
+            self._sum / n,
+            gram,
+            self._target_sum / n,
+            self._cross / n,
+            (self._target_gram + self._target_gram.T) / (2 * n),
+        )
+
+
+# ---------------------------------------------------------------- results and shared algebra
+
+
+@dataclass
+class LowRankFit:
+    """Fitted factors, their output error on the fitting data and what the data-free factors give there.
+
+    ``error`` and ``data_free_error`` are ``E||y - ŷ||²`` per sample (``y`` the original layer's output before the
+    activation); ``reference`` is ``E||y - E y||²`` (``E||y||²`` without a bias), so ``error / reference`` is a
+    relative output error. ``notes`` says when the data-free start won or the moments could not be used.
+    """
+
+    factors: tuple[np.ndarray, ...]
+    bias: np.ndarray | None
+    error: float
+    data_free_error: float
+    reference: float
+    start: str = "whitened"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def relative_error(self) -> float:
+        return self.error / self.reference if self.reference > 0 else 0.0
+
+    @property
+    def data_free_relative_error(self) -> float:
+        return self.data_free_error / self.reference if self.reference > 0 else 0.0
+
+
+def _solve_psd(g: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``g⁻¹ h`` for a symmetric positive semi-definite ``g`` (a tiny relative ridge keeps it finite; a
+    pseudo-inverse where even that fails)."""
+    n = g.shape[0]
+    scale = float(np.trace(g)) / max(n, 1)
+    if not scale > 0:
+        return np.zeros((n, h.shape[1]))
+    try:
+        chol = np.linalg.cholesky(g + REFIT_RIDGE * scale * np.eye(n))
+        return _cho_solve(chol, h)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(g)
+        keep = w > 1e-12 * max(float(w[-1]), 0.0)
+        inv = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+        return v @ (inv[:, None] * (v.T @ h))
+
+
+def _cho_solve(chol: np.ndarray, h: np.ndarray) -> np.ndarray:
+    return np.linalg.solve(chol.T, np.linalg.solve(chol, h))
+
+
+def _expand_left(a: np.ndarray, taps: int, rows: np.ndarray) -> np.ndarray:
+    """``Qᵀ rows`` for ``Q = blockdiag(I_taps ⊗ a, I_extra)``: each tap block of ``rows`` (``d`` rows) becomes
+    ``aᵀ`` times it (``r`` rows); rows after the ``taps*d`` patch rows (the bias's constant) pass through."""
+    d, r = a.shape
+    head = rows[: taps * d]
+    out = np.einsum("dr,tdk->trk", a, head.reshape(taps, d, -1)).reshape(taps * r, -1)
+    return np.vstack([out, rows[taps * d :]]) if rows.shape[0] > taps * d else out
+
+
+def _projected(a: np.ndarray, taps: int, gram: np.ndarray) -> np.ndarray:
+    """``Qᵀ gram Q`` (see :func:`_expand_left`)."""
+    return _expand_left(a, taps, _expand_left(a, taps, gram).T).T
+
+
+def _compose_flat(a: np.ndarray, second: np.ndarray, taps: int) -> np.ndarray:
+    """The ``(taps*d, N)`` kernel of ``(I_taps ⊗ a) second`` (``second``: ``(taps*r, N)``)."""
+    d, r = a.shape
+    return np.einsum("dr,trn->tdn", a, second.reshape(taps, r, -1)).reshape(taps * d, -1)
+
+
+def output_error(
+    moments: Moments, kernel: np.ndarray, bias: np.ndarray | None, fitted: np.ndarray, fitted_bias: np.ndarray | None
+) -> float:
+    """``E||x W + b - (x̂ P + b')||²`` from the moments alone (``kernel``, ``fitted``: ``(dim, N)``).
+
+    Example:
+        >>> m = Moments(1, np.zeros(2), np.eye(2))
+        >>> output_error(m, np.eye(2), None, np.zeros((2, 2)), None)
+        2.0
+    """
+    with_bias = bias is not None or fitted_bias is not None
+    gram, cross, target = moments.augmented(with_bias)
+    n_out = kernel.shape[1]
+    w = kernel if not with_bias else np.vstack([kernel, np.zeros((1, n_out)) if bias is None else bias[None]])
+    p = (
+        fitted
+        if not with_bias
+        else np.vstack([fitted, np.zeros((1, n_out)) if fitted_bias is None else fitted_bias[None]])
+    )
+    value = np.sum(w * (target @ w)) - 2 * np.sum(p * (cross @ w)) + np.sum(p * (gram @ p))
+    return max(float(value), 0.0)
+
+
+def _reference(moments: Moments, kernel: np.ndarray, with_bias: bool) -> float:
+    _, _, target = moments.centred() if with_bias else moments.augmented(False)
+    return max(float(np.sum(kernel * (target @ kernel))), 0.0)
+
+
+def _whitening(gram: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """``L`` with ``gram + λ tr/d I = L Lᵀ`` (Cholesky; an eigendecomposition when that fails), or
+    ``(None, why)`` when the inputs carry nothing to whiten by."""
+    d = gram.shape[0]
+    scale = float(np.trace(gram)) / max(d, 1)
+    if not np.isfinite(scale) or scale <= 0:
+        return None, "the layer's sampled inputs are all zero (or constant): data-free factors kept"
+    regular = gram + WHITENING_RIDGE * scale * np.eye(d)
+    try:
+        return np.linalg.cholesky(regular), None
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(regular)
+        w = np.maximum(w, WHITENING_RIDGE * scale)
+        return v * np.sqrt(w), "the input moment is not positive definite: whitened through its eigendecomposition"
+
+
+def _per_tap(gram: np.ndarray, taps: int) -> np.ndarray:
+    """``mean_t gram[t, t]``: the second moment of one tap's vector (the diagonal blocks averaged)."""
+    d = gram.shape[0] // taps
+    blocks = gram[: taps * d, : taps * d].reshape(taps, d, taps, d)
+    return np.einsum("tatb->ab", blocks) / taps
+
+
+def _balance(a: np.ndarray, second: np.ndarray, taps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale each rank component so the first factor's column and the second factor's rows have equal norms
+    (the product is unchanged; float32 and fine-tuning like comparable scales)."""
+    r = a.shape[1]
+    col = np.linalg.norm(a, axis=0)
+    row = np.linalg.norm(second.reshape(taps, r, -1).transpose(1, 0, 2).reshape(r, -1), axis=1)
+    s = np.where((col > 0) & (row > 0), np.sqrt(row / np.where(col > 0, col, 1.0)), 1.0)
+    second = (second.reshape(taps, r, -1) / s[None, :, None]).reshape(taps * r, -1)
+    return a * s, second
+
+
+def _check_inputs(
+    kernel: np.ndarray, bias: np.ndarray | None, moments: Moments
+) -> tuple[np.ndarray, np.ndarray | None]:
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.ndim != 2:
+        raise ValueError(f"expected a (dim, N) kernel, got shape {kernel.shape}.")
+    if kernel.shape[0] != moments.dim:
+        raise ValueError(f"the kernel has {kernel.shape[0]} input rows but the moments {moments.dim} features.")
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.float64).reshape(kernel.shape[1])
+    return kernel, bias
+
+
+# ---------------------------------------------------------------- two stages: (I_T ⊗ A) then B
+
+
+def _refit_second(
+    a: np.ndarray, taps: int, kernel: np.ndarray, bias: np.ndarray | None, moments: Moments
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The least-squares second factor (and bias) for the first factor ``a``: exact on the full patch moment."""
+    with_bias = bias is not None
+    gram, cross, _ = moments.augmented(with_bias)
+    w = kernel if not with_bias else np.vstack([kernel, bias[None]])
+    g = _projected(a, taps, gram)
+    h = _expand_left(a, taps, cross @ w)
+    second = _solve_psd(g, h)
+    if with_bias:
+        return second[:-1], second[-1]
+    return second, None
+
+
+def fit_two_stage(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    moments: Moments,
+    taps: int,
+    rank: int,
+    data_free: tuple[np.ndarray, np.ndarray] | None = None,
+) -> LowRankFit:
+    """Rank-``rank`` factors ``a (d, r)``, ``second (taps*r, N)`` of ``kernel (taps*d, N)`` (tap-major rows)
+    minimising the output error on ``moments`` (of the ``taps*d``-wide input patches).
+
+    The layer they describe applies ``a`` to each tap's ``d``-vector, then the per-tap blocks of ``second`` summed
+    over the taps, then the bias. ``data_free``: the data-free ``(a, second)`` to compare with (default: from the
+    truncated SVD of the ``(d, taps*N)`` unfolding).
+
+    Example:
+        >>> rng = np.random.default_rng(1)
+        >>> acc = MomentAccumulator(4); acc.add(rng.normal(size=(300, 4)))
+        >>> fit = fit_two_stage(rng.normal(size=(4, 3)), np.zeros(3), acc.moments(), taps=1, rank=2)
+        >>> fit.error <= fit.data_free_error
+        True
+    """
+    kernel, bias = _check_inputs(kernel, bias, moments)
+    taps = int(taps)
+    d = moments.dim // taps
+    n_out = kernel.shape[1]
+    if d * taps != moments.dim:
+        raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
+    rank = int(rank)
+    if not 1 <= rank <= min(d, taps * n_out):
+        raise ValueError(f"rank must be between 1 and {min(d, taps * n_out)}, got {rank}.")
+
+    def unfold(flat: np.ndarray) -> np.ndarray:  # (taps*d, N) -> (d, taps*N)
+        return flat.reshape(taps, d, n_out).transpose(1, 0, 2).reshape(d, taps * n_out)
+
+    if data_free is None:
+        left, right = decompose.TruncatedSVD.of(unfold(kernel)).factors(rank)
+        data_free = (left, right.reshape(rank, taps, n_out).transpose(1, 0, 2).reshape(taps * rank, n_out))
+    a0, second0 = (np.asarray(f, dtype=np.float64) for f in data_free)
+    reference = _reference(moments, kernel, bias is not None)
+    error0 = output_error(moments, kernel, bias, _compose_flat(a0, second0, taps), bias)
+    options: list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray | None]] = [
+        (error0, "data-free", a0, second0, bias)
+    ]
+    notes: list[str] = []
+    if bias is not None:
+        gram_c, cross_c, _ = moments.centred()
+    else:
+        gram_c, cross_c, _ = moments.augmented(False)
+    chol, why = _whitening(_per_tap(gram_c, taps))
+    if why:
+        notes.append(why)
+    if chol is not None:
+        target = kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel)
+        u = np.linalg.svd(chol.T @ unfold(target), full_matrices=False)[0][:, :rank]
+        a = np.linalg.solve(chol.T, u)
+        second, new_bias = _refit_second(a, taps, kernel, bias, moments)
+        err = output_error(moments, kernel, bias, _compose_flat(a, second, taps), new_bias)
+        options.append((err, "whitened", a, second, new_bias))
+    second, new_bias = _refit_second(a0, taps, kernel, bias, moments)
+    err = output_error(moments, kernel, bias, _compose_flat(a0, second, taps), new_bias)
+    options.append((err, "data-free, refitted", a0, second, new_bias))
+    best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
+    if best[1] != "whitened" and chol is not None:
+        notes.append(f"the {best[1]} factors fit the data better than the whitened ones: kept")
+    a, second = _balance(best[2], best[3], taps)
+    return LowRankFit((a, second), best[4], best[0], error0, reference, best[1], notes)
+
+
+# ---------------------------------------------------------------- Tucker-2: (I_T ⊗ U_in) K U_out
+
+
+def fit_tucker(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    moments: Moments,
+    taps: int,
+    ranks: tuple[int, int],
+    data_free: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> LowRankFit:
+    """Tucker-2 factors ``u_in (C, r1)``, ``core (taps*r1, r2)``, ``u_out (r2, N)`` of ``kernel (taps*C, N)``
+    minimising the output error on ``moments``.
+
+    The input mode is whitened by the per-pixel channel moment (as for weight SVD); the output mode is the
+    principal subspace of the original layer's outputs (the output error is measured in output space, so the
+    best ``r2``-dim output subspace is the outputs' leading principal one); the core is the exact least-squares
+    fit given both; ``u_out`` and the bias are then refitted given the core. ``data_free``: the HOSVD factors in
+    the same layout to compare with (they are also tried with a refitted core).
+
+    Example:
+        >>> rng = np.random.default_rng(2)
+        >>> acc = MomentAccumulator(9 * 3); acc.add(rng.normal(size=(400, 27)))
+        >>> k = rng.normal(size=(27, 5))
+        >>> fit = fit_tucker(k, None, acc.moments(), taps=9, ranks=(2, 3))
+        >>> [f.shape for f in fit.factors]
+        [(3, 2), (18, 3), (3, 5)]
+    """
+    kernel, bias = _check_inputs(kernel, bias, moments)
+    taps = int(taps)
+    c = moments.dim // taps
+    n_out = kernel.shape[1]
+    r_in, r_out = (int(r) for r in ranks)
+    if c * taps != moments.dim:
+        raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
+    if not (1 <= r_in <= c and 1 <= r_out <= n_out):
+        raise ValueError(f"Tucker-2 ranks must be within (1..{c}, 1..{n_out}), got {ranks}.")
+    with_bias = bias is not None
+    if data_free is None:
+        k4 = kernel.reshape(taps, 1, c, n_out)
+        u_in0, core0, u_out0 = decompose.tucker2_factors(k4, (r_in, r_out))
+        data_free = (u_in0[0, 0], core0.reshape(taps * r_in, r_out), u_out0[0, 0])
+    u_in0, core0, u_out0 = (np.asarray(f, dtype=np.float64) for f in data_free)
+    reference = _reference(moments, kernel, with_bias)
+
+    def error(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray, b: np.ndarray | None) -> float:
+        return output_error(moments, kernel, bias, _compose_flat(u_in, core, taps) @ u_out, b)
+
+    gram_c, cross_c, target_c = moments.centred() if with_bias else moments.augmented(False)
+
+    def refit_core(u_in: np.ndarray, u_out: np.ndarray) -> np.ndarray:
+        # u_out has orthonormal rows: the error splits into the part inside its row space (fitted) and outside
+        g = _projected(u_in, taps, gram_c)
+        h = _expand_left(u_in, taps, cross_c @ kernel) @ u_out.T
+        return _solve_psd(g, h)
+
+    def refit_out(u_in: np.ndarray, core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        gram, cross, _ = moments.augmented(with_bias)
+        w = kernel if not with_bias else np.vstack([kernel, bias[None]])
+        first = _compose_flat(u_in, core, taps)  # (taps*C, r2)
+        if with_bias:  # features [z K, 1]
+            first = np.block([[first, np.zeros((first.shape[0], 1))], [np.zeros((1, r_out)), np.ones((1, 1))]])
+        g = first.T @ gram @ first
+        h = first.T @ (cross @ w)
+        out = _solve_psd(g, h)
+        return (out[:-1], out[-1]) if with_bias else (out, None)
+
+    error0 = error(u_in0, core0, u_out0, bias)
+    options = [(error0, "data-free", u_in0, core0, u_out0, bias)]
+    notes: list[str] = []
+    chol, why = _whitening(_per_tap(gram_c, taps))
+    if why:
+        notes.append(why)
+    starts = [("data-free, refitted", u_in0, u_out0)]
+    if chol is not None:
+        target = kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel)
+        unfolded = target.reshape(taps, c, n_out).transpose(1, 0, 2).reshape(c, taps * n_out)
+        u = np.linalg.svd(chol.T @ unfolded, full_matrices=False)[0][:, :r_in]
+        if u.shape[1] < r_in:  # fewer columns than r_in (taps*N < C): complete the basis
+            u = np.linalg.svd(u, full_matrices=True)[0][:, :r_in]
+        u_in = np.linalg.solve(chol.T, u)
+        u_in /= np.linalg.norm(u_in, axis=0, keepdims=True) + 1e-300
+        outputs = kernel.T @ target_c @ kernel  # the original outputs' covariance (N, N)
+        eigvec = np.linalg.eigh((outputs + outputs.T) / 2)[1][:, ::-1][:, :r_out]
+        starts.insert(0, ("whitened", u_in, eigvec.T))
+    for name, u_in, u_out in starts:
+        core = refit_core(u_in, u_out)
+        u_out_fit, new_bias = refit_out(u_in, core)
+        options.append((error(u_in, core, u_out_fit, new_bias), name, u_in, core, u_out_fit, new_bias))
+    best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
+    if best[1] != "whitened" and chol is not None:
+        notes.append(f"the {best[1]} factors fit the data better than the whitened ones: kept")
+    return LowRankFit((best[2], best[3], best[4]), best[5], best[0], error0, reference, best[1], notes)
+
+
+# ---------------------------------------------------------------- layer kernels
+
+
+def fit_dense(kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, rank: int) -> LowRankFit:
+    """Data-aware SVD of a Dense ``(in, units)`` kernel: factors ``(in, r)``, ``(r, units)`` (see module docs).
+
+    Example:
+        >>> acc = MomentAccumulator(3); acc.add(np.eye(3) * [1.0, 1.0, 0.0])
+        >>> fit = fit_dense(np.eye(3), None, acc.moments(), rank=2)
+        >>> round(fit.error, 12)
+        0.0
+    """
+    return fit_two_stage(kernel, bias, moments, taps=1, rank=rank)
+
+
+def spatial_order(kh: int, kw: int, c: int) -> np.ndarray:
+    """The permutation taking patch columns ``(i*kw + j)*C + c`` (as ``extract_patches`` lays them out) to the
+    spatial-SVD layout: tap ``j`` major, then ``c*kh + i`` (the rows of the ``(C*kh, N*kw)`` unfolding).
+
+    Example:
+        >>> spatial_order(2, 1, 2).tolist()     # (i, c): (0,0) (0,1) (1,0) (1,1) -> c*2 + i
+        [0, 2, 1, 3]
+    """
+    return np.arange(kh * kw * c).reshape(kh, kw, c).transpose(1, 2, 0).ravel()
+
+
+def fit_conv2d(
+    scheme: str,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    moments: Moments,
+    rank: int | Sequence[int],
+) -> tuple[list[np.ndarray], LowRankFit]:
+    """Data-aware factor kernels of a ``(kh, kw, C, N)`` Conv2D kernel for ``scheme`` (``"weight_svd"``,
+    ``"spatial_svd"`` or ``"tucker"``), from the moments of its ``kh*kw*C`` input patches (columns as
+    ``kernel.reshape(-1, N)``, i.e. as :func:`tfcompress.pruning.reconstruct.extract_patches` gives them).
+
+    Returns the factor kernels in the decomposed layer's order (as :mod:`tfcompress.decompose` gives them) and
+    the fit (its ``bias`` replaces the layer's bias).
+
+    Example:
+        >>> rng = np.random.default_rng(3)
+        >>> k = rng.normal(size=(3, 3, 4, 6))
+        >>> acc = MomentAccumulator(36); acc.add(rng.normal(size=(200, 36)))
+        >>> kernels, fit = fit_conv2d("spatial_svd", k, None, acc.moments(), 4)
+        >>> [x.shape for x in kernels]
+        [(3, 1, 4, 4), (1, 3, 4, 6)]
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.ndim != 4:
+        raise ValueError(f"fit_conv2d expects a (kh, kw, C, N) kernel, got shape {kernel.shape}.")
+    kh, kw, c, n = kernel.shape
+    if moments.dim != kh * kw * c:
+        raise ValueError(f"fit_conv2d: the moments have {moments.dim} features, the kernel's patches {kh * kw * c}.")
+    if scheme == "weight_svd":
+        a0, b0 = decompose.weight_svd_factors(kernel, int(rank))
+        fit = fit_two_stage(
+            kernel.reshape(-1, n), bias, moments, kh * kw, int(rank), (a0[0, 0], b0.reshape(kh * kw * int(rank), n))
+        )
+        a, second = fit.factors
+        return [a[None, None], second.reshape(kh, kw, -1, n)], fit
+    if scheme == "spatial_svd":
+        r = int(rank)
+        v0, h0 = decompose.spatial_svd_factors(kernel, r)
+        start = (v0[:, 0].transpose(1, 0, 2).reshape(c * kh, r), h0[0].reshape(kw * r, n))
+        flat = kernel.transpose(1, 2, 0, 3).reshape(kw * c * kh, n)  # rows (j, c, i)
+        fit = fit_two_stage(flat, bias, moments.permuted(spatial_order(kh, kw, c)), kw, r, start)
+        a, second = fit.factors
+        return [a.reshape(c, kh, r).transpose(1, 0, 2)[:, None], second.reshape(kw, r, n)[None]], fit
+    if scheme == "tucker":
+        r_in, r_out = (int(x) for x in rank)  # type: ignore[union-attr]
+        u_in0, core0, u_out0 = decompose.tucker2_factors(kernel, (r_in, r_out), hooi_iterations=2)
+        start = (u_in0[0, 0], core0.reshape(kh * kw * r_in, r_out), u_out0[0, 0])
+        fit = fit_tucker(kernel.reshape(-1, n), bias, moments, kh * kw, (r_in, r_out), start)
+        u_in, core, u_out = fit.factors
+        return [u_in[None, None], core.reshape(kh, kw, r_in, r_out), u_out[None, None]], fit
+    raise ValueError(f"fit_conv2d: scheme must be 'weight_svd', 'spatial_svd' or 'tucker', got {scheme!r}.")
+
+
+def with_notes(fit: LowRankFit, *notes: str) -> LowRankFit:
+    """A copy of ``fit`` with more notes."""
+    return replace(fit, notes=[*fit.notes, *notes])
