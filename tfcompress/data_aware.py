@@ -71,8 +71,12 @@ __all__ = [
     "output_error",
 ]
 
-#: relative ridge added to the per-tap moment before its Cholesky factorisation: ``λ · tr(S)/d · I``
+#: relative ridge added to a moment before it is whitened by or solved with: ``λ · tr(S)/d · I`` with
+#: ``λ = max(WHITENING_RIDGE, SHRINKAGE * d / samples)``: negligible when the samples far outnumber the features,
+#: a shrinkage towards white inputs when they do not (a moment estimated from few samples must not steer the
+#: factors into directions the samples barely saw: they would not generalise)
 WHITENING_RIDGE = 1e-6
+SHRINKAGE = 1e-2
 #: relative ridge of the least-squares refits (tiny: only keeps the solve finite where the data sees nothing)
 REFIT_RIDGE = 1e-12
 
@@ -245,15 +249,15 @@ class LowRankFit:
         return self.data_free_error / self.reference if self.reference > 0 else 0.0
 
 
-def _solve_psd(g: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """``g⁻¹ h`` for a symmetric positive semi-definite ``g`` (a tiny relative ridge keeps it finite; a
-    pseudo-inverse where even that fails)."""
+def _solve_psd(g: np.ndarray, h: np.ndarray, ridge: float = REFIT_RIDGE) -> np.ndarray:
+    """``(g + ridge·tr(g)/n·I)⁻¹ h`` for a symmetric positive semi-definite ``g`` (the default tiny ridge only
+    keeps it finite; a pseudo-inverse where even that fails)."""
     n = g.shape[0]
     scale = float(np.trace(g)) / max(n, 1)
     if not scale > 0:
         return np.zeros((n, h.shape[1]))
     try:
-        chol = np.linalg.cholesky(g + REFIT_RIDGE * scale * np.eye(n))
+        chol = np.linalg.cholesky(g + ridge * scale * np.eye(n))
         return _cho_solve(chol, h)
     except np.linalg.LinAlgError:
         w, v = np.linalg.eigh(g)
@@ -314,19 +318,24 @@ def _reference(moments: Moments, kernel: np.ndarray, with_bias: bool) -> float:
     return max(float(np.sum(kernel * (target @ kernel))), 0.0)
 
 
-def _whitening(gram: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+def _ridge(dim: int, count: int) -> float:
+    return max(WHITENING_RIDGE, SHRINKAGE * dim / max(count, 1))
+
+
+def _whitening(gram: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
     """``L`` with ``gram + λ tr/d I = L Lᵀ`` (Cholesky; an eigendecomposition when that fails), or
     ``(None, why)`` when the inputs carry nothing to whiten by."""
     d = gram.shape[0]
     scale = float(np.trace(gram)) / max(d, 1)
     if not np.isfinite(scale) or scale <= 0:
         return None, "the layer's sampled inputs are all zero (or constant): data-free factors kept"
-    regular = gram + WHITENING_RIDGE * scale * np.eye(d)
+    ridge = _ridge(d, count)
+    regular = gram + ridge * scale * np.eye(d)
     try:
         return np.linalg.cholesky(regular), None
     except np.linalg.LinAlgError:
         w, v = np.linalg.eigh(regular)
-        w = np.maximum(w, WHITENING_RIDGE * scale)
+        w = np.maximum(w, ridge * scale)
         return v * np.sqrt(w), "the input moment is not positive definite: whitened through its eigendecomposition"
 
 
@@ -346,6 +355,14 @@ def _balance(a: np.ndarray, second: np.ndarray, taps: int) -> tuple[np.ndarray, 
     s = np.where((col > 0) & (row > 0), np.sqrt(row / np.where(col > 0, col, 1.0)), 1.0)
     second = (second.reshape(taps, r, -1) / s[None, :, None]).reshape(taps * r, -1)
     return a * s, second
+
+
+def _start_note(options: list[tuple], best: tuple) -> list[str]:
+    """A note when the data-free start fitted the data clearly better than the whitened one."""
+    whitened = [o[0] for o in options if o[1] == "whitened"]
+    if best[1] == "whitened" or not whitened or best[0] >= whitened[0] * (1 - 1e-6) - 1e-12:
+        return []
+    return [f"the {best[1]} factors fit the data better than the whitened ones: kept"]
 
 
 def _check_inputs(
@@ -428,11 +445,13 @@ def fit_two_stage(
         gram_c, cross_c, _ = moments.centred()
     else:
         gram_c, cross_c, _ = moments.augmented(False)
-    chol, why = _whitening(_per_tap(gram_c, taps))
+    chol, why = _whitening(_per_tap(gram_c, taps), moments.count)
     if why:
         notes.append(why)
     if chol is not None:
-        target = kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel)
+        target = (
+            kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel, _ridge(moments.dim, moments.count))
+        )
         u = np.linalg.svd(chol.T @ unfold(target), full_matrices=False)[0][:, :rank]
         a = np.linalg.solve(chol.T, u)
         second, new_bias = _refit_second(a, taps, kernel, bias, moments)
@@ -442,8 +461,7 @@ def fit_two_stage(
     err = output_error(moments, kernel, bias, _compose_flat(a0, second, taps), new_bias)
     options.append((err, "data-free, refitted", a0, second, new_bias))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
-    if best[1] != "whitened" and chol is not None:
-        notes.append(f"the {best[1]} factors fit the data better than the whitened ones: kept")
+    notes += _start_note(options, best)
     a, second = _balance(best[2], best[3], taps)
     return LowRankFit((a, second), best[4], best[0], error0, reference, best[1], notes)
 
@@ -518,12 +536,14 @@ def fit_tucker(
     error0 = error(u_in0, core0, u_out0, bias)
     options = [(error0, "data-free", u_in0, core0, u_out0, bias)]
     notes: list[str] = []
-    chol, why = _whitening(_per_tap(gram_c, taps))
+    chol, why = _whitening(_per_tap(gram_c, taps), moments.count)
     if why:
         notes.append(why)
     starts = [("data-free, refitted", u_in0, u_out0)]
     if chol is not None:
-        target = kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel)
+        target = (
+            kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel, _ridge(moments.dim, moments.count))
+        )
         unfolded = target.reshape(taps, c, n_out).transpose(1, 0, 2).reshape(c, taps * n_out)
         u = np.linalg.svd(chol.T @ unfolded, full_matrices=False)[0][:, :r_in]
         if u.shape[1] < r_in:  # fewer columns than r_in (taps*N < C): complete the basis
@@ -538,8 +558,7 @@ def fit_tucker(
         u_out_fit, new_bias = refit_out(u_in, core)
         options.append((error(u_in, core, u_out_fit, new_bias), name, u_in, core, u_out_fit, new_bias))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
-    if best[1] != "whitened" and chol is not None:
-        notes.append(f"the {best[1]} factors fit the data better than the whitened ones: kept")
+    notes += _start_note(options, best)
     return LowRankFit((best[2], best[3], best[4]), best[5], best[0], error0, reference, best[1], notes)
 
 

@@ -1,0 +1,122 @@
+"""Data-aware factors on Keras layers and models: layouts, forward-order refits, reading activations."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import tfcompress as tfc
+from tfcompress import data_aware, data_fit
+from tfcompress.activations import MomentCollector, patch_spec
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return (load_digits().images[:, :, :, None] / 16.0).astype("float32")
+
+
+def digits_cnn() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.Conv2D(16, (3, 2), strides=2, padding="valid", use_bias=False, name="c3")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(24, activation="relu", name="fc")(x)
+    return keras.Model(inp, keras.layers.Dense(10, name="out")(x))
+
+
+@pytest.mark.parametrize(
+    ("layer", "scheme", "rank", "shape"),
+    [
+        (keras.layers.Conv2D(6, 3, padding="same", name="w"), "weight_svd", 2, (2, 7, 7, 4)),
+        (keras.layers.Conv2D(6, (3, 2), strides=2, name="s"), "spatial_svd", 3, (2, 7, 7, 4)),
+        (keras.layers.Conv2D(6, 3, dilation_rate=2, use_bias=False, name="t"), "tucker", (2, 3), (2, 7, 7, 4)),
+        (keras.layers.Conv1D(6, 3, padding="same", name="w1"), "weight_svd", 2, (2, 9, 4)),
+        (keras.layers.Conv1D(6, 3, name="s1"), "spatial_svd", 4, (2, 9, 4)),
+        (keras.layers.Dense(6, name="d"), "svd", 2, (5, 4)),
+    ],
+)
+def test_fitted_weights_fit_the_decomposed_layer_and_compose_to_its_kernel(layer, scheme, rank, shape):
+    # the decomposed layer holding the fitted weights computes what the original layer computes with the composed
+    # kernel and the fitted bias: the factor layouts agree with the layers'
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype("float32")
+    layer.build(shape)
+    spec, why = patch_spec(layer)
+    assert why is None
+    moments = MomentCollector(np.maximum(x, 0), samples=200).moments(
+        keras.Sequential([keras.Input(shape[1:]), layer]), [layer.name], specs={layer.name: spec}
+    )[layer.name]
+    weights, fit = data_fit.fit_layer(layer, scheme, rank, moments)
+    assert fit.error <= fit.data_free_error * (1 + 1e-9) + 1e-12
+    small = tfc.rewrite_model(keras.Sequential([keras.Input(shape[1:]), layer]), {layer.name: (scheme, rank)})
+    decomposed = small.layers[-1]
+    decomposed.set_weights(weights)
+    twin = layer.__class__.from_config(layer.get_config())
+    twin.build(shape)
+    composed = data_fit.composed_kernel(layer, scheme, weights)
+    twin.set_weights([composed, weights[-1]] if layer.use_bias else [composed])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(decomposed(x)), keras.ops.convert_to_numpy(twin(x)), atol=1e-4
+    )
+
+
+def agreement(a: keras.Model, b: keras.Model, x: np.ndarray) -> float:
+    return float(np.mean(a.predict(x, verbose=0).argmax(1) == b.predict(x, verbose=0).argmax(1)))
+
+
+@pytest.mark.slow
+def test_forward_refit_brings_a_compressed_model_back_to_the_original(digits):
+    model = digits_cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits[:1200], load_digits().target[:1200], epochs=3, verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    plan = {"c1": ("weight_svd", 1), "c2": ("spatial_svd", 3), "c3": ("tucker", (4, 4)), "fc": ("svd", 3)}
+    small = tfc.rewrite_model(model, plan)
+    test = digits[1200:]
+    agreed = agreement(small, model, test)
+    free = np.mean((small.predict(test, verbose=0) - model.predict(test, verbose=0)) ** 2)
+    report = data_fit.refit_forward(model, small, digits[:300], samples=1500)
+    fitted = np.mean((small.predict(test, verbose=0) - model.predict(test, verbose=0)) ** 2)
+    assert sorted(report.layers) == sorted(plan) and not report.skipped
+    assert fitted < 0.5 * free  # on held-out images, not only on the fitting ones
+    assert agreement(small, model, test) > agreed + 0.1
+    for fit in report.layers.values():
+        assert fit.relative_error <= fit.data_free_relative_error + 1e-12
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))  # never mutated
+    assert report.collect_seconds > 0 and report.fit_seconds > 0
+
+
+def test_layers_whose_inputs_cannot_be_read_keep_data_free_factors_with_the_reason(digits):
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 1, name="widen")(inp)
+    x = keras.layers.SeparableConv2D(8, 3, name="sep")(x)
+    x = keras.layers.Conv2D(8, 3, name="conv")(x)
+    model = keras.Model(inp, x)
+    small = tfc.rewrite_model(model, {"sep": ("weight_svd", 2), "conv": ("weight_svd", 2)})
+    report = data_fit.refit_forward(model, small, digits[:40], samples=200)
+    assert "SeparableConv2D" in report.skipped["sep"]
+    assert list(report.layers) == ["conv"]
+
+
+def test_all_zero_inputs_are_reported_and_stay_finite():
+    inp = keras.Input((6, 6, 2))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3, name="c")(inp))
+    small = tfc.rewrite_model(model, {"c": ("weight_svd", 1)})
+    report = data_fit.refit_forward(model, small, np.zeros((8, 6, 6, 2), "float32"), samples=50)
+    assert any("all zero" in note for note in report.layers["c"].notes)
+    assert all(np.isfinite(w).all() for w in small.get_weights())
+
+
+def test_collector_pairs_the_inputs_of_two_models_at_the_same_positions(digits):
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(3, 3, name="c")(keras.layers.Conv2D(2, 1, name="a")(inp)))
+    collector = MomentCollector(digits[:20], samples=100, seed=1)
+    paired = collector.moments(model, ["c"], reference=model)["c"]
+    np.testing.assert_allclose(paired.cross, paired.gram)  # the same model twice: x = x̂
+    np.testing.assert_allclose(paired.target_mean, paired.mean)
+    assert isinstance(paired, data_aware.Moments) and paired.count == 100

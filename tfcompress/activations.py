@@ -1,0 +1,185 @@
+"""Layer inputs from sampled data, reduced to moments as they stream by (for the data-aware factors).
+
+A layer's inputs are read from one forward pass of the sample images through a feature model that outputs every
+requested layer's input; batch by batch, each layer's input patches at sampled output positions (the same
+positions channel pruning samples: :func:`tfcompress.pruning.reconstruct.sample_positions`, columns as
+:func:`~tfcompress.pruning.reconstruct.extract_patches` lays them out) are added to a
+:class:`tfcompress.data_aware.MomentAccumulator` and dropped. Only the ``O(cols²)`` moments of each layer are
+kept, never the samples.
+
+With ``reference`` (the original model), the moments are paired: ``x̂`` from ``model`` (the compressed one) and
+``x`` from ``reference`` at the same positions, for the asymmetric fits.
+
+Example:
+    >>> import keras, numpy as np
+    >>> m = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, name="c")])
+    >>> collector = MomentCollector(np.ones((4, 6, 6, 2), "float32"), samples=20, seed=0)
+    >>> collector.moments(m, ["c"])["c"].gram.shape
+    (18, 18)
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from ._checks import check_finite
+from .cost import KIND_CLASSES, layer_kind
+from .data_aware import MomentAccumulator, Moments
+from .pruning.reconstruct import conv_output_size, extract_patches, sample_positions
+
+__all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES"]
+
+#: a layer whose input patch is wider than this is fitted data-free (its moments would take
+#: ``8 * MAX_FEATURES²`` bytes, 200 MB at 5000)
+MAX_FEATURES = 5000
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """How a layer's input becomes the vectors its kernel multiplies: ``kernel_size`` ``None`` for a Dense layer
+    (the rows of its last axis), else a 2-D convolution's patch geometry (a Conv1D's as ``(k, 1)``)."""
+
+    kernel_size: tuple[int, int] | None = None
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "valid"
+    dilation: tuple[int, int] = (1, 1)
+    one_d: bool = False
+
+    def width(self, channels: int) -> int:
+        """Columns of one patch for ``channels`` input channels."""
+        if self.kernel_size is None:
+            return channels
+        return self.kernel_size[0] * self.kernel_size[1] * channels
+
+
+def patch_spec(layer: Any) -> tuple[PatchSpec | None, str | None]:
+    """``(spec, None)`` for a layer whose inputs the data-aware fits can read, else ``(None, why)``.
+
+    Example:
+        >>> import keras
+        >>> patch_spec(keras.layers.Dense(3))[0]
+        PatchSpec(kernel_size=None, strides=(1, 1), padding='valid', dilation=(1, 1), one_d=False)
+        >>> patch_spec(keras.layers.Conv1D(3, 3, padding="causal"))[1]
+        "padding 'causal' (data-aware factors read 'valid' and 'same' convolutions)"
+    """
+    kind = layer_kind(layer)
+    if kind not in ("dense", "conv2d", "conv1d") or not isinstance(layer, KIND_CLASSES[kind]):
+        return None, f"{type(layer).__name__} (data-aware factors read Dense, Conv1D and Conv2D layers)"
+    if kind == "dense":
+        return PatchSpec(), None
+    one_d = kind == "conv1d"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None, "channels_first data format"
+    if getattr(layer, "groups", 1) != 1:
+        return None, "grouped convolution"
+    padding = str(layer.padding).lower()
+    if padding not in ("valid", "same"):
+        return None, f"padding {padding!r} (data-aware factors read 'valid' and 'same' convolutions)"
+    if one_d:
+        (k,), (s,), (d,) = layer.kernel_size, layer.strides, layer.dilation_rate
+        return PatchSpec((int(k), 1), (int(s), 1), padding, (int(d), 1), one_d=True), None
+    return PatchSpec(tuple(layer.kernel_size), tuple(layer.strides), padding, tuple(layer.dilation_rate)), None
+
+
+class MomentCollector:
+    """Moments of layers' input patches at sampled positions of fixed sample images.
+
+    Args:
+        images: the model inputs (batch axis first), e.g. from ``model_inputs``.
+        samples: sampled output positions (Dense: input rows) per layer, over all images.
+        seed: seed of the positions (each layer's positions also depend on its name).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, images: np.ndarray, samples: int, seed: int = 0, batch_size: int = 128) -> None:
+        self.images = images
+        self.samples = int(samples)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.seconds = 0.0
+        self._positions: dict[tuple[str, tuple], np.ndarray] = {}
+
+    def _positions_for(self, name: str, batch: int, out_hw: tuple[int, int]) -> np.ndarray:
+        key = (name, (batch, *out_hw))
+        if key not in self._positions:
+            seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+            self._positions[key] = sample_positions(batch, out_hw, self.samples, seed=seed)
+        return self._positions[key]
+
+    def _rows(self, name: str, spec: PatchSpec, x: np.ndarray, lo: int) -> np.ndarray:
+        """The patch rows of this batch (images ``lo..lo+len(x)``) at the layer's sampled positions."""
+        total = len(self.images)
+        if spec.kernel_size is None:
+            per_image = int(np.prod(x.shape[1:-1], dtype=np.int64))
+            pick = self._positions_for(name, 1, (1, total * per_image))[:, 2]
+            here = (pick >= lo * per_image) & (pick < (lo + len(x)) * per_image)
+            return x.reshape(-1, x.shape[-1])[pick[here] - lo * per_image]
+        if spec.one_d:
+            x = x[:, :, None, :]
+        out_hw = conv_output_size(x.shape[1:3], spec.kernel_size, spec.strides, spec.padding, spec.dilation)
+        positions = self._positions_for(name, total, out_hw)
+        here = (positions[:, 0] >= lo) & (positions[:, 0] < lo + len(x))
+        return extract_patches(
+            x, spec.kernel_size, spec.strides, spec.padding, spec.dilation, positions[here] - np.array([lo, 0, 0])
+        )
+
+    def moments(
+        self,
+        model: keras.Model,
+        names: list[str],
+        reference: keras.Model | None = None,
+        specs: dict[str, PatchSpec] | None = None,
+    ) -> dict[str, Moments]:
+        """``{name: Moments}`` of each named layer's input patches (one pass of the images through ``model``;
+        paired with ``reference``'s inputs to the same-named layers when given)."""
+        start = time.perf_counter()
+        if specs is None:
+            specs = {}
+            for name in names:
+                spec, why = patch_spec(model.get_layer(name))
+                if spec is None:
+                    raise ValueError(f"layer '{name}': its inputs cannot be read for a data-aware fit: {why}.")
+                specs[name] = spec
+        feature = keras.Model(model.inputs[0], [model.get_layer(n).input for n in names])
+        source = None
+        if reference is not None:
+            source = keras.Model(reference.inputs[0], [reference.get_layer(n).input for n in names])
+        accumulators: dict[str, MomentAccumulator] = {}
+        for lo in range(0, len(self.images), self.batch_size):
+            batch = self.images[lo : lo + self.batch_size]
+            outs = _listed(feature(batch, training=False))
+            targets = _listed(source(batch, training=False)) if source is not None else [None] * len(names)
+            for i, name in enumerate(names):
+                x = _finite(outs[i], name)
+                outs[i] = None
+                rows = self._rows(name, specs[name], x, lo)
+                target_rows = None
+                if targets[i] is not None:
+                    target_rows = self._rows(name, specs[name], _finite(targets[i], name), lo)
+                    targets[i] = None
+                if name not in accumulators:
+                    accumulators[name] = MomentAccumulator(rows.shape[1], paired=target_rows is not None)
+                accumulators[name].add(rows, target_rows)
+                del x, rows, target_rows
+        self.seconds += time.perf_counter() - start
+        return {name: accumulators[name].moments() for name in names}
+
+
+def _listed(outs: Any) -> list[Any]:
+    return list(outs) if isinstance(outs, list | tuple) else [outs]
+
+
+def _finite(tensor: Any, name: str) -> np.ndarray:
+    x = np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float32)
+    check_finite(
+        x,
+        f"data-aware factors: the inputs of layer '{name}' (computed from the parameters' data)",
+        "the layers before it give NaN or infinity on these inputs: check the model's weights and the data",
+    )
+    return x

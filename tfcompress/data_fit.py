@@ -1,0 +1,245 @@
+"""Data-aware factors for Keras layers: which fit for which layer and scheme, and the forward-order refit of a
+compressed model.
+
+:mod:`tfcompress.data_aware` holds the math on moments; :mod:`tfcompress.activations` reads the moments from
+sample data. This module joins them to Keras layers:
+
+* :func:`fit_layer` gives the factor kernels (in the decomposed layer's weight order) and bias of one layer at
+  one rank, fitted to the moments of its inputs, and :func:`composed_kernel` the original-shaped kernel they
+  are equivalent to (what the selection swaps into the working copy).
+* :func:`refit_forward` fits every decomposed layer of a compressed model in forward order so that it
+  reproduces the ORIGINAL layer's output from the COMPRESSED model's inputs (asymmetric): the errors of the
+  layers before are absorbed instead of accumulated down the network.
+
+Example:
+    >>> import keras, numpy as np, tfcompress as tfc
+    >>> x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32")
+    >>> inp = keras.Input((8, 8, 3))
+    >>> model = keras.Model(inp, keras.layers.Conv2D(8, 3, name="c")(keras.layers.Conv2D(6, 3, name="b")(inp)))
+    >>> small = tfc.rewrite_model(model, {"b": ("weight_svd", 2), "c": ("spatial_svd", 4)})
+    >>> report = refit_forward(model, small, x, samples=500)
+    >>> sorted(report.layers), report.layers["c"].relative_error <= report.layers["c"].data_free_relative_error
+    (['b', 'c'], True)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import data_aware, decompose, unfoldings
+from .activations import MAX_FEATURES, MomentCollector, PatchSpec, patch_spec
+from .cost import layer_kind
+from .data_aware import LowRankFit, Moments
+
+__all__ = ["LayerFit", "FitReport", "fit_layer", "composed_kernel", "data_aware_reason", "refit_forward"]
+
+logger = logging.getLogger("tfcompress")
+
+
+@dataclass
+class LayerFit:
+    """One layer's data-aware fit, as the stats report it."""
+
+    scheme: str
+    relative_error: float
+    data_free_relative_error: float
+    start: str
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, scheme: str, fit: LowRankFit) -> LayerFit:
+        return cls(scheme, fit.relative_error, fit.data_free_relative_error, fit.start, list(fit.notes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "relative_output_error": self.relative_error,
+            "data_free_relative_output_error": self.data_free_relative_error,
+            "start": self.start,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class FitReport:
+    """What :func:`refit_forward` did: per layer the fit (or why the layer kept its data-free factors), the seconds
+    spent reading activations and fitting."""
+
+    layers: dict[str, LayerFit] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    collect_seconds: float = 0.0
+    fit_seconds: float = 0.0
+
+
+def _kernel_and_bias(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+    bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64) if layer.use_bias else None
+    return kernel, bias
+
+
+def data_aware_reason(layer: Any, scheme: str) -> str | None:
+    """Why ``layer`` (an original Keras layer) cannot get data-aware ``scheme`` factors; ``None`` when it can.
+
+    Example:
+        >>> import keras
+        >>> conv = keras.layers.Conv2D(4, 3); conv.build((None, 8, 8, 2))
+        >>> data_aware_reason(conv, "tucker") is None
+        True
+        >>> data_aware_reason(keras.layers.SeparableConv2D(4, 3), "weight_svd")
+        'SeparableConv2D (data-aware factors read Dense, Conv1D and Conv2D layers)'
+    """
+    spec, why = patch_spec(layer)
+    if spec is None:
+        return why
+    if layer_kind(layer) == "conv1d" and scheme == "tucker":
+        return "Tucker-2 of a Conv1D"
+    if not getattr(layer, "built", False):
+        return "the layer is not built"
+    channels = int(layer.kernel.shape[-2])
+    if spec.width(channels) > MAX_FEATURES:
+        return f"its input patch has {spec.width(channels)} values (> {MAX_FEATURES}: the moments would be too large)"
+    return None
+
+
+def fit_layer(layer: Any, scheme: str, rank: Any, moments: Moments) -> tuple[list[np.ndarray], LowRankFit]:
+    """The decomposed layer's weights (factor kernels, then the bias when the layer has one) for ``layer`` at
+    ``rank``, fitted to ``moments`` of its input patches, and the fit.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> dense = keras.layers.Dense(5); dense.build((None, 4))
+        >>> acc = data_aware.MomentAccumulator(4); acc.add(np.random.default_rng(0).normal(size=(50, 4)))
+        >>> weights, fit = fit_layer(dense, "svd", 2, acc.moments())
+        >>> [w.shape for w in weights]
+        [(4, 2), (2, 5), (5,)]
+    """
+    kind = layer_kind(layer)
+    kernel, bias = _kernel_and_bias(layer)
+    if kind == "dense":
+        fit = data_aware.fit_dense(kernel, bias, moments, int(rank))
+        factors = list(fit.factors)
+    elif kind == "conv2d":
+        factors, fit = data_aware.fit_conv2d(scheme, kernel, bias, moments, rank)
+    elif kind == "conv1d" and scheme in ("weight_svd", "spatial_svd"):
+        as_2d, fit = data_aware.fit_conv2d(scheme, kernel[:, None], bias, moments, rank)
+        factors = [as_2d[0][0], as_2d[1][:, 0]] if scheme == "weight_svd" else [as_2d[0][:, 0], as_2d[1][0]]
+    else:
+        raise ValueError(f"layer '{layer.name}': no data-aware {scheme!r} factors for a {kind!r} layer.")
+    dtype = np.dtype(layer.kernel.dtype)
+    weights = [np.asarray(f, dtype=dtype) for f in factors]
+    if bias is not None:
+        weights.append(np.asarray(fit.bias, dtype=dtype))
+    return weights, fit
+
+
+def composed_kernel(layer: Any, scheme: str, weights: list[np.ndarray]) -> np.ndarray:
+    """The kernel of ``layer``'s shape that the factor kernels in ``weights`` are equivalent to.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> conv = keras.layers.Conv2D(4, 3); conv.build((None, 5, 5, 2))
+        >>> composed_kernel(conv, "weight_svd", [np.ones((1, 1, 2, 1)), np.ones((3, 3, 1, 4))]).shape
+        (3, 3, 2, 4)
+    """
+    kind = layer_kind(layer)
+    factors = weights[:3] if scheme == "tucker" else weights[:2]
+    if kind == "dense":
+        return factors[0] @ factors[1]
+    if kind == "conv1d":
+        compose = (
+            unfoldings.conv1d_weight_svd_compose if scheme == "weight_svd" else unfoldings.conv1d_spatial_svd_compose
+        )
+        return compose(*factors)
+    compose = {
+        "weight_svd": decompose.weight_svd_compose,
+        "spatial_svd": decompose.spatial_svd_compose,
+        "tucker": decompose.tucker2_compose,
+    }[scheme]
+    return compose(*factors)
+
+
+def _plan_entries(plan: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    entries = {}
+    for path, entry in plan.items():
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise TypeError(f"refit_forward: plan entries must be (scheme, rank) pairs, got {entry!r} for '{path}'.")
+        entries[str(path)] = entry
+    return entries
+
+
+def _decomposed_layers(original: keras.Model, compressed: keras.Model) -> dict[str, tuple[Any, Any, str, Any]]:
+    """``{name: (original layer, decomposed layer, scheme, rank)}`` for the top-level decomposed layers."""
+    from .layers.base import DecomposedConv
+    from .layers.svd_dense import SVDDense
+
+    found = {}
+    for layer in compressed.layers:
+        if not isinstance(layer, SVDDense | DecomposedConv):
+            continue
+        try:
+            source = original.get_layer(layer.name)
+        except ValueError:
+            continue
+        scheme = "svd" if isinstance(layer, SVDDense) else layer.scheme
+        rank = tuple(layer.ranks) if scheme == "tucker" else int(layer.rank)
+        found[layer.name] = (source, layer, scheme, rank)
+    return found
+
+
+def refit_forward(
+    original: keras.Model,
+    compressed: keras.Model,
+    images: np.ndarray,
+    samples: int = 2000,
+    seed: int = 0,
+    only: Mapping[str, Any] | None = None,
+) -> FitReport:
+    """Refit the decomposed layers of ``compressed`` (a rewrite of ``original``) in forward order, in place.
+
+    Each top-level decomposed layer (``SVDDense``, the decomposed convolutions) gets the factors and bias that make
+    it reproduce the ORIGINAL layer's outputs (before the activation) from the inputs the COMPRESSED model gives
+    it, at ``samples`` sampled positions of ``images`` (model inputs). A layer whose inputs cannot be read (a
+    nested or shared layer, a separable or transposed convolution, a too-wide patch) keeps its data-free factors
+    and is listed in :attr:`FitReport.skipped` with the reason. ``only``: limit to these layer names.
+    ``original`` is never changed.
+    """
+    report = FitReport()
+    decomposed = _decomposed_layers(original, compressed)
+    if only is not None:
+        wanted = set(_plan_entries(only))
+        decomposed = {k: v for k, v in decomposed.items() if k in wanted}
+    collector = MomentCollector(images, samples, seed)
+    order = [layer.name for layer in compressed.layers if layer.name in decomposed]
+    for name in order:
+        source, target, scheme, rank = decomposed[name]
+        why = data_aware_reason(source, scheme)
+        if why is None and len(getattr(source, "_inbound_nodes", [])) > 1:
+            why = "the layer is called more than once"
+        if why is not None:
+            report.skipped[name] = why
+            continue
+        spec: PatchSpec = patch_spec(source)[0]  # type: ignore[assignment]
+        start = time.perf_counter()
+        moments = collector.moments(compressed, [name], reference=original, specs={name: spec})[name]
+        report.collect_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        with decompose.blas_single_thread():  # TensorFlow's pools and a multi-threaded BLAS fight over the cores
+            weights, fit = fit_layer(source, scheme, rank, moments)
+        target.set_weights(weights)
+        report.fit_seconds += time.perf_counter() - start
+        report.layers[name] = LayerFit.of(scheme, fit)
+        logger.info(
+            "data-aware refit of %s (%s): relative output error %.4g (data-free %.4g)",
+            name,
+            scheme,
+            fit.relative_error,
+            fit.data_free_relative_error,
+        )
+    return report
