@@ -37,6 +37,9 @@ METHODS = {
     "svd_then_prune": "spatial SVD then channel pruning",
     "weight_svd_uniform": "uniform weight SVD (one ratio for all layers)",
     "weight_svd_data_free": "data-free weight SVD (singular values only)",
+    "spatial_svd_greedy_data_aware": "greedy spatial SVD, data-aware factors",
+    "weight_svd_greedy_data_aware": "greedy weight SVD, data-aware factors",
+    "weight_svd_uniform_data_aware": "uniform weight SVD, data-aware factors",
 }
 
 
@@ -263,9 +266,10 @@ def _save_small_weights(model: Any, path: str, name: str, limit_bytes: int = 2_0
 # Each returns (compressed_model, notes); the whole-model MAC ratio is measured afterwards with tfc.model_cost.
 
 
-def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cache: str) -> Any:
+def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cache: str, data: Any = None) -> Any:
     import tfcompress as tfc
 
+    extra = {} if data is None else {"data": data, "num_reconstruction_samples": settings["num_reconstruction_samples"]}
     return scheme_parameters(
         tfc.Mode.auto,
         scheme_parameters.AutoModeParams(
@@ -277,6 +281,7 @@ def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cac
             ),
             modules_to_ignore=[CLASSIFIER],
         ),
+        **extra,
     )
 
 
@@ -296,6 +301,56 @@ def weight_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, A
     params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache)
     compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
     return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+# ---- data-aware variants (issue 18): the same greedy selection, every candidate's factors fitted to the layer's
+# sampled inputs (ctx["x_calib"]), the final model refitted in forward order
+
+
+def _data_aware_notes(stats: Any) -> dict[str, Any]:
+    keys = ("data_aware_collect_seconds", "data_aware_fit_seconds", "svd_seconds")
+    return {
+        "num_eval_calls": stats.num_eval_calls,
+        "val_accuracy": stats.compressed_model_accuracy,
+        **{k: stats.timings[k] for k in keys if k in stats.timings},
+    }
+
+
+def spatial_svd_greedy_data_aware(
+    model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_spatial_svd_data_aware_scores.json")
+    params = _greedy(tfc.SpatialSvdParameters, target, ctx["settings"], cache, data=ctx["x_calib"])
+    compressed, stats = tfc.compress_model(model, evaluate, None, "spatial_svd", "mac", params, verbose=0)
+    return compressed, _data_aware_notes(stats)
+
+
+def weight_svd_greedy_data_aware(
+    model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_data_aware_scores.json")
+    params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache, data=ctx["x_calib"])
+    compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, _data_aware_notes(stats)
+
+
+def weight_svd_uniform_data_aware(
+    model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The uniform plan of ``weight_svd_uniform`` (the same ranks), its factors fitted to the data in forward
+    order by ``rewrite_model(..., data=...)``: the effect of the factors alone, with no selection."""
+    import tfcompress as tfc
+
+    ratio, _ = uniform_ratio_for(model, target)
+    plan = {layer.name: tfc.rank_for_ratio(layer, ratio, "weight_svd", "mac") for layer in _weight_svd_layers(model)}
+    samples = ctx["settings"]["num_reconstruction_samples"]
+    start = time.perf_counter()
+    compressed = tfc.rewrite_model(model, plan, "weight_svd", data=ctx["x_calib"], num_reconstruction_samples=samples)
+    return compressed, {"per_layer_ratio": ratio, "refit_seconds": time.perf_counter() - start}
 
 
 def channel_pruning(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -442,6 +497,9 @@ def available_methods() -> dict[str, Callable[..., Any] | None]:
         "svd_then_prune": svd_then_prune if hasattr(tfc, "svd_then_prune") else None,
         "weight_svd_uniform": weight_svd_uniform,
         "weight_svd_data_free": weight_svd_data_free,
+        "spatial_svd_greedy_data_aware": spatial_svd_greedy_data_aware,
+        "weight_svd_greedy_data_aware": weight_svd_greedy_data_aware,
+        "weight_svd_uniform_data_aware": weight_svd_uniform_data_aware,
     }
 
 

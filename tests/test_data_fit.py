@@ -120,3 +120,88 @@ def test_collector_pairs_the_inputs_of_two_models_at_the_same_positions(digits):
     np.testing.assert_allclose(paired.cross, paired.gram)  # the same model twice: x = x̂
     np.testing.assert_allclose(paired.target_mean, paired.mean)
     assert isinstance(paired, data_aware.Moments) and paired.count == 100
+
+
+# ---------------------------------------------------------------- the API: parameters and rewrite_model
+
+
+@pytest.mark.parametrize(
+    "cls", [tfc.WeightSvdParameters, tfc.SpatialSvdParameters, tfc.TuckerParameters, tfc.AutoSchemeParameters]
+)
+def test_scheme_parameters_take_data_like_channel_pruning(cls, digits):
+    manual = cls.ManualModeParams({"c1": 0.5})
+    assert cls("manual", manual).data is None and not cls("manual", manual).data_aware
+    p = cls("manual", manual, data=(digits, np.zeros(len(digits))), num_reconstruction_samples=300)
+    assert p.data_aware and p.num_reconstruction_samples == 300
+    assert "num_reconstruction_samples=300" in repr(p)
+    with pytest.raises(TypeError, match="list is ambiguous"):
+        cls("manual", manual, data=[digits, digits])
+    with pytest.raises(TypeError, match=f"{cls.__name__}: data must be model inputs"):
+        cls("manual", manual, data="images.npy")
+    with pytest.raises(ValueError, match="num_reconstruction_samples"):
+        cls("manual", manual, data=digits, num_reconstruction_samples=0)
+    with pytest.raises(TypeError, match="ChannelPruningParameters: data must be model inputs"):
+        tfc.ChannelPruningParameters(None, 10, False, "manual", manual)
+
+
+def test_rewrite_model_with_data_refits_the_decomposed_layers(digits):
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="b")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="d")(keras.layers.Flatten()(x)))
+    plan = {"a": ("weight_svd", 1), "b": ("spatial_svd", 3), "d": ("svd", 2)}
+    test = digits[1000:]
+
+    def error(m: keras.Model) -> float:
+        return float(np.mean((m.predict(test, verbose=0) - model.predict(test, verbose=0)) ** 2))
+
+    free = tfc.rewrite_model(model, plan)
+    fitted = tfc.rewrite_model(model, plan, data=digits[:1000], num_reconstruction_samples=1000)
+    assert error(fitted) < 0.7 * error(free)
+    with pytest.raises(TypeError, match="rewrite_model: data must be model inputs"):
+        tfc.rewrite_model(model, plan, data=3.0)
+
+
+# ---------------------------------------------------------------- compress_model with data
+
+
+def small_cnn(digits) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inp)
+    x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(10, name="out")(x))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits[:1200], load_digits().target[:1200], epochs=2, verbose=0)
+    return model
+
+
+def test_compress_model_with_data_fits_the_factors_and_reports_the_time(digits, tmp_path):
+    model = small_cnn(digits)
+    test = digits[1200:]
+    reference = model.predict(test, verbose=0)
+
+    def score(m, iterations):  # agreement with the original outputs: higher is better
+        return -float(np.mean((m.predict(test, verbose=0) - reference) ** 2))
+
+    pairs = tfc.SpatialSvdParameters.ManualModeParams({"a": 0.5, "b": 0.3})
+    free, _ = tfc.compress_model(
+        model, score, None, "spatial_svd", "mac", tfc.SpatialSvdParameters("manual", pairs), verbose=0
+    )
+    params = tfc.SpatialSvdParameters("manual", pairs, data=digits[:400], num_reconstruction_samples=800)
+    fitted, stats = tfc.compress_model(model, score, None, "spatial_svd", "mac", params, verbose=0)
+    assert [layer.rank for layer in fitted.layers[1:3]] == [layer.rank for layer in free.layers[1:3]]  # same ranks
+    assert score(fitted, None) > 2 * score(free, None)  # less than half the output error, on held-out images
+    assert stats.timings["data_aware_collect_seconds"] > 0 and stats.timings["data_aware_fit_seconds"] > 0
+    assert any("refitted in forward order (2 layer(s))" in note for note in stats.notes)
+
+    # a score cache of data-free candidates is not read back for data-aware ones
+    cache = str(tmp_path / "scores.json")
+    greedy = tfc.SpatialSvdParameters.AutoModeParams(
+        tfc.GreedySelectionParameters(0.6, num_comp_ratio_candidates=2, saved_eval_scores_dict=cache)
+    )
+    tfc.compress_model(model, score, None, "spatial_svd", "mac", tfc.SpatialSvdParameters("auto", greedy), verbose=0)
+    aware = tfc.SpatialSvdParameters("auto", greedy, data=digits[:400], num_reconstruction_samples=800)
+    with pytest.raises(ValueError, match="other settings"):
+        tfc.compress_model(model, score, None, "spatial_svd", "mac", aware, verbose=0)

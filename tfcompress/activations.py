@@ -1,5 +1,8 @@
 """Layer inputs from sampled data, reduced to moments as they stream by (for the data-aware factors).
 
+The data forms, the model inputs and the sampled positions are channel pruning's
+(:mod:`tfcompress.pruning.sampling`): both read a layer at the same positions.
+
 A layer's inputs are read from one forward pass of the sample images through a feature model that outputs every
 requested layer's input; batch by batch, each layer's input patches at sampled output positions (the same
 positions channel pruning samples: :func:`tfcompress.pruning.reconstruct.sample_positions`, columns as
@@ -21,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,8 @@ import numpy as np
 from ._checks import check_finite
 from .cost import KIND_CLASSES, layer_kind
 from .data_aware import MomentAccumulator, Moments
-from .pruning.reconstruct import conv_output_size, extract_patches, sample_positions
+from .pruning.reconstruct import conv_output_size, extract_patches
+from .pruning.sampling import layer_positions
 
 __all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES"]
 
@@ -108,8 +111,7 @@ class MomentCollector:
     def _positions_for(self, name: str, batch: int, out_hw: tuple[int, int]) -> np.ndarray:
         key = (name, (batch, *out_hw))
         if key not in self._positions:
-            seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
-            self._positions[key] = sample_positions(batch, out_hw, self.samples, seed=seed)
+            self._positions[key] = layer_positions(name, batch, out_hw, self.samples, self.seed)
         return self._positions[key]
 
     def _rows(self, name: str, spec: PatchSpec, x: np.ndarray, lo: int) -> np.ndarray:

@@ -42,6 +42,7 @@ import keras
 
 from . import decompose
 from .cost import UncountedMacsWarning, decomposed_cost, model_cost, original_cost
+from .data_fit import DataAwareRun
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
 from .graph import check_graph_model, walk_layers
 from .latency import LatencyMeter, LatencyOptions
@@ -167,11 +168,15 @@ def compress_model(
 
     # ---- which layers, at which ratios; a score cache that cannot be used is an error before any evaluation
     candidates, manual_ratios = collect_candidates(model, scheme, parameters, metric, meter, stats)
+    data_run = DataAwareRun(model, parameters) if parameters.data_aware else None
     manual = parameters.mode is Mode.manual
     greedy = not manual and parameters.params.rank_select_scheme is RankSelectScheme.greedy
     if greedy and parameters.params.select_params.saved_eval_scores_dict is not None:
         cache = os.fspath(parameters.params.select_params.saved_eval_scores_dict)
-        open_cache(model, cache, settings_tag(scheme, metric, parameters.multiplicity))
+        data_tag = "" if data_run is None else data_run.tag
+        open_cache(model, cache, settings_tag(scheme, metric, parameters.multiplicity, data_tag))
+    if data_run is not None and not manual:  # manual mode: nothing to select, only the final refit
+        data_run.attach(model, candidates, stats)  # the moments of each layer's inputs, once, before any SVD
     if meter is not None:
         total_cost = latency_total(model, candidates, meter, stats)
 
@@ -207,7 +212,7 @@ def compress_model(
         del guard
 
         # ---- apply the plan to the user's model
-        compressed = _build(model, candidates, plan, trainer, stats)
+        compressed = _build(model, candidates, plan, trainer, stats, data_run)
     del work
     for candidate in candidates:
         candidate.release()  # the SVDs and kernels are not needed for the final numbers
@@ -222,6 +227,8 @@ def compress_model(
         stats.timings["latency_measurement_seconds"] = meter.seconds
         stats.timings["latency_measurements"] = float(meter.timings)
     svd_seconds = svd_timings["svd_wait_seconds"] + sum(c.svd_seconds for c in candidates)
+    if data_run is not None:
+        data_run.finish(stats)
     return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=svd_seconds)
 
 
@@ -262,19 +269,29 @@ def _original_cost(model: keras.Model, metric: CostMetric, stats: CompressionSta
 
 
 def _build(
-    model: keras.Model, candidates: list[Candidate], plan: dict[str, Any], trainer: Any, stats: CompressionStats
+    model: keras.Model,
+    candidates: list[Candidate],
+    plan: dict[str, Any],
+    trainer: Any,
+    stats: CompressionStats,
+    data_run: DataAwareRun | None = None,
 ) -> keras.Model:
-    """The plan applied to the user's model (with a ``trainer``: one layer at a time, fine-tuning after each)."""
+    """The plan applied to the user's model (with a ``trainer``: one layer at a time, fine-tuning after each); with
+    data, each decomposed layer refitted in forward order to the original layer's outputs."""
     rewrite_start = time.perf_counter()
     trainer_seconds = 0.0
     by_path = {c.path: c for c in candidates}
     forward = [c.path for c in candidates if c.path in plan]
     if trainer is None:
         compressed = rewrite_model(model, {p: (by_path[p].scheme, plan[p]) for p in forward})
+        if data_run is not None:
+            data_run.refit(model, compressed, forward, stats)
     else:
         compressed = model
         for path in forward:
             compressed = rewrite_model(compressed, {path: (by_path[path].scheme, plan[path])})
+            if data_run is not None:
+                data_run.refit(model, compressed, [path], stats)
             target_layer = {r.path: r.layer for r in walk_layers(compressed, sublayers=True)}[path]
             logger.info("fine-tuning after compressing %s", path)
             train_start = time.perf_counter()

@@ -38,7 +38,22 @@ from .activations import MAX_FEATURES, MomentCollector, PatchSpec, patch_spec
 from .cost import layer_kind
 from .data_aware import LowRankFit, Moments
 
-__all__ = ["LayerFit", "FitReport", "fit_layer", "composed_kernel", "data_aware_reason", "refit_forward"]
+__all__ = [
+    "LayerFit",
+    "FitReport",
+    "fit_layer",
+    "composed_kernel",
+    "data_aware_reason",
+    "refit_forward",
+    "sample_images",
+    "readable_reason",
+    "selection_moments",
+    "CandidateFit",
+    "DataAwareRun",
+]
+
+#: about this many sampled output positions per image (as channel pruning takes them)
+POSITIONS_PER_IMAGE = 8
 
 logger = logging.getLogger("tfcompress")
 
@@ -76,6 +91,28 @@ class FitReport:
     skipped: dict[str, str] = field(default_factory=dict)
     collect_seconds: float = 0.0
     fit_seconds: float = 0.0
+
+
+def sample_images(data: Any, model: keras.Model, samples: int, owner: str) -> np.ndarray:
+    """The model inputs the data-aware fits read: enough of ``data`` for ``samples`` positions per layer (about
+    ``POSITIONS_PER_IMAGE`` per input, at least 16 inputs). ``data`` takes the forms of
+    ``ChannelPruningParameters.data``; anything else is refused with a TypeError naming ``owner``.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> sample_images((np.ones((100, 4)), np.zeros(100)), m, 200, "rewrite_model").shape
+        (25, 4)
+    """
+    from ._checks import is_int, is_real
+    from .pruning.sampling import check_data_form, model_inputs
+
+    if data is None or isinstance(data, str | bytes) or is_real(data):
+        raise TypeError(f"{owner}: data must be model inputs (a numpy array or a tf.data.Dataset), got {data!r}.")
+    check_data_form(data, f"{owner}: data")
+    if not is_int(samples) or samples < 1:
+        raise ValueError(f"{owner}: num_reconstruction_samples must be an int >= 1, got {samples!r}.")
+    return model_inputs(data, model, max(16, -(-int(samples) // POSITIONS_PER_IMAGE)), f"{owner}: data")
 
 
 def _kernel_and_bias(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -193,6 +230,42 @@ def _decomposed_layers(original: keras.Model, compressed: keras.Model) -> dict[s
     return found
 
 
+def readable_reason(model: keras.Model, path: str, layer: Any, scheme: str) -> str | None:
+    """Why the data-aware fits cannot read ``layer`` (named ``path`` in ``model``): a nested or shared layer, a
+    kind the fits do not cover; ``None`` when they can."""
+    try:
+        top = model.get_layer(path)
+    except ValueError:
+        top = None
+    if top is not layer:
+        return "a layer inside a nested model or custom layer (its inputs are not read yet)"
+    if len(getattr(layer, "_inbound_nodes", [])) > 1:
+        return "the layer is called more than once"
+    return data_aware_reason(layer, scheme)
+
+
+def selection_moments(
+    model: keras.Model, layers: Mapping[str, tuple[Any, str]], images: np.ndarray, samples: int, seed: int = 0
+) -> tuple[dict[str, Moments], dict[str, str], float]:
+    """The moments of each readable layer's input patches in ``model`` (one pass of ``images``), for the
+    selection's data-aware candidates: ``({path: Moments}, {path: why not}, seconds)``. ``layers``:
+    ``{path: (layer, scheme)}``."""
+    reasons = {}
+    names = []
+    for path, (layer, scheme) in layers.items():
+        why = readable_reason(model, path, layer, scheme)
+        if why is None:
+            names.append(path)
+        else:
+            reasons[path] = why
+    if not names:
+        return {}, reasons, 0.0
+    collector = MomentCollector(images, samples, seed)
+    specs = {name: patch_spec(model.get_layer(name))[0] for name in names}
+    moments = collector.moments(model, names, specs=specs)  # type: ignore[arg-type]
+    return moments, reasons, collector.seconds
+
+
 def refit_forward(
     original: keras.Model,
     compressed: keras.Model,
@@ -219,9 +292,7 @@ def refit_forward(
     order = [layer.name for layer in compressed.layers if layer.name in decomposed]
     for name in order:
         source, target, scheme, rank = decomposed[name]
-        why = data_aware_reason(source, scheme)
-        if why is None and len(getattr(source, "_inbound_nodes", [])) > 1:
-            why = "the layer is called more than once"
+        why = readable_reason(original, name, source, scheme)
         if why is not None:
             report.skipped[name] = why
             continue
@@ -243,3 +314,98 @@ def refit_forward(
             fit.data_free_relative_error,
         )
     return report
+
+
+# ---------------------------------------------------------------- compress_model's data-aware stage
+
+
+@dataclass
+class Clock:
+    """Seconds spent fitting, shared by every candidate of one run."""
+
+    seconds: float = 0.0
+
+
+@dataclass
+class CandidateFit:
+    """What a selection candidate needs for data-aware kernels: its layer's input moments (computed once per layer,
+    shared by every rank and every per-layer scheme of ``compress_scheme="auto"``) and the run's fitting clock."""
+
+    moments: Moments
+    clock: Clock
+    tag: str = ""
+
+    def kernel(self, layer: Any, scheme: str, rank: Any, dtype: Any) -> np.ndarray:
+        """The original-shaped kernel equivalent to ``layer``'s data-aware factors at ``rank``."""
+        start = time.perf_counter()
+        with decompose.blas_single_thread():
+            weights, _ = fit_layer(layer, scheme, rank, self.moments)
+            kernel = composed_kernel(layer, scheme, weights)
+        self.clock.seconds += time.perf_counter() - start
+        return np.asarray(kernel, dtype=dtype)
+
+
+class DataAwareRun:
+    """The data-aware side of one ``compress_model`` run: the sampled inputs, the candidates' moments (read once,
+    from the original model, before the selection) and the forward-order refit of the final model.
+
+    ``tag`` (the number of samples and a digest of the sampled inputs) keeps a score cache of data-aware
+    candidates apart from data-free ones and from other data.
+    """
+
+    def __init__(self, model: keras.Model, parameters: Any) -> None:
+        import hashlib
+
+        self.samples = int(parameters.num_reconstruction_samples)
+        self.images = sample_images(parameters.data, model, self.samples, type(parameters).__name__)
+        digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()[:12]
+        self.tag = f"data{self.samples}:{digest}"
+        self.clock = Clock()
+        self.collect_seconds = 0.0
+        self.report: FitReport | None = None
+
+    def attach(self, model: keras.Model, candidates: list[Any], stats: Any) -> None:
+        """Give each readable candidate its :class:`CandidateFit` (one forward pass for all of them); the others
+        keep data-free kernels, with the reason in ``stats.notes``."""
+        layers = {c.path: (c.ref.layer, c.scheme) for c in candidates}
+        moments, reasons, seconds = selection_moments(model, layers, self.images, self.samples)
+        self.collect_seconds += seconds
+        for candidate in candidates:
+            if candidate.path in moments:
+                candidate.data_fit = CandidateFit(moments[candidate.path], self.clock, self.tag)
+        stats.notes.append(
+            f"data-aware factors: {len(self.images)} input(s), {self.samples} sampled positions per layer; "
+            f"{len(moments)} of {len(candidates)} layer(s) fitted to their inputs"
+        )
+        for path, why in reasons.items():
+            stats.notes.append(f"data-aware factors: layer '{path}' keeps data-free factors: {why}")
+
+    def refit(self, original: keras.Model, compressed: keras.Model, paths: list[str], stats: Any) -> None:
+        """Refit ``paths`` of ``compressed`` in forward order (asymmetric); notes and timings into ``stats``."""
+        report = refit_forward(original, compressed, self.images, self.samples, only={p: ("", 0) for p in paths})
+        self.collect_seconds += report.collect_seconds
+        self.clock.seconds += report.fit_seconds
+        if self.report is None:
+            self.report = report
+        else:
+            self.report.layers.update(report.layers)
+            self.report.skipped.update(report.skipped)
+        for name, fit in report.layers.items():
+            for note in fit.notes:
+                stats.notes.append(f"data-aware factors: layer '{name}': {note}")
+        for name, why in report.skipped.items():
+            if not any(f"'{name}' keeps data-free" in n for n in stats.notes):
+                stats.notes.append(f"data-aware factors: layer '{name}' keeps data-free factors: {why}")
+
+    def finish(self, stats: Any) -> None:
+        """Timings (beside ``svd_seconds``) and the summary of the final fits into ``stats``."""
+        stats.timings["data_aware_collect_seconds"] = self.collect_seconds
+        stats.timings["data_aware_fit_seconds"] = self.clock.seconds
+        if self.report and self.report.layers:
+            fits = list(self.report.layers.values())
+            fitted = float(np.mean([f.relative_error for f in fits]))
+            free = float(np.mean([f.data_free_relative_error for f in fits]))
+            stats.notes.append(
+                f"data-aware factors: final model refitted in forward order ({len(fits)} layer(s)): mean relative "
+                f"output error {fitted:.4g} (data-free factors on the same inputs: {free:.4g})"
+            )

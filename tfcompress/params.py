@@ -135,8 +135,36 @@ def _pairs(items: Any) -> list[tuple[Any, float]]:
     return pairs
 
 
+#: sampled positions per layer when the data-aware factors are asked for without a number
+DEFAULT_RECONSTRUCTION_SAMPLES = 2000
+
+
+def _checked_data(owner: str, data: Any) -> Any:
+    """``data`` as the parameters keep it, refused with a TypeError naming ``owner`` when it is no model inputs."""
+    if data is None or isinstance(data, str | bytes) or is_real(data):
+        raise TypeError(
+            f"{owner}: data must be model inputs (a numpy array or a tf.data.Dataset of batches), got {data!r}."
+        )
+    from .pruning.sampling import check_data_form
+
+    check_data_form(data, f"{owner}.data")
+    return data
+
+
+def _checked_samples(owner: str, n: Any) -> int:
+    if not is_int(n) or n < 1:
+        raise ValueError(f"{owner}: num_reconstruction_samples must be an int >= 1, got {n!r}.")
+    return int(n)
+
+
 class _SchemeParameters:
-    """Shared shape of WeightSvdParameters / SpatialSvdParameters / TuckerParameters."""
+    """Shared shape of WeightSvdParameters / SpatialSvdParameters / TuckerParameters.
+
+    ``data`` (keyword): model inputs, in the forms ``ChannelPruningParameters.data`` takes; when given, every
+    decomposed layer's factors are fitted to the layer's real inputs (sampled at ``num_reconstruction_samples``
+    output positions per layer) instead of to its kernel alone, see :mod:`tfcompress.data_aware`. ``None`` (the
+    default): the data-free truncated SVD / HOSVD of the kernel.
+    """
 
     scheme_name = ""
 
@@ -236,7 +264,18 @@ class _SchemeParameters:
             pairs = [(getattr(m, "name", m), r) for m, r in self.list_of_module_comp_ratio_pairs]
             return f"ManualModeParams({pairs!r})"
 
-    def __init__(self, mode: Mode | str, params: Any, multiplicity: int = 1) -> None:
+    def __init__(
+        self,
+        mode: Mode | str,
+        params: Any,
+        multiplicity: int = 1,
+        *,
+        data: Any = None,
+        num_reconstruction_samples: int = DEFAULT_RECONSTRUCTION_SAMPLES,
+    ) -> None:
+        owner = type(self).__name__
+        self.data = None if data is None else _checked_data(owner, data)
+        self.num_reconstruction_samples = _checked_samples(owner, num_reconstruction_samples)
         self.mode = coerce_enum(mode, Mode, "mode")
         expected = self.AutoModeParams if self.mode is Mode.auto else self.ManualModeParams
         if not isinstance(params, _SchemeParameters.AutoModeParams | _SchemeParameters.ManualModeParams):
@@ -256,9 +295,18 @@ class _SchemeParameters:
         self.params = params
         self.multiplicity = int(multiplicity)
 
+    @property
+    def data_aware(self) -> bool:
+        """Whether the factors are fitted to data (``data`` was given)."""
+        return self.data is not None
+
     def __repr__(self) -> str:
+        data = ""
+        if self.data is not None:
+            data = f", data=<{type(self.data).__name__}>, num_reconstruction_samples={self.num_reconstruction_samples}"
         return (
-            f"{type(self).__name__}(mode={self.mode.value!r}, params={self.params!r}, multiplicity={self.multiplicity})"
+            f"{type(self).__name__}(mode={self.mode.value!r}, params={self.params!r}, "
+            f"multiplicity={self.multiplicity}{data})"
         )
 
 
@@ -266,14 +314,28 @@ class WeightSvdParameters(_SchemeParameters):
     """Parameters for ``CompressionScheme.weight_svd`` (Conv2D, Conv1D, Conv2DTranspose, the pointwise kernel of
     SeparableConv2D, and Dense layers).
 
+    Args:
+        mode, params, multiplicity: auto mode (``AutoModeParams``) or manual mode (``ManualModeParams``); ranks
+            are rounded to a multiple of ``multiplicity``.
+        data: model inputs (keyword; the forms ``ChannelPruningParameters.data`` takes: an array with the batch
+            axis first, ``(x, y)``, ``(x, y, weights)`` or a ``tf.data.Dataset``). When given, the factors are
+            fitted to each layer's real inputs (data-aware: they minimise the layer's output error on the
+            sampled inputs, not the kernel error; the final model is refitted in forward order so each layer
+            reproduces the original outputs from the compressed model's inputs). ``None``: data-free factors.
+        num_reconstruction_samples: sampled output positions per layer for the data-aware fits.
+
     Example:
         >>> import tfcompress as tfc
         >>> p = tfc.WeightSvdParameters(tfc.Mode.auto,
         ...     tfc.WeightSvdParameters.AutoModeParams(tfc.RankSelectScheme.greedy,
         ...                                            tfc.GreedySelectionParameters(target_comp_ratio=0.5)),
         ...     multiplicity=8)
-        >>> p.multiplicity
-        8
+        >>> p.multiplicity, p.data_aware
+        (8, False)
+        >>> import numpy as np
+        >>> tfc.WeightSvdParameters("manual", tfc.WeightSvdParameters.ManualModeParams({"conv": 0.5}),
+        ...                         data=np.zeros((8, 4, 4, 1)), num_reconstruction_samples=500).data_aware
+        True
     """
 
     scheme_name = "weight_svd"
@@ -313,6 +375,8 @@ class AutoSchemeParameters(_SchemeParameters):
         mode, params, multiplicity: as for the other schemes (greedy auto mode or manual mode).
         data_free: choose each layer's variant by the least relative reconstruction error
             ``||W - W_r|| / ||W||`` instead of the eval score (no extra evaluations for the choice).
+        data, num_reconstruction_samples: model inputs to fit every variant's factors to (data-aware factors,
+            see :class:`WeightSvdParameters`); ``None``: data-free factors.
 
     Example:
         >>> p = AutoSchemeParameters("manual", AutoSchemeParameters.ManualModeParams({"conv": 0.5}), data_free=True)
@@ -322,8 +386,17 @@ class AutoSchemeParameters(_SchemeParameters):
 
     scheme_name = "auto"
 
-    def __init__(self, mode: Mode | str, params: Any, multiplicity: int = 1, *, data_free: bool = False) -> None:
-        super().__init__(mode, params, multiplicity)
+    def __init__(
+        self,
+        mode: Mode | str,
+        params: Any,
+        multiplicity: int = 1,
+        *,
+        data_free: bool = False,
+        data: Any = None,
+        num_reconstruction_samples: int = DEFAULT_RECONSTRUCTION_SAMPLES,
+    ) -> None:
+        super().__init__(mode, params, multiplicity, data=data, num_reconstruction_samples=num_reconstruction_samples)
         if not isinstance(data_free, bool):
             raise TypeError(f"AutoSchemeParameters: data_free must be True or False, got {data_free!r}.")
         self.data_free = data_free
@@ -388,19 +461,8 @@ class ChannelPruningParameters(_SchemeParameters):
         reconstruct: bool = True,
         seed: int = 0,
     ) -> None:
-        super().__init__(mode, params, multiplicity)
-        if data is None or isinstance(data, str | bytes) or is_real(data):
-            raise TypeError(
-                "ChannelPruningParameters: data must be model inputs (a numpy array or a tf.data.Dataset of batches), "
-                f"got {data!r}."
-            )
-        from .pruning.driver import check_data_form
-
-        check_data_form(data)
-        n = num_reconstruction_samples
-        if not is_int(n) or n < 1:
-            raise ValueError(f"ChannelPruningParameters: num_reconstruction_samples must be an int >= 1, got {n!r}.")
-        n = int(n)
+        _checked_data("ChannelPruningParameters", data)  # required here: checked before anything else
+        super().__init__(mode, params, multiplicity, data=data, num_reconstruction_samples=num_reconstruction_samples)
         for name, value in (("allow_custom_downsample_ops", allow_custom_downsample_ops), ("reconstruct", reconstruct)):
             if not isinstance(value, bool):
                 raise TypeError(f"ChannelPruningParameters: {name} must be True or False, got {value!r}.")
@@ -411,8 +473,6 @@ class ChannelPruningParameters(_SchemeParameters):
         if not is_int(seed):
             raise TypeError(f"ChannelPruningParameters: seed must be an int, got {seed!r}.")
         seed = int(seed)
-        self.data = data
-        self.num_reconstruction_samples = n
         self.allow_custom_downsample_ops = allow_custom_downsample_ops
         self.channel_selection = channel_selection
         self.reconstruct = reconstruct

@@ -289,7 +289,14 @@ def _named_inputs(model: keras.Model) -> Any:
     return keras.tree.map_structure(fresh, model.input)
 
 
-def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = None) -> keras.Model:
+def rewrite_model(
+    model: keras.Model,
+    plan: Mapping[Any, Any],
+    scheme: Any = None,
+    *,
+    data: Any = None,
+    num_reconstruction_samples: int = 2000,
+) -> keras.Model:
     """A new model in which each layer of ``plan`` is replaced by its decomposed twin.
 
     Args:
@@ -300,6 +307,11 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
             ``"tucker"`` with a pair of ranks). A layer of a nested model is named by
             its plain name when unique, else by ``"outer/inner"``; layer objects work too.
         scheme: the scheme for a ``{name: rank}`` plan.
+        data: model inputs (an array with the batch axis first, ``(x, y)``, ``(x, y, weights)`` or a
+            ``tf.data.Dataset``) to fit the factors to: the decomposed layers are then refitted in forward order
+            so that each reproduces the original layer's outputs from the new model's inputs, at
+            ``num_reconstruction_samples`` sampled positions per layer (see :mod:`tfcompress.data_fit`; layers
+            whose inputs cannot be read keep the data-free factors). ``None``: data-free factors.
 
     Returns:
         A new model with the same inputs, outputs and layer names; decomposed layers
@@ -316,6 +328,11 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
         ['SpatialSVDConv2D', 'Flatten', 'SVDDense']
     """
     check_graph_model(model)
+    images = None
+    if data is not None:
+        from .data_fit import sample_images
+
+        images = sample_images(data, model, num_reconstruction_samples, "rewrite_model")
     entries = normalize_plan(plan, scheme)
     refs = walk_layers(model)
     try:
@@ -422,4 +439,8 @@ def rewrite_model(model: keras.Model, plan: Mapping[Any, Any], scheme: Any = Non
                 f"rewrite_model: could not compile the new model like the original ({err}); compile it yourself.",
                 stacklevel=2,
             )
+    if images is not None:
+        from .data_fit import refit_forward
+
+        refit_forward(model, new_model, images, samples=num_reconstruction_samples)
     return new_model

@@ -52,6 +52,7 @@ class Candidate:
     svd_seconds: float = 0.0
     meter: LatencyMeter | None = field(default=None, repr=False)  # set for cost_metric="latency"
     _last: tuple[int, np.ndarray] | None = field(default=None, repr=False)  # the last approximation, see below
+    data_fit: Any = field(default=None, repr=False)  # data-aware kernels: a tfcompress.data_fit.CandidateFit
 
     @property
     def path(self) -> str:
@@ -93,7 +94,10 @@ class Candidate:
         return _rank_for_ratio(self.geometry, ratio, self.scheme, self.rank_metric, self.multiplicity)
 
     def reconstructed(self, rank: Any) -> np.ndarray:
-        """The kernel that the decomposed layer at ``rank`` is equivalent to."""
+        """The kernel that the decomposed layer at ``rank`` is equivalent to (data-aware factors when the run has
+        data for this layer, see :mod:`tfcompress.data_fit`)."""
+        if self.data_fit is not None:
+            return self.data_fit.kernel(self.ref.layer, self.scheme, rank, self.kernel.dtype)
         if self.scheme == "tucker":
             start = time.perf_counter()
             factors = decompose.tucker2_factors(self.kernel, rank, hooi_iterations=2)
@@ -135,6 +139,7 @@ class Candidate:
         zero-stride view of one value) for the stats."""
         self._svd = None
         self._last = None
+        self.data_fit = None
         self.kernel = np.broadcast_to(np.zeros((), dtype=self.kernel.dtype), self.kernel.shape)
 
     def forget_approximation(self) -> None:

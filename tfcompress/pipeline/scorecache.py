@@ -32,8 +32,11 @@ def model_fingerprint(model: keras.Model) -> str:
     return fingerprint_from_entries(entries)
 
 
-def settings_tag(scheme: CompressionScheme, metric: CostMetric, multiplicity: int) -> str:
-    return f"{scheme.value}/{metric.value}/m{multiplicity}"
+def settings_tag(scheme: CompressionScheme, metric: CostMetric, multiplicity: int, data_tag: str = "") -> str:
+    """The settings a score table depends on besides the model; ``data_tag``: the data-aware run's data (scores of
+    data-aware candidates are not those of data-free ones)."""
+    tag = f"{scheme.value}/{metric.value}/m{multiplicity}"
+    return f"{tag}/{data_tag}" if data_tag else tag
 
 
 def load_cache(path: str, model_digest: str, tag: str) -> dict[str, dict[float, float]] | None:

@@ -44,8 +44,9 @@ def _first(element: Any) -> Any:
     return element
 
 
-def check_data_form(data: Any) -> None:
-    """Refuse the forms of ``ChannelPruningParameters.data`` that could be read two ways.
+def check_data_form(data: Any, what: str = "ChannelPruningParameters.data") -> None:
+    """Refuse the forms of ``ChannelPruningParameters.data`` (or of any ``data`` argument, named ``what`` in the
+    message) that could be read two ways.
 
     A list (``[a, b]``: two input arrays, or inputs and labels?) and a tuple of other than 2 or 3 items are
     refused; a tuple is ``(x, y)`` or ``(x, y, sample_weights)``, and only ``x`` is used.
@@ -60,19 +61,20 @@ def check_data_form(data: Any) -> None:
     """
     if isinstance(data, list):
         raise TypeError(
-            "ChannelPruningParameters.data: a list is ambiguous (several input arrays, or inputs and labels?); pass "
+            f"{what}: a list is ambiguous (several input arrays, or inputs and labels?); pass "
             "the model inputs as one array (batch axis first), a tuple (x, y) or (x, y, sample_weights), or a "
             "tf.data.Dataset."
         )
     if isinstance(data, tuple) and len(data) not in (2, 3):
         raise TypeError(
-            f"ChannelPruningParameters.data: a tuple must be (x, y) or (x, y, sample_weights), got {len(data)} "
+            f"{what}: a tuple must be (x, y) or (x, y, sample_weights), got {len(data)} "
             "items; pass the model inputs as one array (batch axis first) or a tf.data.Dataset."
         )
 
 
-def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
-    """Up to ``limit`` model inputs from ``data`` (array, tensor, ``(x, y)`` tuple or ``tf.data.Dataset``).
+def model_inputs(data: Any, model: keras.Model, limit: int, what: str = "ChannelPruningParameters.data") -> np.ndarray:
+    """Up to ``limit`` model inputs from ``data`` (array, tensor, ``(x, y)`` tuple or ``tf.data.Dataset``); errors
+    name the argument ``what``.
 
     Example:
         >>> import numpy as np, keras
@@ -82,10 +84,10 @@ def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
     """
     if len(model.inputs) != 1:
         raise ValueError(
-            f"channel pruning: model '{model.name}' has {len(model.inputs)} inputs; only single-input models are "
+            f"{what}: model '{model.name}' has {len(model.inputs)} inputs; only single-input models are "
             "supported for now."
         )
-    check_data_form(data)
+    check_data_form(data, what)
     expected = tuple(model.inputs[0].shape)
     chunks: list[np.ndarray] = []
     count = 0
@@ -101,7 +103,7 @@ def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
             e is not None and e != s for e, s in zip(expected[1:], x.shape[1:], strict=False)
         ):
             raise ValueError(
-                f"ChannelPruningParameters.data: inputs of shape {x.shape} do not fit the model input {expected}; give "
+                f"{what}: inputs of shape {x.shape} do not fit the model input {expected}; give "
                 "model inputs with the batch axis first (labels, if any, as the second element of a tuple)."
             )
         chunks.append(x[: limit - count])
@@ -109,14 +111,26 @@ def model_inputs(data: Any, model: keras.Model, limit: int) -> np.ndarray:
         if count >= limit:
             break
     if not count:
-        raise ValueError("ChannelPruningParameters.data holds no inputs.")
+        raise ValueError(f"{what} holds no inputs.")
     inputs = np.concatenate(chunks, axis=0)
     check_finite(
         inputs,
-        f"ChannelPruningParameters.data (the first {len(inputs)} model inputs)",
+        f"{what} (the first {len(inputs)} model inputs)",
         "the least-squares refit cannot use them: fix or drop those samples",
     )
     return inputs
+
+
+def layer_positions(name: str, batch: int, out_hw: tuple[int, int], samples: int, seed: int) -> np.ndarray:
+    """The ``samples`` output positions ``(b, row, col)`` sampled for layer ``name`` over ``batch`` images of
+    ``out_hw`` outputs: fixed by ``seed`` and the name, so every model compared is read at the same positions.
+
+    Example:
+        >>> bool((layer_positions("conv", 4, (5, 5), 10, 0) == layer_positions("conv", 4, (5, 5), 10, 0)).all())
+        True
+    """
+    seed = (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+    return sample_positions(batch, out_hw, int(samples), seed=seed)
 
 
 class Sampler:
@@ -134,8 +148,7 @@ class Sampler:
     def _positions_for(self, name: str, batch: int, out_hw: tuple[int, int]) -> np.ndarray:
         key = (name, (batch, *out_hw))
         if key not in self._positions:
-            seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
-            self._positions[key] = sample_positions(batch, out_hw, self.samples, seed=seed)
+            self._positions[key] = layer_positions(name, batch, out_hw, self.samples, self.seed)
         return self._positions[key]
 
     def original_patches(self, model: keras.Model, names: list[str], every: list[str]) -> dict[str, np.ndarray]:
