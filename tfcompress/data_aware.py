@@ -257,8 +257,10 @@ def _solve_psd(g: np.ndarray, h: np.ndarray, ridge: float = REFIT_RIDGE) -> np.n
     if not scale > 0:
         return np.zeros((n, h.shape[1]))
     try:
-        chol = np.linalg.cholesky(g + ridge * scale * np.eye(n))
-        return _cho_solve(chol, h)
+        out = np.linalg.solve(g + ridge * scale * np.eye(n), h)
+        if np.isfinite(out).all():
+            return out
+        raise np.linalg.LinAlgError("non-finite solution")
     except np.linalg.LinAlgError:
         w, v = np.linalg.eigh(g)
         keep = w > 1e-12 * max(float(w[-1]), 0.0)
@@ -266,28 +268,18 @@ def _solve_psd(g: np.ndarray, h: np.ndarray, ridge: float = REFIT_RIDGE) -> np.n
         return v @ (inv[:, None] * (v.T @ h))
 
 
-def _cho_solve(chol: np.ndarray, h: np.ndarray) -> np.ndarray:
-    return np.linalg.solve(chol.T, np.linalg.solve(chol, h))
-
-
 def _expand_left(a: np.ndarray, taps: int, rows: np.ndarray) -> np.ndarray:
     """``Qᵀ rows`` for ``Q = blockdiag(I_taps ⊗ a, I_extra)``: each tap block of ``rows`` (``d`` rows) becomes
     ``aᵀ`` times it (``r`` rows); rows after the ``taps*d`` patch rows (the bias's constant) pass through."""
     d, r = a.shape
     head = rows[: taps * d]
-    out = np.einsum("dr,tdk->trk", a, head.reshape(taps, d, -1)).reshape(taps * r, -1)
+    out = np.matmul(a.T, head.reshape(taps, d, -1)).reshape(taps * r, -1)  # batched over taps: BLAS
     return np.vstack([out, rows[taps * d :]]) if rows.shape[0] > taps * d else out
 
 
 def _projected(a: np.ndarray, taps: int, gram: np.ndarray) -> np.ndarray:
     """``Qᵀ gram Q`` (see :func:`_expand_left`)."""
     return _expand_left(a, taps, _expand_left(a, taps, gram).T).T
-
-
-def _compose_flat(a: np.ndarray, second: np.ndarray, taps: int) -> np.ndarray:
-    """The ``(taps*d, N)`` kernel of ``(I_taps ⊗ a) second`` (``second``: ``(taps*r, N)``)."""
-    d, r = a.shape
-    return np.einsum("dr,trn->tdn", a, second.reshape(taps, r, -1)).reshape(taps * d, -1)
 
 
 def output_error(
@@ -311,11 +303,6 @@ def output_error(
     )
     value = np.sum(w * (target @ w)) - 2 * np.sum(p * (cross @ w)) + np.sum(p * (gram @ p))
     return max(float(value), 0.0)
-
-
-def _reference(moments: Moments, kernel: np.ndarray, with_bias: bool) -> float:
-    _, _, target = moments.centred() if with_bias else moments.augmented(False)
-    return max(float(np.sum(kernel * (target @ kernel))), 0.0)
 
 
 def _ridge(dim: int, count: int) -> float:
@@ -343,7 +330,7 @@ def _per_tap(gram: np.ndarray, taps: int) -> np.ndarray:
     """``mean_t gram[t, t]``: the second moment of one tap's vector (the diagonal blocks averaged)."""
     d = gram.shape[0] // taps
     blocks = gram[: taps * d, : taps * d].reshape(taps, d, taps, d)
-    return np.einsum("tatb->ab", blocks) / taps
+    return sum(blocks[t, :, t, :] for t in range(taps)) / taps
 
 
 def _balance(a: np.ndarray, second: np.ndarray, taps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -378,22 +365,70 @@ def _check_inputs(
     return kernel, bias
 
 
+# ---------------------------------------------------------------- one layer's problem, the big products done once
+
+
+class _Problem:
+    """One layer's fit: ``w̃ = [W; b]`` against the (augmented) moments, with the products by the ``(T*d)²``
+    moments computed once. Every error is then cheap: for a last factor ``B̃`` applied to features ``Qᵀ x̂̃`` with
+    ``G = Qᵀ Ŝ Q`` and ``H = Qᵀ M w̃``, ``E||y - ŷ||² = c - 2 tr(B̃ᵀ H) + tr(B̃ᵀ G B̃)``."""
+
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, taps: int) -> None:
+        self.moments = moments
+        self.taps = taps
+        self.with_bias = bias is not None
+        self.kernel, self.bias = kernel, bias
+        self.gram, cross, target = moments.augmented(self.with_bias)
+        self.w = kernel if bias is None else np.vstack([kernel, bias[None]])
+        self.mw = cross @ self.w  # the one product by the (T*d)² moments every fit needs
+        sxw = self.mw if moments.symmetric else target @ self.w
+        self.const = float(np.sum(self.w * sxw))
+        self.output_cov = self.w.T @ sxw  # E[y yᵀ]
+        self.reference = self.const
+        if self.with_bias:
+            mean_y = target[-1] @ self.w
+            self.output_cov = self.output_cov - np.outer(mean_y, mean_y)
+            self.reference -= float(mean_y @ mean_y)
+        self.reference = max(self.reference, 0.0)
+
+    def error(self, last: np.ndarray, g: np.ndarray, h: np.ndarray) -> float:
+        return max(self.const - 2 * float(np.sum(last * h)) + float(np.sum(last * (g @ last))), 0.0)
+
+    def per_tap_cov(self) -> np.ndarray:
+        """The per-tap second moment of the inputs, centred when a bias takes the mean."""
+        d = self.moments.dim // self.taps
+        s1 = _per_tap(self.moments.gram, self.taps)
+        if self.with_bias:
+            means = self.moments.mean.reshape(self.taps, d)
+            s1 = s1 - means.T @ means / self.taps
+        return s1
+
+    def whitened_target(self) -> np.ndarray:
+        """The kernel whose whitened SVD starts the fit: ``W`` itself, or for an asymmetric fit the least-squares
+        map ``Cov(x̂)⁻¹ Cov(x̂, x) W`` (ridge-regularised; ``W`` when the patch is too wide to solve cheaply)."""
+        if self.moments.symmetric or self.moments.dim > ASYMMETRIC_TARGET_MAX:
+            return self.kernel
+        gram_c, cross_c, _ = self.moments.centred() if self.with_bias else self.moments.augmented(False)
+        return _solve_psd(gram_c, cross_c @ self.kernel, _ridge(self.moments.dim, self.moments.count))
+
+    def projected(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(G, H)`` for first factor ``a`` applied to every tap (the bias's constant passed through)."""
+        return _projected(a, self.taps, self.gram), _expand_left(a, self.taps, self.mw)
+
+
+#: widest patch for which an asymmetric fit solves for its target kernel (a ``dim³`` solve) before whitening
+ASYMMETRIC_TARGET_MAX = 3000
+
+
+def _leading_whitened(chol: np.ndarray, unfolded: np.ndarray, rank: int) -> np.ndarray:
+    """The ``rank`` leading left singular vectors of ``Lᵀ unfolded`` (from the eigenvectors of its Gram matrix),
+    completed to ``rank`` columns when it has fewer."""
+    z = chol.T @ unfolded
+    _, vectors = np.linalg.eigh(z @ z.T)
+    return vectors[:, ::-1][:, :rank]
+
+
 # ---------------------------------------------------------------- two stages: (I_T ⊗ A) then B
-
-
-def _refit_second(
-    a: np.ndarray, taps: int, kernel: np.ndarray, bias: np.ndarray | None, moments: Moments
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The least-squares second factor (and bias) for the first factor ``a``: exact on the full patch moment."""
-    with_bias = bias is not None
-    gram, cross, _ = moments.augmented(with_bias)
-    w = kernel if not with_bias else np.vstack([kernel, bias[None]])
-    g = _projected(a, taps, gram)
-    h = _expand_left(a, taps, cross @ w)
-    second = _solve_psd(g, h)
-    if with_bias:
-        return second[:-1], second[-1]
-    return second, None
 
 
 def fit_two_stage(
@@ -435,35 +470,32 @@ def fit_two_stage(
         left, right = decompose.TruncatedSVD.of(unfold(kernel)).factors(rank)
         data_free = (left, right.reshape(rank, taps, n_out).transpose(1, 0, 2).reshape(taps * rank, n_out))
     a0, second0 = (np.asarray(f, dtype=np.float64) for f in data_free)
-    reference = _reference(moments, kernel, bias is not None)
-    error0 = output_error(moments, kernel, bias, _compose_flat(a0, second0, taps), bias)
-    options: list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray | None]] = [
-        (error0, "data-free", a0, second0, bias)
-    ]
+    problem = _Problem(kernel, bias, moments, taps)
+
+    def split(last: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return (last[:-1], last[-1]) if problem.with_bias else (last, None)
+
+    g0, h0 = problem.projected(a0)
+    last0 = second0 if bias is None else np.vstack([second0, bias[None]])
+    error0 = problem.error(last0, g0, h0)
+    options: list[tuple[float, str, np.ndarray, np.ndarray]] = [(error0, "data-free", a0, last0)]
+    refit0 = _solve_psd(g0, h0)
+    options.append((problem.error(refit0, g0, h0), "data-free, refitted", a0, refit0))
     notes: list[str] = []
-    if bias is not None:
-        gram_c, cross_c, _ = moments.centred()
-    else:
-        gram_c, cross_c, _ = moments.augmented(False)
-    chol, why = _whitening(_per_tap(gram_c, taps), moments.count)
+    chol, why = _whitening(problem.per_tap_cov(), moments.count)
     if why:
         notes.append(why)
     if chol is not None:
-        target = (
-            kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel, _ridge(moments.dim, moments.count))
-        )
-        u = np.linalg.svd(chol.T @ unfold(target), full_matrices=False)[0][:, :rank]
+        u = _leading_whitened(chol, unfold(problem.whitened_target()), rank)
         a = np.linalg.solve(chol.T, u)
-        second, new_bias = _refit_second(a, taps, kernel, bias, moments)
-        err = output_error(moments, kernel, bias, _compose_flat(a, second, taps), new_bias)
-        options.append((err, "whitened", a, second, new_bias))
-    second, new_bias = _refit_second(a0, taps, kernel, bias, moments)
-    err = output_error(moments, kernel, bias, _compose_flat(a0, second, taps), new_bias)
-    options.append((err, "data-free, refitted", a0, second, new_bias))
+        g, h = problem.projected(a)
+        last = _solve_psd(g, h)
+        options.append((problem.error(last, g, h), "whitened", a, last))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
     notes += _start_note(options, best)
-    a, second = _balance(best[2], best[3], taps)
-    return LowRankFit((a, second), best[4], best[0], error0, reference, best[1], notes)
+    second, new_bias = split(best[3])
+    a, second = _balance(best[2], second, taps)
+    return LowRankFit((a, second), new_bias, best[0], error0, problem.reference, best[1], notes)
 
 
 # ---------------------------------------------------------------- Tucker-2: (I_T ⊗ U_in) K U_out
@@ -483,8 +515,9 @@ def fit_tucker(
     The input mode is whitened by the per-pixel channel moment (as for weight SVD); the output mode is the
     principal subspace of the original layer's outputs (the output error is measured in output space, so the
     best ``r2``-dim output subspace is the outputs' leading principal one); the core is the exact least-squares
-    fit given both; ``u_out`` and the bias are then refitted given the core. ``data_free``: the HOSVD factors in
-    the same layout to compare with (they are also tried with a refitted core).
+    fit given both (a constant in the core's outputs is the same as one more output bias); ``u_out`` and the bias
+    are then refitted given the core. ``data_free``: the HOSVD factors in the same layout to compare with (they
+    are also tried with a refitted core).
 
     Example:
         >>> rng = np.random.default_rng(2)
@@ -503,63 +536,49 @@ def fit_tucker(
         raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
     if not (1 <= r_in <= c and 1 <= r_out <= n_out):
         raise ValueError(f"Tucker-2 ranks must be within (1..{c}, 1..{n_out}), got {ranks}.")
-    with_bias = bias is not None
     if data_free is None:
         k4 = kernel.reshape(taps, 1, c, n_out)
         u_in0, core0, u_out0 = decompose.tucker2_factors(k4, (r_in, r_out))
         data_free = (u_in0[0, 0], core0.reshape(taps * r_in, r_out), u_out0[0, 0])
     u_in0, core0, u_out0 = (np.asarray(f, dtype=np.float64) for f in data_free)
-    reference = _reference(moments, kernel, with_bias)
+    problem = _Problem(kernel, bias, moments, taps)
+    extra = 1 if problem.with_bias else 0
 
-    def error(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray, b: np.ndarray | None) -> float:
-        return output_error(moments, kernel, bias, _compose_flat(u_in, core, taps) @ u_out, b)
+    def through_core(core: np.ndarray, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(G, H)`` of the features after the core (the constant passed through)."""
+        k = np.zeros((core.shape[0] + extra, r_out + extra))
+        k[: core.shape[0], :r_out] = core
+        if extra:
+            k[-1, -1] = 1.0
+        return k.T @ g @ k, k.T @ h
 
-    gram_c, cross_c, target_c = moments.centred() if with_bias else moments.augmented(False)
+    def last_of(u_out: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        return u_out if not extra else np.vstack([u_out, b[None]])
 
-    def refit_core(u_in: np.ndarray, u_out: np.ndarray) -> np.ndarray:
-        # u_out has orthonormal rows: the error splits into the part inside its row space (fitted) and outside
-        g = _projected(u_in, taps, gram_c)
-        h = _expand_left(u_in, taps, cross_c @ kernel) @ u_out.T
-        return _solve_psd(g, h)
-
-    def refit_out(u_in: np.ndarray, core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        gram, cross, _ = moments.augmented(with_bias)
-        w = kernel if not with_bias else np.vstack([kernel, bias[None]])
-        first = _compose_flat(u_in, core, taps)  # (taps*C, r2)
-        if with_bias:  # features [z K, 1]
-            first = np.block([[first, np.zeros((first.shape[0], 1))], [np.zeros((1, r_out)), np.ones((1, 1))]])
-        g = first.T @ gram @ first
-        h = first.T @ (cross @ w)
-        out = _solve_psd(g, h)
-        return (out[:-1], out[-1]) if with_bias else (out, None)
-
-    error0 = error(u_in0, core0, u_out0, bias)
-    options = [(error0, "data-free", u_in0, core0, u_out0, bias)]
+    g0, h0 = problem.projected(u_in0)
+    error0 = problem.error(last_of(u_out0, bias), *through_core(core0, g0, h0))
+    options = [(error0, "data-free", u_in0, core0, last_of(u_out0, bias))]
     notes: list[str] = []
-    chol, why = _whitening(_per_tap(gram_c, taps), moments.count)
+    chol, why = _whitening(problem.per_tap_cov(), moments.count)
     if why:
         notes.append(why)
-    starts = [("data-free, refitted", u_in0, u_out0)]
+    starts = [("data-free, refitted", u_in0, u_out0, g0, h0)]
     if chol is not None:
-        target = (
-            kernel if moments.symmetric else _solve_psd(gram_c, cross_c @ kernel, _ridge(moments.dim, moments.count))
-        )
+        target = problem.whitened_target()
         unfolded = target.reshape(taps, c, n_out).transpose(1, 0, 2).reshape(c, taps * n_out)
-        u = np.linalg.svd(chol.T @ unfolded, full_matrices=False)[0][:, :r_in]
-        if u.shape[1] < r_in:  # fewer columns than r_in (taps*N < C): complete the basis
-            u = np.linalg.svd(u, full_matrices=True)[0][:, :r_in]
-        u_in = np.linalg.solve(chol.T, u)
+        u_in = np.linalg.solve(chol.T, _leading_whitened(chol, unfolded, r_in))
         u_in /= np.linalg.norm(u_in, axis=0, keepdims=True) + 1e-300
-        outputs = kernel.T @ target_c @ kernel  # the original outputs' covariance (N, N)
-        eigvec = np.linalg.eigh((outputs + outputs.T) / 2)[1][:, ::-1][:, :r_out]
-        starts.insert(0, ("whitened", u_in, eigvec.T))
-    for name, u_in, u_out in starts:
-        core = refit_core(u_in, u_out)
-        u_out_fit, new_bias = refit_out(u_in, core)
-        options.append((error(u_in, core, u_out_fit, new_bias), name, u_in, core, u_out_fit, new_bias))
+        eigvec = np.linalg.eigh((problem.output_cov + problem.output_cov.T) / 2)[1][:, ::-1][:, :r_out]
+        starts.insert(0, ("whitened", u_in, eigvec.T, *problem.projected(u_in)))
+    for name, u_in, u_out, g, h in starts:
+        core = _solve_psd(g, h @ u_out.T)[: taps * r_in]  # u_out has orthonormal rows
+        gk, hk = through_core(core, g, h)
+        last = _solve_psd(gk, hk)
+        options.append((problem.error(last, gk, hk), name, u_in, core, last))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
     notes += _start_note(options, best)
-    return LowRankFit((best[2], best[3], best[4]), best[5], best[0], error0, reference, best[1], notes)
+    u_out, new_bias = (best[4][:-1], best[4][-1]) if extra else (best[4], None)
+    return LowRankFit((best[2], best[3], u_out), new_bias, best[0], error0, problem.reference, best[1], notes)
 
 
 # ---------------------------------------------------------------- layer kernels

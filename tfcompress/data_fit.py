@@ -115,6 +115,18 @@ def sample_images(data: Any, model: keras.Model, samples: int, owner: str) -> np
     return model_inputs(data, model, max(16, -(-int(samples) // POSITIONS_PER_IMAGE)), f"{owner}: data")
 
 
+def _blas_for(moments: Moments) -> Any:
+    """One BLAS thread for small fits (TensorFlow's pools and a multi-threaded BLAS fight over the cores, see
+    :func:`tfcompress.decompose.blas_single_thread`), all of them for wide patches, whose products are large."""
+    import contextlib
+
+    return decompose.blas_single_thread() if moments.dim < WIDE_PATCH else contextlib.nullcontext()
+
+
+#: patches at least this wide are fitted with every BLAS thread
+WIDE_PATCH = 1500
+
+
 def _kernel_and_bias(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
     bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64) if layer.use_bias else None
@@ -301,7 +313,7 @@ def refit_forward(
         moments = collector.moments(compressed, [name], reference=original, specs={name: spec})[name]
         report.collect_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        with decompose.blas_single_thread():  # TensorFlow's pools and a multi-threaded BLAS fight over the cores
+        with _blas_for(moments):
             weights, fit = fit_layer(source, scheme, rank, moments)
         target.set_weights(weights)
         report.fit_seconds += time.perf_counter() - start
@@ -338,7 +350,7 @@ class CandidateFit:
     def kernel(self, layer: Any, scheme: str, rank: Any, dtype: Any) -> np.ndarray:
         """The original-shaped kernel equivalent to ``layer``'s data-aware factors at ``rank``."""
         start = time.perf_counter()
-        with decompose.blas_single_thread():
+        with _blas_for(self.moments):
             weights, _ = fit_layer(layer, scheme, rank, self.moments)
             kernel = composed_kernel(layer, scheme, weights)
         self.clock.seconds += time.perf_counter() - start

@@ -139,10 +139,15 @@ def run_demo(
         predictions = m.predict(x_test, batch_size=1024, verbose=0)
         return float(np.mean(np.argmax(predictions, axis=1) == y_test))
 
-    say(f"[2/5] compressing with spatial SVD to {target:.2f} of the MACs (greedy per-layer selection)")
+    say(
+        f"[2/5] compressing with spatial SVD to {target:.2f} of the MACs (greedy per-layer selection; factors fitted "
+        "to the training images' activations)"
+    )
     params = tfc.SpatialSvdParameters(
         tfc.Mode.auto,
         tfc.SpatialSvdParameters.AutoModeParams(tfc.GreedySelectionParameters(target_comp_ratio=target)),
+        data=x_train,  # data-aware factors: the training images are at hand, so use them
+        num_reconstruction_samples=1000,
     )
     compressed, stats = tfc.compress_model(model, accuracy, None, "spatial_svd", "mac", params, verbose=verbose)
 
