@@ -523,7 +523,7 @@ def test_cache_roundtrip_and_reuse(tmp_path):
     twin.set_weights(model.get_weights())
     _, _, recorder3 = run(twin, greedy(SPATIAL, target=0.6, cache=path, compare_plans=False))
     assert recorder3.calls == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json", "scores.json.lock"]  # no temp file left
 
 
 def test_cache_partial_file_evaluates_missing_layers_only(tmp_path):
@@ -539,7 +539,7 @@ def test_cache_partial_file_evaluates_missing_layers_only(tmp_path):
     rewritten = json.loads(path.read_text())
     assert set(rewritten["eval_scores"]) == {"conv1", "conv2", "conv3"}
     assert rewritten["model_fingerprint"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json", "scores.json.lock"]  # no temp file left
 
 
 def test_cache_errors(tmp_path):
@@ -578,7 +578,7 @@ def test_cache_errors(tmp_path):
 
     with pytest.raises(ValueError, match="does not exist"):
         run(model, greedy(SPATIAL, target=0.5, cache=tmp_path / "missing" / "scores.json"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json", "scores.json.lock"]  # no temp file left
 
 
 # ---------------------------------------------------------------- unreachable target

@@ -4,9 +4,11 @@ the file before any evaluation, and keeping the scores computed so far whatever 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import keras
 
@@ -25,11 +27,36 @@ logger = logging.getLogger("tfcompress")
 
 
 def model_fingerprint(model: keras.Model) -> str:
+    """A digest of every layer's path, class, configuration and weights: a cached score table is reused only for the
+    same model (the same weights with another activation or stride are another model).
+
+    Example:
+        >>> import keras
+        >>> def net(activation):
+        ...     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation=activation, name="d")])
+        >>> a, b = net("relu"), net("tanh")
+        >>> b.set_weights(a.get_weights())
+        >>> model_fingerprint(a) == model_fingerprint(a), model_fingerprint(a) == model_fingerprint(b)
+        (True, False)
+    """
     entries = []
     for ref in walk_layers(model):
         weights = [keras.ops.convert_to_numpy(w) for w in ref.layer.weights]
-        entries.append((ref.path, type(ref.layer).__name__, weights))
+        entries.append((ref.path, f"{type(ref.layer).__name__} {_config_text(ref.layer)}", weights))
     return fingerprint_from_entries(entries)
+
+
+def _config_text(layer: Any) -> str:
+    """The layer's configuration as canonical JSON, without its name (the path is fingerprinted) or trainable flag
+    (freezing a layer does not change what it computes). Values JSON cannot hold are named by their type, so the
+    text is the same in every process; a layer without a configuration gives ``""``."""
+    try:
+        config = dict(layer.get_config())
+    except Exception:  # a custom layer's get_config may raise anything; its weights still count
+        return ""
+    config.pop("name", None)
+    config.pop("trainable", None)
+    return json.dumps(config, sort_keys=True, default=lambda value: type(value).__qualname__)
 
 
 def settings_tag(scheme: CompressionScheme, metric: CostMetric, multiplicity: int, data_tag: str = "") -> str:

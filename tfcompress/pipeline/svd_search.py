@@ -97,7 +97,6 @@ def greedy_search(
             candidate.forget_approximation()
 
     done = 0
-    left = {path: len(pending) for path, pending in todo.items()}
     writer = ScoreCacheWriter(cache_path, f"{digest}|{tag}") if cache_path is not None else None
     with scores_kept(writer, table, stats):
         if total_evals:
@@ -109,9 +108,8 @@ def greedy_search(
                         row[ratio] = score
                     done += 1
                     progbar.update(done, values=[("score", score)])
-                    left[layer] -= 1
-                    if not left[layer] and writer is not None:
-                        writer.save(table)
+                    if writer is not None:
+                        writer.save(table)  # every score, written at most every half second
 
     scores = {
         c.path: {ratio: lookup(table[c.path], ratio) for ratio in ranks[c.path]} for c in candidates if ranks[c.path]

@@ -333,7 +333,6 @@ def _score_table(
                 yield Job((name, k), f"channel group '{name}' keeping {k} of {unit.channels} channels", assignments)
 
     done = 0
-    left = {name: len(pending) for name, pending in todo.items()}
     writer = ScoreCacheWriter(cache[0], cache[1]) if cache else None
     with scores_kept(writer, table, run.stats):
         if total_evals:
@@ -344,9 +343,8 @@ def _score_table(
                     row.update({ratio: score for ratio, kept in keeps[name].items() if kept == k})
                     done += 1
                     progbar.update(done, values=[("score", score)])
-                    left[name] -= 1
-                    if not left[name] and writer is not None:
-                        writer.save(table)
+                    if writer is not None:
+                        writer.save(table)  # every score, written at most every half second
     run.stats.eval_scores = {name: dict(sorted(table.get(name, {}).items())) for name in keeps}
     return table
 

@@ -10,10 +10,12 @@ File format::
 Ratio keys are ``repr(float(ratio))`` (the shortest string that reads back as the same float, so 0.1 is written
 as ``"0.1"``). ``model_fingerprint`` is optional; when present and the caller passes a fingerprint, they must match.
 A file may hold scores for only some layers: the caller computes the missing ones and saves the merged table.
+:class:`ScoreCacheWriter` writes a run's table as the scores arrive, merged with the file's under a lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -21,7 +23,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,9 +219,9 @@ def load_eval_scores(path: str | os.PathLike[str], fingerprint: str | None) -> d
         raise broken(f"{_FINGERPRINT_KEY!r} must be a string, got {stored!r}")
     if fingerprint is not None and stored is not None and stored != fingerprint:
         raise EvalScoresCacheError(
-            f"eval-score cache {source!r} was computed for a different model (its layers, shapes or weights "
-            f"changed: fingerprint {stored[:12]}... != {fingerprint[:12]}...). Delete the file to recompute the "
-            f"scores, or pass another path."
+            f"eval-score cache {source!r} was computed for a different model (its layers, configurations, shapes or "
+            f"weights changed: fingerprint {stored[:12]}... != {fingerprint[:12]}...). Delete the file to recompute "
+            f"the scores, or pass another path."
         )
 
     table = document[_SCORES_KEY]
@@ -292,7 +294,14 @@ def fingerprint_from_entries(entries: Iterable[tuple[str, str, Sequence[np.ndarr
 
 
 class ScoreCacheWriter:
-    """Saves a growing score table to its cache file after each layer, without ever losing the scores.
+    """Saves a growing score table to its cache file as the scores arrive, without ever losing a score.
+
+    :meth:`save` is called after every score: the table is written at most every :attr:`min_interval` seconds
+    (0.5 by default; the scores in between stay in memory and go with the next write, or :meth:`close`), so a run
+    that is killed loses at most the last half second of scores and a rerun with the same file resumes from there.
+    Each write merges with what the file holds under a lock (``fcntl.flock`` on a side file ``<path>.lock``): the
+    file is read again, this run's scores are added to it, and the result replaces it atomically, so two runs on one
+    cache file never lose each other's scores.
 
     A write that fails (full disk, a folder made read-only, a network share gone) does not stop the run: the scores
     stay in memory, a warning says so once, and every later :meth:`save` tries again. :meth:`close` (at the end of
@@ -314,48 +323,58 @@ class ScoreCacheWriter:
         {'conv': {0.5: 0.9}}
     """
 
+    #: seconds between two writes of the file (0: write after every score)
+    min_interval: float = 0.5
+
     def __init__(self, path: str | os.PathLike[str], fingerprint: str | None) -> None:
         self.path = os.fspath(path)
         self.fingerprint = fingerprint
         self.table: dict[str, dict[float, float]] | None = None
         self.error: OSError | None = None  # the last write's failure, None once a write succeeded
         self.message: str | None = None  # where the scores went when the cache could not be written
+        self.writes = 0  # successful writes of the cache file
+        self._written: dict[str, dict[float, float]] | None = None  # the table of the last successful write
+        self._last_write = -math.inf
 
     def save(self, table: Mapping[str, Mapping[float, float]]) -> bool:
-        """Write ``table`` (kept in memory first); ``False`` when the write failed (it is retried later)."""
-        self.table = {layer: dict(row) for layer, row in table.items()}
+        """Keep ``table`` and write it unless the last write was less than :attr:`min_interval` seconds ago (then
+        the next save or :meth:`close` writes it); ``False`` when the write failed (it is retried later)."""
+        self.table = {layer: dict(row) for layer, row in table.items() if row}
+        if self.error is None and time.monotonic() - self._last_write < self.min_interval:
+            return True
         return self._write()
 
     def _write(self) -> bool:
         assert self.table is not None
         try:
-            save_eval_scores(self.path, self.table, self.fingerprint)
+            _merge_and_save(self.path, self.table, self.fingerprint)
         except OSError as err:
             if self.error is None:
                 warnings.warn(
                     f"could not write the eval-score cache {self.path!r} ({err}); the scores stay in memory and the "
-                    "write is tried again after the next layer",
+                    "write is tried again with the next score",
                     UserWarning,
                     stacklevel=3,
                 )
             self.error = err
             return False
         self.error = None
+        self.writes += 1
+        self._written = {layer: dict(row) for layer, row in self.table.items()}
+        self._last_write = time.monotonic()
         return True
 
     def close(self, table: Mapping[str, Mapping[float, float]] | None = None) -> str | None:
-        """Last try, with ``table`` when given (the scores so far, e.g. of a run stopped mid-layer); if the cache
+        """Last write, with ``table`` when given (the scores so far, e.g. of a run stopped mid-layer); if the cache
         still cannot be written, save the table elsewhere. Returns the file that holds the scores (``None`` when
         there were none, or they could not be saved anywhere)."""
         if table is not None:
             latest = {layer: dict(row) for layer, row in table.items() if row}
-            if latest and latest != self.table:
+            if latest:
                 self.table = latest
-                if self._write():
-                    return self.path
         if self.table is None:
             return None
-        if self.error is None or self._write():
+        if self.table == self._written or self._write():
             return self.path
         base = os.path.splitext(os.path.basename(self.path))[0] or "scores"
         fallback = os.path.join(tempfile.gettempdir(), f"tfcompress-{base}-{os.getpid()}-{int(time.time())}.json")
@@ -375,3 +394,37 @@ class ScoreCacheWriter:
         )
         warnings.warn(self.message, UserWarning, stacklevel=2)
         return fallback
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """An exclusive ``fcntl.flock`` on ``<path>.lock`` for the ``with`` block (no lock where fcntl is missing).
+
+    The side file is left in place: removing a lock file while another process may be waiting on it would let two
+    processes hold "the" lock at once."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX
+        yield
+        return
+    descriptor = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _merge_and_save(path: str, table: Mapping[str, Mapping[float, float]], fingerprint: str | None) -> None:
+    """Under the file's lock: read what it holds now (another run may have added scores), add ``table`` (its scores
+    win where both have one), and write the result atomically. A file for another model, or unreadable, is
+    replaced."""
+    with _locked(path):
+        try:
+            stored = load_eval_scores(path, fingerprint) or {}
+        except (EvalScoresCacheError, OSError):
+            stored = {}
+        merged = {layer: dict(row) for layer, row in stored.items()}
+        for layer, row in table.items():
+            merged.setdefault(layer, {}).update(row)
+        save_eval_scores(path, merged, fingerprint)
