@@ -383,3 +383,24 @@ def test_unreachable_target_exits_1_with_one_line_unless_allowed(files, tmp_path
     assert _run([*argv, "--allow-unreachable", "-o", tmp_path / "allowed"]) == 0
     stats = tfc.CompressionStats.from_json(tmp_path / "allowed" / "stats.json")
     assert stats.mac_compression_ratio > 0.01 and any("not reachable" in note for note in stats.notes)
+
+
+@pytest.mark.usefixtures("eval_on_path")
+def test_compress_max_score_drop(files, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", files["model"], "--eval", f"{EVAL_MODULE}:agreement", "--data", files["data"]]
+    argv += ["--candidates", "4", "--no-report", "-q"]
+    assert _run([*argv, "--max-score-drop", "0.05", "-o", tmp_path / "a"]) == 0
+    stats = tfc.CompressionStats.from_json(tmp_path / "a" / "stats.json")
+    assert stats.target_comp_ratio is None and stats.max_score_drop == 0.05
+    assert stats.whole_model_evaluations == len(stats.plan_scores) >= 1
+    assert stats.baseline_model_accuracy - stats.compressed_model_accuracy <= 0.05 + 1e-6
+    capsys.readouterr()
+    # both: the ratio is reached and the drop checked (a drop beyond the bound is a ValueError: exit 1, one line)
+    assert _run([*argv, "--target", "0.5", "--max-score-drop", "1", "-o", tmp_path / "b"]) == 0
+    both = tfc.CompressionStats.from_json(tmp_path / "b" / "stats.json")
+    assert both.target_comp_ratio == 0.5 and both.max_score_drop == 1.0 and both.mac_compression_ratio <= 0.501
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:
+        _run([*argv, "--max-score-drop", "-1", "-o", tmp_path / "c"])
+    assert usage.value.code == 2
+    assert "--max-score-drop must be a number >= 0" in capsys.readouterr().err

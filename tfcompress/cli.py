@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import textwrap
@@ -241,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read and write the eval-score table here, so a rerun skips evaluations (auto mode only)",
     )
     compress.add_argument(
+        "--max-score-drop",
+        type=float,
+        metavar="DROP",
+        default=None,
+        help="accuracy target: without --target, the cheapest plan whose whole-model score stays within DROP of the "
+        "baseline; with --target, fail if the compressed model's score drops by more (auto mode only)",
+    )
+    compress.add_argument(
         "--allow-unreachable",
         action="store_true",
         help="when the target cannot be reached, write the most-compressed plan (with a warning) instead of failing",
@@ -382,6 +391,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             flag
             for flag, value in (
                 ("--target", args.target),
+                ("--max-score-drop", args.max_score_drop),
                 ("--candidates", args.candidates),
                 ("--cache", args.cache),
                 ("--ignore", args.ignore or None),
@@ -390,10 +400,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         ]
         if clashes:
             sub.error(f"--manual sets each layer's ratio itself; it cannot be combined with {', '.join(clashes)}")
-    target = 0.5 if args.target is None else args.target
+    drop = args.max_score_drop
+    target = (0.5 if drop is None else None) if args.target is None else args.target
     candidates = 10 if args.candidates is None else args.candidates
-    if not 0 < target <= 1:
+    if target is not None and not 0 < target <= 1:
         sub.error("--target must be in (0, 1] (compressed cost / original cost)")
+    if drop is not None and not (math.isfinite(drop) and drop >= 0):
+        sub.error("--max-score-drop must be a number >= 0 (the tolerated drop of the score below the baseline)")
     if candidates < 2:
         sub.error("--candidates must be >= 2")
     if args.multiplicity < 1:
@@ -412,7 +425,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         return _compress(args, model_path, target, candidates, outputs)
 
 
-def _compress(args: argparse.Namespace, model_path: str, target: float, candidates: int, outputs: Any) -> int:
+def _compress(args: argparse.Namespace, model_path: str, target: float | None, candidates: int, outputs: Any) -> int:
     if args.cache and not os.path.isdir(os.path.dirname(os.path.abspath(args.cache))):
         raise CLIError(f"--cache {args.cache!r}: its folder does not exist")
     if args.cache is not None:
@@ -470,6 +483,7 @@ def _compress(args: argparse.Namespace, model_path: str, target: float, candidat
             num_comp_ratio_candidates=candidates,
             saved_eval_scores_dict=args.cache,
             allow_unreachable=args.allow_unreachable,
+            max_score_drop=args.max_score_drop,
         )
         parameters = parameters_class(
             *leading,

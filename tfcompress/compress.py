@@ -164,7 +164,8 @@ def compress_model(
         work = _working_copy(model, stats)
         compressed = compress_channels(model, work, parameters, metric, evaluator, stats, trainer, verbose, executor)
         del work
-        return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=0.0)
+        stats = _finish(stats, evaluator, compressed, original, start_time, svd_seconds=0.0)
+        return compressed, _check_score_drop(stats, parameters)
 
     # ---- which layers, at which ratios; a score cache that cannot be used is an error before any evaluation
     candidates, manual_ratios = collect_candidates(model, scheme, parameters, metric, meter, stats)
@@ -229,7 +230,8 @@ def compress_model(
     svd_seconds = svd_timings["svd_wait_seconds"] + sum(c.svd_seconds for c in candidates)
     if data_run is not None:
         data_run.finish(stats)
-    return compressed, _finish(stats, evaluator, compressed, original, start_time, svd_seconds=svd_seconds)
+    stats = _finish(stats, evaluator, compressed, original, start_time, svd_seconds=svd_seconds)
+    return compressed, _check_score_drop(stats, parameters)
 
 
 def _check_arguments(
@@ -266,6 +268,27 @@ def _original_cost(model: keras.Model, metric: CostMetric, stats: CompressionSta
         stats.uncounted_layers = dict(original.uncounted)
     stats.original_macs, stats.original_params = original.macs, original.params
     return original
+
+
+def _check_score_drop(stats: CompressionStats, parameters: Any) -> CompressionStats:
+    """With both ``target_comp_ratio`` and ``max_score_drop``: a ValueError naming the drop when the compressed
+    model's score fell by more than the bound (the accuracy target alone was verified by its search)."""
+    select_params = None if parameters.mode is Mode.manual else parameters.params.select_params
+    bound = getattr(select_params, "max_score_drop", None)
+    if bound is None:
+        return stats
+    stats.max_score_drop = bound
+    drop = stats.baseline_model_accuracy - stats.compressed_model_accuracy
+    if select_params.target_comp_ratio is not None and drop > bound:
+        error = ValueError(
+            f"compress_model: at target ratio {select_params.target_comp_ratio} the compressed model's score dropped "
+            f"by {drop:.6g} ({stats.baseline_model_accuracy:.6g} -> {stats.compressed_model_accuracy:.6g}), more than "
+            f"max_score_drop={bound:g}. Raise target_comp_ratio, or pass target_comp_ratio=None to get the cheapest "
+            "plan within max_score_drop."
+        )
+        error.stats = stats  # type: ignore[attr-defined]
+        raise error
+    return stats
 
 
 def _build(

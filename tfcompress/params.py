@@ -37,7 +37,8 @@ class GreedySelectionParameters:
     """Greedy per-layer selection: evaluate each layer alone at candidate ratios, then pick by score threshold.
 
     Args:
-        target_comp_ratio: whole-model compressed cost / original cost to reach (0.5 = half).
+        target_comp_ratio: whole-model compressed cost / original cost to reach (0.5 = half); ``None`` with
+            ``max_score_drop``: the cheapest plan within that drop.
         num_comp_ratio_candidates: ``N``; candidates are ``i/N`` for ``i = 1..N-1``.
         use_monotonic_fit: make each layer's score non-decreasing in the ratio
             (least-squares isotonic fit) before selecting, to smooth noisy evaluations.
@@ -50,21 +51,45 @@ class GreedySelectionParameters:
             agree. ``False`` keeps the threshold plan alone, as AIMET does.
         allow_unreachable: when the target cannot be reached, return the most-compressed plan (with a warning and
             a note in the stats) instead of raising :class:`tfcompress.TargetUnreachableError`.
+        max_score_drop: an accuracy target: the largest drop of the whole model's score below the baseline that is
+            accepted (in the eval callback's units, e.g. 0.01 = one point of accuracy). With
+            ``target_comp_ratio=None`` the cheapest plan is searched whose whole-model score stays within it:
+            candidate plans are derived from the score table at goal ratios found by bisection and each is scored
+            on the whole model (``stats.whole_model_evaluations`` says how many; the two-plan check is not used).
+            With both given, the target ratio is reached as usual and a compressed model whose score dropped by
+            more than ``max_score_drop`` raises ``ValueError``. At least one of the two must be given.
 
     Example:
         >>> GreedySelectionParameters(target_comp_ratio=0.5).num_comp_ratio_candidates
         10
+        >>> GreedySelectionParameters(target_comp_ratio=None, max_score_drop=0.01).max_score_drop
+        0.01
     """
 
-    target_comp_ratio: float
+    target_comp_ratio: float | None
     num_comp_ratio_candidates: int = 10
     use_monotonic_fit: bool = False
     saved_eval_scores_dict: str | os.PathLike | None = None
     compare_plans: bool = True
     allow_unreachable: bool = False
+    max_score_drop: float | None = None
 
     def __post_init__(self) -> None:
-        self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
+        if self.max_score_drop is not None:
+            drop = self.max_score_drop
+            if not is_real(drop):
+                raise TypeError(f"`max_score_drop` must be a number >= 0 or None, got {drop!r}.")
+            if not math.isfinite(float(drop)) or float(drop) < 0:
+                raise ValueError(f"`max_score_drop` must be a finite number >= 0, got {drop!r}.")
+            self.max_score_drop = float(drop)
+        if self.target_comp_ratio is None:
+            if self.max_score_drop is None:
+                raise ValueError(
+                    "GreedySelectionParameters needs target_comp_ratio (a cost ratio to reach), max_score_drop (an "
+                    "accuracy target: the cheapest plan within that score drop), or both."
+                )
+        else:
+            self.target_comp_ratio = _check_ratio(self.target_comp_ratio, "target_comp_ratio")
         if not isinstance(self.compare_plans, bool):
             raise TypeError(f"`compare_plans` must be True or False, got {self.compare_plans!r}.")
         if not isinstance(self.allow_unreachable, bool):
@@ -238,8 +263,9 @@ class _SchemeParameters:
             self.modules_to_ignore = list(modules_to_ignore or [])
 
         @property
-        def target_comp_ratio(self) -> float:
-            return float(self.select_params.target_comp_ratio)
+        def target_comp_ratio(self) -> float | None:
+            target = self.select_params.target_comp_ratio
+            return None if target is None else float(target)
 
         def __repr__(self) -> str:
             return (

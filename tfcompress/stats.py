@@ -175,6 +175,8 @@ _FIELD_KINDS = {
     "finetuned_model_accuracy": "number?",
     "finetune_note": "str",
     "chosen_ratios": "dict",
+    "max_score_drop": "number?",
+    "whole_model_evaluations": "int",
     "model_name": "str",
     "created": "str",
     "versions": "texts",
@@ -251,6 +253,10 @@ class CompressionStats:
     finetune_note: str = ""
     #: the selection's choice per row of ``eval_scores`` (a layer, or a channel group), when it differs from rows
     chosen_ratios: dict[str, float] = field(default_factory=dict)
+    #: the accuracy target (``GreedySelectionParameters.max_score_drop``), when one was given
+    max_score_drop: float | None = None
+    #: whole-model evaluations of candidate plans made by the accuracy-target search (also in ``plan_scores``)
+    whole_model_evaluations: int = 0
     model_name: str = ""
     #: when the run finished, "YYYY-MM-DD HH:MM UTC"
     created: str = ""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -20,6 +21,7 @@ from ..rewrite import _source_kernel
 from ..select import (
     greedy_select,
 )
+from ..select.target import search_score_drop
 from ..stats import CompressionStats
 from .candidates import Candidate, kernel_originals, kernel_slot
 from .evaluator import Evaluator
@@ -77,11 +79,12 @@ def filled_plan(
     stats: CompressionStats,
     select_params: Any,
     total_cost: float,
+    target: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, float], float, str | None]:
     """Ranks of a selection's chosen candidates, with the budget left up to the target spent on higher ranks.
 
     Returns the plan (path -> rank), each layer's achieved cost ratio, the plan's model ratio, and a note when the
-    budget fill moved it.
+    budget fill moved it. ``target`` (default: the parameters' target ratio) is the ratio the budget fills up to.
     """
     plan: dict[str, Any] = {}
     chosen: dict[str, float] = {}
@@ -98,7 +101,8 @@ def filled_plan(
             higher = sorted(r for r in ranks[p] if r > chosen[p] + 1e-9)
             caps[p] = ranks[p][higher[0]] if higher else None
         before = selection.model_ratio
-        plan = fill_budget(plan, by_path, loss, caps, select_params.target_comp_ratio * total_cost, total_cost)
+        goal = select_params.target_comp_ratio if target is None else target
+        plan = fill_budget(plan, by_path, loss, caps, goal * total_cost, total_cost)
         after = ratio = plan_ratio(plan, candidates, total_cost)
         if after > before + 1e-12:
             note = (
@@ -243,3 +247,52 @@ def match_ratio(table: dict[float, Any], ratio: float) -> float:
 
 def lookup(row: dict[float, float], ratio: float) -> float:
     return row[match_ratio(row, ratio)]
+
+
+def score_plan(work: keras.Model, layers: dict[str, tuple[Candidate, Any]], evaluator: Evaluator, what: str) -> float:
+    """The whole-model score of a plan ``{path: (candidate, rank)}``: every kernel swapped into the working copy at
+    once (one layer's reconstruction in memory at a time), scored, and restored whatever happens."""
+    originals = kernel_originals([candidate for candidate, _ in layers.values()])
+    with contextlib.ExitStack() as stack:
+        for candidate, rank in layers.values():
+            stack.enter_context(kernel_slot(candidate.work_layer, originals))(candidate.reconstructed(rank))
+            candidate.forget_approximation()
+        return evaluator(work, what)
+
+
+def accuracy_target(
+    plan_at: Callable[[float], tuple[Any, float]],
+    evaluate: Callable[[Any], float],
+    stats: CompressionStats,
+    max_score_drop: float,
+    key: Callable[[Any], Any],
+    unit: str = "layer",
+) -> Any:
+    """``GreedySelectionParameters(target_comp_ratio=None, max_score_drop=d)``: the cheapest plan the selector gives
+    whose whole-model score is within ``d`` of the baseline (:func:`tfcompress.select.target.search_score_drop`).
+
+    Records every plan scored in ``stats.plan_scores`` (``"accuracy search N: ratio R"``), their number in
+    ``stats.whole_model_evaluations``, the chosen ratio and a note; warns when no compressed plan is within the
+    tolerance (the plan then compresses nothing). Returns the chosen plan.
+    """
+    baseline = float(stats.baseline_model_accuracy)
+    found = search_score_drop(plan_at, evaluate, baseline, max_score_drop, key=key)
+    for i, (_, ratio, score) in enumerate(found.tried, start=1):
+        stats.plan_scores[f"accuracy search {i}: ratio {ratio:.4f}"] = score
+    stats.whole_model_evaluations = found.evaluations
+    stats.max_score_drop = float(max_score_drop)
+    stats.selected_comp_ratio = found.model_ratio
+    if found.found:
+        stats.notes.append(
+            f"accuracy target: the cheapest plan found within max_score_drop={max_score_drop:g} of the baseline "
+            f"{baseline:.4f} has ratio {found.model_ratio:.4f} and scores {found.score:.4f} on the whole model "
+            f"({found.evaluations} whole-model evaluation(s) of candidate plans)"
+        )
+    else:
+        message = (
+            f"accuracy target: no compressed plan stays within max_score_drop={max_score_drop:g} of the baseline "
+            f"{baseline:.4f} ({found.evaluations} whole-model evaluation(s)); every {unit} is kept at full size"
+        )
+        stats.notes.append(message)
+        warnings.warn(f"compress_model: {message}.", UserWarning, stacklevel=4)
+    return found.plan

@@ -24,6 +24,7 @@ from ..params import AutoSchemeParameters
 from ..rewrite import _source_kernel
 from ..select import (
     ScoreCacheWriter,
+    greedy_select,
     min_loss_select,
     tar_candidate_ranks,
     tar_indices_to_evaluate,
@@ -33,7 +34,17 @@ from ..stats import CompressionStats
 from .candidates import Candidate, auto_variants, kernel_originals, kernel_slot, relative_error
 from .evaluator import Evaluator
 from .executor import Executor, Job, opened, progress_bar, weight_indices
-from .plans import compare_plans, filled_plan, lookup, match_ratio, nothing_saves_message, rank_key, select_greedy
+from .plans import (
+    accuracy_target,
+    compare_plans,
+    filled_plan,
+    lookup,
+    match_ratio,
+    nothing_saves_message,
+    rank_key,
+    score_plan,
+    select_greedy,
+)
 from .scorecache import open_cache, scores_kept, settings_tag
 
 logger = logging.getLogger("tfcompress")
@@ -119,8 +130,41 @@ def greedy_search(
         raise ValueError(nothing_saves_message(stats))
     scored_costs = {p: costs[p] for p in scores}
     originals = {c.path: float(c.original) for c in candidates if c.path in scores}
-    selection = select_greedy(scores, scored_costs, originals, total_cost, select_params, stats)
     by_path = {c.path: c for c in candidates}
+    if select_params.target_comp_ratio is None:  # an accuracy target alone
+
+        def plan_at(goal: float) -> tuple[tuple[dict[str, Any], dict[str, float]], float]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # goals below the most-compressed plan give that plan
+                selection = greedy_select(
+                    scores,
+                    scored_costs,
+                    originals,
+                    float(total_cost),
+                    goal,
+                    use_monotonic_fit=select_params.use_monotonic_fit,
+                )
+            plan, chosen, ratio, _ = filled_plan(
+                selection, scores, ranks, by_path, candidates, stats, select_params, total_cost, target=goal
+            )
+            return (plan, chosen), ratio
+
+        def evaluate(entry: tuple[dict[str, Any], dict[str, float]]) -> float:
+            layers = {p: (by_path[p], r) for p, r in entry[0].items()}
+            return score_plan(work, layers, evaluator, "a candidate plan of the accuracy target")
+
+        plan, chosen = accuracy_target(
+            plan_at,
+            evaluate,
+            stats,
+            select_params.max_score_drop,
+            key=lambda entry: tuple(sorted((p, rank_key(r)) for p, r in entry[0].items())),
+        )
+        for candidate in candidates:
+            if candidate.path not in plan:
+                stats.skipped_layers.setdefault(candidate.path, "kept at full size by the selection")
+        return plan, chosen
+    selection = select_greedy(scores, scored_costs, originals, total_cost, select_params, stats)
     plan, chosen, ratio, note = filled_plan(
         selection, scores, ranks, by_path, candidates, stats, select_params, total_cost
     )
@@ -239,15 +283,31 @@ def auto_search(
         chosen = {p: next(iter(row)) for p, row in best.items()}
     else:
         select_params = parameters.params.select_params
-        selection = select_greedy(
+        tables = (
             {p: {r: v[0] for r, v in row.items()} for p, row in best.items()},
             {p: {r: float(v[1].cost(v[2])) for r, v in row.items()} for p, row in best.items()},
             {c.path: float(c.original) for c in candidates if c.path in best},
-            total_cost,
-            select_params,
-            stats,
         )
-        chosen = {p: match_ratio(best[p], r) for p, r in selection.ratios.items() if r < 1.0}
+        if select_params.target_comp_ratio is None:  # an accuracy target alone
+
+            def plan_at(goal: float) -> tuple[dict[str, float], float]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # goals below the most-compressed plan give that plan
+                    found = greedy_select(
+                        *tables, float(total_cost), goal, use_monotonic_fit=select_params.use_monotonic_fit
+                    )
+                return {p: match_ratio(best[p], r) for p, r in found.ratios.items() if r < 1.0}, found.model_ratio
+
+            def evaluate(ratios: dict[str, float]) -> float:
+                layers = {p: (best[p][r][1], best[p][r][2]) for p, r in ratios.items()}
+                return score_plan(work, layers, evaluator, "a candidate plan of the accuracy target")
+
+            chosen = accuracy_target(
+                plan_at, evaluate, stats, select_params.max_score_drop, key=lambda c: tuple(sorted(c.items()))
+            )
+        else:
+            selection = select_greedy(*tables, total_cost, select_params, stats)
+            chosen = {p: match_ratio(best[p], r) for p, r in selection.ratios.items() if r < 1.0}
     plan = {p: best[p][r][2] for p, r in chosen.items()}
     winners = {p: best[p][r][1] for p, r in chosen.items()}
     for candidate in candidates:

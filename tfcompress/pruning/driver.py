@@ -44,10 +44,9 @@ from .._checks import check_finite
 from ..cost import model_cost
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
 from ..errors import TargetUnreachableError, unreachable_message
-from ..graph import no_candidates_detail, resolve_layers, walk_layers
 from ..pipeline.evaluator import WorkGuard
 from ..pipeline.executor import Executor, Job, LocalExecutor, opened, progress_bar, weight_indices
-from ..pipeline.plans import keep_alternative, lookup, match_ratio
+from ..pipeline.plans import accuracy_target, keep_alternative, lookup, match_ratio
 from ..pipeline.scorecache import open_cache, scores_kept, settings_tag
 from ..select import ScoreCacheWriter, greedy_select, min_loss_select
 from ..stats import CompressionStats
@@ -58,13 +57,13 @@ from .consumers import (
     mask_assignments,
     plan_cost,
     refit_consumers,
-    smallest_keep,
     unit_cost,
     view_of,
 )
 from .groups import PruneUnit, prune_units
 from .inline import inline_for_pruning
 from .outcome import final_weights, record_layers
+from .ratios import auto_ratios, candidate_keeps, manual_ratios
 from .rebuild import apply_pruning
 from .sampling import POSITIONS_PER_IMAGE, Sampler, check_data_form, keep_count, model_inputs
 
@@ -160,7 +159,7 @@ def compress_channels(
         {path: (float(row.macs), float(row.params)) for path, row in original.layers.items()},
         float(original.metric(metric)),
     )
-    ratios_of = _manual_ratios(run, reasons) if manual else _auto_ratios(run)
+    ratios_of = manual_ratios(run, reasons) if manual else auto_ratios(run)
     cache = None if manual else _open_score_cache(run)
 
     images = model_inputs(
@@ -177,13 +176,16 @@ def compress_channels(
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
     guard.check("when the baseline was evaluated")
 
-    keeps = _candidate_keeps(run, ratios_of, manual)
+    keeps = candidate_keeps(run, ratios_of, manual)
     masked = None  # the chosen plan's masked result, when the two-plan check already computed it
     if manual:
         plan = {name: next(iter(row.values())) for name, row in keeps.items() if row}
     else:
         table = _score_table(run, keeps, cache, evaluator, verbose, LocalExecutor() if executor is None else executor)
-        chosen, alternative = _select(run, keeps, table)
+        if run.parameters.params.select_params.target_comp_ratio is None:  # an accuracy target alone
+            chosen, alternative = _accuracy_plan(run, keeps, table, evaluator), None
+        else:
+            chosen, alternative = _select(run, keeps, table)
         if alternative is not None:
             chosen, masked = _compare_plans(run, chosen, alternative, evaluator)
         plan = chosen.plan
@@ -203,65 +205,6 @@ def compress_channels(
     return compressed
 
 
-def _manual_ratios(run: _Run, reasons: dict[str, str]) -> dict[str, list[float]]:
-    """``{unit: [ratio]}`` from ManualModeParams; each named layer's units (a concat reader has several)."""
-    consumer_units: dict[str, list[str]] = {}
-    for u in run.units_list:
-        for slot in u.consumers:
-            consumer_units.setdefault(slot.layer, []).append(u.name)
-    top = {r.path for r in walk_layers(run.model, sublayers=True)}
-    ratios_of: dict[str, list[float]] = {}
-    problems = []
-    for layer, ratio in run.parameters.params.list_of_module_comp_ratio_pairs:
-        name = getattr(layer, "name", layer)
-        if not isinstance(name, str) or name not in top:
-            problems.append(f"'{name}': no such layer in '{run.model.name}'")
-        elif name in consumer_units:
-            for unit_name in consumer_units[name]:
-                if unit_name in ratios_of:
-                    problems.append(f"'{name}': its channel group '{unit_name}' is listed twice")
-                ratios_of[unit_name] = [ratio]
-        elif name in reasons:
-            problems.append(f"'{name}': {reasons[name]}")
-        else:
-            problems.append(
-                f"'{name}': not a Conv2D/Dense/SeparableConv2D layer whose input channels can be pruned (name the "
-                "layer whose INPUT channels should shrink)"
-            )
-    if problems:
-        raise ValueError("ManualModeParams cannot be applied: " + "; ".join(problems) + ".")
-    return ratios_of
-
-
-def _auto_ratios(run: _Run) -> dict[str, list[float]]:
-    """``{unit: candidate ratios}`` for every unit not touched by ``modules_to_ignore``."""
-    auto = run.parameters.params
-    run.stats.rank_select_scheme = auto.rank_select_scheme.value
-    run.stats.target_comp_ratio = auto.target_comp_ratio
-    refs = resolve_layers(walk_layers(run.model, sublayers=True), auto.modules_to_ignore, what="modules_to_ignore")
-    ignored = {ref.path for ref in refs.values()}
-    ratios_of: dict[str, list[float]] = {}
-    for u in run.units_list:
-        members = {s.layer for s in u.consumers}
-        if members & ignored:
-            for layer in members:
-                run.stats.skipped_layers[layer] = (
-                    "in modules_to_ignore"
-                    if layer in ignored
-                    else f"its channel group '{u.name}' has a layer in modules_to_ignore"
-                )
-        elif u.channels < 2:
-            run.stats.skipped_layers.setdefault(u.name, "a single channel cannot be pruned")
-        else:
-            ratios_of[u.name] = list(auto.select_params.candidates)
-    if not ratios_of:
-        raise ValueError(
-            f"compress_model: no layer of '{run.model.name}' can be channel-pruned: "
-            + no_candidates_detail(run.model, run.stats.skipped_layers)
-        )
-    return ratios_of
-
-
 def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]]] | None:
     """``(path, fingerprint, table)`` of the score cache, checked before any evaluation (None: no cache)."""
     path = run.parameters.params.select_params.saved_eval_scores_dict
@@ -275,29 +218,6 @@ def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]
     if table:
         logger.info("read eval scores of %d channel group(s) from %s", len(table), path)
     return os.fspath(path), f"{digest}|{tag}", table
-
-
-def _candidate_keeps(run: _Run, ratios_of: dict[str, list[float]], manual: bool) -> dict[str, dict[float, int]]:
-    """``{unit: {ratio: channels kept}}``: rounded to the multiplicity; candidates that keep everything, or fewer
-    channels than a decomposed layer's rank allows, are dropped (manual mode: raised to the smallest allowed)."""
-    keeps: dict[str, dict[float, int]] = {}
-    for name, ratios in ratios_of.items():
-        n = run.units[name].channels
-        smallest = smallest_keep(run.units[name], run.model)
-        keeps[name] = {}
-        for ratio in ratios:
-            k = keep_count(ratio, n, run.parameters.multiplicity)
-            if k < smallest:
-                if not manual:
-                    continue
-                run.stats.notes.append(
-                    f"channel group '{name}' keeps {smallest} channels, not {k}: fewer would push the rank of a "
-                    "decomposed layer in it past its bound"
-                )
-                k = smallest
-            if manual or k < n:
-                keeps[name][ratio] = k
-    return keeps
 
 
 def _score_table(
@@ -358,13 +278,10 @@ class _Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def _select(
+def _selectors(
     run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]
-) -> tuple[_Plan, _Plan | None]:
-    """Greedy selection on the score table, made to fit the target by the exact cost, then the leftover budget
-    spent on more channels. With ``compare_plans``, also the plan of least summed per-unit loss, fitted the same
-    way (``None`` when it is not needed: switched off, the same plan, or it does not meet the target).
-    Plans are ``{unit: channels kept}``."""
+) -> tuple[dict[str, dict[float, float]], Callable[[float], Any], Callable[[float], Any]]:
+    """The score table of the candidates, and the threshold and least-summed-loss selectors at a goal ratio."""
     stats = run.stats
     select_params = run.parameters.params.select_params
     scores = {name: {r: lookup(table[name], r) for r in keeps[name]} for name in keeps if keeps[name]}
@@ -372,7 +289,7 @@ def _select(
         raise ValueError("compress_model: no candidate ratio of any channel group saves cost; nothing to select.")
     costs = {name: {r: run.unit_cost(name, k) for r, k in keeps[name].items()} for name in scores}
     originals = {name: run.unit_cost(name, run.units[name].channels) for name in scores}
-    target, total = float(select_params.target_comp_ratio), run.total_cost
+    total = run.total_cost
     # A layer can belong to two units (its input group and its output group), so the units' own costs may add up
     # to more than the model. The selectors only compare savings: pad the total by the overlap, and move the goal
     # so that the same savings meet it.
@@ -397,6 +314,20 @@ def _select(
             use_monotonic_fit=select_params.use_monotonic_fit,
         )
 
+    return scores, threshold_at, min_loss_at
+
+
+def _select(
+    run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]
+) -> tuple[_Plan, _Plan | None]:
+    """Greedy selection on the score table, made to fit the target by the exact cost, then the leftover budget
+    spent on more channels. With ``compare_plans``, also the plan of least summed per-unit loss, fitted the same
+    way (``None`` when it is not needed: switched off, the same plan, or it does not meet the target).
+    Plans are ``{unit: channels kept}``."""
+    stats = run.stats
+    select_params = run.parameters.params.select_params
+    target = float(select_params.target_comp_ratio)
+    scores, threshold_at, min_loss_at = _selectors(run, keeps, table)
     chosen = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection")
     if chosen.ratio > target + 1e-3 and not select_params.allow_unreachable:
         raise TargetUnreachableError(
@@ -428,11 +359,14 @@ def _fitted_plan(
     scores: dict[str, dict[float, float]],
     select_at: Callable[[float], Any],
     what: str,
+    target: float | None = None,
 ) -> _Plan:
     """``select_at(goal)``'s plan made to fit the target by the exact cost (the goal tightened when units interact),
-    then the budget left up to the target spent on more channels."""
+    then the budget left up to the target spent on more channels. ``target`` defaults to the parameters' ratio."""
     stats = run.stats
-    target, total = float(run.parameters.params.select_params.target_comp_ratio), run.total_cost
+    if target is None:
+        target = float(run.parameters.params.select_params.target_comp_ratio)
+    total = run.total_cost
     notes: list[str] = []
 
     def plan_for(goal: float) -> tuple[dict[str, int], float]:
@@ -482,27 +416,53 @@ def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: A
     will be), scored, and the working copy restored. Returns the kept plan and its masked result (kept channels and
     refits), which the final model is then built from, so the winner is not refitted a second time. Ties keep the
     threshold plan."""
-    outcomes = []
-    # the working copy equals the model here: a masked variable is restored from the model's own variable (no copy
-    # of every consumer's kernel is held meanwhile; issue 19's memory bound)
-    pairs = zip(run.work.weights, run.model.weights, strict=False)
-    source_of = {id(w): v for w, v in pairs} if len(run.work.weights) == len(run.model.weights) else {}
-    for label, candidate in (("threshold", threshold), ("least-summed-loss", alternative)):
-        ordered = [u for u in run.units_list if u.name in candidate.plan]
-        originals: dict[int, tuple[Any, Any]] = {}
-        try:
-            masked = _masked_plan(run, ordered, candidate.plan, originals, source_of)
-            score = evaluator(run.work, f"the {label} plan")
-        finally:
-            for variable, value in originals.values():
-                variable.assign(value)
-        outcomes.append((score, masked))
-    (threshold_score, threshold_masked), (alt_score, alt_masked) = outcomes
+    threshold_score, threshold_masked = _score_masked(run, threshold, evaluator, "the threshold plan")
+    alt_score, alt_masked = _score_masked(run, alternative, evaluator, "the least-summed-loss plan")
     scored = (threshold_score, threshold.ratio), (alt_score, alternative.ratio)
     if keep_alternative(run.stats, *scored, "group"):
         run.stats.notes.extend(alternative.notes)
         return alternative, alt_masked
     return threshold, threshold_masked
+
+
+def _score_masked(run: _Run, plan: _Plan, evaluator: Any, what: str) -> tuple[float, tuple]:
+    """The whole-model score of ``plan`` masked into the working copy (restored afterwards, whatever happens), and
+    the masked result (kept channels and refits)."""
+    ordered = [u for u in run.units_list if u.name in plan.plan]
+    # the working copy equals the model here: a masked variable is restored from the model's own variable (no copy
+    # of every consumer's kernel is held meanwhile; issue 19's memory bound)
+    pairs = zip(run.work.weights, run.model.weights, strict=False)
+    source_of = {id(w): v for w, v in pairs} if len(run.work.weights) == len(run.model.weights) else {}
+    originals: dict[int, tuple[Any, Any]] = {}
+    try:
+        masked = _masked_plan(run, ordered, plan.plan, originals, source_of)
+        score = evaluator(run.work, what)
+    finally:
+        for variable, value in originals.values():
+            variable.assign(value)
+    return score, masked
+
+
+def _accuracy_plan(
+    run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]], evaluator: Any
+) -> _Plan:
+    """``GreedySelectionParameters(target_comp_ratio=None, max_score_drop=d)``: the cheapest plan of the threshold
+    selector, fitted by the exact cost at a goal ratio, whose whole-model score (masked into the working copy) is
+    within ``d`` of the baseline."""
+    scores, threshold_at, _ = _selectors(run, keeps, table)
+
+    def plan_at(goal: float) -> tuple[_Plan, float]:
+        fitted = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection", target=goal)
+        return fitted, fitted.ratio
+
+    def evaluate(plan: _Plan) -> float:
+        return _score_masked(run, plan, evaluator, "a candidate plan of the accuracy target")[0]
+
+    drop = run.parameters.params.select_params.max_score_drop
+    chosen = accuracy_target(
+        plan_at, evaluate, run.stats, drop, key=lambda p: tuple(sorted(p.plan.items())), unit="group"
+    )
+    return chosen
 
 
 def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, removed: dict[str, set[int]]) -> tuple:
