@@ -173,9 +173,13 @@ def _dies_once(callback, marker: str):
     driver = os.getpid()
 
     def dying(model, iterations):
-        if os.getpid() != driver and not os.path.exists(marker):
-            with open(marker, "w") as handle:
-                handle.write(str(os.getpid()))
+        if os.getpid() != driver:
+            try:  # O_EXCL: of two workers starting at once, exactly one claims the marker (and dies)
+                handle = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return callback(model, iterations)
+            os.write(handle, str(os.getpid()).encode())
+            os.close(handle)
             os._exit(1)
         return callback(model, iterations)
 
@@ -268,7 +272,7 @@ def test_callback_errors_propagate_unchanged_and_a_job_that_kills_two_workers_ra
 
         with tfc.RayExecutor(num_workers=1) as executor:
             executor.open(model, Evaluator(always_dies, None))
-            with pytest.raises(RuntimeError, match=r"scoring weight 0 x 0\.5 failed on 2 different workers"):
+            with pytest.raises(RuntimeError, match=r"scoring weight 0 x [0-9.]+ failed on 2 different workers"):
                 list(executor.map(jobs))
             actors = [slot.actor for slot in executor._slots]
         for actor in actors:  # close() killed them

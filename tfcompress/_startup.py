@@ -23,6 +23,8 @@ _NOISE = (
     re.compile(r"^[IW]\d{4} [\d:.]+\s+\d+ \S+\.(cc|h):\d+\] "),  # absl's INFO/WARNING line format
     re.compile(r"^To enable the following instructions: .*rebuild TensorFlow"),
     re.compile(r"^oneDNN custom operations are on"),
+    # a TensorFlow build with CUDA support on a machine without a GPU: harmless, and said on every start
+    re.compile(r"^E\d{4} [\d:.]+\s+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: "),
 )
 
 
@@ -36,6 +38,9 @@ def is_startup_noise(line: str) -> bool:
         True
         >>> is_startup_noise("tfcompress: error: no such file: 'x.keras'")
         False
+        >>> is_startup_noise("E0000 00:00:1796492939.394283   17572 cuda_platform.cc:52] failed call to cuInit: "
+        ...                  "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)")
+        True
     """
     return any(pattern.match(line) for pattern in _NOISE)
 
@@ -66,8 +71,11 @@ def import_tensorflow_quietly(verbose: bool = False) -> None:
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            importlib.import_module("tensorflow")
+            tf = importlib.import_module("tensorflow")
             importlib.import_module("keras")
+            # devices are set up on first use, and a CUDA build says "failed call to cuInit" then when there is no
+            # GPU: look them up here, while the start-up lines are captured
+            tf.config.list_physical_devices()
             failed = False
         finally:
             sys.stderr.flush()
