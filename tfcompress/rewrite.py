@@ -168,6 +168,17 @@ def decomposed_layer(layer: Any, scheme: str | CompressionScheme, rank: int | tu
     return cls.from_layer(layer, rank=int(rank))
 
 
+def check_source(layer: Any, kind: str) -> None:
+    """Raise TypeError/ValueError when ``layer`` (of ``layer_kind`` ``kind``) is not a layer its decomposed twin can
+    be made from (a subclass, an unsupported configuration, ...), with the reason."""
+    if kind == "dense":
+        check_source_dense(layer)
+    elif kind == "einsum_dense":
+        check_source_einsum_dense(layer)
+    else:
+        check_source_conv(layer, KIND_CLASSES[kind])
+
+
 def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
     """Problem with decomposing ``layer`` this way, or ``None`` when it is fine."""
     kind = layer_kind(layer)
@@ -185,12 +196,7 @@ def _validate_entry(layer: Any, scheme: str, rank: Any) -> str | None:
         allowed = " or ".join(repr(s) for s in KIND_SCHEMES[kind])
         return f"{scheme} does not apply to a {KIND_CLASSES[kind].__name__}; use {allowed}"
     try:
-        if kind == "dense":
-            check_source_dense(layer)
-        elif kind == "einsum_dense":
-            check_source_einsum_dense(layer)
-        else:
-            check_source_conv(layer, KIND_CLASSES[kind])
+        check_source(layer, kind)
         kernel_shape = tuple(int(d) for d in _source_kernel(layer).shape)
         check_finite(keras.ops.convert_to_numpy(_source_kernel(layer)), "its kernel", _NOT_FINITE)
     except (TypeError, ValueError) as err:

@@ -28,10 +28,8 @@ from ..cost import (
 from ..enums import CompressionScheme, CostMetric, Mode
 from ..graph import LayerRef, no_candidates_detail, resolve_layers, walk_layers
 from ..latency import LatencyMeter
-from ..layers.base import check_source_conv, check_source_dense
-from ..layers.svd_einsum_dense import check_source_einsum_dense
 from ..rewire import replacement_problem
-from ..rewrite import _source_kernel
+from ..rewrite import _source_kernel, check_source
 from ..stats import CompressionStats
 
 logger = logging.getLogger("tfcompress")
@@ -214,12 +212,7 @@ def ineligibility(layer: Any, scheme: CompressionScheme, manual: bool) -> str | 
             "layer (the layers that can be decomposed)"
         )
     try:
-        if kind == "dense":
-            check_source_dense(layer)
-        elif kind == "einsum_dense":
-            check_source_einsum_dense(layer)
-        else:
-            check_source_conv(layer, KIND_CLASSES[kind])
+        check_source(layer, kind)
     except (TypeError, ValueError) as err:
         return str(err)
     if getattr(layer, "lora_enabled", False):
