@@ -1,0 +1,268 @@
+"""The compression methods of ``accuracy.py``: each takes ``(model, evaluate, target, ctx)`` and returns
+``(compressed_model, notes)``; the whole-model MAC ratio is measured afterwards with ``tfc.model_cost``.
+
+``ctx`` holds ``settings`` (``accuracy.settings_for``), ``scratch`` (a folder for score caches) and ``x_calib``
+(calibration images for channel pruning and the data-aware factors).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+CLASSIFIER = "logits"  # the 10-way output layer: left uncompressed by every method (its MACs are negligible)
+
+METHODS = {
+    "spatial_svd_greedy": "greedy spatial SVD",
+    "weight_svd_greedy": "greedy weight SVD",
+    "channel_pruning": "channel pruning (greedy)",
+    "svd_then_prune": "spatial SVD then channel pruning",
+    "weight_svd_uniform": "uniform weight SVD (one ratio for all layers)",
+    "weight_svd_data_free": "data-free weight SVD (singular values only)",
+    "spatial_svd_greedy_data_aware": "greedy spatial SVD, data-aware factors",
+    "weight_svd_greedy_data_aware": "greedy weight SVD, data-aware factors",
+    "weight_svd_uniform_data_aware": "uniform weight SVD, data-aware factors",
+}
+
+
+# ---------------------------------------------------------------- methods
+# Each returns (compressed_model, notes); the whole-model MAC ratio is measured afterwards with tfc.model_cost.
+
+
+def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cache: str, data: Any = None) -> Any:
+    import tfcompress as tfc
+
+    extra = {} if data is None else {"data": data, "num_reconstruction_samples": settings["num_reconstruction_samples"]}
+    return scheme_parameters(
+        tfc.Mode.auto,
+        scheme_parameters.AutoModeParams(
+            tfc.GreedySelectionParameters(
+                target_comp_ratio=target,
+                num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+                saved_eval_scores_dict=cache,
+                allow_unreachable=True,  # the table reports the ratio reached
+            ),
+            modules_to_ignore=[CLASSIFIER],
+        ),
+        **extra,
+    )
+
+
+def spatial_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_spatial_svd_scores.json")
+    params = _greedy(tfc.SpatialSvdParameters, target, ctx["settings"], cache)
+    compressed, stats = tfc.compress_model(model, evaluate, None, "spatial_svd", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+def weight_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_scores.json")
+    params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache)
+    compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+# ---- data-aware variants (issue 18): the same greedy selection, every candidate's factors fitted to the layer's
+# sampled inputs (ctx["x_calib"]), the final model refitted in forward order
+
+
+def _data_aware_notes(stats: Any) -> dict[str, Any]:
+    keys = ("data_aware_collect_seconds", "data_aware_fit_seconds", "svd_seconds")
+    return {
+        "num_eval_calls": stats.num_eval_calls,
+        "val_accuracy": stats.compressed_model_accuracy,
+        **{k: stats.timings[k] for k in keys if k in stats.timings},
+    }
+
+
+def spatial_svd_greedy_data_aware(
+    model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_spatial_svd_data_aware_scores.json")
+    params = _greedy(tfc.SpatialSvdParameters, target, ctx["settings"], cache, data=ctx["x_calib"])
+    compressed, stats = tfc.compress_model(model, evaluate, None, "spatial_svd", "mac", params, verbose=0)
+    return compressed, _data_aware_notes(stats)
+
+
+def weight_svd_greedy_data_aware(
+    model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_data_aware_scores.json")
+    params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache, data=ctx["x_calib"])
+    compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, _data_aware_notes(stats)
+
+
+def weight_svd_uniform_data_aware(
+    model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The uniform plan of ``weight_svd_uniform`` (the same ranks), its factors fitted to the data in forward
+    order by ``rewrite_model(..., data=...)``: the effect of the factors alone, with no selection."""
+    import tfcompress as tfc
+
+    ratio, _ = uniform_ratio_for(model, target)
+    plan = {layer.name: tfc.rank_for_ratio(layer, ratio, "weight_svd", "mac") for layer in _weight_svd_layers(model)}
+    samples = ctx["settings"]["num_reconstruction_samples"]
+    start = time.perf_counter()
+    compressed = tfc.rewrite_model(model, plan, "weight_svd", data=ctx["x_calib"], num_reconstruction_samples=samples)
+    return compressed, {"per_layer_ratio": ratio, "refit_seconds": time.perf_counter() - start}
+
+
+def channel_pruning(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    settings = ctx["settings"]
+    cache = os.path.join(ctx["scratch"], f"{model.name}_channel_pruning_scores.json")
+    params = tfc.ChannelPruningParameters(
+        data=ctx["x_calib"],
+        num_reconstruction_samples=settings["num_reconstruction_samples"],
+        allow_custom_downsample_ops=False,
+        mode=tfc.Mode.auto,
+        params=tfc.ChannelPruningParameters.AutoModeParams(
+            tfc.GreedySelectionParameters(
+                target_comp_ratio=target,
+                num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+                saved_eval_scores_dict=cache,
+                allow_unreachable=True,  # the table reports the ratio reached
+            ),
+            modules_to_ignore=[CLASSIFIER],
+        ),
+    )
+    compressed, stats = tfc.compress_model(model, evaluate, None, "channel_pruning", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+def svd_then_prune(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    settings = ctx["settings"]
+    ssvd = max(settings["svd_then_prune_ssvd_ratio"], target)  # one spatial-SVD ratio: half the search time
+    compressed, result = tfc.svd_then_prune(
+        model,
+        evaluate,
+        None,
+        data=ctx["x_calib"],
+        target_comp_ratio=target,
+        ssvd_ratios=[ssvd],
+        num_reconstruction_samples=settings["num_reconstruction_samples"],
+        num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
+        modules_to_ignore=[CLASSIFIER],
+        verbose=0,
+    )
+    step = result.steps[result.chosen]
+    return compressed, {
+        "ssvd_ratio": step.ssvd_ratio,
+        "prune_ratio": step.prune_ratio,
+        "val_accuracy_after_ssvd": step.ssvd_score,
+        "val_accuracy": step.score,
+    }
+
+
+def _weight_svd_layers(model: Any) -> list[Any]:
+    """Conv2D/Dense layers (not the classifier) whose rank-1 weight SVD is cheaper than the layer itself."""
+    import keras
+
+    from tfcompress.cost import decomposed_cost, layer_geometry, original_cost
+
+    out = []
+    for layer in model.layers:
+        if layer.name == CLASSIFIER or not isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+            continue
+        geometry = layer_geometry(layer)
+        if decomposed_cost(geometry, "weight_svd", 1).macs < original_cost(geometry).macs:
+            out.append(layer)
+    return out
+
+
+def uniform_ratio_for(model: Any, target: float) -> tuple[float, float]:
+    """Bisect the one per-layer ratio ``r`` whose whole-model MAC ratio is the largest not above ``target``.
+
+    Costs come from tfcompress's formulas (``rank_for_ratio`` then the decomposed layer's MACs), so no model is
+    built during the search. Returns ``(r, predicted model MAC ratio)``.
+    """
+    import tfcompress as tfc
+    from tfcompress.cost import decomposed_cost, layer_geometry, original_cost
+
+    total = tfc.model_cost(model).macs
+    layers = [(layer, layer_geometry(layer)) for layer in _weight_svd_layers(model)]
+
+    def model_ratio(r: float) -> float:
+        saved = 0
+        for layer, geometry in layers:
+            rank = tfc.rank_for_ratio(layer, r, "weight_svd", "mac")
+            saved += original_cost(geometry).macs - decomposed_cost(geometry, "weight_svd", rank).macs
+        return (total - saved) / total
+
+    low, high = 1e-4, 1.0  # model_ratio is non-decreasing in r
+    if model_ratio(low) > target:
+        return low, model_ratio(low)
+    for _ in range(40):
+        mid = (low + high) / 2
+        if model_ratio(mid) <= target:
+            low = mid
+        else:
+            high = mid
+    return low, model_ratio(low)
+
+
+def weight_svd_uniform(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    import tfcompress as tfc
+
+    ratio, predicted = uniform_ratio_for(model, target)
+    pairs = [(layer.name, ratio) for layer in _weight_svd_layers(model)]
+    params = tfc.WeightSvdParameters(tfc.Mode.manual, tfc.WeightSvdParameters.ManualModeParams(pairs))
+
+    def no_eval(m: Any, iterations: Any) -> float:
+        return 0.0
+
+    compressed, _ = tfc.compress_model(model, no_eval, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, {"per_layer_ratio": ratio, "layers": len(pairs), "predicted_mac_ratio": predicted}
+
+
+def weight_svd_data_free(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """TAR selection with a constant score: every layer keeps the rank whose relative reconstruction error
+    ``||W - W_r|| / ||W||`` (the discarded share of singular-value energy, square-rooted) is closest to one common
+    level ``i/N``; with equal scores TAR takes the level whose model ratio is closest to the target without
+    exceeding it. The weights' singular values alone decide; no data, no evaluation."""
+    import tfcompress as tfc
+
+    def constant(m: Any, iterations: Any) -> float:
+        return 0.0
+
+    params = tfc.WeightSvdParameters(
+        tfc.Mode.auto,
+        tfc.WeightSvdParameters.AutoModeParams(
+            tfc.TarRankSelectionParameters(ctx["settings"]["tar_num_rank_indices"], target_comp_ratio=target),
+            modules_to_ignore=[CLASSIFIER],
+        ),
+    )
+    compressed, stats = tfc.compress_model(model, constant, None, "weight_svd", "mac", params, verbose=0)
+    level = next((n for n in stats.notes if n.startswith("TAR chose")), None)
+    return compressed, {"tar_choice": level}
+
+
+def available_methods() -> dict[str, Callable[..., Any] | None]:
+    """Method name -> function, or None when this version of tfcompress does not have it."""
+    import tfcompress as tfc
+
+    return {
+        "spatial_svd_greedy": spatial_svd_greedy,
+        "weight_svd_greedy": weight_svd_greedy,
+        "channel_pruning": channel_pruning if hasattr(tfc, "ChannelPruningParameters") else None,
+        "svd_then_prune": svd_then_prune if hasattr(tfc, "svd_then_prune") else None,
+        "weight_svd_uniform": weight_svd_uniform,
+        "weight_svd_data_free": weight_svd_data_free,
+        "spatial_svd_greedy_data_aware": spatial_svd_greedy_data_aware,
+        "weight_svd_greedy_data_aware": weight_svd_greedy_data_aware,
+        "weight_svd_uniform_data_aware": weight_svd_uniform_data_aware,
+    }
