@@ -44,15 +44,30 @@ def rewired_twin(
     fresh = type(inner).from_config(inner.get_config())
     replacements: dict[str, Any] = {}
     values: dict[str, list[np.ndarray]] = {}
+    shapes: dict[str, tuple] = {}
     if isinstance(owner, RewiredLayer):
+        shapes.update(owner.build_shapes)
         for attribute, existing in owner.replacements.items():
             replacements[attribute] = type(existing).from_config(existing.get_config())
             values[attribute] = existing.get_weights()
     for attribute, (scheme, rank) in entries.items():
-        built = make_twin(get_by_path(inner, attribute), scheme, rank)
+        original = get_by_path(inner, attribute)
+        built = make_twin(original, scheme, rank)
         replacements[attribute] = type(built).from_config(built.get_config())
         values[attribute] = built.get_weights()
-    return RewiredLayer(fresh, replacements, name=owner.name), values
+        shape = _input_shape(built)
+        if shape is not None and shape != _input_shape(original):  # reads another shape (fewer hidden units)
+            shapes[attribute] = shape
+        else:
+            shapes.pop(attribute, None)
+    return RewiredLayer(fresh, replacements, build_shapes=shapes or None, name=owner.name), values
+
+
+def _input_shape(layer: Any) -> tuple | None:
+    """The input shape ``layer`` was built for (``None`` when unknown)."""
+    config = layer.get_build_config() if layer.built else None
+    shape = (config or {}).get("input_shape")
+    return None if shape is None else tuple(shape)
 
 
 def fill_rewired(original: Any, new: RewiredLayer, values: Mapping[str, list[np.ndarray]]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -36,7 +36,7 @@ from .layers.base import check_source_conv, check_source_dense
 from .layers.svd_einsum_dense import check_source_einsum_dense
 from .rewire import fill_rewired, replacement_problem, rewired_twin
 
-__all__ = ["rewrite_model", "decomposed_layer", "decomposed_class", "normalize_plan"]
+__all__ = ["rewrite_model", "rewrite_sublayers", "decomposed_layer", "decomposed_class", "normalize_plan"]
 
 logger = logging.getLogger("tfcompress")
 
@@ -363,6 +363,24 @@ def rewrite_model(
                 inner.setdefault(id(ref.owner), (ref.owner, {}))[1][ref.attribute] = (entry_scheme, rank)
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
+    new_model = _clone_rewritten(model, refs, targets, inner, decomposed_layer)
+    if images is not None:
+        from .data_fit import refit_forward
+
+        refit_forward(model, new_model, images, samples=num_reconstruction_samples)
+    return new_model
+
+
+def _clone_rewritten(
+    model: keras.Model,
+    refs: list[Any],
+    targets: dict[int, tuple[str, Any]],
+    inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]],
+    make_twin: Callable[[Any, Any, Any], Any],
+) -> keras.Model:
+    """The clone of ``model`` with the top-level layers of ``targets`` (``{id(layer): (scheme, rank)}``) replaced
+    by ``make_twin(layer, scheme, rank)``, and each custom layer of ``inner`` (``{id(layer): (layer, {attribute:
+    (scheme, rank)})}``) by a :class:`~tfcompress.layers.RewiredLayer`; every other weight copied."""
     rewired: dict[int, dict[str, list[np.ndarray]]] = {}  # id(new RewiredLayer) -> the replacements' weights
 
     # The re-created layers' weights would be overwritten with copies of the originals right after the clone, so
@@ -379,13 +397,13 @@ def rewrite_model(
             return _clone_operation(layer)
         if id(layer) in inner:
             owner, owner_entries = inner[id(layer)]
-            twin, values = rewired_twin(owner, owner_entries, decomposed_layer)
+            twin, values = rewired_twin(owner, owner_entries, make_twin)
             rewired[id(twin)] = values
             return twin
         if id(layer) in targets:
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
-            return decomposed_layer(layer, entry_scheme, rank)
+            return make_twin(layer, entry_scheme, rank)
         new = layer.__class__.from_config(layer.get_config())
         if layer.weights:  # its weights will be copied: skip drawing random ones
             values = _original_values(layer)
@@ -445,8 +463,40 @@ def rewrite_model(
                 f"rewrite_model: could not compile the new model like the original ({err}); compile it yourself.",
                 stacklevel=2,
             )
-    if images is not None:
-        from .data_fit import refit_forward
-
-        refit_forward(model, new_model, images, samples=num_reconstruction_samples)
     return new_model
+
+
+def rewrite_sublayers(
+    model: keras.Model, replacements: Mapping[tuple[str, str | None], keras.layers.Layer]
+) -> keras.Model:
+    """A new model in which each layer named in ``replacements`` by ``(top-level layer path, attribute path inside
+    it or None)`` is replaced by the given built layer, which keeps its own weights (it may read another input
+    shape: a pruned feed-forward layer). ``model`` is not modified. Used by feed-forward pruning; ``rewrite_model``
+    is the public way to decompose layers.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")])
+        >>> twin = keras.layers.Dense(3, name="fc")
+        >>> twin.build((None, 4))
+        >>> new = rewrite_sublayers(model, {("fc", None): twin})
+        >>> new.get_layer("fc") is twin
+        True
+    """
+    check_graph_model(model)
+    refs = walk_layers(model)
+    by_path = {ref.path: ref for ref in refs}
+    targets: dict[int, tuple[str, Any]] = {}
+    inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]] = {}
+    for (path, attribute), layer in replacements.items():
+        ref = by_path.get(path)
+        if ref is None:
+            raise ValueError(f"rewrite_sublayers: no layer '{path}' in '{model.name}'.")
+        if attribute is None:
+            targets[id(ref.layer)] = ("given", layer)
+            continue
+        problem = replacement_problem(ref.layer, attribute)
+        if problem:
+            raise ValueError(f"rewrite_sublayers: '{path}' {attribute!r} cannot be replaced: {problem}.")
+        inner.setdefault(id(ref.layer), (ref.layer, {}))[1][attribute] = ("given", layer)
+    return _clone_rewritten(model, refs, targets, inner, lambda old, scheme, given: given)

@@ -26,13 +26,16 @@ class RewiredLayer(keras.layers.Layer):
     A sublayer the custom layer creates in ``__init__`` is replaced before the layer builds. One it creates in
     ``build()`` (MultiHeadAttention's projections, a keras_hub ``TransformerEncoder``'s feed-forward layers) does
     not exist yet then: it is replaced right after the layer's own ``build()`` has run, by the replacement built
-    for the input shape the original sublayer was built with. Either way the wrapped layer's weights are its
+    for the input shape the original sublayer was built with, or for the one in ``build_shapes`` (a pruned
+    feed-forward output layer reads fewer hidden units than the original). Either way the wrapped layer's weights are its
     replacements' weights, so ``.keras`` files save and load them through Keras' own object tree.
 
     Args:
         layer: the custom layer (an instance, or its serialized form as written by
             ``keras.saving.serialize_keras_object``); used as is, so pass a fresh, unbuilt one.
         replacements: ``{attribute path: layer}`` (instances or serialized forms), e.g. ``{"convs.1": twin}``.
+        build_shapes: ``{attribute path: input shape}`` for replacements that the wrapped layer builds itself
+            (in its ``build()``) and that read another input shape than the original sublayer; ``None``: none.
         **kwargs: base layer arguments (``name``, ...); the name defaults to the wrapped layer's.
 
     Input and output shapes: those of the wrapped layer.
@@ -53,7 +56,9 @@ class RewiredLayer(keras.layers.Layer):
         ((3, 8), 'blk', 'SVDDense')
     """
 
-    def __init__(self, layer: Any, replacements: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self, layer: Any, replacements: Mapping[str, Any], build_shapes: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if isinstance(layer, Mapping):
             layer = keras.saving.deserialize_keras_object(dict(layer))
         if not isinstance(layer, keras.layers.Layer):
@@ -61,6 +66,11 @@ class RewiredLayer(keras.layers.Layer):
         if not isinstance(replacements, Mapping) or not replacements:
             raise ValueError(
                 f"RewiredLayer: `replacements` must be a non-empty {{attribute path: layer}} dict, got {replacements!r}."
+            )
+        shapes = {str(k): tuple(v) for k, v in dict(build_shapes or {}).items()}
+        if set(shapes) - set(replacements):
+            raise ValueError(
+                f"RewiredLayer: `build_shapes` names paths that are not replaced: {sorted(set(shapes) - set(replacements))}."
             )
         kwargs.setdefault("name", layer.name)
         super().__init__(**kwargs)
@@ -86,7 +96,7 @@ class RewiredLayer(keras.layers.Layer):
             if not isinstance(old, keras.layers.Layer):
                 raise ValueError(f"RewiredLayer: {path!r} of layer '{layer.name}' is not a layer.")
             if old.built and layer.built:  # a layer that builds itself from its config (keras_hub's decoder)
-                swap_built(layer, path, new)
+                swap_built(layer, path, new, shapes.get(path))
             elif old.built:
                 raise ValueError(
                     f"RewiredLayer: the sublayer {path!r} of '{layer.name}' is already built; pass a fresh layer "
@@ -97,12 +107,16 @@ class RewiredLayer(keras.layers.Layer):
             built.append(path)
         self.layer = layer
         self._paths = tuple(built)  # the replacements live in the wrapped layer only (tracked once, saved once)
+        self._build_shapes = shapes
         self._late = late  # emptied once they are in place; a plain dict attribute would be tracked: see below
         if late:
-            _replace_after_build(layer, late)
+            _replace_after_build(layer, late, shapes)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "_late":  # pending replacements are not this layer's sublayers (Keras must not track them)
+        if name in (
+            "_late",
+            "_build_shapes",
+        ):  # pending replacements are not this layer's sublayers (Keras must not track them)
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -123,7 +137,10 @@ class RewiredLayer(keras.layers.Layer):
             return self.layer(*args, **kwargs)
 
     def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
-        if self._late and not self.layer.built:  # build it now: it takes its replacements right after
+        if not self.layer.built and (
+            self._late or _builds_sublayers(self.layer)
+        ):  # build it now (late replacements go in right after): a layer whose own
+            # compute_output_shape answers without building (Gemma's decoder block) would otherwise stay unbuilt
             _build_for_call(self.layer, args, kwargs)
         return self.layer.compute_output_spec(*args, **kwargs)
 
@@ -133,7 +150,14 @@ class RewiredLayer(keras.layers.Layer):
         inner.pop("build_config", None)  # built on the first call, after the replacements are back in place
         config["layer"] = inner
         config["replacements"] = {path: _unbuilt(new) for path, new in self.replacements.items()}
+        if self._build_shapes:  # only when given: configs of SVD rewrites stay as they were
+            config["build_shapes"] = {path: list(shape) for path, shape in self._build_shapes.items()}
         return config
+
+    @property
+    def build_shapes(self) -> dict[str, tuple]:
+        """``{attribute path: input shape}`` given for replacements that read another shape than the original."""
+        return dict(self._build_shapes)
 
 
 def _unbuilt(layer: Any) -> dict[str, Any]:
@@ -161,9 +185,9 @@ def _holder(owner: Any, path: str) -> Any:
     return holder
 
 
-def swap_built(owner: Any, path: str, new: Any) -> None:
-    """Put ``new`` at ``path`` of the built ``owner`` in place of the built sublayer there: ``new`` is built for the
-    input shape the old one was built with, and the holding layer tracks ``new`` instead of the old one (its weights,
+def swap_built(owner: Any, path: str, new: Any, shape: Any = None) -> None:
+    """Put ``new`` at ``path`` of the built ``owner`` in place of the built sublayer there: ``new`` is built for
+    ``shape`` (default: the input shape the old one was built with), and the holding layer tracks ``new`` instead of the old one (its weights,
     its parameter count and its saved state become ``new``'s).
 
     Keras locks a built layer's tracked state; like Keras' own ``quantize()``, the lock is lifted for the swap.
@@ -171,6 +195,8 @@ def swap_built(owner: Any, path: str, new: Any) -> None:
     old = get_by_path(owner, path)
     if not isinstance(old, keras.layers.Layer):
         raise ValueError(f"RewiredLayer: {path!r} of layer '{owner.name}' is not a layer once it is built.")
+    if not new.built and shape is not None:
+        new.build(tuple(shape))
     if not new.built:
         config = old.get_build_config()
         if not config:
@@ -188,16 +214,16 @@ def swap_built(owner: Any, path: str, new: Any) -> None:
             tracker.lock()
 
 
-def _replace_after_build(layer: Any, late: dict[str, Any]) -> None:
+def _replace_after_build(layer: Any, late: dict[str, Any], shapes: Mapping[str, tuple]) -> None:
     """Make ``layer``'s build (Keras' wrapper, an instance attribute) put the ``late`` replacements in place as soon
-    as it has run, and empty ``late``."""
+    as it has run (built for ``shapes[path]`` where given), and empty ``late``."""
     build = layer.build
 
     @functools.wraps(build)  # Keras reads build()'s signature to pass the input shapes
     def build_then_replace(*args: Any, **kwargs: Any) -> None:
         build(*args, **kwargs)
         for path, new in list(late.items()):
-            swap_built(layer, path, new)
+            swap_built(layer, path, new, shapes.get(path))
             del late[path]
 
     object.__setattr__(layer, "build", build_then_replace)

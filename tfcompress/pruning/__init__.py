@@ -7,6 +7,7 @@
 - :mod:`.rebuild` (Keras): :func:`apply_pruning`, :func:`kept_channels`: the smaller model, for real.
 - :mod:`.winnow` (Keras): :func:`prune_input_channels`, :func:`prunable_layers`, :func:`find_chain`.
 - :mod:`.driver`: the ``channel_pruning`` scheme of :func:`tfcompress.compress_model`.
+- :mod:`.ffn`, :mod:`.ffn_fit` (Keras): :func:`prune_ffn`, FFN hidden units inside custom layers (transformer blocks).
 
 Example:
     >>> import numpy as np
@@ -15,6 +16,7 @@ Example:
     array([2, 3])
 """
 
+from tfcompress.pruning.ffn_fit import prune_ffn
 from tfcompress.pruning.reconstruct import (
     all_positions,
     conv_output_size,
@@ -62,6 +64,7 @@ __all__ = [
     "prunable_layers",
     "prune_input_channels",
     "prune_units",
+    "prune_ffn",
     "reconstruct_weights",
     "reconstruction_error",
     "sample_positions",
