@@ -27,7 +27,8 @@ from typing import Any
 
 import _common
 import fashion_mnist
-from accuracy_methods import CLASSIFIER, METHODS, available_methods
+import vit
+from accuracy_methods import CLASSIFIER, METHODS, available_methods, methods_for
 from accuracy_report import goals, markdown, plot, rewrite_outputs
 
 
@@ -122,7 +123,52 @@ def resnet_cnn() -> Any:
     return keras.Model(inputs, outputs, name="resnet_cnn")
 
 
-MODELS: dict[str, Callable[[], Any]] = {"vgg_cnn": vgg_cnn, "resnet_cnn": resnet_cnn}
+def vit_fashion() -> Any:
+    """A small pre-norm ViT (``vit.py``): 4x4 patches of the 28x28 image (49 tokens), hidden size 64, 4 blocks of
+    4-head self-attention and a 128-unit gelu feed-forward layer, learned position embedding, mean pooling."""
+    return vit.vit(
+        image_size=28, channels=1, patch_size=4, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128,
+        classifier=CLASSIFIER, name="vit",
+    )  # fmt: skip
+
+
+MODELS: dict[str, Callable[[], Any]] = {"vgg_cnn": vgg_cnn, "resnet_cnn": resnet_cnn, "vit": vit_fashion}
+
+#: full-mode settings that differ per model (the shared data split stays: ``train_images`` and
+#: ``validation_images`` take a prefix of it). The ViT trains about 6x slower per image than the CNNs on the 2
+#: shared cores and its greedy searches score about 25 layers, so it trains on a 20,000-image subset, scores
+#: candidates on 1,000 validation images and fine-tunes on 10,000 images.
+MODEL_SETTINGS: dict[str, dict[str, Any]] = {
+    "vit": {
+        "train_images": 20000,
+        "validation_images": 1000,
+        "baseline_epochs": 6,
+        "finetune_images": 10000,
+        "calibration_images": 500,
+        "num_reconstruction_samples": 1000,
+    },
+}
+
+
+def model_settings(name: str, settings: dict[str, Any], quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(settings for this model, the overrides applied)``: quick mode never overrides (it is small already)."""
+    overrides = {} if quick else MODEL_SETTINGS.get(name, {})
+    merged = {**settings, **{k: v for k, v in overrides.items() if k not in ("train_images", "validation_images")}}
+    for key in ("train_images", "validation_images"):  # a prefix of the shared split, never more
+        merged[key] = min(overrides.get(key, settings[key]), settings[key])
+    return merged, {k: merged[k] for k in overrides}
+
+
+def model_data(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The shared split cut to this model's ``train_images`` / ``validation_images`` (prefixes of a random order)."""
+    n, v = settings["train_images"], settings["validation_images"]
+    return {
+        **data,
+        "x_train": data["x_train"][:n],
+        "y_train": data["y_train"][:n],
+        "x_val": data["x_val"][:v],
+        "y_val": data["y_val"][:v],
+    }
 
 
 def compile_model(model: Any, learning_rate: Any) -> None:
@@ -299,11 +345,14 @@ def run_model(
     reuse: bool,
     scratch: str,
     methods: list[str] | None = None,
+    quick: bool = False,
 ) -> dict[str, Any]:
     import tfcompress as tfc
 
+    settings, overrides = model_settings(name, settings, quick)
+    data = model_data(data, settings)
     model, info = baseline(name, data, settings, seed, cache_dir, reuse)
-    cost = tfc.model_cost(model)
+    cost = tfc.model_cost(model, warn=False)  # the ViT's position embedding: an addition, 0 MACs (see vit.py)
     base_test = accuracy(model, data["x_test"], data["y_test"])
     base_val = accuracy(model, data["x_val"], data["y_val"])
     print(f"accuracy: {name}: baseline test accuracy {base_test:.4f} ({info['source']})", flush=True)
@@ -316,7 +365,9 @@ def run_model(
     ctx = {"settings": settings, "scratch": scratch, "x_calib": data["x_train"][: settings["calibration_images"]]}
     rows = []
     for target in settings["targets"]:
-        for method, function in available_methods().items():
+        functions = available_methods()
+        for method in methods_for(name):
+            function = functions[method]
             if methods is not None and method not in methods:
                 continue
             row: dict[str, Any] = {"method": method, "label": METHODS[method], "target": target}
@@ -339,7 +390,7 @@ def run_model(
                 rows.append(row)
                 print(f"  {method} @ {target}: ERROR {row['reason']}", flush=True)
                 continue
-            after_cost = tfc.model_cost(compressed)
+            after_cost = tfc.model_cost(compressed, warn=False)
             before = accuracy(compressed, data["x_test"], data["y_test"])
             row["finetune_seconds"] = fine_tune(compressed, data, settings, seed)
             after = accuracy(compressed, data["x_test"], data["y_test"])
@@ -362,17 +413,24 @@ def run_model(
             )
             del compressed
             gc.collect()
-    return {
+    out = {
         "model": name,
         "macs": cost.macs,
         "params": cost.params,
+        "methods": methods_for(name),
         "baseline": {"test_accuracy": base_test, "val_accuracy": base_val, **info},
         "results": rows,
     }
+    if overrides:
+        out["settings_override"] = overrides
+    if cost.uncounted:
+        out["uncounted"] = dict(cost.uncounted)
+    return out
 
 
 def _earlier_result(output_dir: str, settings: dict[str, Any], quick: bool) -> dict[str, Any] | None:
-    """The existing ``accuracy.json`` whose other methods' rows ``--methods`` keeps (same mode and settings)."""
+    """The existing ``accuracy.json`` whose other methods' (``--methods``) or other models' (``--models``) rows
+    this run keeps (same mode and settings), or None when there is none."""
     path = os.path.join(output_dir, "accuracy.json")
     if not os.path.exists(path):
         return None
@@ -380,8 +438,8 @@ def _earlier_result(output_dir: str, settings: dict[str, Any], quick: bool) -> d
         earlier = json.load(handle)
     if earlier.get("quick") != quick or earlier.get("settings") != settings:
         raise SystemExit(
-            f"accuracy.py --methods: {path} was made with other settings or in the other mode; rerun every method "
-            "(without --methods) or use another --output-dir"
+            f"accuracy.py --methods/--models: {path} was made with other settings or in the other mode; rerun every "
+            "method and model (without --methods and --models) or use another --output-dir"
         )
     return earlier
 
@@ -441,12 +499,16 @@ def main() -> None:
     start = time.perf_counter()
     data = load_data(settings, args.seed)
     cache_dir = None if args.quick else args.output_dir  # quick mode never caches
-    earlier = _earlier_result(args.output_dir, settings, args.quick) if args.methods else None
+    # --methods keeps the other methods' rows, --models (a subset) the other models, from the existing results
+    partial = bool(args.methods) or set(args.models) != set(MODELS)
+    earlier = _earlier_result(args.output_dir, settings, args.quick) if partial else None
     models = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
-            case = run_model(name, data, settings, args.seed, cache_dir, not args.retrain, scratch, args.methods)
-            if earlier is not None:
+            case = run_model(
+                name, data, settings, args.seed, cache_dir, not args.retrain, scratch, args.methods, args.quick
+            )
+            if earlier is not None and args.methods:
                 case = _merge_rows(case, earlier, args.methods)
             models.append(case)
             gc.collect()
@@ -467,12 +529,21 @@ def main() -> None:
     notes = [*(earlier.get("notes", []) if earlier is not None else []), *args.note]
     if notes:
         result["notes"] = notes
-    if earlier is not None:
+    if earlier is not None and args.methods:
         result["rerun_methods"] = {
             "methods": args.methods,
             "models": args.models,
             "date": machine.get("date"),
             "other_rows_from": earlier["machine"].get("date"),
+        }
+    elif earlier is not None:  # a run of some models only: the others' rows and their re-run record are kept
+        if "rerun_methods" in earlier:
+            result["rerun_methods"] = earlier["rerun_methods"]
+        result["rerun_models"] = {
+            "models": args.models,
+            "date": machine.get("date"),
+            "other_models_from": earlier["machine"].get("date"),
+            "other_models_seconds": earlier.get("seconds"),
         }
     os.makedirs(args.output_dir, exist_ok=True)
     png = os.path.join(args.output_dir, "accuracy.png")

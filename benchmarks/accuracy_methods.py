@@ -24,7 +24,27 @@ METHODS = {
     "spatial_svd_greedy_data_aware": "greedy spatial SVD, data-aware factors",
     "weight_svd_greedy_data_aware": "greedy weight SVD, data-aware factors",
     "weight_svd_uniform_data_aware": "uniform weight SVD, data-aware factors",
+    "auto_greedy": "greedy auto (per-layer scheme)",
 }
+
+#: the methods each model is compressed with (a model not listed: every method but auto). The ViT has no layer
+#: spatial SVD helps (its one convolution is the 1-channel patch embedding), and channel pruning there prunes the
+#: feed-forward hidden units (Dense -> gelu -> Dense); every other layer feeds the residual stream.
+MODEL_METHODS = {
+    "vit": [
+        "weight_svd_greedy",
+        "auto_greedy",
+        "channel_pruning",
+        "weight_svd_uniform",
+        "weight_svd_data_free",
+        "weight_svd_greedy_data_aware",
+    ],
+}
+
+
+def methods_for(model_name: str) -> list[str]:
+    """The method names ``model_name`` is compressed with, in table order."""
+    return MODEL_METHODS.get(model_name, [m for m in METHODS if m != "auto_greedy"])
 
 
 # ---------------------------------------------------------------- methods
@@ -65,6 +85,17 @@ def weight_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, A
     cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_scores.json")
     params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache)
     compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+
+
+def auto_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``compress_scheme="auto"``: per layer and candidate ratio the best-scoring of weight SVD, spatial SVD and
+    Tucker-2 (Dense/EinsumDense: SVD), greedy selection as for the single schemes."""
+    import tfcompress as tfc
+
+    cache = os.path.join(ctx["scratch"], f"{model.name}_auto_scores.json")
+    params = _greedy(tfc.AutoSchemeParameters, target, ctx["settings"], cache)
+    compressed, stats = tfc.compress_model(model, evaluate, None, "auto", "mac", params, verbose=0)
     return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
 
 
@@ -111,7 +142,7 @@ def weight_svd_uniform_data_aware(
     import tfcompress as tfc
 
     ratio, _ = uniform_ratio_for(model, target)
-    plan = {layer.name: tfc.rank_for_ratio(layer, ratio, "weight_svd", "mac") for layer in _weight_svd_layers(model)}
+    plan = uniform_ranks(model, ratio)
     samples = ctx["settings"]["num_reconstruction_samples"]
     start = time.perf_counter()
     compressed = tfc.rewrite_model(model, plan, "weight_svd", data=ctx["x_calib"], num_reconstruction_samples=samples)
@@ -168,38 +199,51 @@ def svd_then_prune(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
     }
 
 
-def _weight_svd_layers(model: Any) -> list[Any]:
-    """Conv2D/Dense layers (not the classifier) whose rank-1 weight SVD is cheaper than the layer itself."""
+def weight_svd_layers(model: Any, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(path, layer, geometry)`` of the Conv2D/Dense/EinsumDense layers (not the classifier, nor the paths in
+    ``ignore``; inside MultiHeadAttention too, by path) whose rank-1 weight SVD is cheaper than the layer itself."""
     import keras
 
     from tfcompress.cost import decomposed_cost, layer_geometry, original_cost
+    from tfcompress.graph import walk_layers
 
+    kinds = keras.layers.Conv2D | keras.layers.Dense | keras.layers.EinsumDense
     out = []
-    for layer in model.layers:
-        if layer.name == CLASSIFIER or not isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+    for ref in walk_layers(model, sublayers=True):
+        if ref.path == CLASSIFIER or ref.path in ignore or not isinstance(ref.layer, kinds):
             continue
-        geometry = layer_geometry(layer)
+        geometry = layer_geometry(ref.layer, input_shape=ref.input_shape)
         if decomposed_cost(geometry, "weight_svd", 1).macs < original_cost(geometry).macs:
-            out.append(layer)
+            out.append((ref.path, ref.layer, geometry))
     return out
 
 
-def uniform_ratio_for(model: Any, target: float) -> tuple[float, float]:
+def uniform_ranks(model: Any, ratio: float, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every eligible layer's (``weight_svd_layers``) largest weight-SVD rank within ``ratio`` of its MACs, by path."""
+    from tfcompress.cost import _rank_for_ratio
+
+    return {
+        path: _rank_for_ratio(geometry, ratio, "weight_svd", "mac")
+        for path, _, geometry in weight_svd_layers(model, ignore)
+    }
+
+
+def uniform_ratio_for(model: Any, target: float, ignore: tuple[str, ...] = ()) -> tuple[float, float]:
     """Bisect the one per-layer ratio ``r`` whose whole-model MAC ratio is the largest not above ``target``.
 
-    Costs come from tfcompress's formulas (``rank_for_ratio`` then the decomposed layer's MACs), so no model is
+    Costs come from tfcompress's formulas (the rank for ``r`` then the decomposed layer's MACs), so no model is
     built during the search. Returns ``(r, predicted model MAC ratio)``.
     """
     import tfcompress as tfc
-    from tfcompress.cost import decomposed_cost, layer_geometry, original_cost
+    from tfcompress.cost import _rank_for_ratio, decomposed_cost, original_cost
 
-    total = tfc.model_cost(model).macs
-    layers = [(layer, layer_geometry(layer)) for layer in _weight_svd_layers(model)]
+    total = tfc.model_cost(model, warn=False).macs
+    layers = [geometry for _, _, geometry in weight_svd_layers(model, ignore)]
 
     def model_ratio(r: float) -> float:
         saved = 0
-        for layer, geometry in layers:
-            rank = tfc.rank_for_ratio(layer, r, "weight_svd", "mac")
+        for geometry in layers:
+            rank = _rank_for_ratio(geometry, r, "weight_svd", "mac")
             saved += original_cost(geometry).macs - decomposed_cost(geometry, "weight_svd", rank).macs
         return (total - saved) / total
 
@@ -219,7 +263,7 @@ def weight_svd_uniform(model: Any, evaluate: Any, target: float, ctx: dict[str, 
     import tfcompress as tfc
 
     ratio, predicted = uniform_ratio_for(model, target)
-    pairs = [(layer.name, ratio) for layer in _weight_svd_layers(model)]
+    pairs = [(path, ratio) for path, _, _ in weight_svd_layers(model)]
     params = tfc.WeightSvdParameters(tfc.Mode.manual, tfc.WeightSvdParameters.ManualModeParams(pairs))
 
     def no_eval(m: Any, iterations: Any) -> float:
@@ -265,4 +309,5 @@ def available_methods() -> dict[str, Callable[..., Any] | None]:
         "spatial_svd_greedy_data_aware": spatial_svd_greedy_data_aware,
         "weight_svd_greedy_data_aware": weight_svd_greedy_data_aware,
         "weight_svd_uniform_data_aware": weight_svd_uniform_data_aware,
+        "auto_greedy": auto_greedy,
     }

@@ -15,7 +15,7 @@ def goals(models: list[dict[str, Any]]) -> dict[str, Any]:
     """Goal 1: some tfcompress method within 1 point of the baseline at 0.5 MACs after fine-tuning, per model.
     Goal 2: greedy weight SVD above uniform weight SVD (same decomposition) before fine-tuning, per target."""
     out: dict[str, Any] = {"within_1_point_at_0.5_after_ft": {}, "greedy_above_uniform_before_ft": {}}
-    tfcompress_methods = ("spatial_svd_greedy", "weight_svd_greedy", "channel_pruning", "svd_then_prune")
+    tfcompress_methods = ("spatial_svd_greedy", "weight_svd_greedy", "channel_pruning", "svd_then_prune", "auto_greedy")
     for case in models:
         rows = [r for r in case["results"] if r["status"] == "ok"]
         at_half = [r for r in rows if r["target"] == 0.5 and r["method"] in tfcompress_methods]
@@ -90,7 +90,14 @@ def markdown(result: dict[str, Any]) -> str:
         "- data-free weight SVD: ranks from the singular values only (no data, no evaluation): TAR selection "
         f"(`TarRankSelectionParameters({s['tar_num_rank_indices']}, target)`) with a constant score, so every "
         "layer keeps the rank whose relative reconstruction error `||W - W_r|| / ||W||` is closest to one common "
-        "level, the level whose model MAC ratio is closest to the target without exceeding it.\n",
+        "level, the level whose model MAC ratio is closest to the target without exceeding it.",
+        '- greedy auto: `compress_model(..., "auto", ...)`, per layer and candidate ratio the best-scoring of '
+        "weight SVD, spatial SVD and Tucker-2 (Dense/EinsumDense layers: SVD), greedy selection as above.",
+        "- Each model runs the methods listed in its table; a model's own settings (where they differ from the "
+        "above) are stated under its heading. On the ViT, weight SVD reaches the attention's query/key/value/output "
+        "projections (`EinsumDense` -> `SVDEinsumDense`, by path `blockN_attention/query`) and the feed-forward "
+        "`Dense` layers; channel pruning removes feed-forward hidden units (`blockN_mlp1` -> gelu -> `blockN_mlp2`, "
+        "the second refitted by least squares), the only channels not tied to the residual stream.\n",
     ]
     for case in result["models"]:
         b = case["baseline"]
@@ -109,6 +116,20 @@ def markdown(result: dict[str, Any]) -> str:
             f"### {case['model']}: baseline test accuracy {_pct(b['test_accuracy'])}%{tuned} "
             f"({case['macs'] / 1e6:.2f} M MACs, {case['params']:,} parameters; {trained})\n"
         )
+        if case.get("settings_override"):
+            lines.append(
+                f"Settings of {case['model']} that differ from the above: "
+                + ", ".join(
+                    f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in case["settings_override"].items()
+                )
+                + ".\n"
+            )
+        if case.get("uncounted"):
+            lines.append(
+                "Not counted in the MACs (tfcompress cannot see into them): "
+                + "; ".join(f"`{k}` ({v})" for k, v in case["uncounted"].items())
+                + ".\n"
+            )
         rows = []
         for r in case["results"]:
             if r["status"] != "ok":
@@ -169,6 +190,12 @@ def markdown(result: dict[str, Any]) -> str:
             + ", ".join(METHODS.get(m, m) for m in rerun["methods"])
             + f"; every other row is from the run of {str(rerun['other_rows_from'])[:10]} on the same "
             "baselines and settings.\n"
+        )
+    again = result.get("rerun_models")
+    if again:
+        lines.append(
+            f"Models run on {str(again['date'])[:10]} with `--models`: {', '.join(again['models'])}; the other "
+            f"models' rows are from the run of {str(again['other_models_from'])[:10]} on the same settings.\n"
         )
     for note in result.get("notes", []):
         lines.append(f"Note: {note}\n")

@@ -31,14 +31,30 @@ import warnings
 from typing import Any
 
 import _common
+from real_speed_report import markdown
 
 SCHEMES = ("weight_svd", "spatial_svd", "tucker", "channel_pruning")
-MODELS = ("ResNet50", "VGG16", "MobileNetV2")
+MODELS = ("ResNet50", "VGG16", "MobileNetV2", "ViT")
+#: the schemes measured per model where not all of them (the ViT's only convolution is its patch embedding)
+MODEL_SCHEMES = {"ViT": ("weight_svd", "channel_pruning")}
+#: the ViT's layers left alone by the uniform recipes: the patch embedding (a 3-channel convolution, rank <= 3)
+#: and the classifier
+VIT_IGNORED = ("patch_embedding",)
 
 
 def build(name: str, size: int) -> Any:
+    """A ``keras.applications`` model (``weights=None``), or ``"ViT"``: the benchmarks' ViT (``vit.py``) at
+    patch 16 with a class token (197 tokens at 224x224), hidden size 256, 4 pre-norm blocks of 4-head attention and
+    a 1024-unit gelu feed-forward layer, 1000 classes: a ViT-Base-shaped encoder block, 4 deep and 3x narrower."""
     import keras
 
+    if name == "ViT":
+        import vit
+
+        return vit.vit(
+            image_size=size, channels=3, patch_size=16, hidden_dim=256, num_layers=4, num_heads=4, mlp_dim=1024,
+            num_classes=1000, pool="class", classifier="logits", name="ViT",
+        )  # fmt: skip
     return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
 
 
@@ -74,8 +90,19 @@ def uniform_pruning(model: Any, target: float) -> tuple[Any, int]:
 
 
 def uniform_plan(model: Any, scheme: str, target: float) -> dict[str, tuple[str, Any]]:
+    """Every eligible ``Conv2D`` at the rank ``tfc.rank_for_ratio`` gives for ``target``. The ViT: every attention
+    projection and feed-forward ``Dense`` (weight SVD; not the patch embedding nor the classifier) at the rank for
+    one per-layer ratio, bisected so the model's MAC ratio is the largest not above ``target`` (the attention
+    products Q.K^T and A.V do not shrink, so each layer must go below the target)."""
     import tfcompress as tfc
 
+    if model.name == "ViT":
+        import accuracy_methods
+
+        ratio, _ = accuracy_methods.uniform_ratio_for(model, target, VIT_IGNORED)
+        return {
+            path: (scheme, rank) for path, rank in accuracy_methods.uniform_ranks(model, ratio, VIT_IGNORED).items()
+        }
     return {
         layer.name: (scheme, tfc.rank_for_ratio(layer, target, scheme))
         for layer in _common.eligible_convs(model, scheme)
@@ -131,6 +158,8 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import numpy as np, keras, tensorflow as tf
 import tfcompress  # registers the decomposed layers
 path, what, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+import vit  # registers the benchmarks' ViT layers
 def status_mb(field):
     with open("/proc/self/status") as handle:
         for line in handle:
@@ -166,7 +195,7 @@ def peak_memory_mb(path: str, what: str, batch: int) -> dict[str, float]:
     inference or one training step, and its RSS right after the imports."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, path, what, str(batch)],
+        [sys.executable, "-c", MEMORY_PROBE, path, what, str(batch), _common.HERE],
         capture_output=True,
         text=True,
         env=env,
@@ -213,7 +242,7 @@ def run_model(name: str, args: Any, settings: dict[str, Any], folder: str) -> di
         }
     os.unlink(original_path)
     rows = []
-    for scheme in SCHEMES:
+    for scheme in MODEL_SCHEMES.get(name, SCHEMES):
         for target in settings["targets"]:
             print(f"real_speed: {name} {size}x{size} {scheme} target {target}", flush=True)
             if scheme == "channel_pruning":
@@ -301,11 +330,21 @@ def changed_layers(cost: Any, small_cost: Any) -> list[tuple[str, float]]:
 
 
 def _alone(layer: Any) -> tuple[Any, tuple[int, ...]]:
-    """A one-layer model holding a fresh copy of ``layer`` (config and weights) at its real input shape."""
+    """A one-layer model holding a fresh copy of ``layer`` (config and weights) at its real input shape.
+
+    A ``MultiHeadAttention`` (self-attention), or the ``RewiredLayer`` holding one with ``SVDEinsumDense``
+    projections, is called itself on a new input instead (a layer may be called in more than one model); its weights
+    are the model's own, and no copy is needed since nothing trains it."""
     import keras
 
     from tfcompress.latency import _fresh_copy, layer_input_shape
+    from tfcompress.layers import RewiredLayer
 
+    inner = layer.layer if isinstance(layer, RewiredLayer) else layer  # a MultiHeadAttention with swapped projections
+    if isinstance(inner, keras.layers.MultiHeadAttention):
+        shape = tuple(layer.input[0].shape[1:])
+        inputs = keras.Input(shape)
+        return keras.Model(inputs, layer(inputs, inputs)), shape
     shape = layer_input_shape(layer)
     inputs = keras.Input(shape)
     return keras.Model(inputs, _fresh_copy(layer, (None, *shape))(inputs)), shape
@@ -389,119 +428,6 @@ def layer_breakdown(
     return {"layers": rows, "summary": summary}
 
 
-def markdown(result: dict[str, Any]) -> str:
-    batches = result["settings"]["batches"]
-    headers = ["model", "scheme", "target", "MAC ratio", "param ratio", ".keras size ratio", "ideal speed-up"]
-    headers += [f"TF b{b} speed-up" for b in batches] + [f"TFLite b{b} speed-up" for b in batches]
-    headers += ["peak mem. ratio (infer / train)"]
-    rows = []
-    for case in result["models"]:
-        for r in case["results"]:
-            row = [
-                f"{case['model']} {case['input_size']}px",
-                r["scheme"],
-                f"{r['target']} (run of {str(r['measured_in'])[:16].replace('T', ' ')})"
-                if r.get("measured_in")
-                else r["target"],
-                r["mac_ratio"],
-                r["param_ratio"],
-                r["keras_file_size_ratio"],
-                f"x{r['ideal_speedup']:.2f}",
-            ]
-            for runtime in ("tf", "tflite"):
-                for b in batches:
-                    entry = r.get(f"{runtime}_b{b}")
-                    row.append(
-                        None if entry is None else f"x{entry['speedup']:.2f} ({entry['fraction_of_ideal_speedup']:.0%})"
-                    )
-            mem = r.get("peak_memory_ratio")
-            row.append(
-                None
-                if mem is None
-                else " / ".join("-" if mem[w] is None else f"{mem[w]:.2f}" for w in ("inference", "train_step"))
-            )
-            rows.append(row)
-    mode = "quick" if result["quick"] else "full"
-    notes = [
-        "Speed-up = original latency / compressed latency, measured side by side (interleaved runs, median); "
-        "in brackets the share of the ideal speed-up 1 / MAC ratio. Ranks are uniform: every eligible Conv2D at "
-        "the rank `tfc.rank_for_ratio` gives for the target (Dense layers untouched); channel_pruning: every channel "
-        "group keeps one common fraction of its channels (kernel magnitude), bisected to the MAC target.",
-    ]
-    if not result["settings"]["memory"]:
-        notes.append("Peak memory was not measured in this mode (a subprocess per model; run the full mode).")
-    else:
-        notes.append(
-            "Peak memory: peak RSS (Linux VmHWM, reset after importing TensorFlow) of a fresh process that loads "
-            f"the .keras file and runs inference (or one SGD step) at batch {result['settings']['memory_batch']}, "
-            f"minus its RSS after the imports ({result['settings']['memory_baseline_mb']:.0f} MB); "
-            "compressed / original."
-        )
-    notes += list(result.get("notes", []))  # what the person who ran it recorded about the run
-    if not result.get("complete", True):
-        notes.append("Incomplete run: only the models listed were measured before it stopped.")
-    return (
-        f"## Real speed of uniform decompositions ({mode} mode)\n\n"
-        + _common.md_table(headers, rows)
-        + "\n"
-        + "\n".join(f"- {n}" for n in notes)
-        + "\n\n"
-        + breakdown_markdown(result)
-        + _common.md_machine(result["machine"])
-    )
-
-
-def breakdown_markdown(result: dict[str, Any]) -> str:
-    """The "which layers lose time" table: each changed layer timed alone, original against compressed."""
-    headers = [
-        "model",
-        "scheme",
-        "batch",
-        "changed layers",
-        "their share of model time",
-        "their speed-up (ideal)",
-        "slower than original",
-        "most time lost (layer: speed-up at MAC ratio)",
-    ]
-    rows = []
-    for case in result["models"]:
-        for r in case["results"]:
-            breakdown = r.get("layer_breakdown")
-            if not breakdown:
-                continue
-            for key, s in breakdown["summary"].items():
-                share = s["share_of_model_time"]
-                speed = s["changed_layers_speedup"]
-                ideal = s["changed_layers_ideal_speedup"]
-                worst = ", ".join(
-                    f"{w['layer']}: x{w['speedup']:.2f} at {w['mac_ratio']:.2f}" for w in s["most_time_lost"][:3]
-                )
-                rows.append(
-                    [
-                        f"{case['model']} {case['input_size']}px",
-                        r["scheme"],
-                        key[1:],
-                        s["changed_layers"],
-                        None if share is None else f"{share:.0%}",
-                        None if speed is None else f"x{speed:.2f} (x{ideal:.2f})",
-                        len(s["slower_than_original"]),
-                        worst or None,
-                    ]
-                )
-    if not rows:
-        return ""
-    return (
-        f"### Which layers lose time (target {', '.join(map(str, result['settings']['layer_targets']))}, "
-        "TensorFlow)\n\n"
-        + _common.md_table(headers, rows)
-        + "\n- Every changed layer (rewritten or pruned) timed alone at its real input shape, original and "
-        "compressed side by side, less a call's fixed cost (an identity model on the same input). Share of model time: the changed layers' summed time over the whole original "
-        "model's time (the rest, unchanged, bounds the speed-up). Their speed-up: summed original / summed "
-        "compressed time, in brackets what it would be if each layer's time shrank like its MACs. Time lost: "
-        "compressed time minus original time x MAC ratio.\n\n"
-    )
-
-
 def _earlier_models(
     path: str, quick: bool, models: list[str]
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, dict[str, Any]]]:
@@ -577,7 +503,7 @@ def main() -> None:
             "size": 64,
             "targets": [0.5],
             "batches": [1, 8],
-            "tflite": ["MobileNetV2"],
+            "tflite": ["MobileNetV2", "ViT"],
             "memory": args.memory and not args.no_memory,
             "memory_batch": 8,
             "warmup": 2,

@@ -323,7 +323,8 @@ def test_accuracy_quick(tmp_path):
     assert case["model"] == "vgg_cnn" and case["macs"] > 0
     assert 0 <= case["baseline"]["test_accuracy"] <= 1 and case["baseline"]["source"] == "trained in this run"
     methods = [r["method"] for r in case["results"]]
-    assert methods == list(data["methods"]) and data["settings"]["targets"] == [0.5]
+    assert methods == case["methods"] == [m for m in data["methods"] if m != "auto_greedy"]
+    assert data["settings"]["targets"] == [0.5]
     for row in case["results"]:
         if row["method"] in ("channel_pruning", "svd_then_prune"):
             assert row["status"] in ("ok", "not available"), row
