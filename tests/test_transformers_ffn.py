@@ -181,3 +181,79 @@ def test_backbone_ffn_pruning_at_half(name: str, producers: int, tmp_path) -> No
         served = tf.saved_model.load(str(tmp_path / "saved"))
         got = [np.asarray(t) for t in keras.tree.flatten(served.serve(held))]
         assert _max_diff(sorted(got, key=np.size), sorted(_outputs(pruned, held), key=np.size)) < 1e-4
+
+
+# ---------------------------------------------------------------- in compress_model's channel-pruning search
+
+
+def _pruning(data, mode: str = "auto", target: float = 0.6, ignore=(), pairs=()) -> tfc.ChannelPruningParameters:
+    p = tfc.ChannelPruningParameters
+    if mode == "manual":
+        return p(data, 500, False, "manual", p.ManualModeParams(list(pairs)))
+    select = tfc.GreedySelectionParameters(target, num_comp_ratio_candidates=4)
+    return p(data, 500, False, "auto", p.AutoModeParams(select, modules_to_ignore=list(ignore)))
+
+
+def test_compress_model_prunes_the_block_ffn_as_a_channel_group(digits_model) -> None:
+    model, x, y = digits_model
+
+    def accuracy(m, iterations):
+        return float(np.mean(np.argmax(m.predict(x[1400:], verbose=0), -1) == y[1400:]))
+
+    compressed, stats = tfc.compress_model(model, accuracy, 1, "channel_pruning", "mac", _pruning(x[:1400]), verbose=0)
+    assert set(stats.eval_scores) == {"block/ffn"} and len(stats.eval_scores["block/ffn"]) >= 2
+    assert stats.mac_compression_ratio <= 0.6 + 1e-3
+    assert tfc.model_cost(compressed).macs / tfc.model_cost(model).macs == pytest.approx(stats.mac_compression_ratio)
+    keep = round(stats.chosen_ratios["block/ffn"] * FF)
+    inner = compressed.get_layer("block").layer
+    assert tuple(inner.up.kernel.shape) == (HIDDEN, keep) and tuple(inner.down.kernel.shape) == (keep, HIDDEN)
+    rows = {row.name: row for row in stats.per_layer_stats}
+    assert rows["block/down"].in_channels == [FF, keep] and rows["block/up"].out_channels == [FF, keep]
+    assert stats.compressed_model_accuracy == pytest.approx(accuracy(compressed, 1))
+
+
+@pytest.mark.slow
+def test_block_ffn_in_manual_mode_and_modules_to_ignore_by_path(digits_model) -> None:
+    model, x, _ = digits_model
+    score = lambda m, iterations: 0.0  # noqa: E731
+    for name in ("block/ffn", "block/down"):
+        pairs = [(name, 0.5)]
+        compressed, stats = tfc.compress_model(
+            model, score, 1, "channel_pruning", "mac", _pruning(x[:256], "manual", pairs=pairs), verbose=0
+        )
+        assert stats.chosen_ratios == {"block/ffn": 0.5}
+        assert tuple(compressed.get_layer("block").layer.down.kernel.shape) == (FF // 2, HIDDEN)
+    with pytest.raises(ValueError, match=r"block/down: its FFN unit 'block/ffn' is ignored"):
+        tfc.compress_model(model, score, 1, "channel_pruning", "mac", _pruning(x[:256], ignore=["block"]), verbose=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "mistral"])
+def test_backbone_ffn_units_in_the_channel_pruning_search(name: str) -> None:
+    pytest.importorskip("keras_hub", reason="keras_hub is not installed (pip install -e '.[transformers]')")
+    from test_transformers import _backbone, _outputs, _tokens
+
+    model, hand = _backbone(name)
+    data, held = _tokens(model, 64, seed=3), _tokens(model, 8, seed=9)
+    reference = _outputs(model, held)
+
+    def score(m, iterations):
+        return -sum(float(np.mean((p - q) ** 2)) for p, q in zip(_outputs(m, held), reference, strict=True))
+
+    # FFN units alone cannot reach half the MACs: the error says how far they go
+    with pytest.raises(tfc.TargetUnreachableError) as caught:
+        tfc.compress_model(model, score, 1, "channel_pruning", "mac", _pruning(data, target=0.5), verbose=0)
+    assert caught.value.best_ratio > 0.5
+    compressed, stats = tfc.compress_model(model, score, 1, "channel_pruning", "mac", _pruning(data, target=0.8))
+    assert set(stats.eval_scores) == {"transformer_layer_0/ffn", "transformer_layer_1/ffn"}
+    assert stats.mac_compression_ratio <= 0.8 + 1e-3
+    assert tfc.model_cost(compressed).macs == pytest.approx(stats.mac_compression_ratio * hand, rel=1e-9)
+
+
+def test_inspect_lists_the_block_ffn_instead_of_refusing_its_layers(digits_model) -> None:
+    from tfcompress.cli_inspect import inspect_model, inspect_text
+
+    info = inspect_model(digits_model[0])
+    assert info["channel_pruning"]["ffn"] == {"block/down": ["block/up"]}
+    assert not {"block/up", "block/down"} & set(info["channel_pruning"]["reasons"])
+    assert "FFN unit candidate: block/up -> block/down" in inspect_text(info, "model.keras")

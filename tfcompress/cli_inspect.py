@@ -136,7 +136,22 @@ def _pruning_info(model: Any) -> dict[str, Any]:
         return {"prunable": [], "groups": 0, "reasons": {}, "error": str(err)}
     prunable = sorted({paths.get(slot.layer, slot.layer) for unit in units for slot in unit.consumers})
     reasons = {paths.get(name, name): why for name, why in reasons.items()}
-    return {"prunable": prunable, "groups": len(units), "reasons": reasons}
+    ffn = _ffn_info(model)
+    for consumer, producers in ffn.items():
+        for path in (*producers, consumer):  # FFN-like layers inside custom layers: pruned as FFN units instead
+            reasons.pop(path, None)
+    return {"prunable": prunable, "groups": len(units), "reasons": reasons, "ffn": ffn}
+
+
+def _ffn_info(model: Any) -> dict[str, list[str]]:
+    """FFN-like pairs inside custom layers (consumer path -> producer paths), found by shape; compress_model
+    checks each on the data before pruning it as a unit of hidden units."""
+    from .pruning.ffn import ffn_candidates
+
+    try:
+        return ffn_candidates(model)
+    except (ValueError, TypeError):  # a model whose custom layers cannot be traced: nothing to list
+        return {}
 
 
 def inspect_text(info: dict[str, Any], path: str) -> str:
@@ -200,6 +215,11 @@ def inspect_text(info: dict[str, Any], path: str) -> str:
             f"group(s); {len(pruning['reasons'])} layer(s) cannot lose input channels"
             + (f" ({pruning['error']})" if pruning.get("error") else "")
         )
+        for consumer, producers in pruning.get("ffn", {}).items():
+            out.append(
+                f"{'':<12} FFN unit candidate: {', '.join(producers)} -> {consumer} (hidden units pruned together; "
+                "checked on ChannelPruningParameters.data by compress_model)"
+            )
     reasons: dict[tuple[str, str], list[str]] = {}
     for row in info["layers"]:
         if row["class"] not in _EXPLAINED and all(row["schemes"][s]["max_rank"] is None for s in SCHEMES):

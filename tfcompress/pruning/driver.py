@@ -60,6 +60,7 @@ from .consumers import (
     unit_cost,
     view_of,
 )
+from .ffn_search import FfnGroups
 from .groups import PruneUnit, prune_units
 from .inline import inline_for_pruning
 from .outcome import final_weights, record_layers
@@ -87,6 +88,14 @@ class _Run:
     total_cost: float
     sampler: Sampler | None = None
     order_seconds: float = 0.0
+    ffn: FfnGroups | None = None  # FFN hidden units inside custom layers: groups named "<block>/ffn"
+
+    @property
+    def ffn_units(self) -> list[Any]:
+        return [] if self.ffn is None else list(self.ffn.units.values())
+
+    def is_ffn(self, name: str) -> bool:
+        return self.ffn is not None and name in self.ffn
 
     @property
     def consumer_names(self) -> list[str]:
@@ -98,9 +107,16 @@ class _Run:
         return pair[0] if self.metric is CostMetric.mac else pair[1]
 
     def plan_cost(self, plan: dict[str, int]) -> float:
-        return self.cost(plan_cost(plan, self.units, self.model, self.layer_costs))
+        graph = {name: keep for name, keep in plan.items() if not self.is_ffn(name)}
+        macs, params = plan_cost(graph, self.units, self.model, self.layer_costs)
+        if self.ffn is not None:  # FFN units touch only their own layers, which no graph group touches
+            saved = self.ffn.saving(plan)
+            macs, params = macs - saved[0], params - saved[1]
+        return self.cost((macs, params))
 
     def unit_cost(self, name: str, keep: int) -> float:
+        if self.is_ffn(name):
+            return self.cost(self.units[name].cost(keep))
         return self.cost(unit_cost(self.units[name], keep, self.model, self.layer_costs))
 
     def choose(self, consumers: list[Consumer], unit: PruneUnit, keep: int) -> np.ndarray:
@@ -159,18 +175,22 @@ def compress_channels(
         {path: (float(row.macs), float(row.params)) for path, row in original.layers.items()},
         float(original.metric(metric)),
     )
+    run.ffn = FfnGroups.find(model, work, parameters, stats)  # hook: FFN units inside custom layers
+    run.units.update({u.name: u for u in run.ffn_units})
     ratios_of = manual_ratios(run, reasons) if manual else auto_ratios(run)
     cache = None if manual else _open_score_cache(run)
 
-    images = model_inputs(
-        parameters.data, model, max(16, math.ceil(parameters.num_reconstruction_samples / POSITIONS_PER_IMAGE))
-    )
-    if parameters.reconstruct or parameters.channel_selection != "magnitude":
-        run.sampler = Sampler(images, parameters.num_reconstruction_samples, parameters.seed)
-    stats.notes.append(
-        f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per layer, "
-        f"{parameters.channel_selection} channel selection, reconstruction {'on' if parameters.reconstruct else 'off'}"
-    )
+    if units_list or run.ffn is None:  # the graph's groups sample through the model's one input
+        images = model_inputs(
+            parameters.data, model, max(16, math.ceil(parameters.num_reconstruction_samples / POSITIONS_PER_IMAGE))
+        )
+        if parameters.reconstruct or parameters.channel_selection != "magnitude":
+            run.sampler = Sampler(images, parameters.num_reconstruction_samples, parameters.seed)
+        stats.notes.append(
+            f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per "
+            f"layer, {parameters.channel_selection} channel selection, reconstruction "
+            f"{'on' if parameters.reconstruct else 'off'}"
+        )
     guard = WorkGuard(work)
     logger.info("evaluating the baseline model")
     stats.baseline_model_accuracy = evaluator(work, "the baseline model")
@@ -200,7 +220,9 @@ def compress_channels(
         compressed, kept_channels = _apply_masked(run, ordered, plan, masked)
     else:
         compressed, kept_channels = _apply_with_trainer(run, ordered, plan, trainer)
-    record_layers(run, kept_channels)
+    record_layers(run, {name: kept for name, kept in kept_channels.items() if not run.is_ffn(name)})
+    if run.ffn is not None:
+        run.ffn.record(stats, {n: f for n, f in kept_channels.items() if run.is_ffn(n)})
     stats.timings["channel_pruning_seconds"] = time.perf_counter() - start
     return compressed
 
@@ -240,6 +262,9 @@ def _score_table(
     def jobs() -> Iterator[Job]:
         for name, pending in todo.items():
             if not pending:
+                continue
+            if run.is_ffn(name):  # hook: an FFN unit's candidates (its consumer's masked refits)
+                yield from run.ffn.jobs(run.work, name, pending, slot)  # type: ignore[union-attr]
                 continue
             unit = run.units[name]
             consumers = consumers_of(
@@ -504,6 +529,8 @@ def _masked_plan(
         for c in consumers:
             removed.setdefault(c.name, set()).update(int(i) for i in c.index[dropped])
         kept_channels[unit.name] = kept
+    if run.ffn is not None:  # hook: FFN units after the graph's groups (each refitted on the model masked so far)
+        kept_channels.update(run.ffn.mask(run.work, plan, originals))  # type: ignore[arg-type]
     return kept_channels, fitted
 
 
@@ -513,8 +540,16 @@ def _apply_masked(
     """The pruned model of the plan: masked in the working copy (or ``masked``, the result of an earlier
     :func:`_masked_plan` of this plan), then winnowed once."""
     kept_channels, fitted = masked if masked is not None else _masked_plan(run, ordered, plan)
-    weights = final_weights(fitted, run.model, run.units, kept_channels)
-    return apply_pruning(run.model, kept_channels, units=run.units_list, weights=weights), kept_channels
+    graph = {name: kept for name, kept in kept_channels.items() if not run.is_ffn(name)}
+    ffn = {name: fit for name, fit in kept_channels.items() if run.is_ffn(name)}
+    if graph or not ffn:
+        weights = final_weights(fitted, run.model, run.units, graph)
+        compressed = apply_pruning(run.model, graph, units=run.units_list, weights=weights)
+    else:
+        compressed = run.model
+    if ffn:  # hook: the FFN units' smaller layers, inside their blocks
+        compressed = run.ffn.build(compressed, ffn)  # type: ignore[union-attr]
+    return compressed, kept_channels
 
 
 def _apply_with_trainer(run: _Run, ordered: list[PruneUnit], plan: dict[str, int], trainer: Any) -> tuple:
@@ -536,6 +571,16 @@ def _apply_with_trainer(run: _Run, ordered: list[PruneUnit], plan: dict[str, int
         kept_channels[unit.name] = kept
         logger.info("fine-tuning after pruning %s", unit.name)
         trainer.train_model(compressed, compressed.get_layer(unit.consumers[0].layer), train_flag=True)
+    ffn_plan = {name: keep for name, keep in plan.items() if run.is_ffn(name)}
+    if ffn_plan:  # hook: the FFN units, fitted on a copy of the model pruned so far, then one fine-tuning
+        copy = keras.models.clone_model(compressed)
+        copy.set_weights(compressed.get_weights())
+        fits = run.ffn.mask(copy, ffn_plan)  # type: ignore[union-attr]
+        compressed = run.ffn.build(compressed, fits)  # type: ignore[union-attr]
+        kept_channels.update(fits)
+        block = compressed.get_layer(run.units[next(iter(ffn_plan))].block)
+        logger.info("fine-tuning after pruning the FFN units")
+        trainer.train_model(compressed, block, train_flag=True)
     return compressed, kept_channels
 
 

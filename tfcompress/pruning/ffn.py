@@ -31,7 +31,7 @@ import numpy as np
 
 from ..graph import LayerRef, walk_layers
 
-__all__ = ["FfnPart", "FfnUnit", "check_pair", "dense_dims", "find_ffn_units", "hooked_calls"]
+__all__ = ["FfnPart", "FfnUnit", "check_pair", "dense_dims", "ffn_candidates", "find_ffn_units", "hooked_calls"]
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,17 @@ def _candidates(subs: list[LayerRef], block_calls: int) -> list[tuple[LayerRef, 
     return found
 
 
+def ffn_candidates(model: Any) -> dict[str, list[str]]:
+    """``{consumer path: [producer paths]}`` of the FFN-like pairs inside ``model``'s custom layers, by their shapes
+    only (no data: what :func:`find_ffn_units` would check; ``tfcompress inspect`` lists them)."""
+    found: dict[str, list[str]] = {}
+    for block_ref, subs in _block_refs(model).values():
+        for consumer, sets in _candidates(subs, block_ref.calls):
+            found[consumer.path] = [r.path for r in sets[0]]
+    producers = {path for paths in found.values() for path in paths}
+    return {c: p for c, p in found.items() if c not in producers}  # a gate read as an "output" of another gate
+
+
 def find_ffn_units(
     model: Any, work: Any, inputs: Any, *, seed: int = 0, examples: int = 4
 ) -> tuple[list[FfnUnit], dict[str, str]]:
@@ -283,12 +294,9 @@ def find_ffn_units(
         >>> [(u.name, u.channels, [p.attribute for p in u.producers], u.consumer.attribute) for u in units]
         [('blk/ffn', 16, ['up'], 'down')]
     """
-    from ..cost import model_cost
-
     blocks = _block_refs(model)
     if not blocks:
         return [], {}
-    costs = {path: float(row.macs) for path, row in model_cost(model, warn=False).layers.items()}
     work_blocks = {ref.path: (ref, subs) for ref, subs in _block_refs(work).values()}
     plans = []
     for block_ref, subs in blocks.values():
@@ -327,7 +335,7 @@ def find_ffn_units(
                     seed,
                 )
                 if problem is None:
-                    units.append(_unit(block_ref.path, option, consumer, costs))
+                    units.append(_unit(block_ref.path, option, consumer))
                     taken.update(r.path for r in option)
                     taken.add(consumer.path)
                     break
@@ -344,11 +352,16 @@ def find_ffn_units(
     return units, reasons
 
 
-def _part(ref: LayerRef, costs: dict[str, float]) -> FfnPart:
+def _part(ref: LayerRef) -> FfnPart:
+    """The part at ``ref``, with its MACs at the input shape its block's call was traced with (every call)."""
     in_dim, out_dim = dense_dims(ref.layer)  # type: ignore[misc]
-    return FfnPart(ref.path, str(ref.attribute), costs.get(ref.path, 0.0), in_dim, out_dim, ref.layer.bias is not None)
+    positions = 1
+    for d in (ref.input_shape or (None, in_dim))[1:-1]:
+        positions *= int(d) if d is not None else 0
+    macs = float(positions * in_dim * out_dim * ref.calls)
+    return FfnPart(ref.path, str(ref.attribute), macs, in_dim, out_dim, ref.layer.bias is not None)
 
 
-def _unit(block: str, producers: list[LayerRef], consumer: LayerRef, costs: dict[str, float]) -> FfnUnit:
-    parts = tuple(_part(r, costs) for r in producers)
-    return FfnUnit(f"{block}/ffn", block, parts, _part(consumer, costs), parts[0].out_dim)
+def _unit(block: str, producers: list[LayerRef], consumer: LayerRef) -> FfnUnit:
+    parts = tuple(_part(r) for r in producers)
+    return FfnUnit(f"{block}/ffn", block, parts, _part(consumer), parts[0].out_dim)

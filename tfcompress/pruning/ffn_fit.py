@@ -172,22 +172,21 @@ def fit_unit(
     *,
     selection: str = "greedy",
     reconstruct: bool = True,
+    order: np.ndarray | None = None,
 ) -> FfnFit:
     """Keep ``keep`` of the unit's hidden units and refit the consumer (the ORIGINAL model's layer ``consumer``).
 
     ``x`` are the consumer's sampled inputs on the model pruned so far, ``x0`` on the original model (``None``
     for both: magnitude selection without reconstruction). The refit reproduces the original consumer's outputs
-    ``x0 @ W + b`` from the kept columns of ``x``.
+    ``x0 @ W + b`` from the kept columns of ``x``. ``order``: the units in the order they are kept, when already
+    known (:func:`keep_order` for a larger ``keep``: its prefixes are the smaller selections).
     """
     w0, b0 = _weights(consumer)
     if not 1 <= keep <= unit.channels:
         raise ValueError(f"FFN pruning: '{unit.name}' keeps {keep} hidden units, not in 1..{unit.channels}.")
     y = None if x0 is None else x0.astype(np.float64) @ w0 + (0.0 if b0 is None else b0)
-    if selection == "magnitude" or x is None:
-        order = np.argsort(-np.sum(w0**2, axis=1), kind="stable")[:keep]
-    else:
-        problem = ChannelProblem.from_samples(x.astype(np.float64), y, fit_intercept=b0 is not None)
-        order = channel_order([problem], keep)
+    if order is None:
+        order = keep_order(consumer, x, x0, keep, selection)
     kept = np.sort(np.asarray(order[:keep], dtype=np.int64))
     kernel, bias = w0[kept], b0
     if reconstruct and x is not None:
@@ -195,6 +194,19 @@ def fit_unit(
             x[:, kept].astype(np.float64), y, use_bias=b0 is not None, initial=(kernel, b0)
         )
     return FfnFit(kept, kernel.astype(np.float32), None if bias is None else np.asarray(bias, np.float32))
+
+
+@blas_single_thread()
+def keep_order(consumer: Any, x: np.ndarray | None, x0: np.ndarray | None, keep: int, selection: str) -> np.ndarray:
+    """The first ``keep`` hidden units in the order they are kept: greedy forward selection for the least-squares
+    fit of the original consumer's outputs (``x0 @ W + b``) from ``x``, or the largest consumer rows (``"magnitude"``,
+    or no samples)."""
+    w0, b0 = _weights(consumer)
+    if selection == "magnitude" or x is None or x0 is None:
+        return np.argsort(-np.sum(w0**2, axis=1), kind="stable")[:keep]
+    y = x0.astype(np.float64) @ w0 + (0.0 if b0 is None else b0)
+    problem = ChannelProblem.from_samples(x.astype(np.float64), y, fit_intercept=b0 is not None)
+    return channel_order([problem], keep)
 
 
 def mask_values(unit: FfnUnit, fit: FfnFit) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,11 +18,16 @@ def manual_ratios(run: Any, reasons: dict[str, str]) -> dict[str, list[float]]:
         for slot in u.consumers:
             consumer_units.setdefault(slot.layer, []).append(u.name)
     top = {r.path for r in walk_layers(run.model, sublayers=True)}
+    ffn_of = {key: u.name for u in run.ffn_units for key in (u.name, *u.layers)}  # a unit by its name or a layer
     ratios_of: dict[str, list[float]] = {}
     problems = []
     for layer, ratio in run.parameters.params.list_of_module_comp_ratio_pairs:
         name = getattr(layer, "name", layer)
-        if not isinstance(name, str) or name not in top:
+        if isinstance(name, str) and name in ffn_of:
+            if ffn_of[name] in ratios_of:
+                problems.append(f"'{name}': its FFN unit '{ffn_of[name]}' is listed twice")
+            ratios_of[ffn_of[name]] = [ratio]
+        elif not isinstance(name, str) or name not in top:
             problems.append(f"'{name}': no such layer in '{run.model.name}'")
         elif name in consumer_units:
             for unit_name in consumer_units[name]:
@@ -46,8 +51,10 @@ def auto_ratios(run: Any) -> dict[str, list[float]]:
     auto = run.parameters.params
     run.stats.rank_select_scheme = auto.rank_select_scheme.value
     run.stats.target_comp_ratio = auto.target_comp_ratio
-    refs = resolve_layers(walk_layers(run.model, sublayers=True), auto.modules_to_ignore, what="modules_to_ignore")
-    ignored = {ref.path for ref in refs.values()}
+    ffn_names = {u.name for u in run.ffn_units}
+    names = [m for m in auto.modules_to_ignore if getattr(m, "name", m) not in ffn_names]
+    refs = resolve_layers(walk_layers(run.model, sublayers=True), names, what="modules_to_ignore")
+    ignored = {ref.path for ref in refs.values()} | (set(auto.modules_to_ignore) & ffn_names)
     ratios_of: dict[str, list[float]] = {}
     for u in run.units_list:
         members = {s.layer for s in u.consumers}
@@ -62,6 +69,13 @@ def auto_ratios(run: Any) -> dict[str, list[float]]:
             run.stats.skipped_layers.setdefault(u.name, "a single channel cannot be pruned")
         else:
             ratios_of[u.name] = list(auto.select_params.candidates)
+    for f in run.ffn_units:  # FFN units inside custom layers: ignored by their name, block or any of their layers
+        hit = {f.name, f.block, *f.layers} & ignored
+        if hit:
+            for layer in f.layers:
+                run.stats.skipped_layers[layer] = f"its FFN unit '{f.name}' is ignored ({', '.join(sorted(hit))})"
+        else:
+            ratios_of[f.name] = list(auto.select_params.candidates)
     if not ratios_of:
         raise ValueError(
             f"compress_model: no layer of '{run.model.name}' can be channel-pruned: "
@@ -76,7 +90,7 @@ def candidate_keeps(run: Any, ratios_of: dict[str, list[float]], manual: bool) -
     keeps: dict[str, dict[float, int]] = {}
     for name, ratios in ratios_of.items():
         n = run.units[name].channels
-        smallest = smallest_keep(run.units[name], run.model)
+        smallest = 1 if run.is_ffn(name) else smallest_keep(run.units[name], run.model)
         keeps[name] = {}
         for ratio in ratios:
             k = keep_count(ratio, n, run.parameters.multiplicity)
