@@ -244,6 +244,8 @@ def _block_refs(model: Any) -> dict[int, tuple[LayerRef, list[LayerRef]]]:
 def _candidates(subs: list[LayerRef], block_calls: int) -> list[tuple[LayerRef, list[list[LayerRef]]]]:
     """Per consumer candidate, the producer sets to try (all producers of its size before it when at most two,
     then the nearest one, then the nearest two)."""
+    if block_calls != 1:  # a block run twice (shared) would need its FFN fitted on both calls' inputs: not yet
+        return []
     dense = [(ref, dense_dims(ref.layer)) for ref in subs if ref.calls == block_calls]
     dense = [(ref, dims) for ref, dims in dense if dims is not None]
     found = []

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..pipeline.executor import Job
 from ..stats import LayerStats
-from .ffn import FfnUnit, find_ffn_units
+from .ffn import FfnUnit, ffn_candidates, find_ffn_units
 from .ffn_fit import FfnFit, FfnSampler, consumer_of, ffn_inputs, fit_unit, keep_order, mask_values, smaller_model
 
 __all__ = ["FfnGroups"]
@@ -52,7 +52,7 @@ class FfnGroups:
         from ..graph import walk_layers
         from ..sublayers import is_container
 
-        if not any(is_container(ref.layer) for ref in walk_layers(model)):
+        if not any(is_container(ref.layer) for ref in walk_layers(model)) or not ffn_candidates(model):
             return None
         if parameters.data is None:
             stats.notes.append(
@@ -63,7 +63,14 @@ class FfnGroups:
         start = time.perf_counter()
         limit = max(16, -(-parameters.num_reconstruction_samples // 8))
         inputs = ffn_inputs(parameters.data, model, limit, "ChannelPruningParameters.data")
-        units, reasons = find_ffn_units(model, work, inputs, seed=parameters.seed)
+        try:
+            units, reasons = find_ffn_units(model, work, inputs, seed=parameters.seed)
+        except Exception as err:  # the blocks could not be run and checked: the graph's groups are still pruned
+            stats.notes.append(
+                f"channel pruning: FFN units inside custom layers were not checked ({type(err).__name__}: {err}); "
+                "they are left alone"
+            )
+            return None
         stats.skipped_layers.update(reasons)
         if not units:
             return None
