@@ -404,3 +404,68 @@ def test_compress_max_score_drop(files, tmp_path, capsys: pytest.CaptureFixture[
         _run([*argv, "--max-score-drop", "-1", "-o", tmp_path / "c"])
     assert usage.value.code == 2
     assert "--max-score-drop must be a number >= 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- data-aware factors from --data
+
+
+def _data_aware_notes(stats: tfc.CompressionStats) -> list[str]:
+    return [n for n in stats.notes if n.startswith("data-aware factors")]
+
+
+@pytest.mark.usefixtures("eval_on_path")
+def test_compress_with_data_fits_the_factors_to_its_inputs(files, tmp_path) -> None:
+    """--data with model inputs makes the SVD factors data-aware (the recommended path); --data-free turns it off
+    with the same selection otherwise, and the data-aware model's outputs are closer to the original's."""
+    base = ["compress", files["model"], "--scheme", "weight_svd", "--manual", "c2=0.3", "fc=0.5"]
+    base += ["--data", files["data"], "--samples", "300", "--no-report", "-q"]
+    assert _run([*base, "-o", tmp_path / "aware"]) == 0
+    assert _run([*base, "--data-free", "-o", tmp_path / "free"]) == 0
+    aware = tfc.CompressionStats.from_json(tmp_path / "aware" / "stats.json")
+    free = tfc.CompressionStats.from_json(tmp_path / "free" / "stats.json")
+    assert any("fitted to their inputs" in n or "refitted in forward order" in n for n in _data_aware_notes(aware))
+    assert _data_aware_notes(free) == []
+    assert "data_aware_fit_seconds" in aware.timings and "data_aware_fit_seconds" not in free.timings
+    x = np.load(files["data"])["x"]
+    original = keras.models.load_model(files["model"], safe_mode=True)
+    reference = np.asarray(original(x, training=False))
+
+    def error(folder: str) -> float:
+        model = keras.models.load_model(tmp_path / folder / "compressed.keras", safe_mode=True)
+        return float(np.mean((np.asarray(model(x, training=False)) - reference) ** 2))
+
+    assert error("aware") < error("free")
+
+
+def test_compress_data_from_an_npy_file(files, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "x.npy", np.load(files["data"])["x"])
+    argv = ["compress", files["model"], "--data", tmp_path / "x.npy", "--candidates", "3", "--samples", "200"]
+    assert _run([*argv, "--no-report", "-q", "-o", tmp_path / "out"]) == 0
+    assert "--data's array 'x' (32 samples)" in capsys.readouterr().err  # the data-free score reads it too
+    stats = tfc.CompressionStats.from_json(tmp_path / "out" / "stats.json")
+    assert _data_aware_notes(stats)
+
+
+def test_compress_data_without_inputs_says_the_factors_are_data_free(
+    files, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savez(tmp_path / "labels.npz", y=np.zeros(4))
+    (tmp_path / "const_eval.py").write_text("def score(model, data):\n    return float(len(data['y']))\n")
+    argv = ["compress", files["model"], "--eval", f"{tmp_path / 'const_eval.py'}:score"]
+    argv += ["--data", tmp_path / "labels.npz", "--manual", "c2=0.5", "--no-report", "-q", "-o", tmp_path / "out"]
+    assert _run(argv) == 0
+    assert "no array 'x' of model inputs: the factors are data-free" in capsys.readouterr().err
+    assert _data_aware_notes(tfc.CompressionStats.from_json(tmp_path / "out" / "stats.json")) == []
+
+
+def test_data_free_flag_is_refused_for_channel_pruning(files, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", files["model"], "--scheme", "channel_pruning", "--data", files["data"], "--data-free"]
+    with pytest.raises(SystemExit) as err:
+        _run([*argv, "-o", tmp_path / "out"])
+    assert err.value.code == 2 and "--data-free is for the SVD and Tucker schemes" in capsys.readouterr().err
+
+
+def test_a_file_that_is_neither_npz_nor_npy_is_refused(files, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.npy").write_bytes(b"\x93NUMPY broken header")
+    assert _run(["compress", files["model"], "--data", tmp_path / "x.npy", "-o", tmp_path / "out"]) == 1
+    _assert_one_line_error(capsys, "not a readable .npy array")

@@ -103,6 +103,29 @@ def test_layers_whose_inputs_cannot_be_read_keep_data_free_factors_with_the_reas
     assert list(report.layers) == ["conv"]
 
 
+def test_a_loaded_model_is_read_and_a_shared_layer_is_reported(digits, tmp_path):
+    """A Sequential model loaded from a .keras file holds extra nodes per layer (from being built): its layers are
+    still read once each; a layer that really runs twice keeps data-free factors, with that reason."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(6, 3, name="a"), keras.layers.Conv2D(8, 3, name="b")]
+    )
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    small = tfc.rewrite_model(loaded, {"a": ("spatial_svd", 2), "b": ("weight_svd", 3)})
+    report = data_fit.refit_forward(loaded, small, digits[:40], samples=200)
+    assert sorted(report.layers) == ["a", "b"] and report.skipped == {}
+
+    inp = keras.Input((8, 8, 4))
+    shared = keras.layers.Conv2D(4, 3, padding="same", name="shared")
+    out = keras.layers.Conv2D(5, 3, name="last")(shared(shared(inp)))
+    twice = keras.Model(inp, out)
+    small = tfc.rewrite_model(twice, {"last": ("weight_svd", 2)})
+    x = np.repeat(digits[:40], 4, axis=-1)
+    assert data_fit.readable_reason(twice, "shared", shared, "weight_svd") == "the layer is called more than once"
+    assert list(data_fit.refit_forward(twice, small, x, samples=200).layers) == ["last"]
+
+
 def test_all_zero_inputs_are_reported_and_stay_finite():
     inp = keras.Input((6, 6, 2))
     model = keras.Model(inp, keras.layers.Conv2D(4, 3, name="c")(inp))

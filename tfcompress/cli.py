@@ -164,9 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Without --eval, a data-free score is used: how closely the outputs match the original model's on "
             "the inputs of --data's array 'x', or on a fixed random batch (seed 0) of the model's input shape. "
             "It is weaker than a real eval function and says so on stderr.",
+            "Data-aware factors (the recommended path when data is at hand): when --data holds model inputs "
+            "(an .npz with an array 'x', or an .npy array), the SVD and Tucker schemes fit each layer's factors to "
+            "its real inputs (--samples sampled positions per layer) instead of to the kernel alone; they keep the "
+            "layers' outputs much closer before any fine-tuning. --data-free turns this off.",
         ),
         epilog="examples:\n"
         "  tfcompress compress model.keras --eval my_eval:accuracy --data val.npz --target 0.5 -o out\n"
+        "  tfcompress compress model.keras --data inputs.npy --target 0.5 -o out   # data-aware, output agreement\n"
         "  tfcompress compress model.keras --scheme weight_svd --multiplicity 8 --ignore conv1 --eval "
         "my_eval:accuracy -o out\n"
         "  tfcompress compress model.keras --manual conv2=0.4 conv3=0.6 -o out\n"
@@ -202,13 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="eval function(model, iterations) -> float, higher is better (default: data-free output agreement)",
     )
-    compress.add_argument("--data", metavar="FILE.npz", help="arrays passed to the eval function as a dict (see above)")
+    compress.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        help="arrays passed to the eval function as a dict (see above); its array 'x' (or an .npy file's array) "
+        "are the model inputs the data-aware factors and channel pruning sample",
+    )
     compress.add_argument(
         "--samples",
         type=int,
         default=2000,
         metavar="N",
-        help="channel_pruning: sampled output positions per layer for the least-squares refit (default: %(default)s)",
+        help="sampled output positions per layer for the data-aware fits and channel pruning's least-squares "
+        "refit (default: %(default)s)",
+    )
+    compress.add_argument(
+        "--data-free",
+        action="store_true",
+        help="SVD and Tucker schemes: data-free factors (the kernel's truncated SVD) even when --data holds inputs",
     )
     compress.add_argument(
         "--ignore", metavar="NAME", nargs="+", action="extend", default=[], help="layers to leave alone (auto mode)"
@@ -413,6 +429,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         sub.error("--multiplicity must be >= 1")
     if args.scheme == "channel_pruning" and not args.data:
         sub.error("--scheme channel_pruning needs --data FILE.npz with an array 'x' of model inputs")
+    if args.scheme == "channel_pruning" and args.data_free:
+        sub.error("--data-free is for the SVD and Tucker schemes; channel pruning always refits from --data")
     if args.samples < 1:
         sub.error("--samples must be >= 1")
 
@@ -466,16 +484,27 @@ def _compress(args: argparse.Namespace, model_path: str, target: float | None, c
         "channel_pruning": tfc.ChannelPruningParameters,
     }[args.scheme]
     leading: tuple = ()
+    keywords: dict[str, Any] = {"multiplicity": args.multiplicity}
     if args.scheme == "channel_pruning":
         if data is None or "x" not in data:
             raise CLIError(f"--data {args.data!r} has no array 'x' of model inputs, which channel_pruning samples")
         leading = (data["x"], args.samples, False)
+    elif data is not None and not args.data_free:
+        if "x" in data:
+            keywords.update(data=data["x"], num_reconstruction_samples=args.samples)
+        else:
+            print(
+                f"note: --data {args.data!r} has no array 'x' of model inputs: the factors are data-free "
+                "(fitted to the kernels only)",
+                file=sys.stderr,
+                flush=True,
+            )
     if args.manual:
         parameters = parameters_class(
             *leading,
             tfc.Mode.manual,
             parameters_class.ManualModeParams(list(args.manual)),
-            multiplicity=args.multiplicity,
+            **keywords,
         )
     else:
         greedy = tfc.GreedySelectionParameters(
@@ -489,7 +518,7 @@ def _compress(args: argparse.Namespace, model_path: str, target: float | None, c
             *leading,
             tfc.Mode.auto,
             parameters_class.AutoModeParams(greedy, modules_to_ignore=list(args.ignore)),
-            multiplicity=args.multiplicity,
+            **keywords,
         )
     compressed, stats = tfc.compress_model(
         model,

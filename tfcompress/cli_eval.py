@@ -120,12 +120,25 @@ def _warn_on_first_call(function: Callable[..., float], message: str) -> Callabl
 
 
 def _load_npz(path: str) -> dict[str, Any]:
+    """``--data``: an ``.npz`` archive as ``{array name: array}``, or one ``.npy`` array as ``{"x": array}`` (model
+    inputs); never unpickled."""
     import numpy as np
 
     if not os.path.isfile(path):
         raise CLIError(f"--data: no such file: {path!r}")
     if not zipfile.is_zipfile(path):
-        raise CLIError(f"--data {path!r} is not an .npz archive; write one with np.savez('data.npz', x=..., y=...)")
+        with open(path, "rb") as handle:
+            is_npy = handle.read(6) == b"\x93NUMPY"
+        if not is_npy:
+            raise CLIError(
+                f"--data {path!r} is not an .npz archive or an .npy array; write one with "
+                "np.savez('data.npz', x=..., y=...) or np.save('x.npy', x)"
+            )
+        try:
+            return {"x": np.load(path, allow_pickle=False)}
+        except (OSError, ValueError) as err:
+            message = " ".join(str(err).split())
+            raise CLIError(f"--data {path!r} is not a readable .npy array (np.save, no pickles): {message}") from None
     from .archive import check_keras_archive
 
     check_keras_archive(path, what=".npz data file")  # sizes checked before anything is inflated

@@ -47,6 +47,7 @@ __all__ = [
     "refit_forward",
     "sample_images",
     "readable_reason",
+    "call_counts",
     "selection_moments",
     "CandidateFit",
     "DataAwareRun",
@@ -242,18 +243,31 @@ def _decomposed_layers(original: keras.Model, compressed: keras.Model) -> dict[s
     return found
 
 
-def readable_reason(model: keras.Model, path: str, layer: Any, scheme: str) -> str | None:
+def readable_reason(
+    model: keras.Model, path: str, layer: Any, scheme: str, calls: Mapping[str, int] | None = None
+) -> str | None:
     """Why the data-aware fits cannot read ``layer`` (named ``path`` in ``model``): a nested or shared layer, a
-    kind the fits do not cover; ``None`` when they can."""
+    kind the fits do not cover; ``None`` when they can. ``calls``: ``{path: calls per forward pass}`` (read from
+    ``model``'s graph when not given; a layer's own node count is no measure: a loaded Sequential model's layers
+    hold nodes from being built as well)."""
     try:
         top = model.get_layer(path)
     except ValueError:
         top = None
     if top is not layer:
         return "a layer inside a nested model or custom layer (its inputs are not read yet)"
-    if len(getattr(layer, "_inbound_nodes", [])) > 1:
+    if calls is None:
+        calls = call_counts(model)
+    if calls.get(path, 1) > 1:
         return "the layer is called more than once"
     return data_aware_reason(layer, scheme)
+
+
+def call_counts(model: keras.Model) -> dict[str, int]:
+    """``{path: times the layer runs in one forward pass}`` for every leaf layer of ``model``."""
+    from .graph import walk_layers
+
+    return {ref.path: ref.calls for ref in walk_layers(model)}
 
 
 def selection_moments(
@@ -264,8 +278,9 @@ def selection_moments(
     ``{path: (layer, scheme)}``."""
     reasons = {}
     names = []
+    calls = call_counts(model)
     for path, (layer, scheme) in layers.items():
-        why = readable_reason(model, path, layer, scheme)
+        why = readable_reason(model, path, layer, scheme, calls)
         if why is None:
             names.append(path)
         else:
@@ -302,9 +317,10 @@ def refit_forward(
         decomposed = {k: v for k, v in decomposed.items() if k in wanted}
     collector = MomentCollector(images, samples, seed)
     order = [layer.name for layer in compressed.layers if layer.name in decomposed]
+    calls = call_counts(original)
     for name in order:
         source, target, scheme, rank = decomposed[name]
-        why = readable_reason(original, name, source, scheme)
+        why = readable_reason(original, name, source, scheme, calls)
         if why is not None:
             report.skipped[name] = why
             continue
