@@ -52,12 +52,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import decompose
+from .data_moments import (
+    MomentAccumulator,
+    Moments,
+    expand_left,
+    output_error,
+    per_tap,
+    projected,
+    ridge_for,
+    solve_psd,
+    whitening,
+)
 
 __all__ = [
     "Moments",
@@ -67,158 +78,11 @@ __all__ = [
     "fit_tucker",
     "fit_dense",
     "fit_conv2d",
+    "conv2d_problem",
+    "FitProblem",
     "spatial_order",
     "output_error",
 ]
-
-#: relative ridge added to a moment before it is whitened by or solved with: ``λ · tr(S)/d · I`` with
-#: ``λ = max(WHITENING_RIDGE, SHRINKAGE * d / samples)``: negligible when the samples far outnumber the features,
-#: a shrinkage towards white inputs when they do not (a moment estimated from few samples must not steer the
-#: factors into directions the samples barely saw: they would not generalise)
-WHITENING_RIDGE = 1e-6
-SHRINKAGE = 1e-2
-#: relative ridge of the least-squares refits (tiny: only keeps the solve finite where the data sees nothing)
-REFIT_RIDGE = 1e-12
-
-
-# ---------------------------------------------------------------- moments
-
-
-@dataclass(frozen=True)
-class Moments:
-    """First and second moments of a layer's input vectors (float64), the only thing the fits need.
-
-    ``mean = E[x̂]`` and ``gram = E[x̂ x̂ᵀ]`` of the inputs the fitted layer will see; for an asymmetric fit also
-    ``target_mean = E[x]``, ``cross = E[x̂ xᵀ]`` and ``target_gram = E[x xᵀ]`` of the inputs the original layer
-    saw (``None``: the same inputs, ``x = x̂``).
-    """
-
-    count: int
-    mean: np.ndarray
-    gram: np.ndarray
-    target_mean: np.ndarray | None = None
-    cross: np.ndarray | None = None
-    target_gram: np.ndarray | None = None
-
-    @property
-    def dim(self) -> int:
-        return int(self.mean.shape[0])
-
-    @property
-    def symmetric(self) -> bool:
-        return self.cross is None
-
-    def permuted(self, order: np.ndarray) -> Moments:
-        """The moments of ``x[order]`` (reorders the features, e.g. patch columns into another tap layout)."""
-        order = np.asarray(order)
-
-        def square(m: np.ndarray | None) -> np.ndarray | None:
-            return None if m is None else m[np.ix_(order, order)]
-
-        return Moments(
-            self.count,
-            self.mean[order],
-            square(self.gram),
-            None if self.target_mean is None else self.target_mean[order],
-            square(self.cross),
-            square(self.target_gram),
-        )
-
-    def augmented(self, with_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(Ŝ, M, S)``: the second moments of ``[x̂, 1]``, ``[x̂, 1]`` with ``[x, 1]``, and ``[x, 1]``;
-        without a bias the plain ``E[x̂ x̂ᵀ]``, ``E[x̂ xᵀ]``, ``E[x xᵀ]``."""
-        mean_x = self.mean if self.target_mean is None else self.target_mean
-        cross = self.gram if self.cross is None else self.cross
-        target = self.gram if self.target_gram is None else self.target_gram
-        if not with_bias:
-            return self.gram, cross, target
-
-        def aug(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-            out = np.empty((m.shape[0] + 1, m.shape[1] + 1))
-            out[:-1, :-1] = m
-            out[:-1, -1] = left
-            out[-1, :-1] = right
-            out[-1, -1] = 1.0
-            return out
-
-        return aug(self.gram, self.mean, self.mean), aug(cross, self.mean, mean_x), aug(target, mean_x, mean_x)
-
-    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(Cov x̂, Cov(x̂, x), Cov x)``: what is left of the second moments once a bias takes the means."""
-        mean_x = self.mean if self.target_mean is None else self.target_mean
-        gram = self.gram - np.outer(self.mean, self.mean)
-        if self.symmetric:
-            return gram, gram, gram
-        return (
-            gram,
-            self.cross - np.outer(self.mean, mean_x),
-            self.target_gram - np.outer(mean_x, mean_x),
-        )
-
-
-class MomentAccumulator:
-    """Streaming sums of ``x̂``, ``x̂ x̂ᵀ`` (and, paired, ``x``, ``x̂ xᵀ``, ``x xᵀ``) in float64.
-
-    Only ``O(dim²)`` numbers are kept however many batches are added.
-
-    Example:
-        >>> acc = MomentAccumulator(2)
-        >>> acc.add(np.array([[1.0, 0.0], [0.0, 2.0]]))
-        >>> acc.moments().gram.tolist()
-        [[0.5, 0.0], [0.0, 2.0]]
-    """
-
-    def __init__(self, dim: int, paired: bool = False) -> None:
-        self.dim = int(dim)
-        self.paired = bool(paired)
-        self.count = 0
-        self._sum = np.zeros(self.dim)
-        self._gram = np.zeros((self.dim, self.dim))
-        if self.paired:
-            self._target_sum = np.zeros(self.dim)
-            self._cross = np.zeros((self.dim, self.dim))
-            self._target_gram = np.zeros((self.dim, self.dim))
-
-    def add(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
-        """Add rows ``inputs`` (``(P, dim)``: what the fitted layer sees) and, paired, the matching ``targets``
-        (what the original layer saw at the same positions)."""
-        x = np.asarray(inputs, dtype=np.float64).reshape(-1, self.dim)
-        if self.paired != (targets is not None):
-            raise ValueError(
-                f"MomentAccumulator.add: give targets exactly when the accumulator is paired (paired={self.paired})."
-            )
-        if not np.isfinite(x).all():
-            raise ValueError("MomentAccumulator.add: the inputs hold NaN or infinity.")
-        self.count += x.shape[0]
-        self._sum += x.sum(axis=0)
-        self._gram += x.T @ x
-        if targets is not None:
-            t = np.asarray(targets, dtype=np.float64).reshape(-1, self.dim)
-            if t.shape != x.shape:
-                raise ValueError(f"MomentAccumulator.add: targets {t.shape} do not match inputs {x.shape}.")
-            if not np.isfinite(t).all():
-                raise ValueError("MomentAccumulator.add: the targets hold NaN or infinity.")
-            self._target_sum += t.sum(axis=0)
-            self._cross += x.T @ t
-            self._target_gram += t.T @ t
-
-    def moments(self) -> Moments:
-        """The means and second moments so far."""
-        if not self.count:
-            raise ValueError("MomentAccumulator.moments: no samples were added.")
-        n = float(self.count)
-        gram = (self._gram + self._gram.T) / (2 * n)
-        if not self.paired:
-            return Moments(self.count, self._sum / n, gram)
-        return Moments(
-            self.count,
-            self._sum / n,
-            gram,
-            self._target_sum / n,
-            self._cross / n,
-            (self._target_gram + self._target_gram.T) / (2 * n),
-        )
-
 
 # ---------------------------------------------------------------- results and shared algebra
 
@@ -247,90 +111,6 @@ class LowRankFit:
     @property
     def data_free_relative_error(self) -> float:
         return self.data_free_error / self.reference if self.reference > 0 else 0.0
-
-
-def _solve_psd(g: np.ndarray, h: np.ndarray, ridge: float = REFIT_RIDGE) -> np.ndarray:
-    """``(g + ridge·tr(g)/n·I)⁻¹ h`` for a symmetric positive semi-definite ``g`` (the default tiny ridge only
-    keeps it finite; a pseudo-inverse where even that fails)."""
-    n = g.shape[0]
-    scale = float(np.trace(g)) / max(n, 1)
-    if not scale > 0:
-        return np.zeros((n, h.shape[1]))
-    try:
-        out = np.linalg.solve(g + ridge * scale * np.eye(n), h)
-        if np.isfinite(out).all():
-            return out
-        raise np.linalg.LinAlgError("non-finite solution")
-    except np.linalg.LinAlgError:
-        w, v = np.linalg.eigh(g)
-        keep = w > 1e-12 * max(float(w[-1]), 0.0)
-        inv = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
-        return v @ (inv[:, None] * (v.T @ h))
-
-
-def _expand_left(a: np.ndarray, taps: int, rows: np.ndarray) -> np.ndarray:
-    """``Qᵀ rows`` for ``Q = blockdiag(I_taps ⊗ a, I_extra)``: each tap block of ``rows`` (``d`` rows) becomes
-    ``aᵀ`` times it (``r`` rows); rows after the ``taps*d`` patch rows (the bias's constant) pass through."""
-    d, r = a.shape
-    head = rows[: taps * d]
-    out = np.matmul(a.T, head.reshape(taps, d, -1)).reshape(taps * r, -1)  # batched over taps: BLAS
-    return np.vstack([out, rows[taps * d :]]) if rows.shape[0] > taps * d else out
-
-
-def _projected(a: np.ndarray, taps: int, gram: np.ndarray) -> np.ndarray:
-    """``Qᵀ gram Q`` (see :func:`_expand_left`)."""
-    return _expand_left(a, taps, _expand_left(a, taps, gram).T).T
-
-
-def output_error(
-    moments: Moments, kernel: np.ndarray, bias: np.ndarray | None, fitted: np.ndarray, fitted_bias: np.ndarray | None
-) -> float:
-    """``E||x W + b - (x̂ P + b')||²`` from the moments alone (``kernel``, ``fitted``: ``(dim, N)``).
-
-    Example:
-        >>> m = Moments(1, np.zeros(2), np.eye(2))
-        >>> output_error(m, np.eye(2), None, np.zeros((2, 2)), None)
-        2.0
-    """
-    with_bias = bias is not None or fitted_bias is not None
-    gram, cross, target = moments.augmented(with_bias)
-    n_out = kernel.shape[1]
-    w = kernel if not with_bias else np.vstack([kernel, np.zeros((1, n_out)) if bias is None else bias[None]])
-    p = (
-        fitted
-        if not with_bias
-        else np.vstack([fitted, np.zeros((1, n_out)) if fitted_bias is None else fitted_bias[None]])
-    )
-    value = np.sum(w * (target @ w)) - 2 * np.sum(p * (cross @ w)) + np.sum(p * (gram @ p))
-    return max(float(value), 0.0)
-
-
-def _ridge(dim: int, count: int) -> float:
-    return max(WHITENING_RIDGE, SHRINKAGE * dim / max(count, 1))
-
-
-def _whitening(gram: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
-    """``L`` with ``gram + λ tr/d I = L Lᵀ`` (Cholesky; an eigendecomposition when that fails), or
-    ``(None, why)`` when the inputs carry nothing to whiten by."""
-    d = gram.shape[0]
-    scale = float(np.trace(gram)) / max(d, 1)
-    if not np.isfinite(scale) or scale <= 0:
-        return None, "the layer's sampled inputs are all zero (or constant): data-free factors kept"
-    ridge = _ridge(d, count)
-    regular = gram + ridge * scale * np.eye(d)
-    try:
-        return np.linalg.cholesky(regular), None
-    except np.linalg.LinAlgError:
-        w, v = np.linalg.eigh(regular)
-        w = np.maximum(w, ridge * scale)
-        return v * np.sqrt(w), "the input moment is not positive definite: whitened through its eigendecomposition"
-
-
-def _per_tap(gram: np.ndarray, taps: int) -> np.ndarray:
-    """``mean_t gram[t, t]``: the second moment of one tap's vector (the diagonal blocks averaged)."""
-    d = gram.shape[0] // taps
-    blocks = gram[: taps * d, : taps * d].reshape(taps, d, taps, d)
-    return sum(blocks[t, :, t, :] for t in range(taps)) / taps
 
 
 def _balance(a: np.ndarray, second: np.ndarray, taps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -368,12 +148,24 @@ def _check_inputs(
 # ---------------------------------------------------------------- one layer's problem, the big products done once
 
 
-class _Problem:
+class FitProblem:
     """One layer's fit: ``w̃ = [W; b]`` against the (augmented) moments, with the products by the ``(T*d)²``
     moments computed once. Every error is then cheap: for a last factor ``B̃`` applied to features ``Qᵀ x̂̃`` with
-    ``G = Qᵀ Ŝ Q`` and ``H = Qᵀ M w̃``, ``E||y - ŷ||² = c - 2 tr(B̃ᵀ H) + tr(B̃ᵀ G B̃)``."""
+    ``G = Qᵀ Ŝ Q`` and ``H = Qᵀ M w̃``, ``E||y - ŷ||² = c - 2 tr(B̃ᵀ H) + tr(B̃ᵀ G B̃)``.
+
+    Everything that does not depend on the rank (these products, the whitening, the whitened target's singular
+    vectors, the outputs' principal directions) is computed once and kept here, so a selection that tries many
+    ranks of one layer passes the same problem to every fit (``problem=``): each rank then costs only the
+    projections by its factors.
+    """
 
     def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, taps: int) -> None:
+        kernel, bias = _check_inputs(kernel, bias, moments)
+        taps = int(taps)
+        if (moments.dim // taps) * taps != moments.dim:
+            raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
+        self._start: tuple | None = None
+        self._output_directions: np.ndarray | None = None
         self.moments = moments
         self.taps = taps
         self.with_bias = bias is not None
@@ -397,7 +189,7 @@ class _Problem:
     def per_tap_cov(self) -> np.ndarray:
         """The per-tap second moment of the inputs, centred when a bias takes the mean."""
         d = self.moments.dim // self.taps
-        s1 = _per_tap(self.moments.gram, self.taps)
+        s1 = per_tap(self.moments.gram, self.taps)
         if self.with_bias:
             means = self.moments.mean.reshape(self.taps, d)
             s1 = s1 - means.T @ means / self.taps
@@ -409,23 +201,35 @@ class _Problem:
         if self.moments.symmetric or self.moments.dim > ASYMMETRIC_TARGET_MAX:
             return self.kernel
         gram_c, cross_c, _ = self.moments.centred() if self.with_bias else self.moments.augmented(False)
-        return _solve_psd(gram_c, cross_c @ self.kernel, _ridge(self.moments.dim, self.moments.count))
+        return solve_psd(gram_c, cross_c @ self.kernel, ridge_for(self.moments.dim, self.moments.count))
 
     def projected(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(G, H)`` for first factor ``a`` applied to every tap (the bias's constant passed through)."""
-        return _projected(a, self.taps, self.gram), _expand_left(a, self.taps, self.mw)
+        return projected(a, self.taps, self.gram), expand_left(a, self.taps, self.mw)
+
+    def whitened_start(
+        self, unfold: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        """``(L, vectors, why)``: the whitening of the per-tap moment and every left singular vector of the whitened
+        (unfolded) target, leading first; computed once per layer, whatever the ranks asked for later."""
+        if self._start is None:
+            chol, why = whitening(self.per_tap_cov(), self.moments.count)
+            vectors = None
+            if chol is not None:
+                z = chol.T @ unfold(self.whitened_target())
+                vectors = np.linalg.eigh(z @ z.T)[1][:, ::-1]
+            self._start = (chol, vectors, why)
+        return self._start
+
+    def output_directions(self) -> np.ndarray:
+        """The principal directions of the original layer's outputs, leading first (columns)."""
+        if self._output_directions is None:
+            self._output_directions = np.linalg.eigh((self.output_cov + self.output_cov.T) / 2)[1][:, ::-1]
+        return self._output_directions
 
 
 #: widest patch for which an asymmetric fit solves for its target kernel (a ``dim³`` solve) before whitening
 ASYMMETRIC_TARGET_MAX = 3000
-
-
-def _leading_whitened(chol: np.ndarray, unfolded: np.ndarray, rank: int) -> np.ndarray:
-    """The ``rank`` leading left singular vectors of ``Lᵀ unfolded`` (from the eigenvectors of its Gram matrix),
-    completed to ``rank`` columns when it has fewer."""
-    z = chol.T @ unfolded
-    _, vectors = np.linalg.eigh(z @ z.T)
-    return vectors[:, ::-1][:, :rank]
 
 
 # ---------------------------------------------------------------- two stages: (I_T ⊗ A) then B
@@ -438,13 +242,15 @@ def fit_two_stage(
     taps: int,
     rank: int,
     data_free: tuple[np.ndarray, np.ndarray] | None = None,
+    problem: FitProblem | None = None,
 ) -> LowRankFit:
     """Rank-``rank`` factors ``a (d, r)``, ``second (taps*r, N)`` of ``kernel (taps*d, N)`` (tap-major rows)
     minimising the output error on ``moments`` (of the ``taps*d``-wide input patches).
 
     The layer they describe applies ``a`` to each tap's ``d``-vector, then the per-tap blocks of ``second`` summed
     over the taps, then the bias. ``data_free``: the data-free ``(a, second)`` to compare with (default: from the
-    truncated SVD of the ``(d, taps*N)`` unfolding).
+    truncated SVD of the ``(d, taps*N)`` unfolding). ``problem``: the layer's :class:`FitProblem` for these
+    ``kernel``, ``bias``, ``moments`` and ``taps``, shared by the fits of several ranks (built when not given).
 
     Example:
         >>> rng = np.random.default_rng(1)
@@ -453,12 +259,11 @@ def fit_two_stage(
         >>> fit.error <= fit.data_free_error
         True
     """
-    kernel, bias = _check_inputs(kernel, bias, moments)
-    taps = int(taps)
+    if problem is None:
+        problem = FitProblem(kernel, bias, moments, taps)
+    kernel, bias, taps = problem.kernel, problem.bias, problem.taps
     d = moments.dim // taps
     n_out = kernel.shape[1]
-    if d * taps != moments.dim:
-        raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
     rank = int(rank)
     if not 1 <= rank <= min(d, taps * n_out):
         raise ValueError(f"rank must be between 1 and {min(d, taps * n_out)}, got {rank}.")
@@ -470,7 +275,6 @@ def fit_two_stage(
         left, right = decompose.TruncatedSVD.of(unfold(kernel)).factors(rank)
         data_free = (left, right.reshape(rank, taps, n_out).transpose(1, 0, 2).reshape(taps * rank, n_out))
     a0, second0 = (np.asarray(f, dtype=np.float64) for f in data_free)
-    problem = _Problem(kernel, bias, moments, taps)
 
     def split(last: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return (last[:-1], last[-1]) if problem.with_bias else (last, None)
@@ -479,17 +283,16 @@ def fit_two_stage(
     last0 = second0 if bias is None else np.vstack([second0, bias[None]])
     error0 = problem.error(last0, g0, h0)
     options: list[tuple[float, str, np.ndarray, np.ndarray]] = [(error0, "data-free", a0, last0)]
-    refit0 = _solve_psd(g0, h0)
+    refit0 = solve_psd(g0, h0)
     options.append((problem.error(refit0, g0, h0), "data-free, refitted", a0, refit0))
     notes: list[str] = []
-    chol, why = _whitening(problem.per_tap_cov(), moments.count)
+    chol, vectors, why = problem.whitened_start(unfold)
     if why:
         notes.append(why)
     if chol is not None:
-        u = _leading_whitened(chol, unfold(problem.whitened_target()), rank)
-        a = np.linalg.solve(chol.T, u)
+        a = np.linalg.solve(chol.T, vectors[:, :rank])
         g, h = problem.projected(a)
-        last = _solve_psd(g, h)
+        last = solve_psd(g, h)
         options.append((problem.error(last, g, h), "whitened", a, last))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
     notes += _start_note(options, best)
@@ -508,6 +311,7 @@ def fit_tucker(
     taps: int,
     ranks: tuple[int, int],
     data_free: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    problem: FitProblem | None = None,
 ) -> LowRankFit:
     """Tucker-2 factors ``u_in (C, r1)``, ``core (taps*r1, r2)``, ``u_out (r2, N)`` of ``kernel (taps*C, N)``
     minimising the output error on ``moments``.
@@ -517,7 +321,7 @@ def fit_tucker(
     best ``r2``-dim output subspace is the outputs' leading principal one); the core is the exact least-squares
     fit given both (a constant in the core's outputs is the same as one more output bias); ``u_out`` and the bias
     are then refitted given the core. ``data_free``: the HOSVD factors in the same layout to compare with (they
-    are also tried with a refitted core).
+    are also tried with a refitted core). ``problem``: as for :func:`fit_two_stage`.
 
     Example:
         >>> rng = np.random.default_rng(2)
@@ -527,13 +331,12 @@ def fit_tucker(
         >>> [f.shape for f in fit.factors]
         [(3, 2), (18, 3), (3, 5)]
     """
-    kernel, bias = _check_inputs(kernel, bias, moments)
-    taps = int(taps)
+    if problem is None:
+        problem = FitProblem(kernel, bias, moments, taps)
+    kernel, bias, taps = problem.kernel, problem.bias, problem.taps
     c = moments.dim // taps
     n_out = kernel.shape[1]
     r_in, r_out = (int(r) for r in ranks)
-    if c * taps != moments.dim:
-        raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
     if not (1 <= r_in <= c and 1 <= r_out <= n_out):
         raise ValueError(f"Tucker-2 ranks must be within (1..{c}, 1..{n_out}), got {ranks}.")
     if data_free is None:
@@ -541,7 +344,6 @@ def fit_tucker(
         u_in0, core0, u_out0 = decompose.tucker2_factors(k4, (r_in, r_out))
         data_free = (u_in0[0, 0], core0.reshape(taps * r_in, r_out), u_out0[0, 0])
     u_in0, core0, u_out0 = (np.asarray(f, dtype=np.float64) for f in data_free)
-    problem = _Problem(kernel, bias, moments, taps)
     extra = 1 if problem.with_bias else 0
 
     def through_core(core: np.ndarray, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -559,21 +361,21 @@ def fit_tucker(
     error0 = problem.error(last_of(u_out0, bias), *through_core(core0, g0, h0))
     options = [(error0, "data-free", u_in0, core0, last_of(u_out0, bias))]
     notes: list[str] = []
-    chol, why = _whitening(problem.per_tap_cov(), moments.count)
+    chol, vectors, why = problem.whitened_start(
+        lambda t: t.reshape(taps, c, n_out).transpose(1, 0, 2).reshape(c, taps * n_out)
+    )
     if why:
         notes.append(why)
     starts = [("data-free, refitted", u_in0, u_out0, g0, h0)]
     if chol is not None:
-        target = problem.whitened_target()
-        unfolded = target.reshape(taps, c, n_out).transpose(1, 0, 2).reshape(c, taps * n_out)
-        u_in = np.linalg.solve(chol.T, _leading_whitened(chol, unfolded, r_in))
+        u_in = np.linalg.solve(chol.T, vectors[:, :r_in])
         u_in /= np.linalg.norm(u_in, axis=0, keepdims=True) + 1e-300
-        eigvec = np.linalg.eigh((problem.output_cov + problem.output_cov.T) / 2)[1][:, ::-1][:, :r_out]
+        eigvec = problem.output_directions()[:, :r_out]
         starts.insert(0, ("whitened", u_in, eigvec.T, *problem.projected(u_in)))
     for name, u_in, u_out, g, h in starts:
-        core = _solve_psd(g, h @ u_out.T)[: taps * r_in]  # u_out has orthonormal rows
+        core = solve_psd(g, h @ u_out.T)[: taps * r_in]  # u_out has orthonormal rows
         gk, hk = through_core(core, g, h)
-        last = _solve_psd(gk, hk)
+        last = solve_psd(gk, hk)
         options.append((problem.error(last, gk, hk), name, u_in, core, last))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
     notes += _start_note(options, best)
@@ -584,8 +386,11 @@ def fit_tucker(
 # ---------------------------------------------------------------- layer kernels
 
 
-def fit_dense(kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, rank: int) -> LowRankFit:
+def fit_dense(
+    kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, rank: int, problem: FitProblem | None = None
+) -> LowRankFit:
     """Data-aware SVD of a Dense ``(in, units)`` kernel: factors ``(in, r)``, ``(r, units)`` (see module docs).
+    ``problem``: ``FitProblem(kernel, bias, moments, 1)``, shared by the fits of several ranks.
 
     Example:
         >>> acc = MomentAccumulator(3); acc.add(np.eye(3) * [1.0, 1.0, 0.0])
@@ -593,7 +398,7 @@ def fit_dense(kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, ran
         >>> round(fit.error, 12)
         0.0
     """
-    return fit_two_stage(kernel, bias, moments, taps=1, rank=rank)
+    return fit_two_stage(kernel, bias, moments, taps=1, rank=rank, problem=problem)
 
 
 def spatial_order(kh: int, kw: int, c: int) -> np.ndarray:
@@ -607,19 +412,44 @@ def spatial_order(kh: int, kw: int, c: int) -> np.ndarray:
     return np.arange(kh * kw * c).reshape(kh, kw, c).transpose(1, 2, 0).ravel()
 
 
+def conv2d_problem(scheme: str, kernel: np.ndarray, bias: np.ndarray | None, moments: Moments) -> FitProblem:
+    """The :class:`FitProblem` of a ``(kh, kw, C, N)`` Conv2D kernel for ``scheme`` (the patch columns reordered
+    for spatial SVD), to share between :func:`fit_conv2d` calls at several ranks.
+
+    Example:
+        >>> acc = MomentAccumulator(8); acc.add(np.random.default_rng(0).normal(size=(50, 8)))
+        >>> conv2d_problem("weight_svd", np.ones((2, 2, 2, 3)), None, acc.moments()).taps
+        4
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.ndim != 4:
+        raise ValueError(f"fit_conv2d expects a (kh, kw, C, N) kernel, got shape {kernel.shape}.")
+    kh, kw, c, n = kernel.shape
+    if moments.dim != kh * kw * c:
+        raise ValueError(f"fit_conv2d: the moments have {moments.dim} features, the kernel's patches {kh * kw * c}.")
+    if scheme in ("weight_svd", "tucker"):
+        return FitProblem(kernel.reshape(-1, n), bias, moments, kh * kw)
+    if scheme == "spatial_svd":
+        flat = kernel.transpose(1, 2, 0, 3).reshape(kw * c * kh, n)  # rows (j, c, i)
+        return FitProblem(flat, bias, moments.permuted(spatial_order(kh, kw, c)), kw)
+    raise ValueError(f"fit_conv2d: scheme must be 'weight_svd', 'spatial_svd' or 'tucker', got {scheme!r}.")
+
+
 def fit_conv2d(
     scheme: str,
     kernel: np.ndarray,
     bias: np.ndarray | None,
     moments: Moments,
     rank: int | Sequence[int],
+    problem: FitProblem | None = None,
 ) -> tuple[list[np.ndarray], LowRankFit]:
     """Data-aware factor kernels of a ``(kh, kw, C, N)`` Conv2D kernel for ``scheme`` (``"weight_svd"``,
     ``"spatial_svd"`` or ``"tucker"``), from the moments of its ``kh*kw*C`` input patches (columns as
     ``kernel.reshape(-1, N)``, i.e. as :func:`tfcompress.pruning.reconstruct.extract_patches` gives them).
 
     Returns the factor kernels in the decomposed layer's order (as :mod:`tfcompress.decompose` gives them) and
-    the fit (its ``bias`` replaces the layer's bias).
+    the fit (its ``bias`` replaces the layer's bias). ``problem``: :func:`conv2d_problem` of the same arguments,
+    shared by the fits of several ranks (built when not given).
 
     Example:
         >>> rng = np.random.default_rng(3)
@@ -629,35 +459,29 @@ def fit_conv2d(
         >>> [x.shape for x in kernels]
         [(3, 1, 4, 4), (1, 3, 4, 6)]
     """
+    if problem is None:
+        problem = conv2d_problem(scheme, kernel, bias, moments)
     kernel = np.asarray(kernel, dtype=np.float64)
-    if kernel.ndim != 4:
-        raise ValueError(f"fit_conv2d expects a (kh, kw, C, N) kernel, got shape {kernel.shape}.")
     kh, kw, c, n = kernel.shape
-    if moments.dim != kh * kw * c:
-        raise ValueError(f"fit_conv2d: the moments have {moments.dim} features, the kernel's patches {kh * kw * c}.")
     if scheme == "weight_svd":
         a0, b0 = decompose.weight_svd_factors(kernel, int(rank))
-        fit = fit_two_stage(
-            kernel.reshape(-1, n), bias, moments, kh * kw, int(rank), (a0[0, 0], b0.reshape(kh * kw * int(rank), n))
-        )
+        start = (a0[0, 0], b0.reshape(kh * kw * int(rank), n))
+        fit = fit_two_stage(problem.kernel, bias, problem.moments, kh * kw, int(rank), start, problem)
         a, second = fit.factors
         return [a[None, None], second.reshape(kh, kw, -1, n)], fit
     if scheme == "spatial_svd":
         r = int(rank)
         v0, h0 = decompose.spatial_svd_factors(kernel, r)
         start = (v0[:, 0].transpose(1, 0, 2).reshape(c * kh, r), h0[0].reshape(kw * r, n))
-        flat = kernel.transpose(1, 2, 0, 3).reshape(kw * c * kh, n)  # rows (j, c, i)
-        fit = fit_two_stage(flat, bias, moments.permuted(spatial_order(kh, kw, c)), kw, r, start)
+        fit = fit_two_stage(problem.kernel, bias, problem.moments, kw, r, start, problem)
         a, second = fit.factors
         return [a.reshape(c, kh, r).transpose(1, 0, 2)[:, None], second.reshape(kw, r, n)[None]], fit
-    if scheme == "tucker":
-        r_in, r_out = (int(x) for x in rank)  # type: ignore[union-attr]
-        u_in0, core0, u_out0 = decompose.tucker2_factors(kernel, (r_in, r_out), hooi_iterations=2)
-        start = (u_in0[0, 0], core0.reshape(kh * kw * r_in, r_out), u_out0[0, 0])
-        fit = fit_tucker(kernel.reshape(-1, n), bias, moments, kh * kw, (r_in, r_out), start)
-        u_in, core, u_out = fit.factors
-        return [u_in[None, None], core.reshape(kh, kw, r_in, r_out), u_out[None, None]], fit
-    raise ValueError(f"fit_conv2d: scheme must be 'weight_svd', 'spatial_svd' or 'tucker', got {scheme!r}.")
+    r_in, r_out = (int(x) for x in rank)  # type: ignore[union-attr]
+    u_in0, core0, u_out0 = decompose.tucker2_factors(kernel, (r_in, r_out), hooi_iterations=2)
+    start3 = (u_in0[0, 0], core0.reshape(kh * kw * r_in, r_out), u_out0[0, 0])
+    fit = fit_tucker(problem.kernel, bias, problem.moments, kh * kw, (r_in, r_out), start3, problem)
+    u_in, core, u_out = fit.factors
+    return [u_in[None, None], core.reshape(kh, kw, r_in, r_out), u_out[None, None]], fit
 
 
 def with_notes(fit: LowRankFit, *notes: str) -> LowRankFit:

@@ -36,16 +36,18 @@ import numpy as np
 from . import data_aware, decompose, unfoldings
 from .activations import MAX_FEATURES, MomentCollector, PatchSpec, patch_spec
 from .cost import layer_kind
-from .data_aware import LowRankFit, Moments
+from .data_aware import FitProblem, LowRankFit, Moments
 
 __all__ = [
     "LayerFit",
     "FitReport",
     "fit_layer",
+    "layer_problem",
     "composed_kernel",
     "data_aware_reason",
     "refit_forward",
     "sample_images",
+    "positions_per_input",
     "readable_reason",
     "call_counts",
     "selection_moments",
@@ -53,8 +55,14 @@ __all__ = [
     "DataAwareRun",
 ]
 
-#: about this many sampled output positions per image (as channel pruning takes them)
+#: about this many sampled output positions per image (as channel pruning takes them) for inputs of up to
+#: ``PIXELS_PER_STEP`` positions (28x28); larger inputs give more positions per image, one more ``POSITIONS_PER_IMAGE``
+#: per ``PIXELS_PER_STEP`` up to ``MAX_POSITIONS_PER_IMAGE`` (64 at 224x224): the positions of a large image are
+#: many and varied, and every image read is a forward pass of the whole model (twice per refitted layer), the
+#: larger part of the data-aware cost on large inputs
 POSITIONS_PER_IMAGE = 8
+PIXELS_PER_STEP = 28 * 28
+MAX_POSITIONS_PER_IMAGE = 64
 
 logger = logging.getLogger("tfcompress")
 
@@ -95,8 +103,8 @@ class FitReport:
 
 
 def sample_images(data: Any, model: keras.Model, samples: int, owner: str) -> np.ndarray:
-    """The model inputs the data-aware fits read: enough of ``data`` for ``samples`` positions per layer (about
-    ``POSITIONS_PER_IMAGE`` per input, at least 16 inputs). ``data`` takes the forms of
+    """The model inputs the data-aware fits read: enough of ``data`` for ``samples`` positions per layer
+    (:func:`positions_per_input` per input, at least 16 inputs). ``data`` takes the forms of
     ``ChannelPruningParameters.data``; anything else is refused with a TypeError naming ``owner``.
 
     Example:
@@ -113,7 +121,28 @@ def sample_images(data: Any, model: keras.Model, samples: int, owner: str) -> np
     check_data_form(data, f"{owner}: data")
     if not is_int(samples) or samples < 1:
         raise ValueError(f"{owner}: num_reconstruction_samples must be an int >= 1, got {samples!r}.")
-    return model_inputs(data, model, max(16, -(-int(samples) // POSITIONS_PER_IMAGE)), f"{owner}: data")
+    per_input = positions_per_input(model)
+    return model_inputs(data, model, max(16, -(-int(samples) // per_input)), f"{owner}: data")
+
+
+def positions_per_input(model: keras.Model) -> int:
+    """Sampled positions per model input the data-aware fits plan for: ``POSITIONS_PER_IMAGE`` (8) up to 28x28
+    inputs, 8 more per 784 positions of the input beyond that, at most ``MAX_POSITIONS_PER_IMAGE`` (64).
+
+    Example:
+        >>> import keras
+        >>> [positions_per_input(keras.Sequential([keras.Input((s, s, 3)), keras.layers.Conv2D(1, 1)]))
+        ...  for s in (28, 64, 224)]
+        [8, 40, 64]
+    """
+    try:
+        shape = tuple(model.inputs[0].shape)[1:-1]
+    except (AttributeError, IndexError, TypeError):
+        return POSITIONS_PER_IMAGE
+    if not shape or any(d is None for d in shape):
+        return POSITIONS_PER_IMAGE
+    steps = max(1, int(np.prod(shape)) // PIXELS_PER_STEP)
+    return int(min(MAX_POSITIONS_PER_IMAGE, POSITIONS_PER_IMAGE * steps))
 
 
 def _blas_for(moments: Moments) -> Any:
@@ -158,9 +187,24 @@ def data_aware_reason(layer: Any, scheme: str) -> str | None:
     return None
 
 
-def fit_layer(layer: Any, scheme: str, rank: Any, moments: Moments) -> tuple[list[np.ndarray], LowRankFit]:
+def layer_problem(layer: Any, scheme: str, moments: Moments) -> FitProblem:
+    """The rank-independent part of ``layer``'s data-aware ``scheme`` fits (see :class:`FitProblem`): build it once
+    per layer and pass it to :func:`fit_layer` for every rank."""
+    kind = layer_kind(layer)
+    kernel, bias = _kernel_and_bias(layer)
+    if kind == "dense":
+        return FitProblem(kernel, bias, moments, 1)
+    if kind == "conv1d":
+        kernel = kernel[:, None]
+    return data_aware.conv2d_problem(scheme, kernel, bias, moments)
+
+
+def fit_layer(
+    layer: Any, scheme: str, rank: Any, moments: Moments, problem: FitProblem | None = None
+) -> tuple[list[np.ndarray], LowRankFit]:
     """The decomposed layer's weights (factor kernels, then the bias when the layer has one) for ``layer`` at
-    ``rank``, fitted to ``moments`` of its input patches, and the fit.
+    ``rank``, fitted to ``moments`` of its input patches, and the fit. ``problem``: :func:`layer_problem` of the
+    same layer, scheme and moments (built when not given).
 
     Example:
         >>> import keras, numpy as np
@@ -173,12 +217,12 @@ def fit_layer(layer: Any, scheme: str, rank: Any, moments: Moments) -> tuple[lis
     kind = layer_kind(layer)
     kernel, bias = _kernel_and_bias(layer)
     if kind == "dense":
-        fit = data_aware.fit_dense(kernel, bias, moments, int(rank))
+        fit = data_aware.fit_dense(kernel, bias, moments, int(rank), problem)
         factors = list(fit.factors)
     elif kind == "conv2d":
-        factors, fit = data_aware.fit_conv2d(scheme, kernel, bias, moments, rank)
+        factors, fit = data_aware.fit_conv2d(scheme, kernel, bias, moments, rank, problem)
     elif kind == "conv1d" and scheme in ("weight_svd", "spatial_svd"):
-        as_2d, fit = data_aware.fit_conv2d(scheme, kernel[:, None], bias, moments, rank)
+        as_2d, fit = data_aware.fit_conv2d(scheme, kernel[:, None], bias, moments, rank, problem)
         factors = [as_2d[0][0], as_2d[1][:, 0]] if scheme == "weight_svd" else [as_2d[0][:, 0], as_2d[1][0]]
     else:
         raise ValueError(f"layer '{layer.name}': no data-aware {scheme!r} factors for a {kind!r} layer.")
@@ -349,9 +393,21 @@ def refit_forward(
 
 @dataclass
 class Clock:
-    """Seconds spent fitting, shared by every candidate of one run."""
+    """Seconds spent fitting, shared by every candidate of one run, and the last layer's :class:`FitProblem` (the
+    selection tries every rank of one layer in a row: its rank-independent products are computed once; one layer's
+    at a time, so the memory stays ``O(d²)`` of one layer beside the moments)."""
 
     seconds: float = 0.0
+    problem_key: tuple | None = None
+    problem: FitProblem | None = None
+
+    def problem_for(self, layer: Any, scheme: str, moments: Moments) -> FitProblem:
+        key = (id(layer), scheme, id(moments))
+        if self.problem_key != key:
+            self.problem_key, self.problem = None, None  # drop the old one before building the next
+            self.problem = layer_problem(layer, scheme, moments)
+            self.problem_key = key
+        return self.problem  # type: ignore[return-value]
 
 
 @dataclass
@@ -367,7 +423,8 @@ class CandidateFit:
         """The original-shaped kernel equivalent to ``layer``'s data-aware factors at ``rank``."""
         start = time.perf_counter()
         with _blas_for(self.moments):
-            weights, _ = fit_layer(layer, scheme, rank, self.moments)
+            problem = self.clock.problem_for(layer, scheme, self.moments)
+            weights, _ = fit_layer(layer, scheme, rank, self.moments, problem)
             kernel = composed_kernel(layer, scheme, weights)
         self.clock.seconds += time.perf_counter() - start
         return np.asarray(kernel, dtype=dtype)
@@ -410,6 +467,7 @@ class DataAwareRun:
 
     def refit(self, original: keras.Model, compressed: keras.Model, paths: list[str], stats: Any) -> None:
         """Refit ``paths`` of ``compressed`` in forward order (asymmetric); notes and timings into ``stats``."""
+        self.clock.problem_key, self.clock.problem = None, None  # the selection's last layer: not needed any more
         report = refit_forward(original, compressed, self.images, self.samples, only={p: ("", 0) for p in paths})
         self.collect_seconds += report.collect_seconds
         self.clock.seconds += report.fit_seconds

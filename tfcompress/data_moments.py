@@ -1,0 +1,271 @@
+"""Moments of a layer's input vectors, and the linear algebra the data-aware fits do on them (plain numpy).
+
+:class:`MomentAccumulator` streams batches of input vectors into their first and second moments (float64,
+``O(dim²)`` numbers whatever the number of samples); :class:`Moments` holds them (paired with a reference model's
+inputs for the asymmetric fits). :func:`output_error` is a linear layer's output error from the moments alone;
+:func:`whitening`, :func:`solve_psd`, :func:`per_tap` and :func:`projected` are the regularised solves and
+products :mod:`tfcompress.data_aware` builds its fits from.
+
+Example:
+    >>> acc = MomentAccumulator(2)
+    >>> acc.add(np.array([[1.0, 0.0], [0.0, 2.0]]))
+    >>> m = acc.moments()
+    >>> output_error(m, np.eye(2), None, np.zeros((2, 2)), None)       # E||x||²
+    2.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Moments",
+    "MomentAccumulator",
+    "output_error",
+    "solve_psd",
+    "whitening",
+    "per_tap",
+    "projected",
+    "expand_left",
+    "ridge_for",
+    "WHITENING_RIDGE",
+    "SHRINKAGE",
+    "REFIT_RIDGE",
+]
+
+#: relative ridge added to a moment before it is whitened by or solved with: ``λ · tr(S)/d · I`` with
+#: ``λ = max(WHITENING_RIDGE, SHRINKAGE * d / samples)``: negligible when the samples far outnumber the features,
+#: a shrinkage towards white inputs when they do not (a moment estimated from few samples must not steer the
+#: factors into directions the samples barely saw: they would not generalise)
+WHITENING_RIDGE = 1e-6
+SHRINKAGE = 1e-2
+#: relative ridge of the least-squares refits (tiny: only keeps the solve finite where the data sees nothing)
+REFIT_RIDGE = 1e-12
+
+
+# ---------------------------------------------------------------- moments
+
+
+@dataclass(frozen=True)
+class Moments:
+    """First and second moments of a layer's input vectors (float64), the only thing the fits need.
+
+    ``mean = E[x̂]`` and ``gram = E[x̂ x̂ᵀ]`` of the inputs the fitted layer will see; for an asymmetric fit also
+    ``target_mean = E[x]``, ``cross = E[x̂ xᵀ]`` and ``target_gram = E[x xᵀ]`` of the inputs the original layer
+    saw (``None``: the same inputs, ``x = x̂``).
+    """
+
+    count: int
+    mean: np.ndarray
+    gram: np.ndarray
+    target_mean: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    target_gram: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def symmetric(self) -> bool:
+        return self.cross is None
+
+    def permuted(self, order: np.ndarray) -> Moments:
+        """The moments of ``x[order]`` (reorders the features, e.g. patch columns into another tap layout)."""
+        order = np.asarray(order)
+
+        def square(m: np.ndarray | None) -> np.ndarray | None:
+            return None if m is None else m[np.ix_(order, order)]
+
+        return Moments(
+            self.count,
+            self.mean[order],
+            square(self.gram),
+            None if self.target_mean is None else self.target_mean[order],
+            square(self.cross),
+            square(self.target_gram),
+        )
+
+    def augmented(self, with_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Ŝ, M, S)``: the second moments of ``[x̂, 1]``, ``[x̂, 1]`` with ``[x, 1]``, and ``[x, 1]``;
+        without a bias the plain ``E[x̂ x̂ᵀ]``, ``E[x̂ xᵀ]``, ``E[x xᵀ]``."""
+        mean_x = self.mean if self.target_mean is None else self.target_mean
+        cross = self.gram if self.cross is None else self.cross
+        target = self.gram if self.target_gram is None else self.target_gram
+        if not with_bias:
+            return self.gram, cross, target
+
+        def aug(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+            out = np.empty((m.shape[0] + 1, m.shape[1] + 1))
+            out[:-1, :-1] = m
+            out[:-1, -1] = left
+            out[-1, :-1] = right
+            out[-1, -1] = 1.0
+            return out
+
+        return aug(self.gram, self.mean, self.mean), aug(cross, self.mean, mean_x), aug(target, mean_x, mean_x)
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Cov x̂, Cov(x̂, x), Cov x)``: what is left of the second moments once a bias takes the means."""
+        mean_x = self.mean if self.target_mean is None else self.target_mean
+        gram = self.gram - np.outer(self.mean, self.mean)
+        if self.symmetric:
+            return gram, gram, gram
+        return (
+            gram,
+            self.cross - np.outer(self.mean, mean_x),
+            self.target_gram - np.outer(mean_x, mean_x),
+        )
+
+
+class MomentAccumulator:
+    """Streaming sums of ``x̂``, ``x̂ x̂ᵀ`` (and, paired, ``x``, ``x̂ xᵀ``, ``x xᵀ``) in float64.
+
+    Only ``O(dim²)`` numbers are kept however many batches are added.
+
+    Example:
+        >>> acc = MomentAccumulator(2)
+        >>> acc.add(np.array([[1.0, 0.0], [0.0, 2.0]]))
+        >>> acc.moments().gram.tolist()
+        [[0.5, 0.0], [0.0, 2.0]]
+    """
+
+    def __init__(self, dim: int, paired: bool = False) -> None:
+        self.dim = int(dim)
+        self.paired = bool(paired)
+        self.count = 0
+        self._sum = np.zeros(self.dim)
+        self._gram = np.zeros((self.dim, self.dim))
+        if self.paired:
+            self._target_sum = np.zeros(self.dim)
+            self._cross = np.zeros((self.dim, self.dim))
+            self._target_gram = np.zeros((self.dim, self.dim))
+
+    def add(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
+        """Add rows ``inputs`` (``(P, dim)``: what the fitted layer sees) and, paired, the matching ``targets``
+        (what the original layer saw at the same positions)."""
+        x = np.asarray(inputs, dtype=np.float64).reshape(-1, self.dim)
+        if self.paired != (targets is not None):
+            raise ValueError(
+                f"MomentAccumulator.add: give targets exactly when the accumulator is paired (paired={self.paired})."
+            )
+        if not np.isfinite(x).all():
+            raise ValueError("MomentAccumulator.add: the inputs hold NaN or infinity.")
+        self.count += x.shape[0]
+        self._sum += x.sum(axis=0)
+        self._gram += x.T @ x
+        if targets is not None:
+            t = np.asarray(targets, dtype=np.float64).reshape(-1, self.dim)
+            if t.shape != x.shape:
+                raise ValueError(f"MomentAccumulator.add: targets {t.shape} do not match inputs {x.shape}.")
+            if not np.isfinite(t).all():
+                raise ValueError("MomentAccumulator.add: the targets hold NaN or infinity.")
+            self._target_sum += t.sum(axis=0)
+            self._cross += x.T @ t
+            self._target_gram += t.T @ t
+
+    def moments(self) -> Moments:
+        """The means and second moments so far."""
+        if not self.count:
+            raise ValueError("MomentAccumulator.moments: no samples were added.")
+        n = float(self.count)
+        gram = (self._gram + self._gram.T) / (2 * n)
+        if not self.paired:
+            return Moments(self.count, self._sum / n, gram)
+        return Moments(
+            self.count,
+            self._sum / n,
+            gram,
+            self._target_sum / n,
+            self._cross / n,
+            (self._target_gram + self._target_gram.T) / (2 * n),
+        )
+
+
+# ---------------------------------------------------------------- algebra on moments
+
+
+def solve_psd(g: np.ndarray, h: np.ndarray, ridge: float = REFIT_RIDGE) -> np.ndarray:
+    """``(g + ridge·tr(g)/n·I)⁻¹ h`` for a symmetric positive semi-definite ``g`` (the default tiny ridge only
+    keeps it finite; a pseudo-inverse where even that fails)."""
+    n = g.shape[0]
+    scale = float(np.trace(g)) / max(n, 1)
+    if not scale > 0:
+        return np.zeros((n, h.shape[1]))
+    try:
+        out = np.linalg.solve(g + ridge * scale * np.eye(n), h)
+        if np.isfinite(out).all():
+            return out
+        raise np.linalg.LinAlgError("non-finite solution")
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(g)
+        keep = w > 1e-12 * max(float(w[-1]), 0.0)
+        inv = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+        return v @ (inv[:, None] * (v.T @ h))
+
+
+def expand_left(a: np.ndarray, taps: int, rows: np.ndarray) -> np.ndarray:
+    """``Qᵀ rows`` for ``Q = blockdiag(I_taps ⊗ a, I_extra)``: each tap block of ``rows`` (``d`` rows) becomes
+    ``aᵀ`` times it (``r`` rows); rows after the ``taps*d`` patch rows (the bias's constant) pass through."""
+    d, r = a.shape
+    head = rows[: taps * d]
+    out = np.matmul(a.T, head.reshape(taps, d, -1)).reshape(taps * r, -1)  # batched over taps: BLAS
+    return np.vstack([out, rows[taps * d :]]) if rows.shape[0] > taps * d else out
+
+
+def projected(a: np.ndarray, taps: int, gram: np.ndarray) -> np.ndarray:
+    """``Qᵀ gram Q`` (see :func:`expand_left`)."""
+    return expand_left(a, taps, expand_left(a, taps, gram).T).T
+
+
+def output_error(
+    moments: Moments, kernel: np.ndarray, bias: np.ndarray | None, fitted: np.ndarray, fitted_bias: np.ndarray | None
+) -> float:
+    """``E||x W + b - (x̂ P + b')||²`` from the moments alone (``kernel``, ``fitted``: ``(dim, N)``).
+
+    Example:
+        >>> m = Moments(1, np.zeros(2), np.eye(2))
+        >>> output_error(m, np.eye(2), None, np.zeros((2, 2)), None)
+        2.0
+    """
+    with_bias = bias is not None or fitted_bias is not None
+    gram, cross, target = moments.augmented(with_bias)
+    n_out = kernel.shape[1]
+    w = kernel if not with_bias else np.vstack([kernel, np.zeros((1, n_out)) if bias is None else bias[None]])
+    p = (
+        fitted
+        if not with_bias
+        else np.vstack([fitted, np.zeros((1, n_out)) if fitted_bias is None else fitted_bias[None]])
+    )
+    value = np.sum(w * (target @ w)) - 2 * np.sum(p * (cross @ w)) + np.sum(p * (gram @ p))
+    return max(float(value), 0.0)
+
+
+def ridge_for(dim: int, count: int) -> float:
+    return max(WHITENING_RIDGE, SHRINKAGE * dim / max(count, 1))
+
+
+def whitening(gram: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
+    """``L`` with ``gram + λ tr/d I = L Lᵀ`` (Cholesky; an eigendecomposition when that fails), or
+    ``(None, why)`` when the inputs carry nothing to whiten by."""
+    d = gram.shape[0]
+    scale = float(np.trace(gram)) / max(d, 1)
+    if not np.isfinite(scale) or scale <= 0:
+        return None, "the layer's sampled inputs are all zero (or constant): data-free factors kept"
+    ridge = ridge_for(d, count)
+    regular = gram + ridge * scale * np.eye(d)
+    try:
+        return np.linalg.cholesky(regular), None
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(regular)
+        w = np.maximum(w, ridge * scale)
+        return v * np.sqrt(w), "the input moment is not positive definite: whitened through its eigendecomposition"
+
+
+def per_tap(gram: np.ndarray, taps: int) -> np.ndarray:
+    """``mean_t gram[t, t]``: the second moment of one tap's vector (the diagonal blocks averaged)."""
+    d = gram.shape[0] // taps
+    blocks = gram[: taps * d, : taps * d].reshape(taps, d, taps, d)
+    return sum(blocks[t, :, t, :] for t in range(taps)) / taps
