@@ -36,7 +36,7 @@ from .data_aware import MomentAccumulator, Moments
 from .pruning.reconstruct import conv_output_size, extract_patches
 from .pruning.sampling import layer_positions
 
-__all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES"]
+__all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES", "einsum_input_order"]
 
 #: a layer whose input patch is wider than this is fitted data-free (its moments would take
 #: ``8 * MAX_FEATURES²`` bytes, 200 MB at 5000)
@@ -46,13 +46,25 @@ MAX_FEATURES = 5000
 @dataclass(frozen=True)
 class PatchSpec:
     """How a layer's input becomes the vectors its kernel multiplies: ``kernel_size`` ``None`` for a Dense layer
-    (the rows of its last axis), else a 2-D convolution's patch geometry (a Conv1D's as ``(k, 1)``)."""
+    (the rows of its last axis) or an EinsumDense (``einsum``: its input spec and the summed indices; each vector
+    is the summed axes' values at one position of the other axes, in the order of the kernel's unfolding), else a
+    2-D convolution's patch geometry (a Conv1D's as ``(k, 1)``)."""
 
     kernel_size: tuple[int, int] | None = None
     strides: tuple[int, int] = (1, 1)
     padding: str = "valid"
     dilation: tuple[int, int] = (1, 1)
     one_d: bool = False
+    einsum: tuple[str, str] | None = None
+
+    def vectors(self, x: np.ndarray) -> np.ndarray:
+        """``(batch, positions, width)``: a Dense or EinsumDense input as the vectors its kernel multiplies."""
+        if self.einsum is not None:
+            order = einsum_input_order(*self.einsum, x.ndim)
+            x = np.transpose(x, order)
+            width = int(np.prod(x.shape[x.ndim - len(self.einsum[1]) :], dtype=np.int64))
+            return x.reshape(len(x), -1, width)
+        return x.reshape(len(x), -1, x.shape[-1])
 
     def width(self, channels: int) -> int:
         """Columns of one patch for ``channels`` input channels."""
@@ -72,10 +84,18 @@ def patch_spec(layer: Any) -> tuple[PatchSpec | None, str | None]:
         "padding 'causal' (data-aware factors read 'valid' and 'same' convolutions)"
     """
     kind = layer_kind(layer)
-    if kind not in ("dense", "conv2d", "conv1d") or not isinstance(layer, KIND_CLASSES[kind]):
-        return None, f"{type(layer).__name__} (data-aware factors read Dense, Conv1D and Conv2D layers)"
+    if kind not in ("dense", "einsum_dense", "conv2d", "conv1d") or not isinstance(layer, KIND_CLASSES[kind]):
+        return None, f"{type(layer).__name__} (data-aware factors read Dense, EinsumDense, Conv1D and Conv2D layers)"
     if kind == "dense":
         return PatchSpec(), None
+    if kind == "einsum_dense":
+        from .einsum_unfold import einsum_split
+
+        try:
+            split = einsum_split(layer.equation)
+        except ValueError as err:
+            return None, str(err)
+        return PatchSpec(einsum=(split.input_spec, split.summed)), None
     one_d = kind == "conv1d"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return None, "channels_first data format"
@@ -118,7 +138,8 @@ class MomentCollector:
         """The patch rows of this batch (images ``lo..lo+len(x)``) at the layer's sampled positions."""
         total = len(self.images)
         if spec.kernel_size is None:
-            per_image = int(np.prod(x.shape[1:-1], dtype=np.int64))
+            x = spec.vectors(x)
+            per_image = int(x.shape[1])
             pick = self._positions_for(name, 1, (1, total * per_image))[:, 2]
             here = (pick >= lo * per_image) & (pick < (lo + len(x)) * per_image)
             return x.reshape(-1, x.shape[-1])[pick[here] - lo * per_image]
@@ -171,6 +192,27 @@ class MomentCollector:
                 del x, rows, target_rows
         self.seconds += time.perf_counter() - start
         return {name: accumulators[name].moments() for name in names}
+
+
+def einsum_input_order(input_spec: str, summed: str, ndim: int) -> list[int]:
+    """The permutation of an EinsumDense input's ``ndim`` axes (batch first) that keeps the other axes in order
+    and puts the ``summed`` ones last, in the kernel's order (``input_spec`` may hold one ``...``).
+
+    Example:
+        >>> einsum_input_order("abcd", "cd", 4), einsum_input_order("...b", "b", 3)
+        ([0, 1, 2, 3], [0, 1, 2])
+        >>> einsum_input_order("abc", "b", 3)
+        [0, 2, 1]
+    """
+    if "..." in input_spec:
+        head, tail = input_spec.split("...")
+        letters = list(head) + [None] * (ndim - len(head) - len(tail)) + list(tail)
+    else:
+        letters = list(input_spec)
+    if len(letters) != ndim:
+        raise ValueError(f"input spec {input_spec!r} does not fit an input of {ndim} axes.")
+    summed_axes = [letters.index(c) for c in summed]
+    return [i for i in range(ndim) if i not in summed_axes] + summed_axes
 
 
 def _listed(outs: Any) -> list[Any]:

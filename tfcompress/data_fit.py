@@ -158,9 +158,42 @@ WIDE_PATCH = 1500
 
 
 def _kernel_and_bias(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The kernel and bias the fits work on (float64); an EinsumDense's as its unfolded ``(in, out)`` matrix and,
+    when its bias spans exactly the output features, their vector (else ``None``: see :func:`_einsum_bias`)."""
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+    if layer_kind(layer) == "einsum_dense":
+        from .einsum_unfold import einsum_unfold
+
+        return einsum_unfold(kernel, layer.equation), _einsum_bias(layer)[0]
     bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64) if layer.use_bias else None
     return kernel, bias
+
+
+def _einsum_bias(layer: Any) -> tuple[np.ndarray | None, Any]:
+    """``(vector, fold)`` of an EinsumDense's bias over the output features in the unfolding's order, with the
+    function folding a fitted vector back to the bias's shape; ``(None, None)`` without a bias or when the bias
+    does not span exactly the output features (e.g. only some of them): then the fit leaves the bias as it is
+    and fits the factors to the uncentred inputs, which is exact for that fixed bias."""
+    from .einsum_unfold import einsum_split
+
+    if getattr(layer, "bias", None) is None:
+        return None, None
+    split = einsum_split(layer.equation)
+    axes = str(layer.bias_axes or "")
+    bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64)
+    sizes = dict(zip(split.kernel_spec, layer.kernel.shape, strict=True))
+    if sorted(axes) != sorted(split.produced) or bias.size != int(np.prod([sizes[c] for c in axes])):
+        return None, None
+    in_output = [c for c in split.output_spec if c in axes]  # the bias's axes in output order
+    shape = bias.shape
+    to_produced = [in_output.index(c) for c in split.produced]
+    vector = bias.reshape([sizes[c] for c in in_output]).transpose(to_produced).reshape(-1)
+
+    def fold(fitted: np.ndarray) -> np.ndarray:
+        produced = np.asarray(fitted).reshape([sizes[c] for c in split.produced])
+        return produced.transpose([split.produced.index(c) for c in in_output]).reshape(shape)
+
+    return vector, fold
 
 
 def data_aware_reason(layer: Any, scheme: str) -> str | None:
@@ -172,7 +205,7 @@ def data_aware_reason(layer: Any, scheme: str) -> str | None:
         >>> data_aware_reason(conv, "tucker") is None
         True
         >>> data_aware_reason(keras.layers.SeparableConv2D(4, 3), "weight_svd")
-        'SeparableConv2D (data-aware factors read Dense, Conv1D and Conv2D layers)'
+        'SeparableConv2D (data-aware factors read Dense, EinsumDense, Conv1D and Conv2D layers)'
     """
     spec, why = patch_spec(layer)
     if spec is None:
@@ -181,9 +214,14 @@ def data_aware_reason(layer: Any, scheme: str) -> str | None:
         return "Tucker-2 of a Conv1D"
     if not getattr(layer, "built", False):
         return "the layer is not built"
-    channels = int(layer.kernel.shape[-2])
-    if spec.width(channels) > MAX_FEATURES:
-        return f"its input patch has {spec.width(channels)} values (> {MAX_FEATURES}: the moments would be too large)"
+    if spec.einsum is not None:
+        from .einsum_unfold import einsum_split
+
+        width = einsum_split(layer.equation).matrix_shape(tuple(layer.kernel.shape))[0]
+    else:
+        width = spec.width(int(layer.kernel.shape[-2]))
+    if width > MAX_FEATURES:
+        return f"its input patch has {width} values (> {MAX_FEATURES}: the moments would be too large)"
     return None
 
 
@@ -192,7 +230,7 @@ def layer_problem(layer: Any, scheme: str, moments: Moments) -> FitProblem:
     per layer and pass it to :func:`fit_layer` for every rank."""
     kind = layer_kind(layer)
     kernel, bias = _kernel_and_bias(layer)
-    if kind == "dense":
+    if kind in ("dense", "einsum_dense"):
         return FitProblem(kernel, bias, moments, 1)
     if kind == "conv1d":
         kernel = kernel[:, None]
@@ -219,6 +257,9 @@ def fit_layer(
     if kind == "dense":
         fit = data_aware.fit_dense(kernel, bias, moments, int(rank), problem)
         factors = list(fit.factors)
+    elif kind == "einsum_dense":
+        fit = data_aware.fit_dense(kernel, bias, moments, int(rank), problem)
+        factors = _einsum_factors(layer, *fit.factors)
     elif kind == "conv2d":
         factors, fit = data_aware.fit_conv2d(scheme, kernel, bias, moments, rank, problem)
     elif kind == "conv1d" and scheme in ("weight_svd", "spatial_svd"):
@@ -228,9 +269,23 @@ def fit_layer(
         raise ValueError(f"layer '{layer.name}': no data-aware {scheme!r} factors for a {kind!r} layer.")
     dtype = np.dtype(layer.kernel.dtype)
     weights = [np.asarray(f, dtype=dtype) for f in factors]
-    if bias is not None:
+    if kind == "einsum_dense" and getattr(layer, "bias", None) is not None:
+        fold = _einsum_bias(layer)[1]
+        kept = keras.ops.convert_to_numpy(layer.bias)  # a bias the fit cannot move is kept as it is
+        weights.append(np.asarray(kept if fold is None else fold(fit.bias), dtype=dtype))
+    elif bias is not None:
         weights.append(np.asarray(fit.bias, dtype=dtype))
     return weights, fit
+
+
+def _einsum_factors(layer: Any, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """The unfolded factors ``(in, r)``, ``(r, out)`` in SVDEinsumDense's shapes."""
+    from .einsum_unfold import einsum_split
+
+    split = einsum_split(layer.equation)
+    sizes = dict(zip(split.kernel_spec, layer.kernel.shape, strict=True))
+    r = a.shape[1]
+    return [a.reshape(*(sizes[c] for c in split.summed), r), b.reshape(r, *(sizes[c] for c in split.produced))]
 
 
 def composed_kernel(layer: Any, scheme: str, weights: list[np.ndarray]) -> np.ndarray:
@@ -246,6 +301,10 @@ def composed_kernel(layer: Any, scheme: str, weights: list[np.ndarray]) -> np.nd
     factors = weights[:3] if scheme == "tucker" else weights[:2]
     if kind == "dense":
         return factors[0] @ factors[1]
+    if kind == "einsum_dense":
+        from .einsum_unfold import einsum_compose
+
+        return einsum_compose(factors[0], factors[1], layer.equation)
     if kind == "conv1d":
         compose = (
             unfoldings.conv1d_weight_svd_compose if scheme == "weight_svd" else unfoldings.conv1d_spatial_svd_compose
@@ -272,16 +331,17 @@ def _decomposed_layers(original: keras.Model, compressed: keras.Model) -> dict[s
     """``{name: (original layer, decomposed layer, scheme, rank)}`` for the top-level decomposed layers."""
     from .layers.base import DecomposedConv
     from .layers.svd_dense import SVDDense
+    from .layers.svd_einsum_dense import SVDEinsumDense
 
     found = {}
     for layer in compressed.layers:
-        if not isinstance(layer, SVDDense | DecomposedConv):
+        if not isinstance(layer, SVDDense | SVDEinsumDense | DecomposedConv):
             continue
         try:
             source = original.get_layer(layer.name)
         except ValueError:
             continue
-        scheme = "svd" if isinstance(layer, SVDDense) else layer.scheme
+        scheme = "svd" if isinstance(layer, SVDDense | SVDEinsumDense) else layer.scheme
         rank = tuple(layer.ranks) if scheme == "tucker" else int(layer.rank)
         found[layer.name] = (source, layer, scheme, rank)
     return found
