@@ -65,7 +65,7 @@ def test_the_input_vectors_are_the_summed_axes_in_the_kernels_order():
     assert einsum_input_order("abcd", "cd", 4) == [0, 1, 2, 3]
     assert einsum_input_order("abc", "b", 3) == [0, 2, 1]  # "abc,bd->acd": axis b is read
     assert einsum_input_order("a...c", "c", 4) == [0, 1, 2, 3]
-    layer, shape = einsum_layer(CASES[1])  # "abcd,cde->abe": the vectors are (c, d) flattened
+    layer, _ = einsum_layer(CASES[1])  # "abcd,cde->abe": the vectors are (c, d) flattened
     x = np.arange(2 * 5 * 3 * 4, dtype="float32").reshape(2, 5, 3, 4)
     vectors = patch_spec(layer)[0].vectors(x)
     assert vectors.shape == (2, 5, 12)
@@ -78,7 +78,7 @@ def test_the_input_vectors_are_the_summed_axes_in_the_kernels_order():
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}/{c[3]}")
 def test_white_inputs_give_the_plain_truncated_svd(case):
-    layer, shape = einsum_layer(case)
+    layer, _ = einsum_layer(case)
     d = einsum_unfold.einsum_split(layer.equation).matrix_shape(tuple(layer.kernel.shape))[0]
     white = Moments(10_000, np.zeros(d), 2.5 * np.eye(d))
     rank = 2
@@ -106,7 +106,7 @@ def test_output_error_is_never_worse_than_data_free_on_the_fitting_data(seed, wh
 
 
 def test_inputs_in_a_subspace_are_fitted_exactly_at_its_rank():
-    layer, shape = einsum_layer(CASES[0])
+    layer, _ = einsum_layer(CASES[0])
     rng = np.random.default_rng(1)
     basis = rng.normal(size=(3, 12))
     x = (rng.normal(size=(40, 5, 3)) @ basis).astype("float32")

@@ -79,7 +79,7 @@ def patch_spec(layer: Any) -> tuple[PatchSpec | None, str | None]:
     Example:
         >>> import keras
         >>> patch_spec(keras.layers.Dense(3))[0]
-        PatchSpec(kernel_size=None, strides=(1, 1), padding='valid', dilation=(1, 1), one_d=False)
+        PatchSpec(kernel_size=None, strides=(1, 1), padding='valid', dilation=(1, 1), one_d=False, einsum=None)
         >>> patch_spec(keras.layers.Conv1D(3, 3, padding="causal"))[1]
         "padding 'causal' (data-aware factors read 'valid' and 'same' convolutions)"
     """
