@@ -37,7 +37,8 @@ def einsum_layer(case: tuple, seed: int = 0) -> tuple[keras.layers.EinsumDense, 
 
 
 def correlated_inputs(rng: np.random.Generator, count: int, shape: tuple, rank: int = 3) -> np.ndarray:
-    """Inputs whose last axis lies mostly in a ``rank``-dim subspace (real activations are far from white)."""
+    """Inputs whose last axis lies mostly in a ``rank``-dim subspace (real activations are far from white); each
+    call draws another subspace."""
     basis = rng.normal(size=(rank, shape[-1]))
     x = rng.normal(size=(count, *shape[:-1], rank)) @ basis + 0.05 * rng.normal(size=(count, *shape))
     return (x + 0.5).astype("float32")
@@ -90,7 +91,7 @@ def test_white_inputs_give_the_plain_truncated_svd(case):
     assert fit.error == pytest.approx(fit.data_free_error, rel=1e-6, abs=1e-9)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from(range(len(CASES))), st.integers(1, 3))
 def test_output_error_is_never_worse_than_data_free_on_the_fitting_data(seed, which, rank):
     layer, shape = einsum_layer(CASES[which], seed)
@@ -131,8 +132,7 @@ def attention_like_model() -> keras.Model:
 def test_compress_model_fits_einsum_projections_to_their_inputs():
     model = attention_like_model()
     rng = np.random.default_rng(3)
-    x = correlated_inputs(rng, 64, (6, 16), rank=4)
-    test = correlated_inputs(rng, 32, (6, 16), rank=4)
+    x, test = np.split(correlated_inputs(rng, 96, (6, 16), rank=4), [64])  # one subspace for both
     reference = model.predict(test, verbose=0)
 
     def score(m, iterations):
@@ -166,3 +166,46 @@ def test_greedy_selection_fits_einsum_candidates_to_their_inputs():
     _, stats = tfc.compress_model(model, score, None, "weight_svd", "mac", aware, verbose=0)
     assert not [n for n in stats.notes if "'query' keeps data-free" in n or "'out' keeps data-free" in n]
     assert any("3 of 3 layer(s) fitted to their inputs" in n for n in stats.notes), stats.notes
+
+
+# ---------------------------------------------------------------- layers inside custom layers and nested models
+
+
+def attention_block_model() -> keras.Model:
+    """A MultiHeadAttention layer (its projections are EinsumDense layers inside a custom layer) and a nested
+    Sequential model."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((10, 16))
+    attended = keras.layers.MultiHeadAttention(2, 8, name="mha")(inp, inp)
+    head = keras.Sequential(
+        [
+            keras.Input((10, 16)),
+            keras.layers.Dense(12, activation="relu", name="d1"),
+            keras.layers.Dense(16, name="d2"),
+        ],
+        name="sub",
+    )
+    return keras.Model(inp, head(attended))
+
+
+@pytest.mark.slow
+def test_layers_inside_custom_layers_and_nested_models_are_fitted_through_hooks():
+    model = attention_block_model()
+    rng = np.random.default_rng(5)
+    x, test = np.split(correlated_inputs(rng, 120, (10, 16)), [80])  # one subspace for both
+    plan = {"mha/query": ("svd", 2), "mha/value": ("svd", 2), "sub/d1": ("svd", 3)}
+    free = tfc.rewrite_model(model, plan)
+    fitted = tfc.rewrite_model(model, plan)
+    report = data_fit.refit_forward(model, fitted, x, samples=600)
+    assert sorted(report.layers) == ["mha/query", "mha/value", "sub/d1"] and report.skipped == {}
+    for fit in report.layers.values():
+        assert fit.relative_error <= fit.data_free_relative_error * (1 + 1e-9) + 1e-12
+    reference = model.predict(test, verbose=0)
+
+    def error(m: keras.Model) -> float:
+        return float(np.mean((m.predict(test, verbose=0) - reference) ** 2))
+
+    assert error(fitted) < 0.5 * error(free)  # held-out inputs
+    inner = model.get_layer("mha")
+    assert all("call" not in vars(layer) for layer in (inner._query_dense, inner._value_dense))  # hooks removed
+    assert all("call" not in vars(layer) for layer in model.get_layer("sub").layers)

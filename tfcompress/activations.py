@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +38,7 @@ from .data_aware import MomentAccumulator, Moments
 from .pruning.reconstruct import conv_output_size, extract_patches
 from .pruning.sampling import layer_positions
 
-__all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES", "einsum_input_order"]
+__all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES", "einsum_input_order", "capturing"]
 
 #: a layer whose input patch is wider than this is fitted data-free (its moments would take
 #: ``8 * MAX_FEATURES²`` bytes, 200 MB at 5000)
@@ -158,40 +160,103 @@ class MomentCollector:
         names: list[str],
         reference: keras.Model | None = None,
         specs: dict[str, PatchSpec] | None = None,
+        layers: dict[str, Any] | None = None,
+        reference_layers: dict[str, Any] | None = None,
     ) -> dict[str, Moments]:
         """``{name: Moments}`` of each named layer's input patches (one pass of the images through ``model``;
-        paired with ``reference``'s inputs to the same-named layers when given)."""
+        paired with ``reference``'s inputs to the same-named layers when given).
+
+        ``layers``: ``{name: layer object}`` for layers that are not top-level layers of ``model`` (inside a nested
+        model or a custom layer, named by their path): their inputs are read by hooking the layer's ``call`` while
+        the whole model runs on the batch (``reference_layers``: the same for ``reference``).
+        """
         start = time.perf_counter()
+        hooked = {n: layers[n] for n in names if layers and n in layers}
+        if reference is not None and hooked and not (reference_layers and set(hooked) <= set(reference_layers)):
+            raise ValueError("MomentCollector.moments: give reference_layers for every hooked layer.")
         if specs is None:
             specs = {}
             for name in names:
-                spec, why = patch_spec(model.get_layer(name))
+                spec, why = patch_spec(hooked[name] if name in hooked else model.get_layer(name))
                 if spec is None:
                     raise ValueError(f"layer '{name}': its inputs cannot be read for a data-aware fit: {why}.")
                 specs[name] = spec
-        feature = keras.Model(model.inputs[0], [model.get_layer(n).input for n in names])
-        source = None
-        if reference is not None:
-            source = keras.Model(reference.inputs[0], [reference.get_layer(n).input for n in names])
+        direct = [n for n in names if n not in hooked]
+        feature = source = None
+        if direct:
+            feature = keras.Model(model.inputs[0], [model.get_layer(n).input for n in direct])
+            if reference is not None:
+                source = keras.Model(reference.inputs[0], [reference.get_layer(n).input for n in direct])
         accumulators: dict[str, MomentAccumulator] = {}
         for lo in range(0, len(self.images), self.batch_size):
             batch = self.images[lo : lo + self.batch_size]
-            outs = _listed(feature(batch, training=False))
-            targets = _listed(source(batch, training=False)) if source is not None else [None] * len(names)
-            for i, name in enumerate(names):
-                x = _finite(outs[i], name)
-                outs[i] = None
+            outs = _read(feature, direct, model, hooked, batch)
+            targets: dict[str, Any] = {}
+            if reference is not None:
+                mirrored = {n: reference_layers[n] for n in hooked} if reference_layers else {}
+                targets = _read(source, direct, reference, mirrored, batch)
+            for name in names:
+                x = _finite(outs.pop(name), name)
                 rows = self._rows(name, specs[name], x, lo)
                 target_rows = None
-                if targets[i] is not None:
-                    target_rows = self._rows(name, specs[name], _finite(targets[i], name), lo)
-                    targets[i] = None
+                if name in targets:
+                    target_rows = self._rows(name, specs[name], _finite(targets.pop(name), name), lo)
                 if name not in accumulators:
                     accumulators[name] = MomentAccumulator(rows.shape[1], paired=target_rows is not None)
                 accumulators[name].add(rows, target_rows)
                 del x, rows, target_rows
         self.seconds += time.perf_counter() - start
         return {name: accumulators[name].moments() for name in names}
+
+
+def _read(
+    feature: keras.Model | None, direct: list[str], model: keras.Model, hooked: dict[str, Any], batch: np.ndarray
+) -> dict[str, Any]:
+    """``{name: input tensor}`` of one batch: the top-level layers' from the feature model, the hooked ones' from
+    one run of ``model`` with their ``call`` hooked."""
+    out: dict[str, Any] = {}
+    if feature is not None:
+        out.update(zip(direct, _listed(feature(batch, training=False)), strict=True))
+    if hooked:
+        with capturing(hooked) as captured:
+            model(batch, training=False)
+        for name, seen in captured.items():
+            if not seen:
+                raise ValueError(f"layer '{name}' was not called when the model ran: its inputs cannot be read.")
+            out[name] = seen[0]
+    return out
+
+
+@contextlib.contextmanager
+def capturing(layers: dict[str, Any]) -> Iterator[dict[str, list[Any]]]:
+    """Within the block, each layer in ``layers`` records the first argument of every call (its input) in
+    ``captured[name]``; the layers' own ``call`` is restored afterwards, also on an error.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> inner = keras.layers.Dense(2)
+        >>> m = keras.Sequential([keras.Input((3,)), inner])
+        >>> with capturing({"d": inner}) as seen:
+        ...     _ = m(np.ones((4, 3), "float32"))
+        >>> [tuple(x.shape) for x in seen["d"]], "call" in vars(inner)
+        ([(4, 3)], False)
+    """
+    captured: dict[str, list[Any]] = {name: [] for name in layers}
+    hooked = []
+    try:
+        for name, layer in layers.items():
+            bound = layer.call
+
+            def hook(*args: Any, _name: str = name, _call: Any = bound, **kwargs: Any) -> Any:
+                captured[_name].append(args[0] if args else kwargs.get("inputs"))
+                return _call(*args, **kwargs)
+
+            vars(layer)["call"] = hook  # an instance attribute: shadows the class's method, bypasses tracking
+            hooked.append(layer)
+        yield captured
+    finally:
+        for layer in hooked:
+            vars(layer).pop("call", None)
 
 
 def einsum_input_order(input_spec: str, summed: str, ndim: int) -> list[int]:

@@ -37,6 +37,7 @@ from . import data_aware, decompose, unfoldings
 from .activations import MAX_FEATURES, MomentCollector, PatchSpec, patch_spec
 from .cost import layer_kind
 from .data_aware import FitProblem, LowRankFit, Moments
+from .graph import walk_layers
 
 __all__ = [
     "LayerFit",
@@ -328,23 +329,29 @@ def _plan_entries(plan: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
 
 
 def _decomposed_layers(original: keras.Model, compressed: keras.Model) -> dict[str, tuple[Any, Any, str, Any]]:
-    """``{name: (original layer, decomposed layer, scheme, rank)}`` for the top-level decomposed layers."""
+    """``{path: (original layer, decomposed layer, scheme, rank)}`` for the decomposed layers, in the models' layer
+    order: top-level ones, and those inside nested models or custom layers (named by their path)."""
     from .layers.base import DecomposedConv
     from .layers.svd_dense import SVDDense
     from .layers.svd_einsum_dense import SVDEinsumDense
 
+    sources = {ref.path: ref.layer for ref in walk_layers(original, sublayers=True)}
     found = {}
-    for layer in compressed.layers:
-        if not isinstance(layer, SVDDense | SVDEinsumDense | DecomposedConv):
-            continue
-        try:
-            source = original.get_layer(layer.name)
-        except ValueError:
+    for ref in walk_layers(compressed, sublayers=True):
+        layer = ref.layer
+        if not isinstance(layer, SVDDense | SVDEinsumDense | DecomposedConv) or ref.path not in sources:
             continue
         scheme = "svd" if isinstance(layer, SVDDense | SVDEinsumDense) else layer.scheme
         rank = tuple(layer.ranks) if scheme == "tucker" else int(layer.rank)
-        found[layer.name] = (source, layer, scheme, rank)
+        found[ref.path] = (sources[ref.path], layer, scheme, rank)
     return found
+
+
+def _is_top_level(model: keras.Model, path: str, layer: Any) -> bool:
+    try:
+        return model.get_layer(path) is layer
+    except ValueError:
+        return False
 
 
 def readable_reason(
@@ -354,12 +361,6 @@ def readable_reason(
     kind the fits do not cover; ``None`` when they can. ``calls``: ``{path: calls per forward pass}`` (read from
     ``model``'s graph when not given; a layer's own node count is no measure: a loaded Sequential model's layers
     hold nodes from being built as well)."""
-    try:
-        top = model.get_layer(path)
-    except ValueError:
-        top = None
-    if top is not layer:
-        return "a layer inside a nested model or custom layer (its inputs are not read yet)"
     if calls is None:
         calls = call_counts(model)
     if calls.get(path, 1) > 1:
@@ -368,10 +369,9 @@ def readable_reason(
 
 
 def call_counts(model: keras.Model) -> dict[str, int]:
-    """``{path: times the layer runs in one forward pass}`` for every leaf layer of ``model``."""
-    from .graph import walk_layers
-
-    return {ref.path: ref.calls for ref in walk_layers(model)}
+    """``{path: times the layer runs in one forward pass}`` for every leaf layer of ``model`` (and every layer inside
+    a custom layer)."""
+    return {ref.path: ref.calls for ref in walk_layers(model, sublayers=True)}
 
 
 def selection_moments(
@@ -392,8 +392,9 @@ def selection_moments(
     if not names:
         return {}, reasons, 0.0
     collector = MomentCollector(images, samples, seed)
-    specs = {name: patch_spec(model.get_layer(name))[0] for name in names}
-    moments = collector.moments(model, names, specs=specs)  # type: ignore[arg-type]
+    specs = {name: patch_spec(layers[name][0])[0] for name in names}
+    hooked = {name: layers[name][0] for name in names if not _is_top_level(model, name, layers[name][0])}
+    moments = collector.moments(model, names, specs=specs, layers=hooked)  # type: ignore[arg-type]
     return moments, reasons, collector.seconds
 
 
@@ -407,11 +408,12 @@ def refit_forward(
 ) -> FitReport:
     """Refit the decomposed layers of ``compressed`` (a rewrite of ``original``) in forward order, in place.
 
-    Each top-level decomposed layer (``SVDDense``, the decomposed convolutions) gets the factors and bias that make
-    it reproduce the ORIGINAL layer's outputs (before the activation) from the inputs the COMPRESSED model gives
-    it, at ``samples`` sampled positions of ``images`` (model inputs). A layer whose inputs cannot be read (a
-    nested or shared layer, a separable or transposed convolution, a too-wide patch) keeps its data-free factors
-    and is listed in :attr:`FitReport.skipped` with the reason. ``only``: limit to these layer names.
+    Each decomposed layer (``SVDDense``, ``SVDEinsumDense``, the decomposed convolutions; top-level, or inside a
+    nested model or a custom layer, named by its path) gets the factors and bias that make it reproduce the
+    ORIGINAL layer's outputs (before the activation) from the inputs the COMPRESSED model gives it, at ``samples``
+    sampled positions of ``images`` (model inputs). A layer whose inputs cannot be read (a shared layer, a
+    separable or transposed convolution, a too-wide patch) keeps its data-free factors and is listed in
+    :attr:`FitReport.skipped` with the reason. ``only``: limit to these layer paths.
     ``original`` is never changed.
     """
     report = FitReport()
@@ -420,7 +422,7 @@ def refit_forward(
         wanted = set(_plan_entries(only))
         decomposed = {k: v for k, v in decomposed.items() if k in wanted}
     collector = MomentCollector(images, samples, seed)
-    order = [layer.name for layer in compressed.layers if layer.name in decomposed]
+    order = list(decomposed)  # the models' layer order: forward for a graph, attribute order inside custom layers
     calls = call_counts(original)
     for name in order:
         source, target, scheme, rank = decomposed[name]
@@ -430,7 +432,10 @@ def refit_forward(
             continue
         spec: PatchSpec = patch_spec(source)[0]  # type: ignore[assignment]
         start = time.perf_counter()
-        moments = collector.moments(compressed, [name], reference=original, specs={name: spec})[name]
+        hooked = {} if _is_top_level(original, name, source) else {"layers": {name: target}}
+        if hooked:
+            hooked["reference_layers"] = {name: source}
+        moments = collector.moments(compressed, [name], reference=original, specs={name: spec}, **hooked)[name]
         report.collect_seconds += time.perf_counter() - start
         start = time.perf_counter()
         with _blas_for(moments):
