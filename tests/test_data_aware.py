@@ -216,3 +216,35 @@ def test_bad_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match="scheme"):
         da.fit_conv2d("svd", np.ones((1, 2, 2, 3)), None, m, 1)
     assert da.spatial_order(2, 2, 1).tolist() == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "scheme, ranks", [("weight_svd", [1, 3, 4]), ("spatial_svd", [2, 5]), ("tucker", [(2, 3), (4, 5)])]
+)
+def test_one_problem_per_layer_serves_every_rank_with_the_same_factors(scheme, ranks, monkeypatch):
+    """The selection builds a layer's FitProblem once and fits every rank from it: the factors are those of a fresh
+    fit, and the rank-independent eigendecompositions run once, not once per rank."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(3, 3, 4, 6))
+    b = rng.normal(size=6)
+    m = moments_of(correlated(rng, 400, 36))
+    problem = da.conv2d_problem(scheme, w, b, m)
+    calls = {"eigh": 0}
+    eigh = np.linalg.eigh
+
+    def counting(a, *args, **kwargs):
+        calls["eigh"] += 1
+        return eigh(a, *args, **kwargs)
+
+    shared = []
+    monkeypatch.setattr(np.linalg, "eigh", counting)
+    for rank in ranks:
+        shared.append(da.fit_conv2d(scheme, w, b, m, rank, problem))
+    with_problem = calls["eigh"]
+    monkeypatch.setattr(np.linalg, "eigh", eigh)
+    for rank, (kernels, fit) in zip(ranks, shared, strict=True):
+        fresh_kernels, fresh = da.fit_conv2d(scheme, w, b, m, rank)
+        for got, want in zip(kernels, fresh_kernels, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        assert fit.error == pytest.approx(fresh.error, rel=1e-9, abs=1e-12)
+    assert with_problem <= 2  # the whitened target's vectors (and, for Tucker, the outputs' directions): once
