@@ -580,7 +580,10 @@ def data_aware_cost(quick: bool, seed: int, images: int = 2, samples: int = 2000
     model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
     x = _common.random_images((size, size, 3), images, seed)
     callback = _common.output_mse_callback(model, x)
-    data = _common.random_images((size, size, 3), max(16, -(-samples // 8)), seed + 1)
+    from tfcompress.data_fit import positions_per_input
+
+    # as many images as the data-aware path reads (more positions per image on larger inputs)
+    data = _common.random_images((size, size, 3), max(16, -(-samples // positions_per_input(model))), seed + 1)
     runs = {}
     for name, extra in (("data_free", {}), ("data_aware", {"data": data, "num_reconstruction_samples": samples})):
         params = tfc.SpatialSvdParameters(
@@ -643,11 +646,15 @@ def data_aware_markdown(result: dict[str, Any]) -> str:
         ("final_rewrite_seconds", "final rewrite (with the forward refit)"),
     ]
     rows = [[label, sec(free, key), sec(aware, key)] for key, label in keys]
+    read = next(
+        (n.split(": ", 1)[1].split(" input(s)")[0] for n in aware.get("notes", []) if " input(s), " in n),
+        str(r["data_images"]),
+    )
     lines = [
         "# Selection cost of data-aware factors",
         "",
-        f"Greedy spatial SVD of {r['model']} (MAC target 0.75), data-free and with `data=` ({r['data_images']} random "
-        f"images, {r['num_reconstruction_samples']} sampled positions per layer); eval callback on "
+        f"Greedy spatial SVD of {r['model']} (MAC target 0.75), data-free and with `data=` ({read} random "
+        f"images read, {r['num_reconstruction_samples']} sampled positions per layer); eval callback on "
         f"{r['callback_images']} images. Machine: {result['machine'].get('cores', '?')} cores"
         f"{' (quick mode)' if result['quick'] else ''}.",
         "",

@@ -507,3 +507,31 @@ def test_coverage_append_keeps_the_other_rows_and_says_where_they_come_from(tmp_
     assert "Rows of NASNetMobile re-run on 2026-12-05T16:00; the others are from the run of 2026-12-05T14:12" in text
     with pytest.raises(SystemExit, match="full-mode run; not mixing modes"):
         coverage._earlier_rows(str(tmp_path), True, ("NASNet",))
+
+
+def test_selection_cost_data_aware_markdown_names_the_images_read(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import selection_cost
+
+    run = {"total_seconds": 10.0, "eval_callback_seconds": 4.0, "svd_seconds": 1.0, "final_rewrite_seconds": 0.5}
+    aware = {
+        **run,
+        "total_seconds": 30.0,
+        "data_aware_collect_seconds": 12.0,
+        "data_aware_fit_seconds": 6.0,
+        "notes": ["data-aware factors: 32 input(s), 2000 sampled positions per layer; 16 of 17 layer(s) fitted"],
+    }
+    case = {
+        "model": "resnet50_224",
+        "callback_images": 2,
+        "data_images": 32,
+        "num_reconstruction_samples": 2000,
+        "runs": {"data_free": run, "data_aware": aware},
+        "extra_seconds": 20.0,
+        "extra_share": 2.0,
+        "score_data_free": -1e-3,
+        "score_data_aware": -1e-4,
+    }
+    text = selection_cost.data_aware_markdown({"case": case, "machine": {"cores": 2}, "quick": False})
+    assert "(32 random images read, 2000 sampled positions per layer)" in text
+    assert "| reading activations | - | 12.0 |" in text and "Extra time of the data-aware path: 20.0 s (200%" in text
