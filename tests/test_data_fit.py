@@ -94,13 +94,39 @@ def test_forward_refit_brings_a_compressed_model_back_to_the_original(digits):
 def test_layers_whose_inputs_cannot_be_read_keep_data_free_factors_with_the_reason(digits):
     inp = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 1, name="widen")(inp)
-    x = keras.layers.SeparableConv2D(8, 3, name="sep")(x)
+    x = keras.layers.Conv2DTranspose(8, 3, name="up")(x)
     x = keras.layers.Conv2D(8, 3, name="conv")(x)
     model = keras.Model(inp, x)
-    small = tfc.rewrite_model(model, {"sep": ("weight_svd", 2), "conv": ("weight_svd", 2)})
+    small = tfc.rewrite_model(model, {"up": ("weight_svd", 2), "conv": ("weight_svd", 2)})
     report = data_fit.refit_forward(model, small, digits[:40], samples=200)
-    assert "SeparableConv2D" in report.skipped["sep"]
+    assert "Conv2DTranspose" in report.skipped["up"]
     assert list(report.layers) == ["conv"]
+
+
+def test_a_separable_convs_pointwise_factors_are_fitted_to_its_depthwise_outputs(digits):
+    """SVDSeparableConv2D keeps the depthwise kernel and splits the pointwise one: the "input" of the fit is each
+    output pixel's C*depth_multiplier depthwise outputs."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="widen")(inp)
+    x = keras.layers.SeparableConv2D(8, 3, depth_multiplier=2, strides=2, padding="same", name="sep")(x)
+    model = keras.Model(inp, x)
+    plan = {"sep": ("weight_svd", 2)}
+    free, fitted = tfc.rewrite_model(model, plan), tfc.rewrite_model(model, plan)
+    report = data_fit.refit_forward(model, fitted, digits[:200], samples=500)
+    fit = report.layers["sep"]
+    assert fit.relative_error < 0.2 * fit.data_free_relative_error
+    layer = fitted.get_layer("sep")
+    np.testing.assert_array_equal(  # the depthwise stage is the original's
+        keras.ops.convert_to_numpy(layer.depthwise_kernel),
+        keras.ops.convert_to_numpy(model.get_layer("sep").depthwise_kernel),
+    )
+    test = digits[200:400]
+    reference = model.predict(test, verbose=0)
+    error = {
+        name: float(np.mean((m.predict(test, verbose=0) - reference) ** 2)) for name, m in (("f", free), ("a", fitted))
+    }
+    assert error["a"] < 0.5 * error["f"]
 
 
 def test_a_loaded_model_is_read_and_a_shared_layer_is_reported(digits, tmp_path):

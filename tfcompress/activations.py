@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -58,9 +58,27 @@ class PatchSpec:
     dilation: tuple[int, int] = (1, 1)
     one_d: bool = False
     einsum: tuple[str, str] | None = None
+    #: a SeparableConv2D's depthwise stage (the layer): its pointwise kernel multiplies each output pixel's
+    #: ``C*depth_multiplier`` depthwise outputs, which are computed from the input first
+    depthwise: Any = field(default=None, compare=False, repr=False)
 
     def vectors(self, x: np.ndarray) -> np.ndarray:
-        """``(batch, positions, width)``: a Dense or EinsumDense input as the vectors its kernel multiplies."""
+        """``(batch, positions, width)``: a Dense or EinsumDense input (or a SeparableConv2D's depthwise outputs)
+        as the vectors its kernel multiplies."""
+        if self.depthwise is not None:
+            layer = self.depthwise
+            x = np.asarray(
+                keras.ops.convert_to_numpy(
+                    keras.ops.depthwise_conv(
+                        x,
+                        layer.depthwise_kernel,
+                        strides=layer.strides,
+                        padding=layer.padding,
+                        dilation_rate=layer.dilation_rate,
+                    )
+                ),
+                dtype=np.float32,
+            )
         if self.einsum is not None:
             order = einsum_input_order(*self.einsum, x.ndim)
             x = np.transpose(x, order)
@@ -86,8 +104,12 @@ def patch_spec(layer: Any) -> tuple[PatchSpec | None, str | None]:
         "padding 'causal' (data-aware factors read 'valid' and 'same' convolutions)"
     """
     kind = layer_kind(layer)
-    if kind not in ("dense", "einsum_dense", "conv2d", "conv1d") or not isinstance(layer, KIND_CLASSES[kind]):
-        return None, f"{type(layer).__name__} (data-aware factors read Dense, EinsumDense, Conv1D and Conv2D layers)"
+    readable = ("dense", "einsum_dense", "conv2d", "conv1d", "separable_conv2d")
+    if kind not in readable or not isinstance(layer, KIND_CLASSES[kind]):
+        return None, (
+            f"{type(layer).__name__} (data-aware factors read Dense, EinsumDense, Conv1D, Conv2D and SeparableConv2D "
+            "layers)"
+        )
     if kind == "dense":
         return PatchSpec(), None
     if kind == "einsum_dense":
@@ -106,6 +128,8 @@ def patch_spec(layer: Any) -> tuple[PatchSpec | None, str | None]:
     padding = str(layer.padding).lower()
     if padding not in ("valid", "same"):
         return None, f"padding {padding!r} (data-aware factors read 'valid' and 'same' convolutions)"
+    if kind == "separable_conv2d":
+        return PatchSpec(depthwise=layer), None
     if one_d:
         (k,), (s,), (d,) = layer.kernel_size, layer.strides, layer.dilation_rate
         return PatchSpec((int(k), 1), (int(s), 1), padding, (int(d), 1), one_d=True), None

@@ -161,8 +161,13 @@ WIDE_PATCH = 1500
 def _kernel_and_bias(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """The kernel and bias the fits work on (float64); an EinsumDense's as its unfolded ``(in, out)`` matrix and,
     when its bias spans exactly the output features, their vector (else ``None``: see :func:`_einsum_bias`)."""
+    kind = layer_kind(layer)
+    if kind == "separable_conv2d":  # the pointwise (1, 1, C*dm, N) kernel, as the matrix it is
+        pointwise = np.asarray(keras.ops.convert_to_numpy(layer.pointwise_kernel), dtype=np.float64)
+        bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), dtype=np.float64) if layer.use_bias else None
+        return pointwise.reshape(pointwise.shape[-2], pointwise.shape[-1]), bias
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
-    if layer_kind(layer) == "einsum_dense":
+    if kind == "einsum_dense":
         from .einsum_unfold import einsum_unfold
 
         return einsum_unfold(kernel, layer.equation), _einsum_bias(layer)[0]
@@ -205,8 +210,8 @@ def data_aware_reason(layer: Any, scheme: str) -> str | None:
         >>> conv = keras.layers.Conv2D(4, 3); conv.build((None, 8, 8, 2))
         >>> data_aware_reason(conv, "tucker") is None
         True
-        >>> data_aware_reason(keras.layers.SeparableConv2D(4, 3), "weight_svd")
-        'SeparableConv2D (data-aware factors read Dense, EinsumDense, Conv1D and Conv2D layers)'
+        >>> data_aware_reason(keras.layers.Conv2DTranspose(4, 3), "weight_svd")
+        'Conv2DTranspose (data-aware factors read Dense, EinsumDense, Conv1D, Conv2D and SeparableConv2D layers)'
     """
     spec, why = patch_spec(layer)
     if spec is None:
@@ -219,6 +224,8 @@ def data_aware_reason(layer: Any, scheme: str) -> str | None:
         from .einsum_unfold import einsum_split
 
         width = einsum_split(layer.equation).matrix_shape(tuple(layer.kernel.shape))[0]
+    elif spec.depthwise is not None:
+        width = int(layer.pointwise_kernel.shape[-2])
     else:
         width = spec.width(int(layer.kernel.shape[-2]))
     if width > MAX_FEATURES:
@@ -231,7 +238,7 @@ def layer_problem(layer: Any, scheme: str, moments: Moments) -> FitProblem:
     per layer and pass it to :func:`fit_layer` for every rank."""
     kind = layer_kind(layer)
     kernel, bias = _kernel_and_bias(layer)
-    if kind in ("dense", "einsum_dense"):
+    if kind in ("dense", "einsum_dense", "separable_conv2d"):
         return FitProblem(kernel, bias, moments, 1)
     if kind == "conv1d":
         kernel = kernel[:, None]
@@ -261,6 +268,10 @@ def fit_layer(
     elif kind == "einsum_dense":
         fit = data_aware.fit_dense(kernel, bias, moments, int(rank), problem)
         factors = _einsum_factors(layer, *fit.factors)
+    elif kind == "separable_conv2d" and scheme == "weight_svd":  # the depthwise kernel is kept as it is
+        fit = data_aware.fit_dense(kernel, bias, moments, int(rank), problem)
+        a, b = fit.factors
+        factors = [keras.ops.convert_to_numpy(layer.depthwise_kernel), a[None, None], b[None, None]]
     elif kind == "conv2d":
         factors, fit = data_aware.fit_conv2d(scheme, kernel, bias, moments, rank, problem)
     elif kind == "conv1d" and scheme in ("weight_svd", "spatial_svd"):
@@ -268,7 +279,7 @@ def fit_layer(
         factors = [as_2d[0][0], as_2d[1][:, 0]] if scheme == "weight_svd" else [as_2d[0][:, 0], as_2d[1][0]]
     else:
         raise ValueError(f"layer '{layer.name}': no data-aware {scheme!r} factors for a {kind!r} layer.")
-    dtype = np.dtype(layer.kernel.dtype)
+    dtype = np.dtype((layer.pointwise_kernel if kind == "separable_conv2d" else layer.kernel).dtype)
     weights = [np.asarray(f, dtype=dtype) for f in factors]
     if kind == "einsum_dense" and getattr(layer, "bias", None) is not None:
         fold = _einsum_bias(layer)[1]
@@ -306,6 +317,9 @@ def composed_kernel(layer: Any, scheme: str, weights: list[np.ndarray]) -> np.nd
         from .einsum_unfold import einsum_compose
 
         return einsum_compose(factors[0], factors[1], layer.equation)
+    if kind == "separable_conv2d":  # the pointwise kernel (the one the candidates swap)
+        a, b = weights[1], weights[2]
+        return (a.reshape(a.shape[-2], -1) @ b.reshape(b.shape[-2], -1))[None, None]
     if kind == "conv1d":
         compose = (
             unfoldings.conv1d_weight_svd_compose if scheme == "weight_svd" else unfoldings.conv1d_spatial_svd_compose
@@ -412,7 +426,7 @@ def refit_forward(
     nested model or a custom layer, named by its path) gets the factors and bias that make it reproduce the
     ORIGINAL layer's outputs (before the activation) from the inputs the COMPRESSED model gives it, at ``samples``
     sampled positions of ``images`` (model inputs). A layer whose inputs cannot be read (a shared layer, a
-    separable or transposed convolution, a too-wide patch) keeps its data-free factors and is listed in
+    transposed convolution, a too-wide patch) keeps its data-free factors and is listed in
     :attr:`FitReport.skipped` with the reason. ``only``: limit to these layer paths.
     ``original`` is never changed.
     """
