@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -166,6 +167,7 @@ class FitProblem:
             raise ValueError(f"{moments.dim} features are not {taps} taps of equal width.")
         self._start: tuple | None = None
         self._output_directions: np.ndarray | None = None
+        self._memo: dict[str, Any] = {}
         self.moments = moments
         self.taps = taps
         self.with_bias = bias is not None
@@ -221,6 +223,13 @@ class FitProblem:
             self._start = (chol, vectors, why)
         return self._start
 
+    def remembered(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``key`` is asked for, the same object afterwards (e.g. the truncated SVD
+        the data-free factors of every rank come from)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def output_directions(self) -> np.ndarray:
         """The principal directions of the original layer's outputs, leading first (columns)."""
         if self._output_directions is None:
@@ -272,7 +281,8 @@ def fit_two_stage(
         return flat.reshape(taps, d, n_out).transpose(1, 0, 2).reshape(d, taps * n_out)
 
     if data_free is None:
-        left, right = decompose.TruncatedSVD.of(unfold(kernel)).factors(rank)
+        svd = problem.remembered("svd", lambda: decompose.TruncatedSVD.of(unfold(kernel)))
+        left, right = svd.factors(rank)
         data_free = (left, right.reshape(rank, taps, n_out).transpose(1, 0, 2).reshape(taps * rank, n_out))
     a0, second0 = (np.asarray(f, dtype=np.float64) for f in data_free)
 
@@ -464,14 +474,16 @@ def fit_conv2d(
     kernel = np.asarray(kernel, dtype=np.float64)
     kh, kw, c, n = kernel.shape
     if scheme == "weight_svd":
-        a0, b0 = decompose.weight_svd_factors(kernel, int(rank))
+        svd = problem.remembered("svd", lambda: decompose.TruncatedSVD.of(decompose.weight_svd_unfold(kernel)))
+        a0, b0 = decompose.weight_svd_factors(kernel, int(rank), svd)
         start = (a0[0, 0], b0.reshape(kh * kw * int(rank), n))
         fit = fit_two_stage(problem.kernel, bias, problem.moments, kh * kw, int(rank), start, problem)
         a, second = fit.factors
         return [a[None, None], second.reshape(kh, kw, -1, n)], fit
     if scheme == "spatial_svd":
         r = int(rank)
-        v0, h0 = decompose.spatial_svd_factors(kernel, r)
+        svd = problem.remembered("svd", lambda: decompose.TruncatedSVD.of(decompose.spatial_svd_unfold(kernel)))
+        v0, h0 = decompose.spatial_svd_factors(kernel, r, svd)
         start = (v0[:, 0].transpose(1, 0, 2).reshape(c * kh, r), h0[0].reshape(kw * r, n))
         fit = fit_two_stage(problem.kernel, bias, problem.moments, kw, r, start, problem)
         a, second = fit.factors
