@@ -116,3 +116,27 @@ def test_real_speed_vit_plan_and_layer_timing(bench):
     assert type(alone.layers[-1]).__name__ == "RewiredLayer"  # the compressed projections, not a fresh MHA
     x = np.random.default_rng(2).random((1, 17, 32)).astype("float32")
     assert tuple(alone(x).shape) == (1, 17, 32)
+
+
+def test_goals_count_only_rows_that_reached_the_target(bench, monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import accuracy_report
+
+    def row(method, target, ratio, after):
+        return {
+            "method": method, "target": target, "status": "ok", "mac_ratio": ratio,
+            "test_accuracy_before_ft": after - 0.05, "test_accuracy_after_ft": after, "delta_after_ft": after - 0.8,
+        }  # fmt: skip
+
+    case = {
+        "model": "vit",
+        "baseline": {"test_accuracy": 0.8},
+        "results": [row("channel_pruning", 0.5, 0.625, 0.8), row("weight_svd_greedy", 0.5, 0.5, 0.78)],
+    }
+    entry = accuracy_report.goals([case])["within_1_point_at_0.5_after_ft"]["vit"]
+    assert entry["holds"] is False and entry["best_method"] == "weight_svd_greedy"
+    assert entry["methods_not_reaching_target"] == ["channel_pruning"]
+    case["results"][0]["mac_ratio"] = 0.503  # within the tolerance of a measured ratio
+    assert accuracy_report.goals([case])["within_1_point_at_0.5_after_ft"]["vit"]["methods_within"] == [
+        "channel_pruning"
+    ]
