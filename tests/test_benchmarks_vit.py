@@ -140,3 +140,41 @@ def test_goals_count_only_rows_that_reached_the_target(bench, monkeypatch):
     assert accuracy_report.goals([case])["within_1_point_at_0.5_after_ft"]["vit"]["methods_within"] == [
         "channel_pruning"
     ]
+
+
+@pytest.mark.slow
+def test_real_speed_quick_vit(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "real_speed.py"),
+            "--quick",
+            "--models",
+            "ViT",
+            "--output-dir",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((out / "real_speed.json").read_text())
+    (case,) = data["models"]
+    assert case["model"] == "ViT" and case["tflite"] is True  # SVDEinsumDense converts to TFLite
+    assert [r["scheme"] for r in case["results"]] == ["weight_svd", "channel_pruning"]
+    for row in case["results"]:
+        assert 0.45 < row["mac_ratio"] <= 0.5
+        for key in ("tf_b1", "tf_b8", "tflite_b1", "tflite_b8"):
+            assert row[key]["speedup"] > 0
+        layers = {r["layer"] for r in row["layer_breakdown"]["layers"]}
+        assert "block1_mlp1" in layers
+    assert "block1_attention" in {r["layer"] for r in case["results"][0]["layer_breakdown"]["layers"]}
+    assert "ViT (`vit.py`" in (out / "real_speed.md").read_text()
