@@ -4,6 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tfcompress.pruning import greedy_channels, magnitude_channels, reconstruction_error
 
@@ -154,3 +156,54 @@ def test_channel_order_in_batches_for_large_keeps():
     assert len(set(batched.tolist())) == 20
     with pytest.raises(ValueError, match="max_steps"):
         channel_order([problem], 3, max_steps=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    samples=st.integers(3, 30),
+    channels=st.integers(2, 9),
+    k=st.sampled_from([1, 2, 4]),
+    intercept=st.booleans(),
+    with_fixed=st.booleans(),
+)
+def test_sample_space_selection_picks_the_gram_space_order(seed, samples, channels, k, intercept, with_fixed):
+    """Fewer samples than columns: the problem is kept as samples (no (C*k)^2 Gram matrix), and the order is the
+    one the Gram-space selection gives on the same data (issue 19: a 3x3 conv reading 512 channels has a 170 MB
+    Gram matrix)."""
+    from tfcompress.pruning import ChannelProblem, channel_order
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(samples, channels, k)) * rng.uniform(0.1, 3.0, size=(1, channels, 1))
+    if channels > 2:
+        x[:, 1] = 0.0  # a dead channel
+    y = np.einsum("sct,ctn->sn", x, rng.normal(size=(channels, k, 3))) + 0.1 * rng.normal(size=(samples, 3))
+    fixed = np.array([0]) if with_fixed else None
+    selectable = np.arange(1 if with_fixed else 0, channels)
+    problem = ChannelProblem.from_samples(x, y, fit_intercept=intercept, channels=selectable, fixed=fixed)
+    design = x.reshape(samples, -1)
+    target = y
+    if intercept:
+        design, target = design - design.mean(axis=0), target - target.mean(axis=0)
+    gram = ChannelProblem(design.T @ design, design.T @ target, k, selectable, fixed)
+    keep = max(1, len(selectable) - 1)
+    if samples < channels * k:
+        assert problem.gram is None and problem.design is not None
+    else:
+        assert problem.design is None
+    sample_order = channel_order([problem], keep)
+    gram_order = channel_order([gram], keep)
+    # same picks; equal gains (ties within rounding, e.g. channels with nothing left to explain) may swap order
+    assert sorted(sample_order.tolist()) == sorted(gram_order.tolist()) or _errors_equal(
+        x, y, intercept, fixed, selectable, sample_order, gram_order
+    )
+
+
+def _errors_equal(x, y, intercept, fixed, selectable, a, b):
+    base = [] if fixed is None else fixed.tolist()
+    for n in range(1, len(a) + 1):
+        ea = reconstruction_error(x, y, base + selectable[a[:n]].tolist(), fit_intercept=intercept)
+        eb = reconstruction_error(x, y, base + selectable[b[:n]].tolist(), fit_intercept=intercept)
+        if not np.isclose(ea, eb, rtol=1e-6, atol=1e-8 * (1 + float(np.sum(y * y)))):
+            return False
+    return True
