@@ -362,3 +362,26 @@ def test_tucker_ranks_beyond_the_unfolding_rank(hooi_iterations):
     np.testing.assert_allclose(
         dc.tucker2_compose(*dc.tucker2_factors(kernel, (3, 8), hooi_iterations)), kernel, atol=1e-10
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keep_leading_frees_vectors_and_changes_no_result(dtype):
+    """Issue 19: once a layer's candidates are scored, compress_model(auto) keeps only the singular vectors up to
+    the highest candidate rank. Every rank must still give the very same factors and reconstructions."""
+    matrix = np.random.default_rng(3).normal(size=(40, 70)).astype(dtype)
+    fresh = dc.TruncatedSVD.of(matrix)
+    svd = dc.TruncatedSVD.of(matrix)
+    svd.keep_leading(12)
+    assert svd.kept_rank == 12 and svd.max_rank == 40
+    assert svd.u.nbytes * 40 == fresh.u.nbytes * 12
+    for rank in (1, 7, 12):
+        for ours, theirs in zip(svd.factors(rank), fresh.factors(rank), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_allclose(svd.reconstruct(rank, dtype), fresh.reconstruct(rank, dtype), rtol=1e-5, atol=1e-5)
+    assert svd.kept_rank == 12  # ranks up to the kept one need nothing more
+    np.testing.assert_allclose(svd.extend(svd.reconstruct(3), 3, 30), fresh.reconstruct(30), rtol=1e-4, atol=1e-4)
+    assert svd.kept_rank == 40  # a higher rank factorised the matrix again: nothing was lost
+    for ours, theirs in zip(svd.factors(30), fresh.factors(30), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="rank"):
+        svd.keep_leading(0)

@@ -31,6 +31,7 @@ How a run goes:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -211,10 +212,13 @@ def compress_model(
             candidate.forget_approximation()  # (TAR and the two-plan check may have kept one per layer)
         guard.check("during the search")
         del guard
+        for candidate in candidates:
+            candidate.work_layer = None
+        del work  # the working copy goes before the compressed model is built (issue 19: peak memory)
+        gc.collect()  # layers and their model refer to each other: only the cycle collector frees them
 
         # ---- apply the plan to the user's model
         compressed = _build(model, candidates, plan, trainer, stats, data_run)
-    del work
     for candidate in candidates:
         candidate.release()  # the SVDs and kernels are not needed for the final numbers
 

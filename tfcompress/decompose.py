@@ -302,6 +302,42 @@ class TruncatedSVD:
         """The number of singular values, ``min(m, n)``."""
         return int(self.s.shape[0])
 
+    @property
+    def kept_rank(self) -> int:
+        """How many singular vectors are held: ``max_rank`` unless :meth:`keep_leading` dropped the others."""
+        return int(self.u.shape[1])
+
+    def keep_leading(self, rank: int) -> None:
+        """Hold only the leading ``rank`` singular vectors (all singular values stay), to free memory.
+
+        ``compress_model`` calls this once a layer's candidates are scored: later uses (the selected plan, the
+        final layers) need no rank above the highest candidate's. Nothing is lost: a higher rank asked for later is
+        served by factorising the matrix again (so the matrix must be held). Results are unchanged either way.
+
+        Example:
+            >>> svd = TruncatedSVD.of(np.arange(20.0).reshape(4, 5) ** 2)
+            >>> before = svd.reconstruct(4)
+            >>> svd.keep_leading(2)
+            >>> svd.kept_rank, svd.max_rank, bool(np.allclose(svd.reconstruct(4), before))
+            (2, 4, True)
+        """
+        rank = self._check_rank(rank)
+        if rank >= self.kept_rank or self.matrix is None:
+            return
+        self.__dict__.pop("_float32", None)  # its products are full-size; made again, truncated, if asked for
+        object.__setattr__(self, "u", _read_only(np.array(self.u[:, :rank])))
+        object.__setattr__(self, "vt", _read_only(np.array(self.vt[:rank])))
+
+    def _vectors_for(self, rank: int) -> None:
+        """Make sure the singular vectors up to ``rank`` are held (after :meth:`keep_leading`: factorise again)."""
+        if rank > self.kept_rank:
+            assert self.matrix is not None  # keep_leading never truncates without the matrix
+            full = type(self)._compute(self.matrix)
+            self.__dict__.pop("_float32", None)
+            object.__setattr__(self, "u", _read_only(full.u))
+            object.__setattr__(self, "vt", _read_only(full.vt))
+            object.__setattr__(self, "s", _read_only(full.s))
+
     def _check_rank(self, rank: int) -> int:
         rank = int(rank)
         if not 1 <= rank <= self.max_rank:
@@ -315,12 +351,13 @@ class TruncatedSVD:
         that both have comparable scale (good for float32 and for fine-tuning).
         """
         rank = self._check_rank(rank)
+        self._vectors_for(rank)
         root = np.sqrt(self.s[:rank])
         return self.u[:, :rank] * root, root[:, None] * self.vt[:rank]
 
     @functools.cached_property
     def _float32(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        us = (self.u * self.s).astype(np.float32)
+        us = (self.u * self.s[: self.kept_rank]).astype(np.float32)
         vt = np.asarray(self.vt, dtype=np.float32)  # no copy when the factors are float32 already
         matrix = None if self.matrix is None else np.asarray(self.matrix, dtype=np.float32)
         return us, vt, matrix, None
@@ -330,7 +367,7 @@ class TruncatedSVD:
         if np.dtype(dtype) == np.float32:
             us, vt, matrix, _ = self._float32
             return us, vt, matrix
-        return self.u * self.s, self.vt, self.matrix
+        return self.u * self.s[: self.kept_rank], self.vt, self.matrix
 
     def reconstruct(self, rank: int, dtype: Any = np.float64) -> np.ndarray:
         """The best rank-``rank`` approximation of the matrix.
@@ -340,11 +377,13 @@ class TruncatedSVD:
         matrix minus its discarded tail, which is the cheaper product.
         """
         rank = self._check_rank(rank)
+        self._vectors_for(rank)
         tail = self.max_rank - rank
         us, vt, matrix = self._scaled(dtype)
-        work = us.shape[0] * vt.shape[1] * min(rank, tail if matrix is not None else rank)
+        whole = self.kept_rank == self.max_rank  # the tail's vectors are held
+        work = us.shape[0] * vt.shape[1] * min(rank, tail if matrix is not None and whole else rank)
         with _blas_threads_for(work):
-            if matrix is not None and tail < rank:
+            if matrix is not None and whole and tail < rank:
                 return matrix - us[:, rank:] @ vt[rank:]
             return us[:, :rank] @ vt[:rank]
 
@@ -363,6 +402,7 @@ class TruncatedSVD:
         previous_rank, rank = self._check_rank(previous_rank), self._check_rank(rank)
         if rank < previous_rank:
             raise ValueError(f"extend: rank {rank} is below the previous rank {previous_rank}.")
+        self._vectors_for(rank)
         us, vt, _ = self._scaled(previous.dtype)
         with _blas_threads_for(us.shape[0] * vt.shape[1] * (rank - previous_rank)):
             return previous + us[:, previous_rank:rank] @ vt[previous_rank:rank]
@@ -371,6 +411,11 @@ class TruncatedSVD:
         """Frobenius norm of ``matrix - reconstruct(rank)``: the norm of the discarded singular values."""
         rank = self._check_rank(rank)
         return float(np.sqrt(np.sum(self.s[rank:] ** 2)))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _usable_cores() -> int:

@@ -147,6 +147,14 @@ class Candidate:
         if self._svd is not None:
             self._svd.__dict__.pop("_float32", None)
 
+    def keep_ranks_up_to(self, ranks: Any) -> None:
+        """Hold only the singular vectors up to the highest of ``ranks`` (this layer's candidate ranks) once they
+        are scored: the selected plan and the final layer use one of them (a higher rank is still served, by
+        factorising again). Frees most of the SVD's memory on large layers (issue 19)."""
+        ints = [int(r) for r in ranks if isinstance(r, int | np.integer)]
+        if self._svd is not None and ints:
+            self._svd.keep_leading(max(ints))
+
     def relative_residuals(self) -> np.ndarray:
         return decompose.relative_residuals(self._factor().s)
 

@@ -148,6 +148,7 @@ class LocalExecutor:
     def close(self) -> None:
         self._work = None
         self._evaluator = None
+        self._variables = []  # they would keep the working copy's weights alive after the search
         self._variables = []
 
 

@@ -105,7 +105,7 @@ def greedy_search(
                 rank = ranks[candidate.path][ratio_list[0]]
                 what = f"layer '{candidate.path}' at rank {rank}"
                 yield Job((candidate.path, key), what, ((index, candidate.reconstructed(rank)),))
-            candidate.forget_approximation()
+            candidate.forget_approximation()  # (the SVD stays whole: filling the budget may raise a rank later)
 
     done = 0
     writer = ScoreCacheWriter(cache_path, f"{digest}|{tag}") if cache_path is not None else None
@@ -268,6 +268,8 @@ def auto_search(
         winners = {id(v[1]) for v in row.values()}
         for variant in variants:
             variant.forget_approximation()
+            # auto picks one of the scored ranks: the vectors above the highest of them are not needed again
+            variant.keep_ranks_up_to(r for _, v, r, _ in entries[candidate.path] if v is variant)
             if id(variant) not in winners and variant._svd is not None:  # never chosen: its SVD is not needed again
                 if candidate._svd is variant._svd:
                     candidate._svd = None
