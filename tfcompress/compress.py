@@ -214,11 +214,18 @@ def compress_model(
         del guard
         for candidate in candidates:
             candidate.work_layer = None
+            # the memo still holds the SVDs (each goes once its layer is built); without data, the kernels (views of
+            # the memo's matrices) are not needed again either
+            if data_run is None:
+                candidate.release()
+            else:
+                candidate.drop_svd()
         del work  # the working copy goes before the compressed model is built (issue 19: peak memory)
         gc.collect()  # layers and their model refer to each other: only the cycle collector frees them
 
         # ---- apply the plan to the user's model
-        compressed = _build(model, candidates, plan, trainer, stats, data_run)
+        with decompose.serve_remembered_svds_once():
+            compressed = _build(model, candidates, plan, trainer, stats, data_run)
     for candidate in candidates:
         candidate.release()  # the SVDs and kernels are not needed for the final numbers
 

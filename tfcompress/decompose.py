@@ -129,6 +129,33 @@ def reuse_svds() -> Iterator[None]:
         _SVD_MEMO.reset(token)
 
 
+_SERVE_ONCE: contextvars.ContextVar[bool] = contextvars.ContextVar("tfcompress_svd_memo_serve_once", default=False)
+
+
+@contextlib.contextmanager
+def serve_remembered_svds_once() -> Iterator[None]:
+    """Inside :func:`reuse_svds`, for the final rewrite: an SVD of the memo is handed out once and then forgotten,
+    and a matrix the memo does not know is factorised without being remembered.
+
+    Each chosen layer is decomposed once, so its SVD can go as soon as its layer is built: the rewrite never holds
+    every layer's SVD beside the new layers' weights (issue 19's memory bound). Results are unchanged.
+
+    Example:
+        >>> m = np.arange(12.0).reshape(3, 4)
+        >>> with reuse_svds():
+        ...     first = TruncatedSVD.of(m)
+        ...     with serve_remembered_svds_once():
+        ...         served, again = TruncatedSVD.of(m), TruncatedSVD.of(m)
+        >>> served is first, again is first
+        (True, False)
+    """
+    token = _SERVE_ONCE.set(True)
+    try:
+        yield
+    finally:
+        _SERVE_ONCE.reset(token)
+
+
 def forget_svd(svd: TruncatedSVD) -> None:
     """Inside :func:`reuse_svds`, drop ``svd`` from the block's memo (its memory goes once nobody else holds it).
 
@@ -152,9 +179,14 @@ def _remembered_svd(
     if memo is None:
         return compute(matrix)
     entries = memo.setdefault(matrix.shape, [])
-    for known, svd in entries:
+    once = _SERVE_ONCE.get()
+    for index, (known, svd) in enumerate(entries):
         if np.array_equal(known, matrix):
+            if once:
+                del entries[index]
             return svd
+    if once:
+        return compute(matrix)
     if not private:
         matrix = matrix.copy()  # the memo's own read-only copy: later changes to the caller's array cannot leak in
         matrix.flags.writeable = False

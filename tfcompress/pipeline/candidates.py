@@ -140,6 +140,12 @@ class Candidate:
         self.data_fit = None
         self.kernel = np.broadcast_to(np.zeros((), dtype=self.kernel.dtype), self.kernel.shape)
 
+    def drop_svd(self) -> None:
+        """Let go of this candidate's SVD and kept approximation (the memo of :func:`~tfcompress.decompose.reuse_svds`
+        may still hold the SVD for the final rewrite)."""
+        self._svd = None
+        self._last = None
+
     def forget_approximation(self) -> None:
         """Drop the kept approximation (a full-size array) and the SVD's float32 products once the layer's
         candidates are done (a later reconstruction, e.g. of a whole plan, makes them again)."""

@@ -136,7 +136,7 @@ def layer_positions(name: str, batch: int, out_hw: tuple[int, int], samples: int
 class Sampler:
     """Consumer-layer inputs at fixed sampled positions (the same positions for every model compared)."""
 
-    def __init__(self, images: np.ndarray, samples: int, seed: int, batch_size: int = 32) -> None:
+    def __init__(self, images: np.ndarray, samples: int, seed: int, batch_size: int = 8) -> None:
         self.images = images
         self.samples = samples
         self.seed = seed
