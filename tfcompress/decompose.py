@@ -742,6 +742,15 @@ def _leading_left_vectors(matrix: np.ndarray, rank: int) -> np.ndarray:
     When ``rank`` exceeds the number of columns of ``matrix`` (e.g. a 1x1 conv with N > C), the thin SVD has too
     few vectors; they are completed to an orthonormal basis so the factor shapes always match ``rank``.
     """
+    m, n = matrix.shape
+    if m <= n and rank <= m:
+        # the eigenvectors of the small (m, m) Gram matrix: only the left vectors are needed, so neither the right
+        # ones (as large as the matrix) nor LAPACK's SVD workspace are made (issue 19: Tucker's scoring peak). The
+        # leading subspace is what counts here (Tucker projects onto it), and its Gram eigenvectors match the SVD's
+        # to rounding for the well-separated leading values; a cluster straddling the rank gives an equally good
+        # basis.
+        _, vectors = np.linalg.eigh(matrix @ matrix.T)
+        return np.ascontiguousarray(vectors[:, ::-1][:, :rank])
     u = np.linalg.svd(matrix, full_matrices=False)[0]
     if u.shape[1] < rank:
         u = np.linalg.svd(u, full_matrices=True)[0]  # (m, m); its first columns span the same space as u
@@ -774,10 +783,8 @@ def _project_in(kernel: np.ndarray, u_in: np.ndarray) -> np.ndarray:
 
 def _tucker2(k64: np.ndarray, r_in: int, r_out: int, hooi_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     _, _, c, n = k64.shape
-    mode_c = k64.transpose(2, 0, 1, 3).reshape(c, -1)
-    mode_n = k64.transpose(3, 0, 1, 2).reshape(n, -1)
-    u_in = _leading_left_vectors(mode_c, r_in)
-    u_out = _leading_left_vectors(mode_n, r_out)
+    u_in = _leading_left_vectors(k64.transpose(2, 0, 1, 3).reshape(c, -1), r_in)  # mode-C unfolding
+    u_out = _leading_left_vectors(k64.transpose(3, 0, 1, 2).reshape(n, -1), r_out)  # mode-N unfolding
     for _ in range(hooi_iterations):
         proj_n = k64 @ u_out  # (kh, kw, C, r_out)
         u_in = _leading_left_vectors(proj_n.transpose(2, 0, 1, 3).reshape(c, -1), r_in)
