@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -233,7 +235,10 @@ def test_one_problem_per_layer_serves_every_rank_with_the_same_factors(scheme, r
     eigh = np.linalg.eigh
 
     def counting(a, *args, **kwargs):
-        calls["eigh"] += 1
+        # Tucker's leading subspaces (decompose._leading_left_vectors) are rank-dependent and use eigh too: only the
+        # covariance eigendecompositions are counted
+        if sys._getframe(1).f_code.co_name != "_leading_left_vectors":
+            calls["eigh"] += 1
         return eigh(a, *args, **kwargs)
 
     shared = []
