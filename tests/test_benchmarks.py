@@ -511,7 +511,7 @@ def test_coverage_append_keeps_the_other_rows_and_says_where_they_come_from(tmp_
 
 def test_selection_cost_data_aware_markdown_names_the_images_read(monkeypatch) -> None:
     monkeypatch.syspath_prepend(BENCHMARKS)
-    import selection_cost
+    import selection_cost_data_aware
 
     run = {"total_seconds": 10.0, "eval_callback_seconds": 4.0, "svd_seconds": 1.0, "final_rewrite_seconds": 0.5}
     aware = {
@@ -532,6 +532,6 @@ def test_selection_cost_data_aware_markdown_names_the_images_read(monkeypatch) -
         "score_data_free": -1e-3,
         "score_data_aware": -1e-4,
     }
-    text = selection_cost.data_aware_markdown({"case": case, "machine": {"cores": 2}, "quick": False})
+    text = selection_cost_data_aware.markdown({"case": case, "machine": {"cores": 2}, "quick": False})
     assert "(32 random images read, 2000 sampled positions per layer)" in text
     assert "| reading activations | - | 12.0 |" in text and "Extra time of the data-aware path: 20.0 s (200%" in text
