@@ -254,3 +254,31 @@ def test_compress_model_with_data_fits_the_factors_and_reports_the_time(digits, 
     aware = tfc.SpatialSvdParameters("auto", greedy, data=digits[:400], num_reconstruction_samples=800)
     with pytest.raises(ValueError, match="other settings"):
         tfc.compress_model(model, score, None, "spatial_svd", "mac", aware, verbose=0)
+
+
+def test_a_score_cache_of_a_data_aware_run_without_readable_layers_is_read_back(digits, tmp_path):
+    """The cache tag names the run's data even when no layer can be fitted (here a Conv2DTranspose only): a
+    second run on the same cache reads the scores instead of refusing them as "other settings"."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 1, name="pre")(inp)
+    x = keras.layers.Conv2DTranspose(16, 3, name="up")(x)
+    model = keras.Model(inp, keras.layers.Conv2D(2, 1, name="mix")(x))
+    greedy = tfc.WeightSvdParameters.AutoModeParams(
+        tfc.GreedySelectionParameters(
+            0.8, num_comp_ratio_candidates=2, saved_eval_scores_dict=str(tmp_path / "s.json")
+        ),
+        modules_to_ignore=["pre", "mix"],
+    )
+    params = tfc.WeightSvdParameters("auto", greedy, data=digits[:64], num_reconstruction_samples=100)
+    calls = []
+
+    def score(m, iterations):
+        calls.append(1)
+        return 1.0
+
+    _, first = tfc.compress_model(model, score, None, "weight_svd", "mac", params, verbose=0)
+    assert any("'up' keeps data-free factors" in n for n in first.notes)
+    before = len(calls)
+    _, second = tfc.compress_model(model, score, None, "weight_svd", "mac", params, verbose=0)
+    assert second.eval_scores == first.eval_scores and len(calls) - before < before

@@ -535,6 +535,7 @@ class DataAwareRun:
         moments, reasons, seconds = selection_moments(model, layers, self.images, self.samples)
         self.collect_seconds += seconds
         for candidate in candidates:
+            candidate.data_tag = self.tag  # the cache tag of every candidate of a data-aware run, fitted or not
             if candidate.path in moments:
                 candidate.data_fit = CandidateFit(moments[candidate.path], self.clock, self.tag)
         stats.notes.append(

@@ -80,7 +80,7 @@ def greedy_search(
     path = select_params.saved_eval_scores_dict
     cache_path = None if path is None else os.fspath(path)
     scheme = CompressionScheme(stats.compress_scheme)
-    data_tag = next((c.data_fit.tag for c in candidates if c.data_fit is not None), "")
+    data_tag = next((c.data_tag for c in candidates if c.data_tag), "")
     tag = settings_tag(scheme, CostMetric(stats.cost_metric), parameters.multiplicity, data_tag)
     digest, table = open_cache(model, cache_path, tag) if cache_path is not None else (None, {})
     if table:
