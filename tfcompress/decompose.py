@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -96,7 +97,7 @@ def _blas_controller() -> Any:
 # ---------------------------------------------------------------- scoped reuse of SVDs
 
 # Inside ``reuse_svds()``: {(shape): [(read-only matrix, its SVD), ...]}; None outside.
-_SVD_MEMO: contextvars.ContextVar[dict[tuple[int, ...], list[tuple[np.ndarray, TruncatedSVD]]] | None] = (
+_SVD_MEMO: contextvars.ContextVar[dict[tuple[int, ...], list[tuple[tuple[str, bytes], TruncatedSVD]]] | None] = (
     contextvars.ContextVar("tfcompress_svd_memo", default=None)
 )
 
@@ -165,7 +166,7 @@ def forget_svd(svd: TruncatedSVD) -> None:
     if memo is None:
         return
     for shape, entries in memo.items():
-        memo[shape] = [(matrix, known) for matrix, known in entries if known is not svd]
+        memo[shape] = [(key, known) for key, known in entries if known is not svd]
 
 
 def _remembered_svd(
@@ -180,21 +181,28 @@ def _remembered_svd(
         return compute(matrix)
     entries = memo.setdefault(matrix.shape, [])
     once = _SERVE_ONCE.get()
+    key = _digest(matrix)  # equal digests: equal bytes (BLAKE2b), so the memo need not hold the matrices
     for index, (known, svd) in enumerate(entries):
-        if np.array_equal(known, matrix):
+        if known == key:
             if once:
                 del entries[index]
             return svd
     if once:
         return compute(matrix)
     if not private:
-        matrix = matrix.copy()  # the memo's own read-only copy: later changes to the caller's array cannot leak in
+        matrix = matrix.copy()  # the SVD's own read-only copy: later changes to the caller's array cannot leak in
         matrix.flags.writeable = False
     svd = compute(matrix)
     for array in (svd.u, svd.s, svd.vt):
         array.flags.writeable = False  # shared by every caller in the block: nobody may change it in place
-    entries.append((matrix, svd))
+    entries.append((key, svd))
     return svd
+
+
+def _digest(matrix: np.ndarray) -> tuple[str, bytes]:
+    """The dtype and a BLAKE2b digest of ``matrix``'s values (its shape is the memo's outer key)."""
+    data = np.ascontiguousarray(matrix)
+    return data.dtype.str, hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=32).digest()
 
 
 def _check_kernel(kernel: np.ndarray, ndim: int, what: str) -> np.ndarray:
@@ -360,10 +368,19 @@ class TruncatedSVD:
         object.__setattr__(self, "u", _read_only(np.array(self.u[:, :rank])))
         object.__setattr__(self, "vt", _read_only(np.array(self.vt[:rank])))
 
+    def forget_matrix(self) -> None:
+        """Let go of the matrix (after :meth:`keep_leading`, when no higher rank will be asked for): ranks up to
+        :attr:`kept_rank` are still served, from the held vectors; a higher one raises."""
+        self.__dict__.pop("_float32", None)
+        object.__setattr__(self, "matrix", None)
+
     def _vectors_for(self, rank: int) -> None:
         """Make sure the singular vectors up to ``rank`` are held (after :meth:`keep_leading`: factorise again)."""
         if rank > self.kept_rank:
-            assert self.matrix is not None  # keep_leading never truncates without the matrix
+            if self.matrix is None:
+                raise ValueError(
+                    f"rank {rank} is above the {self.kept_rank} singular vectors kept, and the matrix was let go"
+                )
             full = type(self)._compute(self.matrix)
             self.__dict__.pop("_float32", None)
             object.__setattr__(self, "u", _read_only(full.u))

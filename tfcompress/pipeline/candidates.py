@@ -141,6 +141,12 @@ class Candidate:
         self.data_fit = None
         self.kernel = np.broadcast_to(np.zeros((), dtype=self.kernel.dtype), self.kernel.shape)
 
+    def release_kernel(self) -> None:
+        """Let go of the kernel's values (the SVD and data fit stay); ``kernel`` keeps its shape and dtype (a
+        zero-stride view of one value). :func:`kernel_originals` then reads the working copy's value instead."""
+        if any(self.kernel.strides):
+            self.kernel = np.broadcast_to(np.zeros((), dtype=self.kernel.dtype), self.kernel.shape)
+
     def drop_svd(self) -> None:
         """Let go of this candidate's SVD and kept approximation (the memo of :func:`~tfcompress.decompose.reuse_svds`
         may still hold the SVD for the final rewrite)."""
@@ -172,7 +178,7 @@ def kernel_originals(candidates: list[Candidate]) -> dict[int, np.ndarray]:
     originals = {}
     for candidate in candidates:
         variable = _source_kernel(candidate.work_layer)
-        if candidate.kernel.dtype == np.dtype(variable.dtype):
+        if candidate.kernel.dtype == np.dtype(variable.dtype) and any(candidate.kernel.strides):  # not released
             originals[id(variable)] = candidate.kernel
     return originals
 
@@ -374,7 +380,9 @@ def factor_while_copying(
     # compress_scheme="auto" also tries other per-layer schemes (spatial SVD, Tucker-2): their SVDs are NOT made
     # here but one layer at a time while that layer is scored (see svd_search.auto_search), so that the run never
     # holds two SVDs of every layer at once (issue 19: auto peaked at 6.3x the weights when they were all made here)
-    factored = [c for c in candidates if c.scheme != "tucker"]
+    # compress_scheme="auto" makes every SVD that way: after a layer is scored its factors are cut to the scored
+    # ranks and its kernel let go, which would not pay if every layer's full SVD were made up front
+    factored = [] if scheme is CompressionScheme.auto else [c for c in candidates if c.scheme != "tucker"]
     matrices = []
     for c in factored:  # one copy of each kernel: it becomes a view of its unfolding
         matrices.append(c.svd_matrix())

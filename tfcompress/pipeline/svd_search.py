@@ -238,6 +238,12 @@ def auto_search(
                     seen[candidate.path, key] = -relative_error(variant, rank)
     else:
         slot = weight_indices(work)
+        # once a layer is scored, its kernel is needed again only to score whole plans (the accuracy target) or to
+        # refit with data; otherwise the layer's SVD keeps just the vectors up to its highest scored rank
+        select_params = None if parameters.mode is Mode.manual else parameters.params.select_params
+        release_kernels = (select_params is None or select_params.target_comp_ratio is not None) and all(
+            c.data_fit is None for c in candidates
+        )
 
         def jobs() -> Iterator[Job]:  # lazily: one layer's reconstructions at a time
             for candidate in candidates:
@@ -252,6 +258,8 @@ def auto_search(
                     variant.forget_approximation()
                     if variant.scheme != candidate.scheme:
                         _drop_svd(variant)  # made for this layer's jobs only; a winner's is made again if needed
+                if release_kernels:
+                    _release_scored(candidate, variants_of[candidate.path], entries[candidate.path])
 
         with opened(executor, work, evaluator), contextlib.closing(executor.map(jobs())) as results:
             for done, (job, score) in enumerate(results, start=1):
@@ -318,6 +326,20 @@ def auto_search(
     schemes = sorted({v.scheme for v in winners.values()})
     stats.notes.append(f"compress_scheme='auto' chose {', '.join(schemes) or 'nothing'}")
     return plan, dict(chosen), [winners.get(c.path, c) for c in candidates]
+
+
+def _release_scored(candidate: Candidate, variants: list[Candidate], entries: list[tuple]) -> None:
+    """After a layer's candidates are scored (``compress_scheme="auto"``): its weight-SVD factors keep only the
+    vectors up to the highest scored rank, and the layer's kernel (held by the candidate, its variants and the SVD's
+    matrix) is let go, so the search holds one reduced set of factors per layer rather than kernel plus factors
+    (issue 19's memory bound). The final rewrite reads the kernels from the user's model."""
+    for variant in variants:
+        variant.keep_ranks_up_to(r for _, v, r, _ in entries if v is variant)
+    held = {id(s): s for s in (candidate._svd, *(v._svd for v in variants)) if s is not None}
+    for svd in held.values():
+        svd.forget_matrix()
+    for c in (candidate, *variants):
+        c.release_kernel()
 
 
 def _drop_svd(variant: Candidate) -> None:
