@@ -594,8 +594,8 @@ def main() -> None:
             "machine": _common.machine_info(),
             "case": selection_cost_data_aware.run(args.quick, args.seed),
         }
-        markdown = selection_cost_data_aware.markdown(result)
-        paths = _common.write_results(args.output_dir, "selection_cost_data_aware", result, markdown)
+        text = selection_cost_data_aware.markdown(result)  # (not `markdown`: that would shadow the function below)
+        paths = _common.write_results(args.output_dir, "selection_cost_data_aware", result, text)
         print("wrote", *paths)
         return
     images = args.resnet_images or RESNET_IMAGES["quick" if args.quick else "full"]
