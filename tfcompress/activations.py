@@ -37,6 +37,7 @@ from .cost import KIND_CLASSES, layer_kind
 from .data_aware import MomentAccumulator, Moments
 from .pruning.reconstruct import conv_output_size, extract_patches
 from .pruning.sampling import layer_positions
+from .sublayers import patched_calls
 
 __all__ = ["PatchSpec", "patch_spec", "MomentCollector", "MAX_FEATURES", "einsum_input_order", "capturing"]
 
@@ -266,21 +267,21 @@ def capturing(layers: dict[str, Any]) -> Iterator[dict[str, list[Any]]]:
         ([(4, 3)], False)
     """
     captured: dict[str, list[Any]] = {name: [] for name in layers}
-    hooked = []
-    try:
+
+    def recorder(name: str) -> Any:
+        def wrap(layer: Any, call: Any) -> Any:
+            def hook(*args: Any, **kwargs: Any) -> Any:
+                captured[name].append(args[0] if args else kwargs.get("inputs"))
+                return call(*args, **kwargs)
+
+            return hook
+
+        return wrap
+
+    with contextlib.ExitStack() as stack:
         for name, layer in layers.items():
-            bound = layer.call
-
-            def hook(*args: Any, _name: str = name, _call: Any = bound, **kwargs: Any) -> Any:
-                captured[_name].append(args[0] if args else kwargs.get("inputs"))
-                return _call(*args, **kwargs)
-
-            vars(layer)["call"] = hook  # an instance attribute: shadows the class's method, bypasses tracking
-            hooked.append(layer)
+            stack.enter_context(patched_calls([layer], recorder(name)))
         yield captured
-    finally:
-        for layer in hooked:
-            vars(layer).pop("call", None)
 
 
 def einsum_input_order(input_spec: str, summed: str, ndim: int) -> list[int]:

@@ -191,12 +191,48 @@ def set_by_path(layer: Any, path: str, new: Any) -> None:
         setattr(parent, last, new)
 
 
+_NO_OWN_CALL = object()
+
+
+@contextlib.contextmanager
+def patched_calls(
+    layers: Sequence[Any], wrap: Callable[[Any, Callable[..., Any]], Callable[..., Any]]
+) -> Iterator[None]:
+    """While active, each layer's ``call`` is ``wrap(layer, its call)`` (an instance attribute, shadowing the class's
+    method); afterwards, also on an error, a ``call`` the instance had of its own is put back, one it did not have
+    is removed. The one place tfcompress hooks layer calls (sublayer tracing, FFN sampling, activation capture).
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2)
+        >>> seen = []
+        >>> def wrap(layer, call):
+        ...     return lambda *args, **kwargs: seen.append(layer.name) or call(*args, **kwargs)
+        >>> with patched_calls([dense], wrap):
+        ...     _ = dense(keras.ops.ones((1, 3)))
+        >>> seen == [dense.name], "call" in vars(dense)
+        (True, False)
+    """
+    patched: list[tuple[Any, Any]] = []
+    try:
+        for target in layers:
+            own = vars(target).get("call", _NO_OWN_CALL)
+            vars(target)["call"] = wrap(target, target.call)
+            patched.append((target, own))
+        yield
+    finally:
+        for target, own in reversed(patched):
+            if own is _NO_OWN_CALL:
+                vars(target).pop("call", None)
+            else:
+                vars(target)["call"] = own
+
+
 @contextlib.contextmanager
 def _recording(layers: Sequence[Any], calls: list[TracedCall]) -> Iterator[None]:
     """While active, each call of one of ``layers`` appends ``(layer, args, kwargs, outputs)`` to ``calls`` (the
     outermost call only, when one recorded layer calls another). Their ``call`` is put back afterwards."""
     depth = [0]
-    patched: list[tuple[Any, bool, Any]] = []
 
     def wrap(target: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
@@ -224,23 +260,14 @@ def _recording(layers: Sequence[Any], calls: list[TracedCall]) -> Iterator[None]
 
     ops_module = keras.ops
     kept_ops = {name: getattr(ops_module, name) for name in _RECORDED_OPS if hasattr(ops_module, name)}
-    try:
-        for target in layers:
-            had_own = "call" in vars(target)
-            original = target.call
-            target.call = wrap(target, original)
-            patched.append((target, had_own, original))
-        for name, function in kept_ops.items():
-            setattr(ops_module, name, wrap_op(name, function))
-        yield
-    finally:
-        for name, function in kept_ops.items():
-            setattr(ops_module, name, function)
-        for target, had_own, original in reversed(patched):
-            if had_own:
-                target.call = original
-            else:
-                del target.call
+    with patched_calls(layers, wrap):
+        try:
+            for name, function in kept_ops.items():
+                setattr(ops_module, name, wrap_op(name, function))
+            yield
+        finally:
+            for name, function in kept_ops.items():
+                setattr(ops_module, name, function)
 
 
 def static_shape(tensor: Any) -> tuple[int | None, ...]:

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from ..graph import LayerRef, walk_layers
+from ..sublayers import patched_calls
 
 __all__ = ["FfnPart", "FfnUnit", "check_pair", "dense_dims", "ffn_candidates", "find_ffn_units", "hooked_calls"]
 
@@ -112,7 +113,6 @@ def hooked_calls(layers: Sequence[Any], record: Callable[[Any, tuple, dict], Non
     """While active, each call of one of ``layers`` (on any model holding them: use a working copy) on concrete
     tensors first passes ``(layer, args, kwargs)`` to ``record`` (calls while Keras traces shapes are not passed).
     Their ``call`` is put back afterwards."""
-    patched: list[tuple[Any, bool, Any]] = []
 
     def wrap(target: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
@@ -122,19 +122,8 @@ def hooked_calls(layers: Sequence[Any], record: Callable[[Any, tuple, dict], Non
 
         return recorded
 
-    try:
-        for target in layers:
-            had_own = "call" in vars(target)
-            original = target.call
-            target.call = wrap(target, original)
-            patched.append((target, had_own, original))
+    with patched_calls(layers, wrap):
         yield
-    finally:
-        for target, had_own, original in reversed(patched):
-            if had_own:
-                target.call = original
-            else:
-                del target.call
 
 
 def _concrete(tensor: Any) -> bool:
