@@ -18,9 +18,9 @@ import keras
 import numpy as np
 
 from ..pipeline.executor import Job
-from ..stats import LayerStats
 from .ffn import FfnUnit, ffn_candidates, find_ffn_units
 from .ffn_fit import FfnFit, FfnSampler, consumer_of, ffn_inputs, fit_unit, keep_order, mask_values, smaller_model
+from .outcome import pruned_layer_row
 
 __all__ = ["FfnGroups"]
 
@@ -190,16 +190,13 @@ class FfnGroups:
                 params += 0 if producer or not part.bias else part.out_dim
                 after = (before[0] * share, float(params))
                 stats.per_layer_stats.append(
-                    LayerStats(
-                        name=part.path,
-                        scheme="channel_pruning",
-                        original_shape=[part.in_dim, part.out_dim],
-                        rank=None,
-                        ratio=after[metric] / before[metric] if before[metric] else 1.0,
-                        macs_before=round(before[0]),
-                        macs_after=round(after[0]),
-                        params_before=round(before[1]),
-                        params_after=round(after[1]),
+                    pruned_layer_row(
+                        part.path,
+                        "channel_pruning",
+                        [part.in_dim, part.out_dim],
+                        before,
+                        after,
+                        metric,
                         in_channels=[part.in_dim, part.in_dim if producer else keep],
                         out_channels=[part.out_dim, keep if producer else part.out_dim],
                         group=f"{name} ({'out' if producer else 'in'})",

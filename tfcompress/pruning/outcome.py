@@ -57,16 +57,13 @@ def record_layers(run: Any, kept_channels: dict[str, np.ndarray]) -> None:
             shape = [channels_out]
             kept_in = channels_in - removed_out.get(layer_name, 0)
         stats.per_layer_stats.append(
-            LayerStats(
-                name=layer_name,
-                scheme="channel_pruning" + ("+gather" if layer_name in gathered else ""),
-                original_shape=shape,
-                rank=None,
-                ratio=after[metric] / before[metric] if before[metric] else 1.0,
-                macs_before=round(before[0]),
-                macs_after=round(after[0]),
-                params_before=round(before[1]),
-                params_after=round(after[1]),
+            pruned_layer_row(
+                layer_name,
+                "channel_pruning" + ("+gather" if layer_name in gathered else ""),
+                shape,
+                before,
+                after,
+                metric,
                 in_channels=[channels_in, kept_in],
                 out_channels=[channels_out, channels_out - removed_out.get(layer_name, 0)],
                 group=", ".join(groups[layer_name]),
@@ -117,3 +114,33 @@ def final_weights(
                 weights[-1] = np.take(weights[-1], out_keep[name], axis=-1)
         result[name] = [np.asarray(w, dtype=np.float32) for w in weights]
     return result
+
+
+def pruned_layer_row(
+    name: str,
+    scheme: str,
+    shape: list[int],
+    before: tuple[float, float],
+    after: tuple[float, float],
+    metric: int,
+    *,
+    in_channels: list[int],
+    out_channels: list[int],
+    group: str,
+) -> LayerStats:
+    """The per-layer stats row of a pruned layer: ``before``/``after`` are ``(MACs, params)``, ``metric`` indexes
+    them (0: MACs, 1: params) for the row's ratio."""
+    return LayerStats(
+        name=name,
+        scheme=scheme,
+        original_shape=shape,
+        rank=None,
+        ratio=after[metric] / before[metric] if before[metric] else 1.0,
+        macs_before=round(before[0]),
+        macs_after=round(after[0]),
+        params_before=round(before[1]),
+        params_after=round(after[1]),
+        in_channels=in_channels,
+        out_channels=out_channels,
+        group=group,
+    )
