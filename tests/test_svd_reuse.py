@@ -234,18 +234,30 @@ def test_background_svds_re_raise_a_failure_and_restore_the_blas_threads(monkeyp
         decompose.BackgroundSVDs([np.eye(3)]).get(0)
 
 
-def test_background_svds_leave_no_thread_when_the_caller_fails():
-    matrices = [np.random.default_rng(i).normal(size=(200, 200)) for i in range(6)]
+def test_background_svds_leave_no_thread_when_the_caller_fails(monkeypatch):
+    matrices = [np.random.default_rng(i).normal(size=(20, 20)) for i in range(6)]
+    started, release = threading.Event(), threading.Event()
+    real = decompose.TruncatedSVD._compute_kept.__func__
+
+    def slow(cls, matrix):  # the first SVD stays "inside LAPACK" until the test lets it go
+        started.set()
+        release.wait(10.0)
+        return real(cls, matrix)
+
+    monkeypatch.setattr(decompose.TruncatedSVD, "_compute_kept", classmethod(slow))
     with pytest.raises(KeyError), decompose.BackgroundSVDs(matrices, workers=1) as background:
+        assert started.wait(10.0)
         raise KeyError("the working copy could not be made")
     # leaving by an error does not wait: the one SVD already running ends on its own daemon thread, the rest never
     # start, and the BLAS limits are restored after it
     left = [t for t in threading.enumerate() if t.name.startswith("tfcompress-svd")]
-    assert all(t.daemon for t in left)
+    assert left and all(t.daemon for t in left)
+    release.set()
     for thread in left:
         thread.join(10.0)
     assert not [t for t in threading.enumerate() if t.name.startswith("tfcompress-svd")]
-    assert sum(f.cancelled() for f in background._futures) >= len(matrices) - 1
+    assert [f.cancelled() for f in background._futures].count(True) == len(matrices) - 1
+    assert sum(f.done() and not f.cancelled() for f in background._futures) == 1
 
 
 def test_compress_model_reports_svd_wait_and_compute_time():
