@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress import decompose
+from tfcompress import decompose, svd_memo
 
 L = keras.layers
 X = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32")
@@ -93,7 +93,7 @@ def test_each_layer_is_factorised_once_per_run(svd_calls, scheme, params, unfold
         isinstance(layer, tfc.SpatialSVDConv2D | tfc.WeightSVDConv2D | tfc.SVDDense) for layer in compressed.layers
     )
     # the memo does not outlive the run
-    assert decompose._SVD_MEMO.get() is None
+    assert svd_memo._SVD_MEMO.get() is None
     svd_calls.clear()
     tfc.rewrite_model(model, {row.name: (row.scheme, row.rank) for row in stats.per_layer_stats})
     assert len(svd_calls) == len(chosen)  # outside compress_model, rewrite_model factorises as before

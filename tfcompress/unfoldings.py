@@ -1,6 +1,6 @@
 """Plain-numpy unfoldings of every decomposable kernel, per (layer kind, scheme).
 
-:mod:`tfcompress.decompose` holds the SVD machinery and the ``Conv2D`` unfoldings;
+:mod:`tfcompress.decompose` holds the ``Conv2D`` unfoldings (the SVD itself is :mod:`tfcompress.truncated_svd`);
 this module adds the kernels of the other convolutions and one table that maps a
 ``(kind, scheme)`` pair to its unfolding, so callers (the greedy search, the
 decomposed layers) never branch on layer types. Nothing here knows about Keras.
