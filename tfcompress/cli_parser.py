@@ -65,17 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="also show TensorFlow's start-up and log lines (hidden by default)"
     )
 
+    def command(name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+        """A subcommand with the common options; its examples (the epilog) kept as written."""
+        return sub.add_parser(
+            name, parents=[common], help=help, description=description, epilog=epilog, formatter_class=_Formatter
+        )
+
     # ---- demo
-    demo = sub.add_parser(
+    demo = command(
         "demo",
-        parents=[common],
         help="train a small CNN on scikit-learn's digits, compress it to half the MACs, save and export it",
         description=_paragraphs(
             "Train a small CNN on scikit-learn's bundled digits, compress it with spatial SVD to a MAC "
             "target, fine-tune briefly, print the stats and write the model, SavedModel and stats JSON."
         ),
         epilog="example:\n  tfcompress demo -o demo_output --target 0.5",
-        formatter_class=_Formatter,
     )
     demo.add_argument("-o", "--output", default="tfcompress_demo_output", help="output folder (default: %(default)s)")
     demo.add_argument("--target", type=float, default=0.5, help="MAC ratio to reach (default: %(default)s)")
@@ -84,9 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
 
     # ---- inspect
-    inspect = sub.add_parser(
+    inspect = command(
         "inspect",
-        parents=[common],
         help="per-layer MACs, parameters, max ranks and eligibility of a .keras model",
         description=_paragraphs(
             "Print one row per layer that has MACs or parameters: its MACs per sample, parameters, "
@@ -95,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
             "totals. The model is loaded with keras.models.load_model(path, safe_mode=True)."
         ),
         epilog="examples:\n  tfcompress inspect model.keras\n  tfcompress inspect model.keras --json > layers.json",
-        formatter_class=_Formatter,
     )
     inspect.add_argument("model", metavar="MODEL.keras", help="a saved Sequential or Functional Keras model")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -107,9 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     # ---- compress
-    compress = sub.add_parser(
+    compress = command(
         "compress",
-        parents=[common],
         help="compress a .keras model to a target cost; writes the model, stats JSON and an HTML report",
         description=_paragraphs(
             "Compress MODEL.keras (loaded with keras.models.load_model(path, safe_mode=True)) with "
@@ -144,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
         "  def accuracy(model, data):           # data = the --data npz as a dict\n"
         '      predictions = model.predict(data["x"], verbose=0)\n'
         '      return float(np.mean(predictions.argmax(1) == data["y"]))',
-        formatter_class=_Formatter,
     )
     compress.add_argument("model", metavar="MODEL.keras", help="a saved Sequential or Functional Keras model")
     compress.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
@@ -243,9 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.set_defaults(subparser=compress)
 
     # ---- report
-    report = sub.add_parser(
+    report = command(
         "report",
-        parents=[common],
         help="write the self-contained HTML report of a stats JSON file",
         description=_paragraphs(
             "Write one self-contained HTML file (plots embedded as PNG) from the stats.json that "
@@ -253,7 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
             'pip install matplotlib, or pip install -e ".[report]" in the tfcompress checkout.'
         ),
         epilog="example:\n  tfcompress report out/stats.json -o out/report.html",
-        formatter_class=_Formatter,
     )
     report.add_argument("stats", metavar="STATS.json", help="stats written by 'tfcompress compress' or to_json")
     report.add_argument(
