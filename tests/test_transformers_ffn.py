@@ -62,9 +62,7 @@ def digits_model():
 
 
 def _work(model: keras.Model) -> keras.Model:
-    work = keras.models.clone_model(model)
-    work.set_weights(model.get_weights())
-    return work
+    return tfc.rewrite_model(model, {})  # a copy, also of a model whose layers do not copy from their configs
 
 
 def _ffn_output(model: keras.Model, unit, inputs) -> np.ndarray:
@@ -181,6 +179,40 @@ def test_backbone_ffn_pruning_at_half(name: str, producers: int, tmp_path) -> No
         served = tf.saved_model.load(str(tmp_path / "saved"))
         got = [np.asarray(t) for t in keras.tree.flatten(served.serve(held))]
         assert _max_diff(sorted(got, key=np.size), sorted(_outputs(pruned, held), key=np.size)) < 1e-4
+
+
+@pytest.mark.slow
+def test_vit_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> None:
+    pytest.importorskip("keras_hub", reason="keras_hub is not installed (pip install -e '.[transformers]')")
+    from test_transformers import FF, LAYERS, VIT_MACS, _max_diff, _outputs, vit
+
+    from tfcompress.layers import RewiredModel
+
+    model = vit()  # its patch embedding layer does not copy from its config: the backbone is re-created instead
+    rng = np.random.default_rng(3)
+    data, held = rng.normal(size=(64, 32, 32, 3)).astype("float32"), rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    pruned, report = prune_ffn(model, 0.5, data)
+    dropped, _ = prune_ffn(model, 0.5, data, reconstruct=False)
+    assert isinstance(pruned, RewiredModel)
+    assert report["units"] == {"vit_encoder/ffn": (FF // 2, FF), "vit_encoder/ffn_1": (FF // 2, FF)}
+    ffn_macs = LAYERS * 2 * 17 * 64 * FF  # two projections per block over 16 patches and the class token
+    cost = tfc.model_cost(pruned)
+    assert not cost.uncounted and cost.macs == VIT_MACS - ffn_macs // 2
+    units, _ = find_ffn_units(model, _work(model), data)
+    target = _ffn_output(model, units[0], held)
+    refit_error = np.linalg.norm(_ffn_output(pruned, units[0], held) - target)
+    drop_error = np.linalg.norm(_ffn_output(dropped, units[0], held) - target)
+    assert refit_error < drop_error, (refit_error, drop_error)
+
+    path = str(tmp_path / "vit.keras")
+    pruned.save(path)
+    assert _max_diff(_outputs(keras.models.load_model(path), held), _outputs(pruned, held)) == 0.0
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        pruned.export(str(tmp_path / "saved"), verbose=False)
+        served = tf.saved_model.load(str(tmp_path / "saved"))
+        assert _max_diff([np.asarray(served.serve(held))], _outputs(pruned, held)) < 1e-4
 
 
 # ---------------------------------------------------------------- in compress_model's channel-pruning search

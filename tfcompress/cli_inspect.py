@@ -37,6 +37,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
     from .pipeline.candidates import ineligibility, inner_problem
 
     cost = model_cost(model, warn=False)
+    fresh_models: dict[int, Any] = {}  # models re-created whole to check their custom layers' sublayers
     rows = []
     eligible_totals = {s: {"layers": 0, "macs": 0, "params": 0} for s in SCHEMES}
     for ref in walk_layers(model, sublayers=True):
@@ -56,7 +57,7 @@ def inspect_model(model: Any, metric: str = "mac") -> dict[str, Any]:
                 entry["reason"] = f"{type(layer).__name__} is not a {_DECOMPOSABLE_TEXT} layer"
                 schemes[scheme_name] = entry
                 continue
-            inner = inner_problem(ref)
+            inner = inner_problem(ref, model, fresh_models)
             why = inner or ineligibility(layer, scheme, manual=False)
             manual_why = (inner or ineligibility(layer, scheme, manual=True)) if why else None
             if why and manual_why:

@@ -19,7 +19,38 @@ from .layers import RewiredLayer
 from .layers.rewired_layer import replaceable
 from .sublayers import attribute_sublayers, get_by_path, own_weights
 
-__all__ = ["rewired_twin", "fill_rewired", "replacement_problem"]
+__all__ = ["rewired_twin", "fill_rewired", "replacement_problem", "config_copy", "NotCopyable", "built_input_shape"]
+
+
+class NotCopyable(Exception):
+    """A layer that cannot be copied from its config: ``layer`` failed with ``error`` (any exception: a config
+    that its class does not accept back, a ``get_config`` that raises). ``node`` is the graph-level layer whose copy
+    needed it (set by the caller)."""
+
+    def __init__(self, layer: Any, error: BaseException) -> None:
+        super().__init__(f"'{layer.name}' ({type(layer).__name__}): {type(error).__name__}: {one_line(error)}")
+        self.layer = layer
+        self.error = error
+        self.node: Any = layer
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line."""
+    return " ".join(str(error).split())
+
+
+def config_copy(layer: Any) -> Any:
+    """``type(layer).from_config(layer.get_config())``; :class:`NotCopyable` when that fails.
+
+    Example:
+        >>> import keras
+        >>> type(config_copy(keras.layers.Dense(3))).__name__
+        'Dense'
+    """
+    try:
+        return type(layer).from_config(layer.get_config())
+    except Exception as err:  # any failure: the layer does not round-trip through its config
+        raise NotCopyable(layer, err) from err
 
 
 def _inner(owner: Any) -> Any:
@@ -41,7 +72,7 @@ def rewired_twin(
     keeps the replacements it already has.
     """
     inner = _inner(owner)
-    fresh = type(inner).from_config(inner.get_config())
+    fresh = config_copy(inner)
     replacements: dict[str, Any] = {}
     values: dict[str, list[np.ndarray]] = {}
     shapes: dict[str, tuple] = {}
@@ -55,24 +86,25 @@ def rewired_twin(
         built = make_twin(original, scheme, rank)
         replacements[attribute] = type(built).from_config(built.get_config())
         values[attribute] = built.get_weights()
-        shape = _input_shape(built)
-        if shape is not None and shape != _input_shape(original):  # reads another shape (fewer hidden units)
+        shape = built_input_shape(built)
+        if shape is not None and shape != built_input_shape(original):  # reads another shape (fewer hidden units)
             shapes[attribute] = shape
         else:
             shapes.pop(attribute, None)
     return RewiredLayer(fresh, replacements, build_shapes=shapes or None, name=owner.name), values
 
 
-def _input_shape(layer: Any) -> tuple | None:
+def built_input_shape(layer: Any) -> tuple | None:
     """The input shape ``layer`` was built for (``None`` when unknown)."""
     config = layer.get_build_config() if layer.built else None
     shape = (config or {}).get("input_shape")
     return None if shape is None else tuple(shape)
 
 
-def fill_rewired(original: Any, new: RewiredLayer, values: Mapping[str, list[np.ndarray]]) -> None:
-    """Copy ``original``'s weights into the built ``new`` (its rewritten twin), replacements from ``values``."""
-    _copy(_inner(original), new.layer, values, "")
+def fill_rewired(original: Any, new: Any, values: Mapping[str, list[np.ndarray]]) -> None:
+    """Copy ``original``'s weights into the built ``new`` (its rewritten twin: a ``RewiredLayer``, or the layer
+    itself with the replacements swapped in), replacements from ``values``."""
+    _copy(_inner(original), _inner(new), values, "")
 
 
 def _copy(source: Any, target: Any, values: Mapping[str, list[np.ndarray]], prefix: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from ._checks import check_finite
 from .cost import KIND_CLASSES, KIND_SCHEMES, layer_kind
 from .enums import CompressionScheme
-from .graph import check_graph_model, inherit_call_counts, resolve_layers, walk_layers
+from .graph import check_graph_model, inherit_call_counts, is_graph_model, resolve_layers, walk_layers
 from .layers import (
     SpatialSVDConv1D,
     SpatialSVDConv2D,
@@ -34,7 +34,8 @@ from .layers import (
 )
 from .layers.base import check_source_conv, check_source_dense
 from .layers.svd_einsum_dense import check_source_einsum_dense
-from .rewire import fill_rewired, replacement_problem, rewired_twin
+from .rewire import NotCopyable, config_copy, fill_rewired, rewired_twin
+from .whole_model import holder_of, rebuilt, recreated, sublayer_problem
 
 __all__ = ["rewrite_model", "rewrite_sublayers", "decomposed_layer", "decomposed_class", "normalize_plan"]
 
@@ -348,11 +349,12 @@ def rewrite_model(
     problems = []
     targets: dict[int, tuple[str, Any]] = {}
     inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]] = {}  # id(custom layer) -> (it, {attribute: entry})
+    fresh_models: dict[int, Any] = {}  # id(graph model) -> it re-created from its own config (None: it cannot be)
     for key, (entry_scheme, rank) in entries.items():
         ref = resolved[key]
         problem = _validate_entry(ref.layer, entry_scheme, rank)
         if not problem and ref.owner is not None:
-            problem = replacement_problem(ref.owner, ref.attribute)
+            problem = sublayer_problem(model, ref.owner, ref.attribute, fresh_models)
         if problem:
             problems.append(f"'{ref.path}': {problem}")
         elif id(ref.layer) in targets and targets[id(ref.layer)] != (entry_scheme, rank):
@@ -363,7 +365,7 @@ def rewrite_model(
                 inner.setdefault(id(ref.owner), (ref.owner, {}))[1][ref.attribute] = (entry_scheme, rank)
     if problems:
         raise ValueError("rewrite_model cannot apply the plan: " + "; ".join(problems) + ".")
-    new_model = _clone_rewritten(model, refs, targets, inner, decomposed_layer)
+    new_model = _clone_rewritten(model, refs, targets, inner, decomposed_layer, fresh_models)
     if images is not None:
         from .data_fit import refit_forward
 
@@ -377,10 +379,14 @@ def _clone_rewritten(
     targets: dict[int, tuple[str, Any]],
     inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]],
     make_twin: Callable[[Any, Any, Any], Any],
+    fresh_models: dict[int, Any] | None = None,
 ) -> keras.Model:
     """The clone of ``model`` with the top-level layers of ``targets`` (``{id(layer): (scheme, rank)}``) replaced
     by ``make_twin(layer, scheme, rank)``, and each custom layer of ``inner`` (``{id(layer): (layer, {attribute:
-    (scheme, rank)})}``) by a :class:`~tfcompress.layers.RewiredLayer`; every other weight copied."""
+    (scheme, rank)})}``) by a :class:`~tfcompress.layers.RewiredLayer`; every other weight copied.
+
+    A (nested) model with a layer that does not copy from its config is re-created as a whole from its own config
+    (:mod:`tfcompress.whole_model`), taken from ``fresh_models`` (``{id(model): it re-created}``) when there."""
     rewired: dict[int, dict[str, list[np.ndarray]]] = {}  # id(new RewiredLayer) -> the replacements' weights
 
     # The re-created layers' weights would be overwritten with copies of the originals right after the clone, so
@@ -392,9 +398,11 @@ def _clone_rewritten(
     lent: list[tuple[Any, str, Any]] = []
     preset: dict[int, list[_OriginalValue]] = {}  # id(new layer) -> its lent values, checked after the clone
 
-    def clone_function(layer: Any) -> Any:
-        if not isinstance(layer, keras.layers.Layer):
-            return _clone_operation(layer)
+    # id(graph model) -> it re-created from its config (None: used, re-create again if needed)
+    rebuild: dict[int, keras.Model | None] = {}
+    memo: dict[int, Any] = {}  # id(layer) -> its copy: a layer shared between nested models stays shared
+
+    def copy_layer(layer: Any) -> Any:
         if id(layer) in inner:
             owner, owner_entries = inner[id(layer)]
             twin, values = rewired_twin(owner, owner_entries, make_twin)
@@ -404,7 +412,7 @@ def _clone_rewritten(
             entry_scheme, rank = targets[id(layer)]
             logger.debug("rewriting %s with %s rank %s", layer.name, entry_scheme, rank)
             return make_twin(layer, entry_scheme, rank)
-        new = layer.__class__.from_config(layer.get_config())
+        new = config_copy(layer)
         if layer.weights:  # its weights will be copied: skip drawing random ones
             values = _original_values(layer)
             for attribute, value in list(vars(new).items()):
@@ -417,18 +425,54 @@ def _clone_rewritten(
                 preset[id(new)] = list(values.values())
         return new
 
-    inputs = _named_inputs(model)
-    try:
+    def clone_function(layer: Any) -> Any:
+        if id(layer) in memo:
+            return memo[id(layer)]
+        if not isinstance(layer, keras.layers.Layer):
+            new = _clone_operation(layer)
+        elif is_graph_model(layer):
+            new = copy_graph(layer, None)
+        else:
+            try:
+                new = copy_layer(layer)
+            except NotCopyable as failure:
+                failure.node = layer
+                raise
+        memo[id(layer)] = new
+        return new
+
+    def copy_graph(graph: keras.Model, inputs: Any) -> keras.Model:
+        if id(graph) in rebuild:  # its layers do not copy from their configs: the whole model is re-created
+            fresh = rebuild[id(graph)] or recreated(graph, NotCopyable(graph, RuntimeError("copied twice")))
+            rebuild[id(graph)] = None
+            new_graph, values = rebuilt(graph, fresh, targets, inner, make_twin)
+            rewired.update(values)
+            return new_graph
         try:
-            new_model = keras.models.clone_model(
-                model, input_tensors=inputs, clone_function=clone_function, recursive=True
-            )
+            return keras.models.clone_model(graph, input_tensors=inputs, clone_function=clone_function)
         except (TypeError, ValueError):
             if inputs is None:
                 raise
             # an input structure clone_model does not accept back: let it create the inputs itself
             # (only the input layers' names can then differ)
-            new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+            return keras.models.clone_model(graph, clone_function=clone_function)
+
+    inputs = _named_inputs(model)
+    # models the plan's check already re-created whole (a custom layer with replacements does not copy from its config)
+    rebuild.update({key: fresh for key, fresh in (fresh_models or {}).items() if fresh is not None})
+    try:
+        while True:
+            try:
+                new_model = copy_graph(model, inputs)
+                break
+            except NotCopyable as failure:
+                holder = holder_of(model, failure.node)
+                if holder is None or id(holder) in rebuild:
+                    raise ValueError(f"rewrite_model: cannot copy the layer {failure}.") from None
+                rebuild[id(holder)] = recreated(holder, failure)
+                memo.clear()
+                rewired.clear()
+                preset.clear()
     finally:
         for layer, attribute, value in lent:
             setattr(layer, attribute, value)
@@ -488,6 +532,7 @@ def rewrite_sublayers(
     by_path = {ref.path: ref for ref in refs}
     targets: dict[int, tuple[str, Any]] = {}
     inner: dict[int, tuple[Any, dict[str, tuple[str, Any]]]] = {}
+    fresh_models: dict[int, Any] = {}
     for (path, attribute), layer in replacements.items():
         ref = by_path.get(path)
         if ref is None:
@@ -495,8 +540,8 @@ def rewrite_sublayers(
         if attribute is None:
             targets[id(ref.layer)] = ("given", layer)
             continue
-        problem = replacement_problem(ref.layer, attribute)
+        problem = sublayer_problem(model, ref.layer, attribute, fresh_models)
         if problem:
             raise ValueError(f"rewrite_sublayers: '{path}' {attribute!r} cannot be replaced: {problem}.")
         inner.setdefault(id(ref.layer), (ref.layer, {}))[1][attribute] = ("given", layer)
-    return _clone_rewritten(model, refs, targets, inner, lambda old, scheme, given: given)
+    return _clone_rewritten(model, refs, targets, inner, lambda old, scheme, given: given, fresh_models)

@@ -3,6 +3,7 @@
 
 from .channel_gather import ChannelGather
 from .rewired_layer import RewiredLayer
+from .rewired_model import RewiredModel
 from .spatial_svd_conv1d import SpatialSVDConv1D
 from .spatial_svd_conv2d import SpatialSVDConv2D
 from .svd_dense import SVDDense
@@ -16,6 +17,7 @@ from .weight_svd_conv2d_transpose import WeightSVDConv2DTranspose
 __all__ = [
     "ChannelGather",
     "RewiredLayer",
+    "RewiredModel",
     "SVDDense",
     "SVDEinsumDense",
     "SVDSeparableConv2D",

@@ -28,9 +28,9 @@ from ..cost import (
 from ..enums import CompressionScheme, CostMetric, Mode
 from ..graph import LayerRef, no_candidates_detail, resolve_layers, walk_layers
 from ..latency import LatencyMeter
-from ..rewire import replacement_problem
 from ..rewrite import _source_kernel, check_source
 from ..stats import CompressionStats
+from ..whole_model import sublayer_problem
 
 logger = logging.getLogger("tfcompress")
 
@@ -268,12 +268,12 @@ def relative_error(candidate: Candidate, rank: Any) -> float:
     return float(np.linalg.norm(candidate.kernel - candidate.reconstructed(rank))) / norm
 
 
-def inner_problem(ref: LayerRef) -> str | None:
-    """Why a layer held inside a custom layer cannot be replaced in a model that saves (``None`` when it can, and
-    for every top-level layer)."""
+def inner_problem(ref: LayerRef, model: keras.Model, fresh_models: dict[int, Any] | None = None) -> str | None:
+    """Why a layer of ``model`` held inside a custom layer cannot be replaced in a model that saves (``None`` when
+    it can, and for every top-level layer). ``fresh_models`` keeps the models re-created whole for the check."""
     if ref.owner is None:
         return None
-    problem = replacement_problem(ref.owner, ref.attribute)
+    problem = sublayer_problem(model, ref.owner, ref.attribute, fresh_models)
     return None if problem is None else f"inside custom layer '{ref.owner.name}': {problem}"
 
 
@@ -296,6 +296,7 @@ def collect_candidates(
     manual mode each one's ratio. Layers left out are recorded in ``stats.skipped_layers`` with the reason."""
     refs = walk_layers(model, sublayers=True)  # layers inside custom layers too ("block/ffn")
     multiplicity = parameters.multiplicity
+    fresh_models: dict[int, Any] = {}  # models re-created whole to check their custom layers' sublayers
 
     def make_candidate(ref: LayerRef) -> Candidate:
         layer = ref.layer
@@ -326,7 +327,7 @@ def collect_candidates(
         problems = []
         for layer_key, ratio in pairs:
             ref = resolved[layer_key]
-            why = ineligibility(ref.layer, scheme, manual=True) or inner_problem(ref)
+            why = ineligibility(ref.layer, scheme, manual=True) or inner_problem(ref, model, fresh_models)
             if why:
                 problems.append(f"'{ref.path}': {why}")
                 continue
@@ -348,7 +349,7 @@ def collect_candidates(
         if id(ref.layer) in ignored:
             stats.skipped_layers[ref.path] = "in modules_to_ignore"
             continue
-        why = ineligibility(ref.layer, scheme, manual=False) or inner_problem(ref)
+        why = ineligibility(ref.layer, scheme, manual=False) or inner_problem(ref, model, fresh_models)
         if why:
             stats.skipped_layers[ref.path] = why
             continue

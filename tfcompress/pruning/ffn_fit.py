@@ -257,9 +257,11 @@ def smaller_model(model: keras.Model, units: Mapping[str, FfnUnit], fits: Mappin
 
 
 def _working_copy(model: keras.Model) -> keras.Model:
-    work = keras.models.clone_model(model)
-    work.set_weights(model.get_weights())
-    return work
+    """A copy of ``model`` to sample activations on (as ``rewrite_model`` copies: a model whose layers do not copy
+    from their configs is re-created from its own)."""
+    from ..rewrite import rewrite_model
+
+    return rewrite_model(model, {})
 
 
 def prune_ffn(
