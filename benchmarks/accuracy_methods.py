@@ -51,13 +51,14 @@ def methods_for(model_name: str) -> list[str]:
 # Each returns (compressed_model, notes); the whole-model MAC ratio is measured afterwards with tfc.model_cost.
 
 
-def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cache: str, data: Any = None) -> Any:
+def _greedy(parameters_class: Any, target: float, settings: dict[str, Any], cache: str, **extra: Any) -> Any:
+    """``parameters_class`` in auto mode with the greedy selection of every method here; ``extra``: its other
+    keywords (the data of the data-aware factors and of channel pruning)."""
     import tfcompress as tfc
 
-    extra = {} if data is None else {"data": data, "num_reconstruction_samples": settings["num_reconstruction_samples"]}
-    return scheme_parameters(
-        tfc.Mode.auto,
-        scheme_parameters.AutoModeParams(
+    return parameters_class(
+        mode=tfc.Mode.auto,
+        params=parameters_class.AutoModeParams(
             tfc.GreedySelectionParameters(
                 target_comp_ratio=target,
                 num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
@@ -70,68 +71,66 @@ def _greedy(scheme_parameters: Any, target: float, settings: dict[str, Any], cac
     )
 
 
-def spatial_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+_DATA_AWARE_TIMINGS = ("data_aware_collect_seconds", "data_aware_fit_seconds", "svd_seconds")
+
+
+def _notes(stats: Any, timings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a greedy method reports: its evaluations, its score, and the ``timings`` the run recorded."""
+    return {
+        "num_eval_calls": stats.num_eval_calls,
+        "val_accuracy": stats.compressed_model_accuracy,
+        **{k: stats.timings[k] for k in timings if k in stats.timings},
+    }
+
+
+def _greedy_decomposition(
+    scheme: str, model: Any, evaluate: Any, target: float, ctx: dict[str, Any], data_aware: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """Greedy ``scheme`` (``"spatial_svd"``, ``"weight_svd"`` or ``"auto"``) to ``target``. ``data_aware`` (issue
+    18): the same selection, every candidate's factors fitted to the layer's sampled inputs (``ctx["x_calib"]``),
+    the final model refitted in forward order; the notes add the data-aware timings."""
     import tfcompress as tfc
 
-    cache = os.path.join(ctx["scratch"], f"{model.name}_spatial_svd_scores.json")
-    params = _greedy(tfc.SpatialSvdParameters, target, ctx["settings"], cache)
-    compressed, stats = tfc.compress_model(model, evaluate, None, "spatial_svd", "mac", params, verbose=0)
-    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+    parameters_class = {
+        "spatial_svd": tfc.SpatialSvdParameters,
+        "weight_svd": tfc.WeightSvdParameters,
+        "auto": tfc.AutoSchemeParameters,
+    }[scheme]
+    settings = ctx["settings"]
+    data = {}
+    if data_aware:
+        data = {"data": ctx["x_calib"], "num_reconstruction_samples": settings["num_reconstruction_samples"]}
+    suffix = "_data_aware" if data_aware else ""
+    cache = os.path.join(ctx["scratch"], f"{model.name}_{scheme}{suffix}_scores.json")
+    params = _greedy(parameters_class, target, settings, cache, **data)
+    compressed, stats = tfc.compress_model(model, evaluate, None, scheme, "mac", params, verbose=0)
+    return compressed, _notes(stats, _DATA_AWARE_TIMINGS if data_aware else ())
+
+
+def spatial_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    return _greedy_decomposition("spatial_svd", model, evaluate, target, ctx)
 
 
 def weight_svd_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    import tfcompress as tfc
-
-    cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_scores.json")
-    params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache)
-    compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
-    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+    return _greedy_decomposition("weight_svd", model, evaluate, target, ctx)
 
 
 def auto_greedy(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``compress_scheme="auto"``: per layer and candidate ratio the best-scoring of weight SVD, spatial SVD and
     Tucker-2 (Dense/EinsumDense: SVD), greedy selection as for the single schemes."""
-    import tfcompress as tfc
-
-    cache = os.path.join(ctx["scratch"], f"{model.name}_auto_scores.json")
-    params = _greedy(tfc.AutoSchemeParameters, target, ctx["settings"], cache)
-    compressed, stats = tfc.compress_model(model, evaluate, None, "auto", "mac", params, verbose=0)
-    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
-
-
-# ---- data-aware variants (issue 18): the same greedy selection, every candidate's factors fitted to the layer's
-# sampled inputs (ctx["x_calib"]), the final model refitted in forward order
-
-
-def _data_aware_notes(stats: Any) -> dict[str, Any]:
-    keys = ("data_aware_collect_seconds", "data_aware_fit_seconds", "svd_seconds")
-    return {
-        "num_eval_calls": stats.num_eval_calls,
-        "val_accuracy": stats.compressed_model_accuracy,
-        **{k: stats.timings[k] for k in keys if k in stats.timings},
-    }
+    return _greedy_decomposition("auto", model, evaluate, target, ctx)
 
 
 def spatial_svd_greedy_data_aware(
     model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    import tfcompress as tfc
-
-    cache = os.path.join(ctx["scratch"], f"{model.name}_spatial_svd_data_aware_scores.json")
-    params = _greedy(tfc.SpatialSvdParameters, target, ctx["settings"], cache, data=ctx["x_calib"])
-    compressed, stats = tfc.compress_model(model, evaluate, None, "spatial_svd", "mac", params, verbose=0)
-    return compressed, _data_aware_notes(stats)
+    return _greedy_decomposition("spatial_svd", model, evaluate, target, ctx, data_aware=True)
 
 
 def weight_svd_greedy_data_aware(
     model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    import tfcompress as tfc
-
-    cache = os.path.join(ctx["scratch"], f"{model.name}_weight_svd_data_aware_scores.json")
-    params = _greedy(tfc.WeightSvdParameters, target, ctx["settings"], cache, data=ctx["x_calib"])
-    compressed, stats = tfc.compress_model(model, evaluate, None, "weight_svd", "mac", params, verbose=0)
-    return compressed, _data_aware_notes(stats)
+    return _greedy_decomposition("weight_svd", model, evaluate, target, ctx, data_aware=True)
 
 
 def weight_svd_uniform_data_aware(
@@ -154,23 +153,17 @@ def channel_pruning(model: Any, evaluate: Any, target: float, ctx: dict[str, Any
 
     settings = ctx["settings"]
     cache = os.path.join(ctx["scratch"], f"{model.name}_channel_pruning_scores.json")
-    params = tfc.ChannelPruningParameters(
+    params = _greedy(
+        tfc.ChannelPruningParameters,
+        target,
+        settings,
+        cache,
         data=ctx["x_calib"],
         num_reconstruction_samples=settings["num_reconstruction_samples"],
         allow_custom_downsample_ops=False,
-        mode=tfc.Mode.auto,
-        params=tfc.ChannelPruningParameters.AutoModeParams(
-            tfc.GreedySelectionParameters(
-                target_comp_ratio=target,
-                num_comp_ratio_candidates=settings["num_comp_ratio_candidates"],
-                saved_eval_scores_dict=cache,
-                allow_unreachable=True,  # the table reports the ratio reached
-            ),
-            modules_to_ignore=[CLASSIFIER],
-        ),
     )
     compressed, stats = tfc.compress_model(model, evaluate, None, "channel_pruning", "mac", params, verbose=0)
-    return compressed, {"num_eval_calls": stats.num_eval_calls, "val_accuracy": stats.compressed_model_accuracy}
+    return compressed, _notes(stats)
 
 
 def svd_then_prune(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -3,30 +3,14 @@ plan whose whole-model score stays within ``d`` of the baseline; with a target r
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
+from conftest import cnn
 
 import tfcompress as tfc
 
-L = keras.layers
 G = tfc.GreedySelectionParameters
 X = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
-
-
-def cnn(widths=(8, 16, 32), softmax=False, seed=1):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            L.Conv2D(widths[0], 3, padding="same", activation="relu", name="conv1"),
-            L.Conv2D(widths[1], 3, padding="same", activation="relu", name="conv2"),
-            L.MaxPooling2D(name="pool"),
-            L.Conv2D(widths[2], 3, padding="same", activation="relu", name="conv3"),
-            L.GlobalAveragePooling2D(name="gap"),
-            L.Dense(10, activation="softmax" if softmax else None, name="fc"),
-        ]
-    )
 
 
 def agreement(model):
@@ -58,7 +42,7 @@ def test_parameters_are_checked():
 
 
 def check_search(scheme, drops):
-    model = cnn()
+    model = cnn(widths=(8, 16, 32))
     score = agreement(model)
     results = {}
     for drop in drops:
@@ -94,7 +78,7 @@ def test_a_larger_drop_gives_a_cheaper_plan(scheme):
 
 
 def test_with_a_target_too_the_drop_is_checked():
-    model = cnn()
+    model = cnn(widths=(8, 16, 32))
     score = agreement(model)
     with pytest.raises(ValueError, match=r"dropped by [0-9.e-]+ .* more than max_score_drop=0\b") as err:
         tfc.compress_model(
@@ -108,7 +92,7 @@ def test_with_a_target_too_the_drop_is_checked():
 
 
 def test_nothing_within_the_drop_keeps_the_model_and_warns():
-    model = cnn()
+    model = cnn(widths=(8, 16, 32))
     score = agreement(model)
     noisy = {"calls": 0}
 

@@ -13,6 +13,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import cnn
 
 import tfcompress as tfc
 from tfcompress import decompose as dc
@@ -25,23 +26,6 @@ N_CANDIDATES = 9
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def cnn(widths=(8, 16, 16), softmax=False, seed=1, name="tiny"):
-    """conv1 -> conv2 -> maxpool -> conv3 -> GAP -> fc on 8x8x1 inputs (the digits architecture)."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            L.Conv2D(widths[0], 3, padding="same", activation="relu", name="conv1"),
-            L.Conv2D(widths[1], 3, padding="same", activation="relu", name="conv2"),
-            L.MaxPooling2D(name="pool"),
-            L.Conv2D(widths[2], 3, padding="same", activation="relu", name="conv3"),
-            L.GlobalAveragePooling2D(name="gap"),
-            L.Dense(10, activation="softmax" if softmax else None, name="fc"),
-        ],
-        name=name,
-    )
 
 
 X_FIXED = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
