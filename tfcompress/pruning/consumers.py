@@ -135,7 +135,7 @@ class Consumer:
     channels_in: int
     x: np.ndarray  # (P, C, taps) inputs on the current model, channel-major
     y: np.ndarray  # (P, N) the ORIGINAL layer's outputs on the ORIGINAL model's inputs
-    kernel: np.ndarray  # current kernel, (taps, C, N)
+    kernel: np.ndarray  # current kernel, (taps, C, N), float32
     bias: np.ndarray | None
     removed: set[int]  # input channels already removed by earlier units
     norms: np.ndarray  # (C,) squared norm of each input channel's weights (magnitude selection)
@@ -190,7 +190,8 @@ def consumers_of(
         y = before[slot.layer].astype(np.float64) @ w0.reshape(-1, w0.shape[-1])
         if source.bias is not None:
             y = y + np.asarray(keras.ops.convert_to_numpy(source.bias), dtype=np.float64)
-        kernel = view.taps(np.asarray(keras.ops.convert_to_numpy(view.kernel), dtype=np.float64))
+        # float32, the values the layer holds (exact): a float64 copy of every consumer's kernel doubled its size
+        kernel = view.taps(np.asarray(keras.ops.convert_to_numpy(view.kernel), dtype=np.float32))
         bias = None if view.bias is None else np.asarray(keras.ops.convert_to_numpy(view.bias), dtype=np.float64)
         taps, channels_in = kernel.shape[0], kernel.shape[1]
         x = now[slot.layer].reshape(len(y), taps, channels_in).transpose(0, 2, 1)
@@ -206,7 +207,7 @@ def consumers_of(
                 kernel=kernel,
                 bias=bias,
                 removed=set(removed.get(slot.layer, set())),
-                norms=_channel_norms(view, kernel),
+                norms=_channel_norms(view, kernel.astype(np.float64)),
             )
         )
     return result

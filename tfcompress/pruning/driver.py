@@ -185,7 +185,9 @@ def compress_channels(
             parameters.data, model, max(16, math.ceil(parameters.num_reconstruction_samples / POSITIONS_PER_IMAGE))
         )
         if parameters.reconstruct or parameters.channel_selection != "magnitude":
-            run.sampler = Sampler(images, parameters.num_reconstruction_samples, parameters.seed)
+            run.sampler = Sampler(
+                images, parameters.num_reconstruction_samples, parameters.seed, keep_bytes=_patch_budget(model)
+            )
         stats.notes.append(
             f"channel pruning: {len(images)} input(s), {parameters.num_reconstruction_samples} sampled positions per "
             f"layer, {parameters.channel_selection} channel selection, reconstruction "
@@ -225,6 +227,18 @@ def compress_channels(
         run.ffn.record(stats, {n: f for n, f in kept_channels.items() if run.is_ffn(n)})
     stats.timings["channel_pruning_seconds"] = time.perf_counter() - start
     return compressed
+
+
+#: the original model's sampled patches held between passes: this share of the weights' size (issue 19's bound)
+ORIGINAL_PATCHES_SHARE = 0.1
+#: ... but never less than this (small models keep all of them: one pass)
+ORIGINAL_PATCHES_MIN_BYTES = 8 * 2**20
+
+
+def _patch_budget(model: keras.Model) -> int:
+    """How many bytes of the original model's sampled patches the sampler holds between passes."""
+    weights = sum(int(np.prod(tuple(w.shape), dtype=np.int64)) * 4 for w in model.weights)
+    return max(ORIGINAL_PATCHES_MIN_BYTES, int(ORIGINAL_PATCHES_SHARE * weights))
 
 
 def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]]] | None:
@@ -434,20 +448,22 @@ def _fitted_plan(
     return _Plan(plan, ratio, notes)
 
 
-def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: Any) -> tuple[_Plan, tuple]:
+def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: Any) -> tuple[_Plan, tuple | None]:
     """Score the threshold plan and the least-summed-loss plan on the whole model; keep the better one.
 
     Each plan is written into the working copy as masks (every unit refitted in forward order, as the final model
-    will be), scored, and the working copy restored. Returns the kept plan and its masked result (kept channels and
-    refits), which the final model is then built from, so the winner is not refitted a second time. Ties keep the
-    threshold plan."""
-    threshold_score, threshold_masked = _score_masked(run, threshold, evaluator, "the threshold plan")
+    will be), scored, and the working copy restored. Returns the kept plan and, when the least-summed-loss plan
+    wins, its masked result (kept channels and refits), which the final model is then built from (``None``: the
+    threshold plan won and is refitted as the model is built). Ties keep the threshold plan."""
+    # the threshold plan's refits are let go once it is scored: holding both plans' refits at once cost about 0.4x
+    # the weights (issue 19); when it wins, it is refitted once more as the final model is built
+    threshold_score = _score_masked(run, threshold, evaluator, "the threshold plan")[0]
     alt_score, alt_masked = _score_masked(run, alternative, evaluator, "the least-summed-loss plan")
     scored = (threshold_score, threshold.ratio), (alt_score, alternative.ratio)
     if keep_alternative(run.stats, *scored, "group"):
         run.stats.notes.extend(alternative.notes)
         return alternative, alt_masked
-    return threshold, threshold_masked
+    return threshold, None
 
 
 def _score_masked(run: _Run, plan: _Plan, evaluator: Any, what: str) -> tuple[float, tuple]:

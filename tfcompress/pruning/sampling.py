@@ -134,16 +134,44 @@ def layer_positions(name: str, batch: int, out_hw: tuple[int, int], samples: int
 
 
 class Sampler:
-    """Consumer-layer inputs at fixed sampled positions (the same positions for every model compared)."""
+    """Consumer-layer inputs at fixed sampled positions (the same positions for every model compared).
 
-    def __init__(self, images: np.ndarray, samples: int, seed: int, batch_size: int = 8) -> None:
+    The original model's patches, which every refit compares against, are kept between calls, but at most
+    ``keep_bytes`` of them (``None``: all): a pass over the model fetches the layers asked for and, while they fit,
+    the layers after them in forward order, and lets go of the others first. Callers that walk the layers in
+    forward order (the score table, the masked plan) so pay a few passes per walk instead of holding every
+    consumer's patches (about the size of the weights) for the whole run.
+
+    Example:
+        >>> import numpy as np, keras
+        >>> model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, name="a"),
+        ...                           keras.layers.Conv2D(3, 3, name="b")])
+        >>> sampler = Sampler(np.ones((2, 6, 6, 2), "float32"), samples=5, seed=0, keep_bytes=0)
+        >>> {k: v.shape for k, v in sampler.original_patches(model, ["b"], ["a", "b"]).items()}
+        {'b': (5, 36)}
+        >>> sampler.kept_layers, sampler.original_passes
+        (['b'], 1)
+    """
+
+    def __init__(
+        self, images: np.ndarray, samples: int, seed: int, batch_size: int = 8, keep_bytes: int | None = None
+    ) -> None:
+        if keep_bytes is not None and keep_bytes < 0:
+            raise ValueError(f"Sampler: keep_bytes must be None or >= 0, got {keep_bytes!r}.")
         self.images = images
         self.samples = samples
         self.seed = seed
         self.batch_size = batch_size
+        self.keep_bytes = keep_bytes
         self._positions: dict[tuple[str, tuple], np.ndarray] = {}
         self._original: dict[str, np.ndarray] = {}
+        self.original_passes = 0  # passes over the original model (each fetches one or more layers' patches)
         self.seconds = 0.0
+
+    @property
+    def kept_layers(self) -> list[str]:
+        """The layers whose original patches are held now."""
+        return list(self._original)
 
     def _positions_for(self, name: str, batch: int, out_hw: tuple[int, int]) -> np.ndarray:
         key = (name, (batch, *out_hw))
@@ -151,12 +179,42 @@ class Sampler:
             self._positions[key] = layer_positions(name, batch, out_hw, self.samples, self.seed)
         return self._positions[key]
 
+    def _patch_bytes(self, model: keras.Model, name: str) -> int:
+        """The size of one layer's sampled patches (float32, ``samples`` rows of the kernel's input columns)."""
+        kernel = view_of(model.get_layer(name)).kernel
+        return 4 * self.samples * int(np.prod(tuple(kernel.shape)[:-1], dtype=np.int64))
+
     def original_patches(self, model: keras.Model, names: list[str], every: list[str]) -> dict[str, np.ndarray]:
-        """:meth:`patches` of the ORIGINAL model, computed once for all layers in ``every`` (one pass) and kept."""
-        if any(name not in self._original for name in names):
-            missing = [name for name in every if name not in self._original]
-            self._original.update(self.patches(model, missing))
+        """:meth:`patches` of the ORIGINAL model for ``names``: held ones are reused; the missing ones are fetched in
+        one pass, with the layers after them in ``every`` (forward order) while ``keep_bytes`` allows."""
+        missing = [name for name in names if name not in self._original]
+        if missing:
+            if self.keep_bytes is None:
+                fetch = list(dict.fromkeys([*missing, *(n for n in every if n not in self._original)]))
+            else:
+                fetch = self._within_budget(model, names, missing, every)
+            self._original.update(self.patches(model, fetch))
+            self.original_passes += 1
         return {name: self._original[name] for name in names}
+
+    def _within_budget(self, model: keras.Model, names: list[str], missing: list[str], every: list[str]) -> list[str]:
+        """Let go of the held layers not asked for; then the missing ones and, while they fit in ``keep_bytes``,
+        the layers that follow the last of them in ``every``."""
+        for name in [n for n in self._original if n not in names]:
+            del self._original[name]
+        left = int(self.keep_bytes or 0) - sum(int(a.nbytes) for a in self._original.values())
+        left -= sum(self._patch_bytes(model, name) for name in missing)
+        fetch = list(missing)
+        after = max((every.index(n) for n in missing if n in every), default=len(every))
+        for name in every[after + 1 :]:
+            if name in self._original or name in fetch:
+                continue
+            size = self._patch_bytes(model, name)
+            if size > left:
+                break
+            fetch.append(name)
+            left -= size
+        return fetch
 
     def patches(self, model: keras.Model, names: list[str]) -> dict[str, np.ndarray]:
         """``{name: (P, cols)}``: each layer's input patches (Conv2D, columns like ``kernel.reshape(-1, N)``),
