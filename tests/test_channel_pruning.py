@@ -458,7 +458,7 @@ def test_two_plan_check_scores_both_plans_in_place_restores_the_copy_and_builds_
         seen.append(m)
         return 1.0 - float(np.mean((m.predict(x, verbose=0) - reference) ** 2))
 
-    real_select = driver._select
+    real_select = driver.select_plan
     alternatives = []
 
     def with_alternative(run, keeps, table):
@@ -466,9 +466,9 @@ def test_two_plan_check_scores_both_plans_in_place_restores_the_copy_and_builds_
         name = sorted(chosen.plan)[0]
         plan = {**chosen.plan, name: chosen.plan[name] + change}  # one group keeps one channel less / more
         alternatives.append(plan)
-        return chosen, driver._Plan(plan, run.plan_cost(plan) / run.total_cost, ["the alternative's note"])
+        return chosen, driver.Plan(plan, run.plan_cost(plan) / run.total_cost, ["the alternative's note"])
 
-    monkeypatch.setattr(driver, "_select", with_alternative)
+    monkeypatch.setattr(driver, "select_plan", with_alternative)
     real_compare = driver._compare_plans
     after_check = []
 

@@ -32,9 +32,7 @@ import logging
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -43,88 +41,31 @@ import numpy as np
 from .._checks import check_finite
 from ..cost import model_cost
 from ..enums import CompressionScheme, CostMetric, Mode, RankSelectScheme
-from ..errors import TargetUnreachableError, unreachable_message
 from ..pipeline.evaluator import WorkGuard
 from ..pipeline.executor import Executor, Job, LocalExecutor, opened, progress_bar, weight_indices
-from ..pipeline.plans import accuracy_target, keep_alternative, lookup, match_ratio
+from ..pipeline.plans import accuracy_target, keep_alternative
 from ..pipeline.scorecache import open_cache, scores_kept, settings_tag
-from ..select import ScoreCacheWriter, greedy_select, min_loss_select
+from ..select import ScoreCacheWriter
 from ..stats import CompressionStats
 from .consumers import (
-    Consumer,
     consumers_of,
-    keep_order,
     mask_assignments,
-    plan_cost,
     refit_consumers,
-    unit_cost,
     view_of,
 )
 from .ffn_search import FfnGroups
 from .groups import PruneUnit, prune_units
 from .inline import inline_for_pruning
 from .outcome import final_weights, record_layers
+from .plan_select import Plan, fitted_plan, select_plan, selectors
 from .ratios import auto_ratios, candidate_keeps, manual_ratios
 from .rebuild import apply_pruning
+from .run import ChannelRun
 from .sampling import POSITIONS_PER_IMAGE, Sampler, check_data_form, keep_count, model_inputs
 
 __all__ = ["check_data_form", "compress_channels", "keep_count", "model_inputs"]
 
 logger = logging.getLogger("tfcompress")
-
-
-@dataclass
-class _Run:
-    """What every step of one channel-pruning run shares."""
-
-    model: keras.Model  # the user's model: read, never changed
-    work: keras.Model  # the working copy: candidates and the masked plan are written into it
-    parameters: Any
-    metric: CostMetric
-    stats: CompressionStats
-    units_list: list[PruneUnit]
-    units: dict[str, PruneUnit]
-    layer_costs: dict[str, tuple[float, float]]
-    total_cost: float
-    sampler: Sampler | None = None
-    order_seconds: float = 0.0
-    ffn: FfnGroups | None = None  # FFN hidden units inside custom layers: groups named "<block>/ffn"
-
-    @property
-    def ffn_units(self) -> list[Any]:
-        return [] if self.ffn is None else list(self.ffn.units.values())
-
-    def is_ffn(self, name: str) -> bool:
-        return self.ffn is not None and name in self.ffn
-
-    @property
-    def consumer_names(self) -> list[str]:
-        """Every layer whose input channels some unit prunes, in forward order, once."""
-        return list(dict.fromkeys(slot.layer for unit in self.units_list for slot in unit.consumers))
-
-    def cost(self, pair: tuple[float, float]) -> float:
-        """The number the cost metric compares."""
-        return pair[0] if self.metric is CostMetric.mac else pair[1]
-
-    def plan_cost(self, plan: dict[str, int]) -> float:
-        graph = {name: keep for name, keep in plan.items() if not self.is_ffn(name)}
-        macs, params = plan_cost(graph, self.units, self.model, self.layer_costs)
-        if self.ffn is not None:  # FFN units touch only their own layers, which no graph group touches
-            saved = self.ffn.saving(plan)
-            macs, params = macs - saved[0], params - saved[1]
-        return self.cost((macs, params))
-
-    def unit_cost(self, name: str, keep: int) -> float:
-        if self.is_ffn(name):
-            return self.cost(self.units[name].cost(keep))
-        return self.cost(unit_cost(self.units[name], keep, self.model, self.layer_costs))
-
-    def choose(self, consumers: list[Consumer], unit: PruneUnit, keep: int) -> np.ndarray:
-        """The order in which the unit's channels are kept (the first ``keep``), timed."""
-        start = time.perf_counter()
-        order = keep_order(consumers, unit.channels, keep, self.parameters.channel_selection)
-        self.order_seconds += time.perf_counter() - start
-        return order
 
 
 def compress_channels(
@@ -164,7 +105,7 @@ def compress_channels(
                 value = keras.ops.convert_to_numpy(variable)
                 check_finite(value, f"channel pruning: the {what} of layer '{name}'", "fix the weights first")
     original = model_cost(model, warn=False)
-    run = _Run(
+    run = ChannelRun(
         model,
         work,
         parameters,
@@ -207,7 +148,7 @@ def compress_channels(
         if run.parameters.params.select_params.target_comp_ratio is None:  # an accuracy target alone
             chosen, alternative = _accuracy_plan(run, keeps, table, evaluator), None
         else:
-            chosen, alternative = _select(run, keeps, table)
+            chosen, alternative = select_plan(run, keeps, table)
         if alternative is not None:
             chosen, masked = _compare_plans(run, chosen, alternative, evaluator)
         plan = chosen.plan
@@ -241,7 +182,7 @@ def _patch_budget(model: keras.Model) -> int:
     return max(ORIGINAL_PATCHES_MIN_BYTES, int(ORIGINAL_PATCHES_SHARE * weights))
 
 
-def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]]] | None:
+def _open_score_cache(run: ChannelRun) -> tuple[str, str, dict[str, dict[float, float]]] | None:
     """``(path, fingerprint, table)`` of the score cache, checked before any evaluation (None: no cache)."""
     path = run.parameters.params.select_params.saved_eval_scores_dict
     if path is None:
@@ -257,7 +198,7 @@ def _open_score_cache(run: _Run) -> tuple[str, str, dict[str, dict[float, float]
 
 
 def _score_table(
-    run: _Run, keeps: dict[str, dict[float, int]], cache: Any, evaluator: Any, verbose: int, executor: Executor
+    run: ChannelRun, keeps: dict[str, dict[float, int]], cache: Any, evaluator: Any, verbose: int, executor: Executor
 ) -> dict[str, dict[float, float]]:
     """Evaluate each unit alone at each candidate, in place in the working copy, by ``executor`` (cached scores are
     reused). The jobs are made lazily, one unit's refits at a time."""
@@ -308,147 +249,7 @@ def _score_table(
     return table
 
 
-@dataclass
-class _Plan:
-    """A selected plan ``{unit: channels kept}``, its exact model ratio and the notes of how it was fitted."""
-
-    plan: dict[str, int]
-    ratio: float
-    notes: list[str] = field(default_factory=list)
-
-
-def _selectors(
-    run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]
-) -> tuple[dict[str, dict[float, float]], Callable[[float], Any], Callable[[float], Any]]:
-    """The score table of the candidates, and the threshold and least-summed-loss selectors at a goal ratio."""
-    stats = run.stats
-    select_params = run.parameters.params.select_params
-    scores = {name: {r: lookup(table[name], r) for r in keeps[name]} for name in keeps if keeps[name]}
-    if not scores:
-        raise ValueError("compress_model: no candidate ratio of any channel group saves cost; nothing to select.")
-    costs = {name: {r: run.unit_cost(name, k) for r, k in keeps[name].items()} for name in scores}
-    originals = {name: run.unit_cost(name, run.units[name].channels) for name in scores}
-    total = run.total_cost
-    # A layer can belong to two units (its input group and its output group), so the units' own costs may add up
-    # to more than the model. The selectors only compare savings: pad the total by the overlap, and move the goal
-    # so that the same savings meet it.
-    overlap = max(sum(originals.values()) - total, 0.0)
-
-    def padded(goal: float) -> float:
-        return (goal * total + overlap) / (total + overlap)
-
-    def threshold_at(goal: float) -> Any:
-        return greedy_select(
-            scores, costs, originals, total + overlap, padded(goal), use_monotonic_fit=select_params.use_monotonic_fit
-        )
-
-    def min_loss_at(goal: float) -> Any:
-        return min_loss_select(
-            scores,
-            costs,
-            originals,
-            total + overlap,
-            padded(goal),
-            reference_score=stats.baseline_model_accuracy,
-            use_monotonic_fit=select_params.use_monotonic_fit,
-        )
-
-    return scores, threshold_at, min_loss_at
-
-
-def _select(
-    run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]]
-) -> tuple[_Plan, _Plan | None]:
-    """Greedy selection on the score table, made to fit the target by the exact cost, then the leftover budget
-    spent on more channels. With ``compare_plans``, also the plan of least summed per-unit loss, fitted the same
-    way (``None`` when it is not needed: switched off, the same plan, or it does not meet the target).
-    Plans are ``{unit: channels kept}``."""
-    stats = run.stats
-    select_params = run.parameters.params.select_params
-    target = float(select_params.target_comp_ratio)
-    scores, threshold_at, min_loss_at = _selectors(run, keeps, table)
-    chosen = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection")
-    if chosen.ratio > target + 1e-3 and not select_params.allow_unreachable:
-        raise TargetUnreachableError(
-            unreachable_message(
-                "compress_model",
-                target,
-                chosen.ratio,
-                select_params.saved_eval_scores_dict,
-                "every channel group at its smallest candidate ratio",
-            ),
-            target_ratio=target,
-            best_ratio=chosen.ratio,
-            eval_scores=scores,
-            cache_path=select_params.saved_eval_scores_dict,
-        )
-    stats.notes.extend(chosen.notes)
-    stats.selected_comp_ratio = chosen.ratio
-    if not (select_params.compare_plans and chosen.plan and chosen.ratio <= target + 1e-3):
-        return chosen, None
-    alternative = _fitted_plan(run, keeps, scores, min_loss_at, "the least-summed-loss selection")
-    if not alternative.plan or alternative.ratio > target + 1e-3 or alternative.plan == chosen.plan:
-        return chosen, None
-    return chosen, alternative
-
-
-def _fitted_plan(
-    run: _Run,
-    keeps: dict[str, dict[float, int]],
-    scores: dict[str, dict[float, float]],
-    select_at: Callable[[float], Any],
-    what: str,
-    target: float | None = None,
-) -> _Plan:
-    """``select_at(goal)``'s plan made to fit the target by the exact cost (the goal tightened when units interact),
-    then the budget left up to the target spent on more channels. ``target`` defaults to the parameters' ratio."""
-    stats = run.stats
-    if target is None:
-        target = float(run.parameters.params.select_params.target_comp_ratio)
-    total = run.total_cost
-    notes: list[str] = []
-
-    def plan_for(goal: float) -> tuple[dict[str, int], float]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            selection = select_at(goal)
-        chosen = {n: keeps[n][match_ratio(keeps[n], r)] for n, r in selection.ratios.items() if r < 1.0}
-        return chosen, run.plan_cost(chosen) / total
-
-    plan, ratio = plan_for(target)
-    if ratio > target + 1e-3:
-        # unit costs were estimated one unit at a time; tighten the goal until the exact cost fits
-        lo, hi, best = 0.0, target, None
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            found = plan_for(max(mid, 1e-6))
-            if found[1] <= target + 1e-3:
-                best, lo = found, mid
-            else:
-                hi = mid
-        if best is not None:
-            plan, ratio = best
-            notes.append(
-                f"{what}: the selector's goal was tightened to {lo:.4f} so that the exact cost of the plan "
-                f"({ratio:.4f}) meets the target {target}"
-            )
-    if ratio > target + 1e-3:
-        notes.append(f"{what}: target {target} not reached: the smallest plan found costs {ratio:.4f}")
-    elif plan:
-        # the selection moves in whole candidates: spend what is left up to the target on more channels
-        loss = {n: stats.baseline_model_accuracy - lookup(scores[n], _ratio_of(keeps[n], k)) for n, k in plan.items()}
-        filled = _fill_budget(run, plan, keeps, loss, target * total)
-        filled_ratio = run.plan_cost(filled) / total
-        if filled_ratio > ratio + 1e-9:
-            notes.append(
-                f"{what} gave ratio {ratio:.4f}; the budget left up to the target was spent on more "
-                f"channels (most score-sensitive groups first), giving {filled_ratio:.4f}"
-            )
-        plan, ratio = filled, filled_ratio
-    return _Plan(plan, ratio, notes)
-
-
-def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: Any) -> tuple[_Plan, tuple | None]:
+def _compare_plans(run: ChannelRun, threshold: Plan, alternative: Plan, evaluator: Any) -> tuple[Plan, tuple | None]:
     """Score the threshold plan and the least-summed-loss plan on the whole model; keep the better one.
 
     Each plan is written into the working copy as masks (every unit refitted in forward order, as the final model
@@ -466,7 +267,7 @@ def _compare_plans(run: _Run, threshold: _Plan, alternative: _Plan, evaluator: A
     return threshold, None
 
 
-def _score_masked(run: _Run, plan: _Plan, evaluator: Any, what: str) -> tuple[float, tuple]:
+def _score_masked(run: ChannelRun, plan: Plan, evaluator: Any, what: str) -> tuple[float, tuple]:
     """The whole-model score of ``plan`` masked into the working copy (restored afterwards, whatever happens), and
     the masked result (kept channels and refits)."""
     ordered = [u for u in run.units_list if u.name in plan.plan]
@@ -485,18 +286,18 @@ def _score_masked(run: _Run, plan: _Plan, evaluator: Any, what: str) -> tuple[fl
 
 
 def _accuracy_plan(
-    run: _Run, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]], evaluator: Any
-) -> _Plan:
+    run: ChannelRun, keeps: dict[str, dict[float, int]], table: dict[str, dict[float, float]], evaluator: Any
+) -> Plan:
     """``GreedySelectionParameters(target_comp_ratio=None, max_score_drop=d)``: the cheapest plan of the threshold
     selector, fitted by the exact cost at a goal ratio, whose whole-model score (masked into the working copy) is
     within ``d`` of the baseline."""
-    scores, threshold_at, _ = _selectors(run, keeps, table)
+    scores, threshold_at, _ = selectors(run, keeps, table)
 
-    def plan_at(goal: float) -> tuple[_Plan, float]:
-        fitted = _fitted_plan(run, keeps, scores, threshold_at, "greedy selection", target=goal)
+    def plan_at(goal: float) -> tuple[Plan, float]:
+        fitted = fitted_plan(run, keeps, scores, threshold_at, "greedy selection", target=goal)
         return fitted, fitted.ratio
 
-    def evaluate(plan: _Plan) -> float:
+    def evaluate(plan: Plan) -> float:
         return _score_masked(run, plan, evaluator, "a candidate plan of the accuracy target")[0]
 
     drop = run.parameters.params.select_params.max_score_drop
@@ -506,7 +307,9 @@ def _accuracy_plan(
     return chosen
 
 
-def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, removed: dict[str, set[int]]) -> tuple:
+def _prune_unit(
+    run: ChannelRun, unit: PruneUnit, keep: int, current: keras.Model, removed: dict[str, set[int]]
+) -> tuple:
     """Choose the unit's kept channels and refit its consumers on ``current``'s inputs against the original outputs.
 
     Returns ``(kept unit channels, dropped unit channels, consumers, refits)``.
@@ -518,7 +321,7 @@ def _prune_unit(run: _Run, unit: PruneUnit, keep: int, current: keras.Model, rem
 
 
 def _masked_plan(
-    run: _Run,
+    run: ChannelRun,
     ordered: list[PruneUnit],
     plan: dict[str, int],
     originals: dict[int, tuple[Any, Any]] | None = None,
@@ -551,7 +354,7 @@ def _masked_plan(
 
 
 def _apply_masked(
-    run: _Run, ordered: list[PruneUnit], plan: dict[str, int], masked: tuple | None = None
+    run: ChannelRun, ordered: list[PruneUnit], plan: dict[str, int], masked: tuple | None = None
 ) -> tuple[keras.Model, dict]:
     """The pruned model of the plan: masked in the working copy (or ``masked``, the result of an earlier
     :func:`_masked_plan` of this plan), then winnowed once."""
@@ -568,7 +371,7 @@ def _apply_masked(
     return compressed, kept_channels
 
 
-def _apply_with_trainer(run: _Run, ordered: list[PruneUnit], plan: dict[str, int], trainer: Any) -> tuple:
+def _apply_with_trainer(run: ChannelRun, ordered: list[PruneUnit], plan: dict[str, int], trainer: Any) -> tuple:
     """Apply the plan one unit at a time, rebuilding the smaller model and fine-tuning it after each unit."""
     compressed = run.model
     kept_channels: dict[str, np.ndarray] = {}
@@ -598,46 +401,3 @@ def _apply_with_trainer(run: _Run, ordered: list[PruneUnit], plan: dict[str, int
         logger.info("fine-tuning after pruning the FFN units")
         trainer.train_model(compressed, block, train_flag=True)
     return compressed, kept_channels
-
-
-def _ratio_of(row: dict[float, int], keep: int) -> float:
-    """The candidate ratio of ``row`` (ratio -> keep) that gives ``keep`` channels."""
-    return next(r for r, k in row.items() if k == keep)
-
-
-def _fill_budget(
-    run: _Run, plan: dict[str, int], keeps: dict[str, dict[float, int]], loss: dict[str, float], budget: float
-) -> dict[str, int]:
-    """Give channels back, ``multiplicity`` at a time, while the exact cost stays within ``budget``.
-
-    The unit that lost the most score at its chosen candidate goes first, first up to its next candidate's keep,
-    then (second pass) beyond, up to all its channels (then it is not pruned at all).
-    """
-    plan = dict(plan)
-    order = sorted(plan, key=lambda n: (-loss[n], n))
-    for capped in (True, False):
-        active = list(order)
-        while active:
-            progressed = False
-            for name in list(active):
-                if name not in plan:
-                    active.remove(name)
-                    continue
-                keep, channels = plan[name], run.units[name].channels
-                higher = sorted(k for k in keeps[name].values() if k > keep)
-                limit = higher[0] if capped and higher else channels
-                new = min(keep + run.parameters.multiplicity, limit, channels)
-                trial = dict(plan)
-                if new >= channels:
-                    del trial[name]
-                else:
-                    trial[name] = new
-                if new <= keep or run.plan_cost(trial) > budget:
-                    active.remove(name)
-                    continue
-                plan = trial
-                progressed = True
-                break  # most sensitive first: start again from the top
-            if not progressed:
-                break
-    return plan
