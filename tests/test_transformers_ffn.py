@@ -215,6 +215,40 @@ def test_vit_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> No
         assert _max_diff([np.asarray(served.serve(held))], _outputs(pruned, held)) < 1e-4
 
 
+@pytest.mark.slow
+def test_llama_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> None:
+    pytest.importorskip("keras_hub", reason="keras_hub is not installed (pip install -e '.[transformers]')")
+    from test_transformers import FF, LAYERS, LLAMA_MACS, T, _max_diff, _outputs, _tokens, llama
+    from test_transformers import HIDDEN as H
+
+    from tfcompress.layers import RewiredModel
+
+    model = llama()  # its decoder blocks' get_config raises: the nested backbone is re-created from its own config
+    data, held = _tokens(model, 64, seed=3), _tokens(model, 8, seed=9)
+    units, _ = find_ffn_units(model, _work(model), data)
+    assert len(units) == LAYERS and all(len(u.producers) == 2 and u.channels == FF for u in units)  # gated FFN
+    pruned, report = prune_ffn(model, 0.5, data)
+    dropped, _ = prune_ffn(model, 0.5, data, reconstruct=False)
+    assert isinstance(pruned.get_layer("llama_backbone"), RewiredModel)
+    assert report["units"] == {u.name: (FF // 2, FF) for u in units}
+    cost = tfc.model_cost(pruned)
+    assert not cost.uncounted and cost.macs == LLAMA_MACS - LAYERS * 3 * T * H * FF // 2
+    target = _ffn_output(model, units[0], held)
+    refit_error = np.linalg.norm(_ffn_output(pruned, units[0], held) - target)
+    drop_error = np.linalg.norm(_ffn_output(dropped, units[0], held) - target)
+    assert refit_error < drop_error, (refit_error, drop_error)
+
+    path = str(tmp_path / "llama.keras")
+    pruned.save(path)
+    assert _max_diff(_outputs(keras.models.load_model(path), held), _outputs(pruned, held)) == 0.0
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        pruned.export(str(tmp_path / "saved"), verbose=False)
+        served = tf.saved_model.load(str(tmp_path / "saved"))
+        assert _max_diff([np.asarray(served.serve(held))], _outputs(pruned, held)) < 1e-4
+
+
 # ---------------------------------------------------------------- in compress_model's channel-pruning search
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
+from tfcompress.graph import walk_layers
 from tfcompress.layers import RewiredModel
 
 
@@ -98,3 +99,33 @@ def test_a_model_that_recreates_neither_way_gets_one_line_naming_the_layer() -> 
     with pytest.raises(ValueError, match=r"'block' \(Stubborn\).*twice") as err:
         tfc.rewrite_model(plain, {"head": ("svd", 1)})
     assert "\n" not in str(err.value) and "'plain'" in str(err.value)
+
+
+@keras.saving.register_keras_serializable(package="tests_whole_model")
+class AnyLength(keras.Model):
+    """Takes sequences of any length (as the keras_hub backbones); its config is its constructor's arguments."""
+
+    def __init__(self, units: int = 32, **kwargs):
+        inputs = keras.Input((None, 16), name="x")
+        super().__init__(inputs, Stubborn(units, name="block")(inputs), **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"name": self.name, "units": self.units}
+
+
+def test_a_variable_length_model_nested_at_a_fixed_length_is_costed_there_and_rebuilt(tmp_path) -> None:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 16))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(AnyLength(name="inner")(inputs)))
+    cost = tfc.model_cost(model)  # the inner model's own input has no length; it runs at 5 here
+    assert cost.macs == 5 * 16 * 32 + 5 * 32 * 2 and not cost.uncounted
+    paths = [ref.path for ref in walk_layers(model, sublayers=True)]
+    assert paths == ["inner/block", "inner/block/fc", "head"]  # each once, at the shapes it runs with
+    x = np.random.default_rng(0).normal(size=(4, 5, 16)).astype("float32")
+    low = tfc.rewrite_model(model, {"inner/block/fc": ("svd", 2)})
+    assert isinstance(low.get_layer("inner"), RewiredModel)
+    assert tfc.model_cost(low).macs == 5 * 2 * (16 + 32) + 5 * 32 * 2
+    path = str(tmp_path / "low.keras")
+    low.save(path)
+    np.testing.assert_array_equal(np.asarray(keras.models.load_model(path)(x)), np.asarray(low(x)))

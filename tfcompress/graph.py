@@ -143,7 +143,8 @@ def walk_layers(model: Any, _prefix: str = "", _calls: int = 1, *, sublayers: bo
         n = _calls * max(calls.get(layer.name, 1), 1)
         path = f"{_prefix}{layer.name}"
         if is_graph_model(layer):
-            refs.extend(walk_layers(layer, _prefix=path + "/", _calls=n, sublayers=sublayers))
+            # layers inside its custom layers are found below, at the shapes the nested model is called with
+            refs.extend(walk_layers(layer, _prefix=path + "/", _calls=n))
         else:
             refs.append(LayerRef(path, layer, n))
     if sublayers and any(_holds_layers(ref.layer) for ref in refs):
@@ -239,7 +240,37 @@ def _outputs(operation: Any) -> tuple:
     return tuple(t for t in keras.tree.flatten(value) if hasattr(t, "shape"))
 
 
-def walk_calls(model: Any, _prefix: str = "", _calls: int = 1) -> list[NodeCall]:
+def _traced_arguments(model: Any, call: tuple[tuple, dict] | None) -> dict[str, tuple[tuple, dict]]:
+    """``{layer name: (args, kwargs)}`` of the first call of each direct layer of the graph ``model`` when it runs on
+    ``call`` (its own inputs when ``None``), seen by tracing it symbolically; empty when it cannot be traced.
+
+    For a model whose config does not list its layers' calls (a keras_hub ``Backbone``'s config is its constructor's
+    arguments), and for one nested in another and called at other shapes than its own inputs' (a variable-length
+    backbone called on fixed-length inputs).
+    """
+    from .sublayers import _recording
+
+    args, kwargs = call if call is not None else ((model.input,), {})
+    layers = [op for op in model.layers if not isinstance(op, keras.layers.InputLayer)]
+    traced: list[Any] = []
+    symbolic = keras.tree.map_structure(
+        lambda t: keras.KerasTensor(tuple(t.shape), dtype=t.dtype) if hasattr(t, "shape") else t, (list(args), kwargs)
+    )
+    try:
+        with _recording(layers, traced):
+            keras.Operation.compute_output_spec(model, *symbolic[0], **symbolic[1])
+    except Exception:  # cannot be traced: the layers' own recorded inputs are used instead
+        return {}
+    found: dict[str, tuple[tuple, dict]] = {}
+    for layer, layer_args, layer_kwargs, _ in traced:
+        if isinstance(layer, keras.layers.Layer) and layer.name not in found:
+            found[layer.name] = (tuple(layer_args), dict(layer_kwargs))
+    return found
+
+
+def walk_calls(
+    model: Any, _prefix: str = "", _calls: int = 1, _call: tuple[tuple, dict] | None = None
+) -> list[NodeCall]:
     """Every node of ``model`` in order, with the arguments of its first call: the leaf layers (descending into
     nested models, InputLayers skipped) and, in Functional models, the ``keras.ops`` operation nodes.
 
@@ -264,6 +295,8 @@ def walk_calls(model: Any, _prefix: str = "", _calls: int = 1) -> list[NodeCall]
                     _deserialize_argument(nodes[0].get("kwargs", {})),
                 )
         operations = getattr(model, "operations", model.layers)
+        if not arguments or (_call is not None and _reshaped(model, _call)):
+            arguments.update(_traced_arguments(model, _call))
         entries = [(op, arguments.get(op.name, ((getattr(op, "input", None),), {}))) for op in operations]
     for operation, (args, kwargs) in entries:
         if isinstance(operation, keras.layers.InputLayer):
@@ -271,10 +304,20 @@ def walk_calls(model: Any, _prefix: str = "", _calls: int = 1) -> list[NodeCall]
         n = _calls * max(counts.get(operation.name, 1), 1)
         path = f"{_prefix}{operation.name}"
         if is_graph_model(operation):
-            found.extend(walk_calls(operation, _prefix=path + "/", _calls=n))
+            found.extend(walk_calls(operation, _prefix=path + "/", _calls=n, _call=(tuple(args), dict(kwargs))))
         else:
             found.append(NodeCall(path, operation, n, tuple(args), dict(kwargs), _outputs(operation)))
     return found
+
+
+def _reshaped(model: Any, call: tuple[tuple, dict]) -> bool:
+    """Whether a nested ``model`` is called (``call``: its args and kwargs) at other shapes than its own inputs'."""
+    given = [tuple(t.shape) for t in keras.tree.flatten(call) if hasattr(t, "shape")]
+    own = [tuple(t.shape) for t in keras.tree.flatten(model.input)]
+    return len(given) == len(own) and any(
+        len(g) != len(o) or any(a is None and b is not None for a, b in zip(o, g, strict=True))
+        for g, o in zip(given, own, strict=True)
+    )
 
 
 def no_candidates_detail(model: Any, reasons: dict[str, str]) -> str:

@@ -405,7 +405,10 @@ def _custom_layer_macs(
     layer: Any, args: Sequence[Any], kwargs: dict[str, Any], special: Callable[[Any, Shape], int | None] | None
 ) -> int:
     subs = [sub for _, sub in attribute_sublayers(layer)]
-    if type(layer).__module__.startswith("keras_hub.") and type(layer).__name__ in ELEMENTWISE_HUB_LAYERS:
+    if any(  # or a subclass of one (keras_hub's LlamaRotaryEmbedding is a RotaryEmbedding)
+        cls.__module__.startswith("keras_hub.") and cls.__name__ in ELEMENTWISE_HUB_LAYERS
+        for cls in type(layer).__mro__
+    ):
         if not subs:
             return 0
         own = []
