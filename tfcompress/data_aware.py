@@ -62,6 +62,7 @@ from . import decompose
 from .data_moments import (
     MomentAccumulator,
     Moments,
+    NestedRefits,
     expand_left,
     output_error,
     per_tap,
@@ -125,6 +126,22 @@ def _balance(a: np.ndarray, second: np.ndarray, taps: int) -> tuple[np.ndarray, 
     return a * s, second
 
 
+def _prefix_scale(a: np.ndarray, basis: np.ndarray) -> np.ndarray | None:
+    """``c`` with ``a == basis * c`` (each column of ``a`` a multiple of the basis column; ``basis`` orthonormal
+    columns), or ``None`` when ``a`` is not of that form."""
+    if a.shape != basis.shape:
+        return None
+    c = np.einsum("ij,ij->j", basis, a)
+    tolerance = 1e-9 * max(float(np.abs(a).max(initial=0.0)), 1e-300)
+    return c if np.allclose(a, basis * c, rtol=0.0, atol=tolerance) else None
+
+
+def _left_vectors(svd: decompose.TruncatedSVD, k: int) -> np.ndarray:
+    """The leading ``k`` left singular vectors (float64): the data-free first factors' columns, unscaled."""
+    svd.factors(k)  # makes sure they are held
+    return np.asarray(svd.u[:, :k], dtype=np.float64)
+
+
 def _start_note(options: list[tuple], best: tuple) -> list[str]:
     """A note when the data-free start fitted the data clearly better than the whitened one."""
     whitened = [o[0] for o in options if o[1] == "whitened"]
@@ -168,6 +185,10 @@ class FitProblem:
         self._start: tuple | None = None
         self._output_directions: np.ndarray | None = None
         self._memo: dict[str, Any] = {}
+        self._refits: dict[str, NestedRefits] = {}
+        #: set when the problem serves the fits of several ranks (a selection): each start's refits are then made
+        #: for every rank at once (:class:`~tfcompress.data_moments.NestedRefits`); one-off fits leave it unset
+        self.shared = False
         self.moments = moments
         self.taps = taps
         self.with_bias = bias is not None
@@ -223,12 +244,47 @@ class FitProblem:
             self._start = (chol, vectors, why)
         return self._start
 
+    def refits(self, name: str, basis: Callable[[int], np.ndarray], rank: int, most: int) -> NestedRefits | None:
+        """The :class:`~tfcompress.data_moments.NestedRefits` of the first-factor basis ``basis(k)`` (``(d, k)``, its
+        leading ``r`` columns the rank-``r`` first factor), for ``rank``; ``None`` when the problem is not
+        :attr:`shared`. Made once up to the rank at which the factors hold as many weights as the kernel (higher
+        ranks save nothing: a selection does not score them), and once more up to ``most`` if a higher rank is asked
+        for; this keeps the calls to ``basis`` (and the projections) to one or two per layer, whatever the number
+        of candidate ranks."""
+        if not self.shared:
+            return None
+        have = self._refits.get(name)
+        if have is None or have.rank < rank:
+            d, n_out = self.moments.dim // self.taps, self.kernel.shape[1]
+            even = -(-self.taps * d * n_out // (d + self.taps * n_out))
+            k = min(most, max(rank, even) if have is None else most)
+            self._refits.pop(name, None)  # drop the old one before building the next
+            self.counts[name] = self.counts.get(name, 0) + 1
+            self._refits[name] = NestedRefits(basis(k), self.taps, self.gram, self.mw, self.const)
+        return self._refits[name]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many times each start's basis was projected for :meth:`refits` (what the tests count)."""
+        return self._memo.setdefault("_refit_counts", {})
+
+    def known(self, key: str) -> Any:
+        """What :meth:`remembered` holds for ``key``, or ``None``."""
+        return self._memo.get(key)
+
     def remembered(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time ``key`` is asked for, the same object afterwards (e.g. the truncated SVD
         the data-free factors of every rank come from)."""
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def whitened_basis(self, k: int) -> np.ndarray:
+        """The leading ``k`` whitened first-factor columns ``L⁻ᵀ v_i`` (unit norm), after :meth:`whitened_start`."""
+        assert self._start is not None and self._start[0] is not None
+        chol, vectors, _ = self._start
+        a = np.linalg.solve(chol.T, vectors[:, :k])
+        return a / (np.linalg.norm(a, axis=0, keepdims=True) + 1e-300)
 
     def output_directions(self) -> np.ndarray:
         """The principal directions of the original layer's outputs, leading first (columns)."""
@@ -289,21 +345,40 @@ def fit_two_stage(
     def split(last: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return (last[:-1], last[-1]) if problem.with_bias else (last, None)
 
-    g0, h0 = problem.projected(a0)
     last0 = second0 if bias is None else np.vstack([second0, bias[None]])
-    error0 = problem.error(last0, g0, h0)
-    options: list[tuple[float, str, np.ndarray, np.ndarray]] = [(error0, "data-free", a0, last0)]
-    refit0 = solve_psd(g0, h0)
-    options.append((problem.error(refit0, g0, h0), "data-free, refitted", a0, refit0))
+    most = min(d, taps * n_out)
+    options: list[tuple[float, str, np.ndarray, np.ndarray]] = []
+    svd, scale = problem.known("svd"), None
+    if problem.shared and svd is not None and svd.u.shape[0] == d and svd.max_rank == most:
+        nested0 = problem.refits("data-free", lambda k: _left_vectors(svd, k), rank, most)
+        scale = _prefix_scale(a0, nested0.basis(rank))  # type: ignore[union-attr]
+    if scale is not None:
+        u = nested0.basis(rank)  # type: ignore[union-attr]
+        rows = np.concatenate([np.tile(scale, taps), np.ones(last0.shape[0] - taps * rank)])
+        options.append((nested0.error(rank, last0 * rows[:, None]), "data-free", a0, last0))  # type: ignore[union-attr]
+        refit0, refit_error = nested0.solve(rank)  # type: ignore[union-attr]
+        options.append((refit_error, "data-free, refitted", u, refit0))
+    else:
+        g0, h0 = problem.projected(a0)
+        options.append((problem.error(last0, g0, h0), "data-free", a0, last0))
+        refit0 = solve_psd(g0, h0)
+        options.append((problem.error(refit0, g0, h0), "data-free, refitted", a0, refit0))
+    error0 = options[0][0]
     notes: list[str] = []
     chol, vectors, why = problem.whitened_start(unfold)
     if why:
         notes.append(why)
     if chol is not None:
-        a = np.linalg.solve(chol.T, vectors[:, :rank])
-        g, h = problem.projected(a)
-        last = solve_psd(g, h)
-        options.append((problem.error(last, g, h), "whitened", a, last))
+        nested = problem.refits("whitened", lambda k: problem.whitened_basis(k), rank, most)
+        if nested is not None:
+            a = nested.basis(rank)
+            last, error = nested.solve(rank)
+        else:
+            a = np.linalg.solve(chol.T, vectors[:, :rank])
+            g, h = problem.projected(a)
+            last = solve_psd(g, h)
+            error = problem.error(last, g, h)
+        options.append((error, "whitened", a, last))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
     notes += _start_note(options, best)
     second, new_bias = split(best[3])
@@ -371,19 +446,26 @@ def fit_tucker(
     error0 = problem.error(last_of(u_out0, bias), *through_core(core0, g0, h0))
     options = [(error0, "data-free", u_in0, core0, last_of(u_out0, bias))]
     notes: list[str] = []
-    chol, vectors, why = problem.whitened_start(
+    chol, _vectors, why = problem.whitened_start(
         lambda t: t.reshape(taps, c, n_out).transpose(1, 0, 2).reshape(c, taps * n_out)
     )
     if why:
         notes.append(why)
     starts = [("data-free, refitted", u_in0, u_out0, g0, h0)]
+    nested = None
     if chol is not None:
-        u_in = np.linalg.solve(chol.T, vectors[:, :r_in])
-        u_in /= np.linalg.norm(u_in, axis=0, keepdims=True) + 1e-300
         eigvec = problem.output_directions()[:, :r_out]
-        starts.insert(0, ("whitened", u_in, eigvec.T, *problem.projected(u_in)))
+        nested = problem.refits("whitened", problem.whitened_basis, r_in, c)
+        if nested is None:
+            u_in = problem.whitened_basis(r_in)
+            starts.insert(0, ("whitened", u_in, eigvec.T, *problem.projected(u_in)))
+        else:
+            starts.insert(0, ("whitened", nested.basis(r_in), eigvec.T, *nested.blocks(r_in)))
     for name, u_in, u_out, g, h in starts:
-        core = solve_psd(g, h @ u_out.T)[: taps * r_in]  # u_out has orthonormal rows
+        if name == "whitened" and nested is not None:
+            core = nested.solve_for(r_in, h @ u_out.T)[: taps * r_in]
+        else:
+            core = solve_psd(g, h @ u_out.T)[: taps * r_in]  # u_out has orthonormal rows
         gk, hk = through_core(core, g, h)
         last = solve_psd(gk, hk)
         options.append((problem.error(last, gk, hk), name, u_in, core, last))

@@ -485,6 +485,7 @@ class Clock:
         if self.problem_key != key:
             self.problem_key, self.problem = None, None  # drop the old one before building the next
             self.problem = layer_problem(layer, scheme, moments)
+            self.problem.shared = True  # every candidate rank of the layer: refits made for all ranks at once
             self.problem_key = key
         return self.problem  # type: ignore[return-value]
 
