@@ -498,13 +498,20 @@ class CandidateFit:
     moments: Moments
     clock: Clock
     tag: str = ""
+    #: the factors of every rank fitted so far (in the layer's dtype; fewer weights than the kernel, or the rank
+    #: would not be a candidate): a whole plan scored after the per-layer scores (the two-plan check, the accuracy
+    #: target's plans) takes its layers' factors from here instead of building each layer's problem again
+    fitted: dict[tuple[str, Any], list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     def kernel(self, layer: Any, scheme: str, rank: Any, dtype: Any) -> np.ndarray:
         """The original-shaped kernel equivalent to ``layer``'s data-aware factors at ``rank``."""
         start = time.perf_counter()
+        key = (scheme, tuple(rank) if isinstance(rank, list | tuple) else int(rank))
         with _blas_for(self.moments):
-            problem = self.clock.problem_for(layer, scheme, self.moments)
-            weights, _ = fit_layer(layer, scheme, rank, self.moments, problem)
+            weights = self.fitted.get(key)
+            if weights is None:
+                problem = self.clock.problem_for(layer, scheme, self.moments)
+                weights = self.fitted[key] = fit_layer(layer, scheme, rank, self.moments, problem)[0]
             kernel = composed_kernel(layer, scheme, weights)
         self.clock.seconds += time.perf_counter() - start
         return np.asarray(kernel, dtype=dtype)

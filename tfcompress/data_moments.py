@@ -53,6 +53,9 @@ FLOAT32_FEATURES = 1024
 FLOAT32_ROWS = 4096
 #: relative ridge of the least-squares refits (tiny: only keeps the solve finite where the data sees nothing)
 REFIT_RIDGE = 1e-12
+#: the same for :class:`NestedRefits`, whose Cholesky factorisation needs a positive definite matrix: 1e-12 failed on
+#: most ResNet50 layers (zero padding and ReLU make the patch moment singular) and cost a second factorisation
+NESTED_RIDGE = 1e-10
 
 
 # ---------------------------------------------------------------- moments
@@ -115,6 +118,9 @@ class Moments:
             out[-1, -1] = 1.0
             return out
 
+        if self.symmetric and self.target_gram is None:  # one (dim+1)² copy, not three of the same values
+            same = aug(self.gram, self.mean, self.mean)
+            return same, same, same
         return aug(self.gram, self.mean, self.mean), aug(cross, self.mean, mean_x), aug(target, mean_x, mean_x)
 
     def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -324,7 +330,7 @@ class NestedRefits:
     ``const - ||Y_r||²`` (less the tiny ridge's share). Without it every candidate rank of a selection projected
     the ``(taps*d)²`` moment again and solved its own system.
 
-    ``const`` is ``E||y||²`` (augmented): the error of an all-zero layer. The ridge is :data:`REFIT_RIDGE` relative,
+    ``const`` is ``E||y||²`` (augmented): the error of an all-zero layer. The ridge is :data:`NESTED_RIDGE` relative,
     raised by factors of 100 only when the Cholesky factorisation fails (a singular ``G`` from dead inputs).
 
     Example:
@@ -353,7 +359,7 @@ class NestedRefits:
             self.inverse = np.zeros_like(g)
             self.y = np.zeros_like(self.h)
             return
-        relative = REFIT_RIDGE
+        relative = NESTED_RIDGE
         while True:
             try:
                 chol = np.linalg.cholesky(g + relative * scale * np.eye(n))
