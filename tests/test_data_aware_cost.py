@@ -173,22 +173,6 @@ def test_all_zero_moments_with_a_shared_problem_keep_the_data_free_factors():
         assert all(np.isfinite(k).all() for k in kernels)
 
 
-def test_wide_inputs_moments_are_float32_products_summed_in_float64():
-    rng = np.random.default_rng(2)
-    dim = data_moments.FLOAT32_FEATURES
-    x = np.maximum(rng.normal(size=(600, dim)).astype(np.float32), 0)
-    t = x + 0.1 * rng.normal(size=x.shape).astype(np.float32)
-    acc = da.MomentAccumulator(dim, paired=True)
-    for lo in range(0, 600, 250):
-        acc.add(x[lo : lo + 250], t[lo : lo + 250])
-    m = acc.moments()
-    x64, t64 = x.astype(np.float64), t.astype(np.float64)
-    for got, want in ((m.gram, x64.T @ x64), (m.cross, x64.T @ t64), (m.target_gram, t64.T @ t64)):
-        assert got.dtype == np.float64
-        np.testing.assert_allclose(got, want / 600, rtol=0, atol=1e-5 * np.abs(want / 600).max())
-    np.testing.assert_allclose(m.mean, x64.mean(0), rtol=1e-6)
-
-
 def test_a_plan_scored_after_the_ranks_reuses_their_factors(monkeypatch):
     """The two-plan check and the accuracy target score whole plans after every layer's ranks: their layers' kernels
     come from the factors fitted for the scores, not from each layer's problem built again."""

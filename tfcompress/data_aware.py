@@ -173,8 +173,11 @@ class FitProblem:
 
     Everything that does not depend on the rank (these products, the whitening, the whitened target's singular
     vectors, the outputs' principal directions) is computed once and kept here, so a selection that tries many
-    ranks of one layer passes the same problem to every fit (``problem=``): each rank then costs only the
-    projections by its factors.
+    ranks of one layer passes the same problem to every fit (``problem=``). Marked :attr:`shared` (as the selection
+    marks it), the refits of the last factor are also made once for every rank
+    (:class:`~tfcompress.data_moments.NestedRefits`: one projection by the whole basis of each start, one Cholesky
+    factorisation, then a product of its own size per rank); unshared, each rank projects the moments by its own
+    factors (cheaper for a single rank, as the final forward-order refit fits each layer once).
     """
 
     def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, moments: Moments, taps: int) -> None:

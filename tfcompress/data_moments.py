@@ -35,7 +35,6 @@ __all__ = [
     "WHITENING_RIDGE",
     "SHRINKAGE",
     "REFIT_RIDGE",
-    "FLOAT32_FEATURES",
 ]
 
 #: relative ridge added to a moment before it is whitened by or solved with: ``λ · tr(S)/d · I`` with
@@ -44,13 +43,6 @@ __all__ = [
 #: factors into directions the samples barely saw: they would not generalise)
 WHITENING_RIDGE = 1e-6
 SHRINKAGE = 1e-2
-#: inputs at least this wide have their second moments' products computed in float32 (summed in float64 every
-#: ``FLOAT32_ROWS`` rows): twice as fast, and the rounding (about 1e-6 of the entries) is far below what the
-#: samples can tell about so many features: the shrinkage ridge above is ``SHRINKAGE * dim / samples``, at least
-#: 5e-3 for 1024 features and up to 2,000 samples (1e-5 at a million samples); narrower inputs, whose moments
-#: the exactness properties are checked on, stay float64 throughout
-FLOAT32_FEATURES = 1024
-FLOAT32_ROWS = 4096
 #: relative ridge of the least-squares refits (tiny: only keeps the solve finite where the data sees nothing)
 REFIT_RIDGE = 1e-12
 #: the same for :class:`NestedRefits`, whose Cholesky factorisation needs a positive definite matrix: 1e-12 failed on
@@ -162,31 +154,25 @@ class MomentAccumulator:
     def add(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
         """Add rows ``inputs`` (``(P, dim)``: what the fitted layer sees) and, paired, the matching ``targets``
         (what the original layer saw at the same positions)."""
-        dtype = np.float64 if self.dim < FLOAT32_FEATURES else np.float32  # see FLOAT32_FEATURES
-        x = np.asarray(inputs, dtype=dtype).reshape(-1, self.dim)
+        x = np.asarray(inputs, dtype=np.float64).reshape(-1, self.dim)
         if self.paired != (targets is not None):
             raise ValueError(
                 f"MomentAccumulator.add: give targets exactly when the accumulator is paired (paired={self.paired})."
             )
         if not np.isfinite(x).all():
             raise ValueError("MomentAccumulator.add: the inputs hold NaN or infinity.")
-        t = None
+        self.count += x.shape[0]
+        self._sum += x.sum(axis=0)
+        self._gram += x.T @ x
         if targets is not None:
-            t = np.asarray(targets, dtype=dtype).reshape(-1, self.dim)
+            t = np.asarray(targets, dtype=np.float64).reshape(-1, self.dim)
             if t.shape != x.shape:
                 raise ValueError(f"MomentAccumulator.add: targets {t.shape} do not match inputs {x.shape}.")
             if not np.isfinite(t).all():
                 raise ValueError("MomentAccumulator.add: the targets hold NaN or infinity.")
-            self._target_sum += t.sum(axis=0, dtype=np.float64)
-        self.count += x.shape[0]
-        self._sum += x.sum(axis=0, dtype=np.float64)
-        for lo in range(0, x.shape[0], FLOAT32_ROWS if dtype == np.float32 else max(x.shape[0], 1)):
-            rows = x[lo : lo + FLOAT32_ROWS] if dtype == np.float32 else x  # float32 products: summed in float64
-            self._gram += rows.T @ rows
-            if t is not None:
-                target_rows = t[lo : lo + FLOAT32_ROWS] if dtype == np.float32 else t
-                self._cross += rows.T @ target_rows
-                self._target_gram += target_rows.T @ target_rows
+            self._target_sum += t.sum(axis=0)
+            self._cross += x.T @ t
+            self._target_gram += t.T @ t
 
     def moments(self) -> Moments:
         """The means and second moments so far."""
