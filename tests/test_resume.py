@@ -228,3 +228,57 @@ def test_a_cache_of_the_same_weights_under_another_configuration_is_refused(tmp_
                        "mac", params(cache), verbose=0)  # fmt: skip
     with pytest.raises(EvalScoresCacheError, match="different model"):
         tfc.compress_model(changed, lambda m, i: 0.0, None, "weight_svd", "mac", params(cache), verbose=0)
+
+
+def _auto_run(cache: str, stop_after: int | None = None) -> tuple[int, tfc.CompressionStats, np.ndarray]:
+    """compress_scheme='auto' on a small CNN with a score cache; ``stop_after`` candidate scores: Ctrl-C."""
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="conv1"),
+            L.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(10, name="fc"),
+        ]
+    )
+    reference = np.asarray(model(X))
+    calls = []
+
+    def score(m, _):
+        calls.append(1)
+        if stop_after is not None and len(calls) == stop_after + 2:  # after the baseline and stop_after candidates
+            raise KeyboardInterrupt
+        return 1.0 - float(np.mean((np.asarray(m(X)) - reference) ** 2))
+
+    greedy = tfc.GreedySelectionParameters(0.6, 4, saved_eval_scores_dict=cache, allow_unreachable=True)
+    params = tfc.AutoSchemeParameters(tfc.Mode.auto, tfc.AutoSchemeParameters.AutoModeParams(greedy))
+    small, stats = tfc.compress_model(model, score, None, "auto", "mac", params, verbose=0)
+    return len(calls), stats, np.asarray(small(X))
+
+
+def test_auto_writes_its_scores_to_the_cache_and_a_stopped_run_resumes(tmp_path):
+    cache = str(tmp_path / "auto.json")
+    calls, stats, out = _auto_run(cache)
+    checks = len(stats.plan_scores or {})
+    candidates = calls - 2 - checks
+    assert candidates > 4 and os.path.exists(cache)
+    rows = load_eval_scores(cache, None)
+    assert {row.split("|")[0] for row in rows} == {name for name, row in stats.eval_scores.items() if row}
+    assert {row.split("|")[1] for row in rows} >= {"weight_svd", "spatial_svd"}
+    # the same run again pays for no candidate and gives the same model
+    again, stats2, out2 = _auto_run(cache)
+    assert again == calls - candidates
+    assert stats2.eval_scores == stats.eval_scores
+    np.testing.assert_allclose(out2, out, rtol=1e-5, atol=1e-6)
+    # a run stopped by Ctrl-C after 3 candidates keeps them; the next one pays only for the rest
+    fresh = str(tmp_path / "stopped.json")
+    with pytest.raises(KeyboardInterrupt):
+        _auto_run(fresh, stop_after=3)
+    assert 1 <= sum(len(r) for r in load_eval_scores(fresh, None).values())
+    resumed, stats3, out3 = _auto_run(fresh)
+    assert resumed == calls - 3
+    assert stats3.eval_scores.keys() == stats.eval_scores.keys()
+    for name, row in stats.eval_scores.items():  # (scored again in another order: equal up to float rounding)
+        assert stats3.eval_scores[name] == pytest.approx(row, abs=1e-8)
+    np.testing.assert_allclose(out3, out, rtol=1e-5, atol=1e-6)

@@ -197,7 +197,7 @@ def compress_model(
         chosen_ratio: dict[str, float] = {}
         if scheme is CompressionScheme.auto:
             plan, chosen_ratio, candidates = auto_search(
-                work, candidates, parameters, manual_ratios, evaluator, stats, total_cost, verbose, executor
+                work, candidates, parameters, manual_ratios, evaluator, stats, total_cost, verbose, executor, model
             )
         elif manual:
             plan = {c.path: c.rank_for(manual_ratios[c.path]) for c in candidates}

@@ -200,6 +200,7 @@ def auto_search(
     total_cost: float,
     verbose: int,
     executor: Executor,
+    model: keras.Model | None = None,
 ) -> tuple[dict[str, Any], dict[str, float], list[Candidate]]:
     """``compress_scheme="auto"``: per layer and candidate ratio keep the best-scoring variant, then select.
 
@@ -208,18 +209,17 @@ def auto_search(
     relative reconstruction error. Variants that save no cost are skipped. Auto mode then runs the greedy
     selection on the table of best scores with the costs of the winning variants; manual mode takes the best
     variant at the user's ratio. Returns the plan, the chosen ratios, and the candidates with their chosen scheme.
+    With ``saved_eval_scores_dict`` (and ``model``, the user's model, for the cache's fingerprint) the scores are
+    read from and written to the score cache, one row per layer and variant (``"<layer>|<scheme>"``), so a stopped
+    run resumes paying only for the missing candidates.
     """
     if parameters.mode is Mode.auto and parameters.params.rank_select_scheme is not RankSelectScheme.greedy:
         raise ValueError("compress_scheme='auto' supports greedy selection and manual mode only, not TAR.")
-    if parameters.mode is Mode.auto and parameters.params.select_params.saved_eval_scores_dict is not None:
-        stats.notes.append("saved_eval_scores_dict is not used with compress_scheme='auto'")
     data_free = parameters.data_free
     if parameters.mode is Mode.manual:
         ratios_of = {c.path: [manual_ratios[c.path]] for c in candidates}
     else:
         ratios_of = {c.path: list(parameters.params.select_params.candidates) for c in candidates}
-    total_evals = 0 if data_free else sum(len(ratios_of[c.path]) * len(auto_variants(c)) for c in candidates)
-    progbar = progress_bar(total_evals, verbose)
     # per layer: (ratio, variant, rank, key) of every variant that saves cost; each distinct key is scored once
     variants_of = {c.path: auto_variants(c) for c in candidates}
     entries: dict[str, list[tuple[float, Candidate, Any, tuple[str, Any]]]] = {}
@@ -231,6 +231,23 @@ def auto_search(
                 if variant.cost(rank) < variant.original:
                     rows.append((ratio, variant, rank, (variant.scheme, rank_key(rank))))
     seen: dict[tuple[str, tuple[str, Any]], float] = {}
+    # the score cache (saved_eval_scores_dict): one row per layer and variant, "<layer>|<scheme>", ratio -> score
+    cache = (
+        None
+        if data_free or parameters.mode is Mode.manual or model is None
+        else _auto_cache(model, parameters, candidates, stats)
+    )
+    table: dict[str, dict[float, float]] = {}
+    rows_of: dict[tuple[str, tuple[str, Any]], list[tuple[str, float]]] = {}
+    for candidate in candidates:
+        for ratio, variant, _, key in entries[candidate.path]:
+            rows_of.setdefault((candidate.path, key), []).append((f"{candidate.path}|{variant.scheme}", ratio))
+    if cache is not None:
+        table = cache[2]
+        for job_key, rows in rows_of.items():
+            known = [lookup_close(table.get(row, {}), ratio) for row, ratio in rows]
+            if any(score is not None for score in known):
+                seen[job_key] = next(score for score in known if score is not None)
     if data_free:
         for candidate in candidates:
             for _, variant, rank, key in entries[candidate.path]:
@@ -245,10 +262,14 @@ def auto_search(
             c.data_fit is None for c in candidates
         )
 
+        total_evals = len({(c.path, e[3]) for c in candidates for e in entries[c.path]} - set(seen))
+        logger.info("auto selection: %d layer(s), %d candidate evaluation(s)", len(candidates), total_evals)
+        progbar = progress_bar(total_evals, verbose)
+
         def jobs() -> Iterator[Job]:  # lazily: one layer's reconstructions at a time
             for candidate in candidates:
                 index = slot[id(_source_kernel(candidate.work_layer))]  # every variant is this one layer
-                keys = set()
+                keys = {key for (path, key) in seen if path == candidate.path}  # scores read from the cache
                 for _, variant, rank, key in entries[candidate.path]:
                     if key not in keys:
                         keys.add(key)
@@ -261,10 +282,20 @@ def auto_search(
                 if release_kernels:
                     _release_scored(candidate, variants_of[candidate.path], entries[candidate.path])
 
-        with opened(executor, work, evaluator), contextlib.closing(executor.map(jobs())) as results:
-            for done, (job, score) in enumerate(results, start=1):
-                seen[job.key] = score
-                progbar.update(done, values=[("score", score)])
+        writer = None if cache is None else ScoreCacheWriter(cache[0], cache[1])
+        with scores_kept(writer, table, stats):
+            if total_evals:
+                with opened(executor, work, evaluator), contextlib.closing(executor.map(jobs())) as results:
+                    for done, (job, score) in enumerate(results, start=1):
+                        seen[job.key] = score
+                        for row, ratio in rows_of[job.key]:  # a stop mid-layer keeps its scores
+                            table.setdefault(row, {})[ratio] = score
+                        progbar.update(done, values=[("score", score)])
+                        if writer is not None:
+                            writer.save(table)  # every score, written at most every half second
+            else:
+                for _ in jobs():  # nothing to score: still let each layer's SVD and kernel go as scoring would
+                    pass
     best: dict[str, dict[float, tuple[float, Candidate, Any]]] = {}
     for candidate in candidates:
         variants = variants_of[candidate.path]
@@ -423,3 +454,24 @@ def latency_total(
     stats.timings["latency_compressible_layers_seconds"] = layers
     stats.timings["latency_remainder_seconds"] = remainder
     return layers + remainder
+
+
+def lookup_close(row: dict[float, float], ratio: float) -> float | None:
+    """The score of ``row`` at ``ratio`` (keys compared with a relative tolerance of 1e-6), or None."""
+    return next((score for r, score in row.items() if math.isclose(r, ratio, rel_tol=1e-6)), None)
+
+
+def _auto_cache(
+    model: keras.Model, parameters: AutoSchemeParameters, candidates: list[Candidate], stats: CompressionStats
+) -> tuple[str, str, dict[str, dict[float, float]]] | None:
+    """``(path, fingerprint, table)`` of the auto search's score cache (None: no cache); the tag is the one
+    ``compress_model`` checked the cache against before any evaluation."""
+    path = parameters.params.select_params.saved_eval_scores_dict
+    if path is None:
+        return None
+    data_tag = next((c.data_tag for c in candidates if c.data_tag), "")
+    tag = settings_tag(CompressionScheme.auto, CostMetric(stats.cost_metric), parameters.multiplicity, data_tag)
+    digest, table = open_cache(model, os.fspath(path), tag)
+    if table:
+        logger.info("read eval scores of %d layer variant(s) from %s", len(table), path)
+    return os.fspath(path), f"{digest}|{tag}", table
