@@ -19,6 +19,7 @@ METHODS = {
     "weight_svd_greedy": "greedy weight SVD",
     "channel_pruning": "channel pruning (greedy)",
     "svd_then_prune": "spatial SVD then channel pruning",
+    "prune_then_weight_svd": "channel pruning then greedy weight SVD, data-aware factors",
     "weight_svd_uniform": "uniform weight SVD (one ratio for all layers)",
     "weight_svd_data_free": "data-free weight SVD (singular values only)",
     "spatial_svd_greedy_data_aware": "greedy spatial SVD, data-aware factors",
@@ -38,13 +39,14 @@ MODEL_METHODS = {
         "weight_svd_uniform",
         "weight_svd_data_free",
         "weight_svd_greedy_data_aware",
+        "prune_then_weight_svd",
     ],
 }
 
 
 def methods_for(model_name: str) -> list[str]:
     """The method names ``model_name`` is compressed with, in table order."""
-    return MODEL_METHODS.get(model_name, [m for m in METHODS if m != "auto_greedy"])
+    return MODEL_METHODS.get(model_name, [m for m in METHODS if m not in ("auto_greedy", "prune_then_weight_svd")])
 
 
 # ---------------------------------------------------------------- methods
@@ -192,6 +194,38 @@ def svd_then_prune(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]
     }
 
 
+#: the MAC ratio ``prune_then_weight_svd`` prunes to first when the target is below it (a target at or above it:
+#: half-way from 1 to the target), so every target below it shares one pruned model and its weight-SVD score cache
+PRUNE_FIRST_RATIO = 0.7
+
+
+def prune_then_weight_svd(model: Any, evaluate: Any, target: float, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Two ``compress_model`` runs: greedy channel pruning to ``PRUNE_FIRST_RATIO`` of the MACs (on a transformer:
+    the feed-forward hidden units, the only prunable channels), then greedy data-aware weight SVD of the pruned
+    model to the rest of the target (``target`` over the ratio pruning reached). For models whose prunable
+    channels alone cannot reach the target; nothing here depends on the model."""
+    import tfcompress as tfc
+
+    first = PRUNE_FIRST_RATIO if target < PRUNE_FIRST_RATIO else (1 + target) / 2
+    pruned, prune_notes = channel_pruning(model, evaluate, first, ctx)
+    macs = tfc.model_cost(model, warn=False).macs
+    reached = tfc.model_cost(pruned, warn=False).macs / macs
+    notes = {
+        "prune_target": first,
+        "prune_mac_ratio": reached,
+        "val_accuracy_after_prune": prune_notes["val_accuracy"],
+        "num_eval_calls_prune": prune_notes["num_eval_calls"],
+    }
+    if reached <= target:
+        return pruned, {**notes, "val_accuracy": prune_notes["val_accuracy"]}
+    settings = ctx["settings"]
+    data = {"data": ctx["x_calib"], "num_reconstruction_samples": settings["num_reconstruction_samples"]}
+    cache = os.path.join(ctx["scratch"], f"{model.name}_pruned_{first:.4f}_weight_svd_data_aware_scores.json")
+    params = _greedy(tfc.WeightSvdParameters, target / reached, settings, cache, **data)
+    compressed, stats = tfc.compress_model(pruned, evaluate, None, "weight_svd", "mac", params, verbose=0)
+    return compressed, {**notes, **_notes(stats, _DATA_AWARE_TIMINGS)}
+
+
 def weight_svd_layers(model: Any, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
     """``(path, layer, geometry)`` of the Conv2D/Dense/EinsumDense layers (not the classifier, nor the paths in
     ``ignore``; inside MultiHeadAttention too, by path) whose rank-1 weight SVD is cheaper than the layer itself."""
@@ -297,6 +331,7 @@ def available_methods() -> dict[str, Callable[..., Any] | None]:
         "weight_svd_greedy": weight_svd_greedy,
         "channel_pruning": channel_pruning if hasattr(tfc, "ChannelPruningParameters") else None,
         "svd_then_prune": svd_then_prune if hasattr(tfc, "svd_then_prune") else None,
+        "prune_then_weight_svd": prune_then_weight_svd if hasattr(tfc, "ChannelPruningParameters") else None,
         "weight_svd_uniform": weight_svd_uniform,
         "weight_svd_data_free": weight_svd_data_free,
         "spatial_svd_greedy_data_aware": spatial_svd_greedy_data_aware,

@@ -178,3 +178,33 @@ def test_real_speed_quick_vit(tmp_path):
         assert "block1_mlp1" in layers
     assert "block1_attention" in {r["layer"] for r in case["results"][0]["layer_breakdown"]["layers"]}
     assert "ViT (`vit.py`" in (out / "real_speed.md").read_text()
+
+
+@pytest.mark.slow  # about 3 s alone, 7 s on the shared cores
+def test_prune_then_weight_svd_reaches_the_target(bench, tmp_path):
+    """The combined method: FFN units pruned first (to PRUNE_FIRST_RATIO), then greedy data-aware weight SVD of the
+    pruned model to the rest of the target; the two steps' ratios multiply to the model's, the input model is kept."""
+    import tfcompress as tfc
+
+    accuracy, methods, _, vit = bench
+    model = small_vit(vit, num_layers=1, name="vit", classifier=methods.CLASSIFIER)
+    weights = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(3).random((32, 16, 16, 1)).astype("float32")
+    reference = np.asarray(model(x))
+
+    def score(m, iterations):
+        return -float(np.mean((np.asarray(m(x)) - reference) ** 2))
+
+    settings = {**accuracy.settings_for(True), "num_comp_ratio_candidates": 3, "num_reconstruction_samples": 100}
+    ctx = {"settings": settings, "scratch": str(tmp_path), "x_calib": x[:16]}
+    compressed, notes = methods.prune_then_weight_svd(model, score, 0.5, ctx)
+    ratio = tfc.model_cost(compressed).macs / tfc.model_cost(model).macs
+    assert ratio <= 0.5 + 1e-9 and ratio > 0.4
+    assert notes["prune_target"] == methods.PRUNE_FIRST_RATIO and 0.5 < notes["prune_mac_ratio"] < 1
+    assert compressed.get_layer("block1_mlp1").units < 32  # hidden units pruned
+    kinds = {type(layer).__name__ for layer in compressed.layers}
+    assert kinds & {"SVDDense", "RewiredLayer"}  # then weight SVD of the pruned model
+    assert notes["num_eval_calls"] > 0 and "data_aware_fit_seconds" in notes
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))
+    assert "prune_then_weight_svd" in methods.methods_for("vit")
+    assert "prune_then_weight_svd" not in methods.methods_for("vgg_cnn")
