@@ -240,7 +240,8 @@ def plot(result: dict[str, Any], path: str) -> bool:
         return False
     cases = result["models"]
     fig, axes = plt.subplots(1, len(cases), figsize=(6.5 * len(cases), 5.6), squeeze=False)
-    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    palette = plt.get_cmap("tab20").colors  # 20 colours: more methods than the default cycle's 10
+    colors = {method: palette[(2 * i) % 20 + (2 * i) // 20] for i, method in enumerate(METHODS)}
     for ax, case in zip(axes[0], cases, strict=True):
         base = case["baseline"]["test_accuracy"]
         ax.axhline(100 * base, color="black", lw=1, ls=":", label="baseline")
@@ -262,7 +263,11 @@ def plot(result: dict[str, Any], path: str) -> bool:
         keys = ("test_accuracy_before_ft", "test_accuracy_after_ft")
         low = min([100 * r[k] for r in case["results"] if r["status"] == "ok" for k in keys] + [100 * base - 5])
         ax.set_ylim(max(low - 1, 0), 100 * base + 1)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    legend: dict[str, Any] = {}  # every panel's methods (the ViT runs some the CNNs do not), each once
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(
         handles,
         labels,
