@@ -547,9 +547,18 @@ def main() -> None:
         }
     os.makedirs(args.output_dir, exist_ok=True)
     png = os.path.join(args.output_dir, "accuracy.png")
-    result["plot"] = os.path.basename(png) if plot(result, png) else None
+    result["plot"] = None
+    # the measured rows are written first: a plot that fails must not lose a run of many minutes
     paths = _common.write_results(args.output_dir, "accuracy", result, markdown(result))
-    print("wrote", *paths, *([png] if result["plot"] else []))
+    try:
+        drawn = plot(result, png)
+    except Exception as err:  # the results are on disk already: say why there is no plot
+        print(f"accuracy.py: the plot failed ({type(err).__name__}: {err}); the results above are complete")
+        drawn = False
+    if drawn:
+        result["plot"] = os.path.basename(png)
+        paths = _common.write_results(args.output_dir, "accuracy", result, markdown(result))
+    print("wrote", *paths, *([png] if drawn else []))
 
 
 if __name__ == "__main__":
