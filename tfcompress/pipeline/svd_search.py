@@ -245,9 +245,10 @@ def auto_search(
     if cache is not None:
         table = cache[2]
         for job_key, rows in rows_of.items():
-            known = [lookup_close(table.get(row, {}), ratio) for row, ratio in rows]
-            if any(score is not None for score in known):
-                seen[job_key] = next(score for score in known if score is not None)
+            for row, ratio in rows:
+                with contextlib.suppress(KeyError):  # (not cached at this ratio)
+                    seen[job_key] = lookup(table.get(row, {}), ratio)
+                    break
     if data_free:
         for candidate in candidates:
             for _, variant, rank, key in entries[candidate.path]:
@@ -454,11 +455,6 @@ def latency_total(
     stats.timings["latency_compressible_layers_seconds"] = layers
     stats.timings["latency_remainder_seconds"] = remainder
     return layers + remainder
-
-
-def lookup_close(row: dict[float, float], ratio: float) -> float | None:
-    """The score of ``row`` at ``ratio`` (keys compared with a relative tolerance of 1e-6), or None."""
-    return next((score for r, score in row.items() if math.isclose(r, ratio, rel_tol=1e-6)), None)
 
 
 def _auto_cache(
