@@ -181,10 +181,31 @@ def test_backbone_ffn_pruning_at_half(name: str, producers: int, tmp_path) -> No
         assert _max_diff(sorted(got, key=np.size), sorted(_outputs(pruned, held), key=np.size)) < 1e-4
 
 
+def _check_refit_save_and_export(model, pruned, dropped, unit, held, tmp_path) -> None:
+    """The refit FFN output is closer to the original than dropping the same units; ``pruned`` loads from `.keras`
+    with identical outputs and serves as a SavedModel (TensorFlow)."""
+    from test_transformers import _max_diff, _outputs
+
+    target = _ffn_output(model, unit, held)
+    refit_error = np.linalg.norm(_ffn_output(pruned, unit, held) - target)
+    drop_error = np.linalg.norm(_ffn_output(dropped, unit, held) - target)
+    assert refit_error < drop_error, (refit_error, drop_error)
+
+    path = str(tmp_path / "pruned.keras")
+    pruned.save(path)
+    assert _max_diff(_outputs(keras.models.load_model(path), held), _outputs(pruned, held)) == 0.0
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        pruned.export(str(tmp_path / "saved"), verbose=False)
+        served = tf.saved_model.load(str(tmp_path / "saved"))
+        assert _max_diff([np.asarray(served.serve(held))], _outputs(pruned, held)) < 1e-4
+
+
 @pytest.mark.slow
 def test_vit_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> None:
     pytest.importorskip("keras_hub", reason="keras_hub is not installed (pip install -e '.[transformers]')")
-    from test_transformers import FF, LAYERS, VIT_MACS, _max_diff, _outputs, vit
+    from test_transformers import FF, LAYERS, VIT_MACS, vit
 
     from tfcompress.layers import RewiredModel
 
@@ -199,26 +220,13 @@ def test_vit_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> No
     cost = tfc.model_cost(pruned)
     assert not cost.uncounted and cost.macs == VIT_MACS - ffn_macs // 2
     units, _ = find_ffn_units(model, _work(model), data)
-    target = _ffn_output(model, units[0], held)
-    refit_error = np.linalg.norm(_ffn_output(pruned, units[0], held) - target)
-    drop_error = np.linalg.norm(_ffn_output(dropped, units[0], held) - target)
-    assert refit_error < drop_error, (refit_error, drop_error)
-
-    path = str(tmp_path / "vit.keras")
-    pruned.save(path)
-    assert _max_diff(_outputs(keras.models.load_model(path), held), _outputs(pruned, held)) == 0.0
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        pruned.export(str(tmp_path / "saved"), verbose=False)
-        served = tf.saved_model.load(str(tmp_path / "saved"))
-        assert _max_diff([np.asarray(served.serve(held))], _outputs(pruned, held)) < 1e-4
+    _check_refit_save_and_export(model, pruned, dropped, units[0], held, tmp_path)
 
 
 @pytest.mark.slow
 def test_llama_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> None:
     pytest.importorskip("keras_hub", reason="keras_hub is not installed (pip install -e '.[transformers]')")
-    from test_transformers import FF, LAYERS, LLAMA_MACS, T, _max_diff, _outputs, _tokens, llama
+    from test_transformers import FF, LAYERS, LLAMA_MACS, T, _tokens, llama
     from test_transformers import HIDDEN as H
 
     from tfcompress.layers import RewiredModel
@@ -233,20 +241,7 @@ def test_llama_ffn_pruning_at_half_through_the_whole_model_rebuild(tmp_path) -> 
     assert report["units"] == {u.name: (FF // 2, FF) for u in units}
     cost = tfc.model_cost(pruned)
     assert not cost.uncounted and cost.macs == LLAMA_MACS - LAYERS * 3 * T * H * FF // 2
-    target = _ffn_output(model, units[0], held)
-    refit_error = np.linalg.norm(_ffn_output(pruned, units[0], held) - target)
-    drop_error = np.linalg.norm(_ffn_output(dropped, units[0], held) - target)
-    assert refit_error < drop_error, (refit_error, drop_error)
-
-    path = str(tmp_path / "llama.keras")
-    pruned.save(path)
-    assert _max_diff(_outputs(keras.models.load_model(path), held), _outputs(pruned, held)) == 0.0
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        pruned.export(str(tmp_path / "saved"), verbose=False)
-        served = tf.saved_model.load(str(tmp_path / "saved"))
-        assert _max_diff([np.asarray(served.serve(held))], _outputs(pruned, held)) < 1e-4
+    _check_refit_save_and_export(model, pruned, dropped, units[0], held, tmp_path)
 
 
 # ---------------------------------------------------------------- in compress_model's channel-pruning search
