@@ -282,3 +282,31 @@ def test_a_score_cache_of_a_data_aware_run_without_readable_layers_is_read_back(
     before = len(calls)
     _, second = tfc.compress_model(model, score, None, "weight_svd", "mac", params, verbose=0)
     assert second.eval_scores == first.eval_scores and len(calls) - before < before
+
+
+def test_forward_refit_reads_the_original_outputs_for_several_layers_per_pass(digits, monkeypatch):
+    """The original model's layer outputs are read for the next layers while they fit the budget, a few passes
+    instead of one per layer; what is fitted does not depend on the budget."""
+    model = digits_cnn()
+    plan = {"c1": ("weight_svd", 1), "c2": ("spatial_svd", 3), "c3": ("tucker", (4, 4)), "fc": ("svd", 3)}
+    passes = []
+    original_outputs = MomentCollector.outputs
+
+    def counted(self, reference, names, *args, **kwargs):
+        passes.append(list(names))
+        return original_outputs(self, reference, names, *args, **kwargs)
+
+    monkeypatch.setattr(MomentCollector, "outputs", counted)
+    fitted = {}
+    for budget in (0, None):
+        passes.clear()
+        small = tfc.rewrite_model(model, plan)
+        report = data_fit.refit_forward(model, small, digits[:200], samples=600, keep_bytes=budget)
+        fitted[budget] = (small.get_weights(), list(passes), report)
+    assert fitted[0][1] == [["c1"], ["c2"], ["c3"], ["fc"]]  # no budget: one original pass per layer
+    assert fitted[None][1] == [["c1", "c2", "c3", "fc"]]  # the default budget holds all four: one pass
+    for a, b in zip(fitted[0][0], fitted[None][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    report = fitted[None][2]
+    assert sorted(report.layers) == sorted(plan)
+    assert all(f.relative_error <= f.data_free_relative_error + 1e-12 for f in report.layers.values())

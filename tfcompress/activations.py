@@ -161,23 +161,71 @@ class MomentCollector:
             self._positions[key] = layer_positions(name, batch, out_hw, self.samples, self.seed)
         return self._positions[key]
 
-    def _rows(self, name: str, spec: PatchSpec, x: np.ndarray, lo: int) -> np.ndarray:
-        """The patch rows of this batch (images ``lo..lo+len(x)``) at the layer's sampled positions."""
+    def _rows(self, name: str, spec: PatchSpec, x: np.ndarray, lo: int) -> tuple[np.ndarray, np.ndarray]:
+        """The patch rows of this batch (images ``lo..lo+len(x)``) at the layer's sampled positions, and the indices
+        of those positions among all the layer's sampled positions (what pairs them with stored outputs)."""
         total = len(self.images)
         if spec.kernel_size is None:
             x = spec.vectors(x)
             per_image = int(x.shape[1])
             pick = self._positions_for(name, 1, (1, total * per_image))[:, 2]
             here = (pick >= lo * per_image) & (pick < (lo + len(x)) * per_image)
-            return x.reshape(-1, x.shape[-1])[pick[here] - lo * per_image]
+            return x.reshape(-1, x.shape[-1])[pick[here] - lo * per_image], np.flatnonzero(here)
         if spec.one_d:
             x = x[:, :, None, :]
         out_hw = conv_output_size(x.shape[1:3], spec.kernel_size, spec.strides, spec.padding, spec.dilation)
         positions = self._positions_for(name, total, out_hw)
         here = (positions[:, 0] >= lo) & (positions[:, 0] < lo + len(x))
-        return extract_patches(
+        rows = extract_patches(
             x, spec.kernel_size, spec.strides, spec.padding, spec.dilation, positions[here] - np.array([lo, 0, 0])
         )
+        return rows, np.flatnonzero(here)
+
+    def count(self, name: str) -> int | None:
+        """How many positions of layer ``name`` are sampled (``None`` before the layer was first read)."""
+        counts = [len(p) for (n, _), p in self._positions.items() if n == name]
+        return counts[0] if counts else None
+
+    def outputs(
+        self,
+        reference: keras.Model,
+        names: list[str],
+        maps: dict[str, tuple[np.ndarray, np.ndarray | None]],
+        specs: dict[str, PatchSpec],
+        layers: dict[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``{name: outputs}``: each named layer's outputs in ``reference`` (before its activation) at each of the
+        layer's sampled positions, rows in the positions' order (float32), from one pass of the images.
+
+        ``maps``: ``{name: (matrix, bias)}``, the layer's kernel as the ``(width, N)`` matrix its input rows (as
+        :meth:`moments` reads them) multiply, and the bias it adds (``None``: none). ``layers``: as for
+        :meth:`moments` (layers of ``reference`` that are not top-level ones, hooked).
+
+        Example:
+            >>> import keras, numpy as np
+            >>> m = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, name="c")])
+            >>> c = MomentCollector(np.ones((4, 6, 6, 2), "float32"), samples=20, seed=0)
+            >>> w = keras.ops.convert_to_numpy(m.get_layer("c").kernel).reshape(18, 3)
+            >>> c.outputs(m, ["c"], {"c": (w, None)}, {"c": patch_spec(m.get_layer("c"))[0]})["c"].shape
+            (20, 3)
+        """
+        start = time.perf_counter()
+        hooked = {n: layers[n] for n in names if layers and n in layers}
+        direct = [n for n in names if n not in hooked]
+        feature = keras.Model(reference.inputs[0], [reference.get_layer(n).input for n in direct]) if direct else None
+        found: dict[str, np.ndarray] = {}
+        for lo in range(0, len(self.images), self.batch_size):
+            outs = _read(feature, direct, reference, hooked, self.images[lo : lo + self.batch_size])
+            for name in names:
+                rows, where = self._rows(name, specs[name], _finite(outs.pop(name), name), lo)
+                matrix, bias = maps[name]
+                if name not in found:
+                    found[name] = np.zeros((self.count(name) or 0, matrix.shape[1]), np.float32)
+                y = rows @ matrix
+                found[name][where] = y if bias is None else y + bias
+                del rows, y
+        self.seconds += time.perf_counter() - start
+        return found
 
     def moments(
         self,
@@ -187,9 +235,11 @@ class MomentCollector:
         specs: dict[str, PatchSpec] | None = None,
         layers: dict[str, Any] | None = None,
         reference_layers: dict[str, Any] | None = None,
+        outputs: dict[str, np.ndarray] | None = None,
     ) -> dict[str, Moments]:
         """``{name: Moments}`` of each named layer's input patches (one pass of the images through ``model``;
-        paired with ``reference``'s inputs to the same-named layers when given).
+        paired with ``reference``'s inputs to the same-named layers when given; with the original layer's outputs
+        at the same positions, as :meth:`outputs` gives them, for the layers in ``outputs``).
 
         ``layers``: ``{name: layer object}`` for layers that are not top-level layers of ``model`` (inside a nested
         model or a custom layer, named by their path): their inputs are read by hooking the layer's ``call`` while
@@ -199,6 +249,9 @@ class MomentCollector:
         hooked = {n: layers[n] for n in names if layers and n in layers}
         if reference is not None and hooked and not (reference_layers and set(hooked) <= set(reference_layers)):
             raise ValueError("MomentCollector.moments: give reference_layers for every hooked layer.")
+        outputs = outputs or {}
+        if reference is not None and outputs:
+            raise ValueError("MomentCollector.moments: pair with a reference model's inputs or give outputs, not both.")
         if specs is None:
             specs = {}
             for name in names:
@@ -222,14 +275,17 @@ class MomentCollector:
                 targets = _read(source, direct, reference, mirrored, batch)
             for name in names:
                 x = _finite(outs.pop(name), name)
-                rows = self._rows(name, specs[name], x, lo)
-                target_rows = None
+                rows, where = self._rows(name, specs[name], x, lo)
+                target_rows = given = None
                 if name in targets:
-                    target_rows = self._rows(name, specs[name], _finite(targets.pop(name), name), lo)
+                    target_rows = self._rows(name, specs[name], _finite(targets.pop(name), name), lo)[0]
+                if name in outputs:
+                    given = outputs[name][where]
                 if name not in accumulators:
-                    accumulators[name] = MomentAccumulator(rows.shape[1], paired=target_rows is not None)
-                accumulators[name].add(rows, target_rows)
-                del x, rows, target_rows
+                    width = 0 if given is None else given.shape[1]
+                    accumulators[name] = MomentAccumulator(rows.shape[1], target_rows is not None, width)
+                accumulators[name].add(rows, target_rows, given)
+                del x, rows, target_rows, given
         self.seconds += time.perf_counter() - start
         return {name: accumulators[name].moments() for name in names}
 

@@ -33,7 +33,8 @@ moments are unusable (all-zero inputs, non-finite values), :attr:`LowRankFit.not
 **Asymmetric fits.** For the final model each layer is fitted to reproduce the ORIGINAL layer's output from the
 COMPRESSED model's inputs ``x̂``: the moments are then ``E[x̂ x̂ᵀ]`` and ``E[x̂ xᵀ]`` (:class:`Moments` with
 ``cross``), and the target kernel of the closed form becomes ``E[x̂ x̂ᵀ]⁻¹ E[x̂ xᵀ] W``; errors of the layers
-before are then absorbed instead of accumulated.
+before are then absorbed instead of accumulated. The original layer's outputs ``y = x W + b`` may be given in
+place of its inputs (``output_cross = E[x̂ yᵀ]``, ...): the same fit, from ``O(dim·N)`` numbers.
 
 Moments are ``O((T*d)²)`` per layer and accumulated batch by batch (:class:`MomentAccumulator`): the samples
 themselves are never kept.
@@ -196,17 +197,31 @@ class FitProblem:
         self.taps = taps
         self.with_bias = bias is not None
         self.kernel, self.bias = kernel, bias
-        self.gram, cross, target = moments.augmented(self.with_bias)
         self.w = kernel if bias is None else np.vstack([kernel, bias[None]])
-        self.mw = cross @ self.w  # the one product by the (T*d)² moments every fit needs
-        sxw = self.mw if moments.symmetric else target @ self.w
-        self.const = float(np.sum(self.w * sxw))
-        self.output_cov = self.w.T @ sxw  # E[y yᵀ]
-        self.reference = self.const
-        if self.with_bias:
-            mean_y = target[-1] @ self.w
-            self.output_cov = self.output_cov - np.outer(mean_y, mean_y)
-            self.reference -= float(mean_y @ mean_y)
+        if moments.has_outputs:  # the original outputs are given: E[x̂̃ yᵀ] is the product below, read directly
+            if moments.output_cross.shape[1] != kernel.shape[1]:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"the moments hold {moments.output_cross.shape[1]} outputs, the kernel "  # type: ignore[union-attr]
+                    f"{kernel.shape[1]}."
+                )
+            self.gram, self.mw, self.output_cov, mean_norm = moments.output_targets(self.with_bias)
+            self.const = float(np.trace(self.output_cov))
+            self.reference = self.const
+            if self.with_bias:
+                mean_y = np.asarray(moments.output_mean, dtype=np.float64)
+                self.output_cov = self.output_cov - np.outer(mean_y, mean_y)
+                self.reference -= mean_norm
+        else:
+            self.gram, cross, target = moments.augmented(self.with_bias)
+            self.mw = cross @ self.w  # the one product by the (T*d)² moments every fit needs
+            sxw = self.mw if moments.symmetric else target @ self.w
+            self.const = float(np.sum(self.w * sxw))
+            self.output_cov = self.w.T @ sxw  # E[y yᵀ]
+            self.reference = self.const
+            if self.with_bias:
+                mean_y = target[-1] @ self.w
+                self.output_cov = self.output_cov - np.outer(mean_y, mean_y)
+                self.reference -= float(mean_y @ mean_y)
         self.reference = max(self.reference, 0.0)
 
     def error(self, last: np.ndarray, g: np.ndarray, h: np.ndarray) -> float:
@@ -224,10 +239,17 @@ class FitProblem:
     def whitened_target(self) -> np.ndarray:
         """The kernel whose whitened SVD starts the fit: ``W`` itself, or for an asymmetric fit the least-squares
         map ``Cov(x̂)⁻¹ Cov(x̂, x) W`` (ridge-regularised; ``W`` when the patch is too wide to solve cheaply)."""
-        if self.moments.symmetric or self.moments.dim > ASYMMETRIC_TARGET_MAX:
+        m = self.moments
+        if m.symmetric or m.dim > ASYMMETRIC_TARGET_MAX:
             return self.kernel
-        gram_c, cross_c, _ = self.moments.centred() if self.with_bias else self.moments.augmented(False)
-        return solve_psd(gram_c, cross_c @ self.kernel, ridge_for(self.moments.dim, self.moments.count))
+        ridge = ridge_for(m.dim, m.count)
+        if m.has_outputs:  # Cov(x̂)⁻¹ Cov(x̂, y)
+            if not self.with_bias:
+                return solve_psd(m.gram, m.output_cross, ridge)  # type: ignore[arg-type]
+            cov = m.output_cross - np.outer(m.mean, m.output_mean)  # type: ignore[operator]
+            return solve_psd(m.gram - np.outer(m.mean, m.mean), cov, ridge)
+        gram_c, cross_c, _ = m.centred() if self.with_bias else m.augmented(False)
+        return solve_psd(gram_c, cross_c @ self.kernel, ridge)
 
     def projected(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(G, H)`` for first factor ``a`` applied to every tap (the bias's constant passed through)."""

@@ -47,6 +47,7 @@ __all__ = [
     "composed_kernel",
     "data_aware_reason",
     "refit_forward",
+    "reference_budget",
     "sample_images",
     "positions_per_input",
     "readable_reason",
@@ -419,6 +420,7 @@ def refit_forward(
     samples: int = 2000,
     seed: int = 0,
     only: Mapping[str, Any] | None = None,
+    keep_bytes: int | None = None,
 ) -> FitReport:
     """Refit the decomposed layers of ``compressed`` (a rewrite of ``original``) in forward order, in place.
 
@@ -429,27 +431,52 @@ def refit_forward(
     transposed convolution, a too-wide patch) keeps its data-free factors and is listed in
     :attr:`FitReport.skipped` with the reason. ``only``: limit to these layer paths.
     ``original`` is never changed.
+
+    **Cost.** Each layer needs one pass of the images through ``compressed`` (its inputs change as the layers
+    before it are refitted). The original layers' outputs do not change: one pass of ``original`` reads them at
+    the sampled positions for the next layers in forward order while they fit in ``keep_bytes`` (``samples x N``
+    float32 values per layer; default :func:`reference_budget`), so the original model runs a few times, not once
+    per layer. Only those outputs are kept: a layer's moments are ``O(dim²)`` for its inputs and ``O(dim·N)``
+    for their cross moment with the outputs.
     """
     report = FitReport()
     decomposed = _decomposed_layers(original, compressed)
     if only is not None:
         wanted = set(_plan_entries(only))
         decomposed = {k: v for k, v in decomposed.items() if k in wanted}
+    if keep_bytes is None:
+        keep_bytes = reference_budget(original)
     collector = MomentCollector(images, samples, seed)
-    order = list(decomposed)  # the models' layer order: forward for a graph, attribute order inside custom layers
     calls = call_counts(original)
-    for name in order:
-        source, target, scheme, rank = decomposed[name]
+    readable: dict[str, tuple[PatchSpec, tuple[np.ndarray, np.ndarray | None]]] = {}
+    for name, (source, _target, scheme, _rank) in decomposed.items():  # the models' layer order: forward
         why = readable_reason(original, name, source, scheme, calls)
-        if why is not None:
+        if why is None:
+            readable[name] = (patch_spec(source)[0], _target_map(source))  # type: ignore[assignment]
+        else:
             report.skipped[name] = why
-            continue
-        spec: PatchSpec = patch_spec(source)[0]  # type: ignore[assignment]
+    order = list(readable)
+    held: dict[str, np.ndarray] = {}
+    for index, name in enumerate(order):
+        source, target, scheme, rank = decomposed[name]
+        spec = readable[name][0]
         start = time.perf_counter()
+        if name not in held:
+            chunk = _next_chunk(order[index:], readable, samples, keep_bytes)
+            hooked = {n: decomposed[n][0] for n in chunk if not _is_top_level(original, n, decomposed[n][0])}
+            held.update(
+                collector.outputs(
+                    original,
+                    chunk,
+                    {n: readable[n][1] for n in chunk},
+                    {n: readable[n][0] for n in chunk},
+                    layers=hooked,
+                )
+            )
+        outputs = {name: held.pop(name)}
         hooked = {} if _is_top_level(original, name, source) else {"layers": {name: target}}
-        if hooked:
-            hooked["reference_layers"] = {name: source}
-        moments = collector.moments(compressed, [name], reference=original, specs={name: spec}, **hooked)[name]
+        moments = collector.moments(compressed, [name], specs={name: spec}, outputs=outputs, **hooked)[name]
+        del outputs
         report.collect_seconds += time.perf_counter() - start
         start = time.perf_counter()
         with _blas_for(moments):
@@ -465,6 +492,48 @@ def refit_forward(
             fit.data_free_relative_error,
         )
     return report
+
+
+#: the original layers' sampled outputs :func:`refit_forward` keeps at most: this share of the model's weights,
+#: at least ``REFERENCE_MIN_BYTES``
+REFERENCE_SHARE = 0.25
+REFERENCE_MIN_BYTES = 16 * 2**20
+
+
+def reference_budget(model: keras.Model) -> int:
+    """Bytes of original-layer outputs :func:`refit_forward` keeps between passes of the original model:
+    ``max(REFERENCE_MIN_BYTES, REFERENCE_SHARE x the weights' bytes)``.
+
+    Example:
+        >>> import keras
+        >>> reference_budget(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == 16 * 2**20
+        True
+    """
+    weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    return int(max(REFERENCE_MIN_BYTES, REFERENCE_SHARE * weights))
+
+
+def _target_map(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The original layer's kernel as the ``(width, N)`` matrix its input rows multiply, and the bias the fits
+    reproduce (the one :func:`_kernel_and_bias` gives: an EinsumDense bias the fit cannot move is left out, as
+    it is kept as it is)."""
+    kernel, bias = _kernel_and_bias(layer)
+    return kernel.reshape(-1, kernel.shape[-1]), bias
+
+
+def _next_chunk(
+    order: list[str], readable: Mapping[str, tuple[PatchSpec, tuple[np.ndarray, Any]]], samples: int, budget: int
+) -> list[str]:
+    """The first layer of ``order`` and the ones after it whose sampled outputs (``samples x N`` float32) still fit
+    in ``budget`` bytes together."""
+    chunk, used = [], 0
+    for name in order:
+        size = int(samples) * int(readable[name][1][0].shape[1]) * 4
+        if chunk and used + size > budget:
+            break
+        chunk.append(name)
+        used += size
+    return chunk
 
 
 # ---------------------------------------------------------------- compress_model's data-aware stage

@@ -57,9 +57,17 @@ NESTED_RIDGE = 1e-10
 class Moments:
     """First and second moments of a layer's input vectors (float64), the only thing the fits need.
 
-    ``mean = E[x̂]`` and ``gram = E[x̂ x̂ᵀ]`` of the inputs the fitted layer will see; for an asymmetric fit also
-    ``target_mean = E[x]``, ``cross = E[x̂ xᵀ]`` and ``target_gram = E[x xᵀ]`` of the inputs the original layer
-    saw (``None``: the same inputs, ``x = x̂``).
+    ``mean = E[x̂]`` and ``gram = E[x̂ x̂ᵀ]`` of the inputs the fitted layer will see. For an asymmetric fit,
+    what the fitted layer must reproduce is given one of two ways:
+
+    * by the original layer's INPUTS at the same positions: ``target_mean = E[x]``, ``cross = E[x̂ xᵀ]`` and
+      ``target_gram = E[x xᵀ]`` (the original kernel then gives the outputs);
+    * by the original layer's OUTPUTS there (before its activation): ``output_mean = E[y]``,
+      ``output_cross = E[x̂ yᵀ]`` (``dim x N``) and ``output_gram = E[y yᵀ]``: ``O(dim·N)`` numbers instead of
+      ``O(dim²)``, and what :func:`~tfcompress.data_fit.refit_forward` reads (the outputs of the original model's
+      layers can be read for several layers in one pass and kept, their inputs could not).
+
+    Neither: the same inputs, ``x = x̂`` (a symmetric fit).
     """
 
     count: int
@@ -68,6 +76,9 @@ class Moments:
     target_mean: np.ndarray | None = None
     cross: np.ndarray | None = None
     target_gram: np.ndarray | None = None
+    output_mean: np.ndarray | None = None
+    output_cross: np.ndarray | None = None
+    output_gram: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -75,7 +86,12 @@ class Moments:
 
     @property
     def symmetric(self) -> bool:
-        return self.cross is None
+        return self.cross is None and self.output_cross is None
+
+    @property
+    def has_outputs(self) -> bool:
+        """Whether the target is given by the original layer's outputs (``output_*``)."""
+        return self.output_cross is not None
 
     def permuted(self, order: np.ndarray) -> Moments:
         """The moments of ``x[order]`` (reorders the features, e.g. patch columns into another tap layout)."""
@@ -91,11 +107,17 @@ class Moments:
             None if self.target_mean is None else self.target_mean[order],
             square(self.cross),
             square(self.target_gram),
+            self.output_mean,
+            None if self.output_cross is None else self.output_cross[order],
+            self.output_gram,
         )
 
     def augmented(self, with_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(Ŝ, M, S)``: the second moments of ``[x̂, 1]``, ``[x̂, 1]`` with ``[x, 1]``, and ``[x, 1]``;
-        without a bias the plain ``E[x̂ x̂ᵀ]``, ``E[x̂ xᵀ]``, ``E[x xᵀ]``."""
+        without a bias the plain ``E[x̂ x̂ᵀ]``, ``E[x̂ xᵀ]``, ``E[x xᵀ]``. Not for moments with output targets
+        (:meth:`output_targets` gives theirs)."""
+        if self.has_outputs:
+            raise ValueError("Moments.augmented: these moments give the original outputs: use output_targets().")
         mean_x = self.mean if self.target_mean is None else self.target_mean
         cross = self.gram if self.cross is None else self.cross
         target = self.gram if self.target_gram is None else self.target_gram
@@ -115,8 +137,26 @@ class Moments:
             return same, same, same
         return aug(self.gram, self.mean, self.mean), aug(cross, self.mean, mean_x), aug(target, mean_x, mean_x)
 
+    def output_targets(self, with_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """``(Ŝ, E[x̂̃ yᵀ], E[y yᵀ], |E y|²)`` for output targets: the (augmented, with ``[x̂, 1]`` when
+        ``with_bias``) input moment, the inputs' cross moment with the original outputs ``y``, their second
+        moment and the squared norm of their mean."""
+        if not self.has_outputs:
+            raise ValueError("Moments.output_targets: these moments hold no original outputs.")
+        mean_y = np.asarray(self.output_mean, dtype=np.float64)
+        if not with_bias:
+            return self.gram, self.output_cross, self.output_gram, float(mean_y @ mean_y)  # type: ignore[return-value]
+        gram = np.empty((self.dim + 1, self.dim + 1))
+        gram[:-1, :-1] = self.gram
+        gram[:-1, -1] = gram[-1, :-1] = self.mean
+        gram[-1, -1] = 1.0
+        cross = np.vstack([self.output_cross, mean_y[None]])  # type: ignore[list-item]
+        return gram, cross, self.output_gram, float(mean_y @ mean_y)  # type: ignore[return-value]
+
     def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(Cov x̂, Cov(x̂, x), Cov x)``: what is left of the second moments once a bias takes the means."""
+        if self.has_outputs:
+            raise ValueError("Moments.centred: these moments give the original outputs, not their inputs.")
         mean_x = self.mean if self.target_mean is None else self.target_mean
         gram = self.gram - np.outer(self.mean, self.mean)
         if self.symmetric:
@@ -129,20 +169,36 @@ class Moments:
 
 
 class MomentAccumulator:
-    """Streaming sums of ``x̂``, ``x̂ x̂ᵀ`` (and, paired, ``x``, ``x̂ xᵀ``, ``x xᵀ``) in float64.
+    """Streaming sums of ``x̂``, ``x̂ x̂ᵀ`` (paired: and ``x``, ``x̂ xᵀ``, ``x xᵀ``; with ``outputs``: and ``y``,
+    ``x̂ yᵀ``, ``y yᵀ``) in float64.
 
-    Only ``O(dim²)`` numbers are kept however many batches are added.
+    Only ``O(dim²)`` numbers (``O(dim·outputs)`` for the outputs) are kept however many batches are added.
+
+    Args:
+        dim: the width of the input rows.
+        paired: each batch comes with the original layer's inputs at the same positions (``targets``).
+        outputs: the number of the original layer's outputs that come with each batch (``outputs=`` of
+            :meth:`add`); 0 for none. Not together with ``paired``.
 
     Example:
         >>> acc = MomentAccumulator(2)
         >>> acc.add(np.array([[1.0, 0.0], [0.0, 2.0]]))
         >>> acc.moments().gram.tolist()
         [[0.5, 0.0], [0.0, 2.0]]
+        >>> acc = MomentAccumulator(2, outputs=1)
+        >>> acc.add(np.array([[1.0, 0.0], [0.0, 2.0]]), outputs=np.array([[3.0], [1.0]]))
+        >>> acc.moments().output_cross.tolist()
+        [[1.5], [1.0]]
     """
 
-    def __init__(self, dim: int, paired: bool = False) -> None:
+    def __init__(self, dim: int, paired: bool = False, outputs: int = 0) -> None:
         self.dim = int(dim)
         self.paired = bool(paired)
+        self.outputs = int(outputs)
+        if self.outputs < 0 or (self.paired and self.outputs):
+            raise ValueError(
+                f"MomentAccumulator: outputs must be >= 0 and not given with paired=True, got outputs={outputs!r}."
+            )
         self.count = 0
         self._sum = np.zeros(self.dim)
         self._gram = np.zeros((self.dim, self.dim))
@@ -150,17 +206,36 @@ class MomentAccumulator:
             self._target_sum = np.zeros(self.dim)
             self._cross = np.zeros((self.dim, self.dim))
             self._target_gram = np.zeros((self.dim, self.dim))
+        if self.outputs:
+            self._out_sum = np.zeros(self.outputs)
+            self._out_cross = np.zeros((self.dim, self.outputs))
+            self._out_gram = np.zeros((self.outputs, self.outputs))
 
-    def add(self, inputs: np.ndarray, targets: np.ndarray | None = None) -> None:
+    def add(self, inputs: np.ndarray, targets: np.ndarray | None = None, outputs: np.ndarray | None = None) -> None:
         """Add rows ``inputs`` (``(P, dim)``: what the fitted layer sees) and, paired, the matching ``targets``
-        (what the original layer saw at the same positions)."""
+        (what the original layer saw at the same positions) or, with ``outputs``, the original layer's outputs
+        there (``(P, outputs)``)."""
         x = np.asarray(inputs, dtype=np.float64).reshape(-1, self.dim)
         if self.paired != (targets is not None):
             raise ValueError(
                 f"MomentAccumulator.add: give targets exactly when the accumulator is paired (paired={self.paired})."
             )
+        if bool(self.outputs) != (outputs is not None):
+            raise ValueError(
+                "MomentAccumulator.add: give outputs exactly when the accumulator was made for them "
+                f"(outputs={self.outputs})."
+            )
         if not np.isfinite(x).all():
             raise ValueError("MomentAccumulator.add: the inputs hold NaN or infinity.")
+        y = None
+        if outputs is not None:
+            y = np.asarray(outputs, dtype=np.float64)
+            if y.shape != (x.shape[0], self.outputs):
+                raise ValueError(
+                    f"MomentAccumulator.add: outputs {y.shape} do not match {x.shape[0]} rows of {self.outputs}."
+                )
+            if not np.isfinite(y).all():
+                raise ValueError("MomentAccumulator.add: the outputs hold NaN or infinity.")
         self.count += x.shape[0]
         self._sum += x.sum(axis=0)
         self._gram += x.T @ x
@@ -173,6 +248,10 @@ class MomentAccumulator:
             self._target_sum += t.sum(axis=0)
             self._cross += x.T @ t
             self._target_gram += t.T @ t
+        if y is not None:
+            self._out_sum += y.sum(axis=0)
+            self._out_cross += x.T @ y
+            self._out_gram += y.T @ y
 
     def moments(self) -> Moments:
         """The means and second moments so far."""
@@ -180,6 +259,15 @@ class MomentAccumulator:
             raise ValueError("MomentAccumulator.moments: no samples were added.")
         n = float(self.count)
         gram = (self._gram + self._gram.T) / (2 * n)
+        if self.outputs:
+            return Moments(
+                self.count,
+                self._sum / n,
+                gram,
+                output_mean=self._out_sum / n,
+                output_cross=self._out_cross / n,
+                output_gram=(self._out_gram + self._out_gram.T) / (2 * n),
+            )
         if not self.paired:
             return Moments(self.count, self._sum / n, gram)
         return Moments(
@@ -231,7 +319,8 @@ def projected(a: np.ndarray, taps: int, gram: np.ndarray) -> np.ndarray:
 def output_error(
     moments: Moments, kernel: np.ndarray, bias: np.ndarray | None, fitted: np.ndarray, fitted_bias: np.ndarray | None
 ) -> float:
-    """``E||x W + b - (x̂ P + b')||²`` from the moments alone (``kernel``, ``fitted``: ``(dim, N)``).
+    """``E||x W + b - (x̂ P + b')||²`` from the moments alone (``kernel``, ``fitted``: ``(dim, N)``); for moments
+    with output targets ``E||y - (x̂ P + b')||²`` (the given outputs ``y`` replace ``x W + b``).
 
     Example:
         >>> m = Moments(1, np.zeros(2), np.eye(2))
@@ -239,7 +328,6 @@ def output_error(
         2.0
     """
     with_bias = bias is not None or fitted_bias is not None
-    gram, cross, target = moments.augmented(with_bias)
     n_out = kernel.shape[1]
     w = kernel if not with_bias else np.vstack([kernel, np.zeros((1, n_out)) if bias is None else bias[None]])
     p = (
@@ -247,6 +335,13 @@ def output_error(
         if not with_bias
         else np.vstack([fitted, np.zeros((1, n_out)) if fitted_bias is None else fitted_bias[None]])
     )
+    if moments.has_outputs:  # the original outputs are given: ``kernel`` and ``bias`` are not needed
+        gram, out_cross, out_gram, _ = moments.output_targets(True)
+        if not with_bias:
+            gram, out_cross = gram[:-1, :-1], out_cross[:-1]
+        value = np.trace(out_gram) - 2 * np.sum(p * out_cross) + np.sum(p * (gram @ p))
+        return max(float(value), 0.0)
+    gram, cross, target = moments.augmented(with_bias)
     value = np.sum(w * (target @ w)) - 2 * np.sum(p * (cross @ w)) + np.sum(p * (gram @ p))
     return max(float(value), 0.0)
 
