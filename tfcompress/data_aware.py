@@ -25,7 +25,10 @@ second moment ``S_{tt'} = E[x_tᵀ x_{t'}]``. The closed form above uses one per
 every diagonal block is ``S_1``), and for Dense layers (one tap); on real images neighbouring pixels are strongly
 correlated, so for convolutions it is only the starting point. The second factor (``B``, with the bias) is then
 refitted by least squares on the full patch moment, which is exact for the given first factor: its output error
-is the smallest any second factor can give. The fitted factors are compared with the data-free ones (their
+is the smallest any second factor can give. One-off fits (the final forward-order refit) then alternate exact
+solves for the first factor on the full patch moment and refits of the second (:mod:`tfcompress.data_refine`:
+a few rounds, bounded in cost; weight and spatial SVD), which lowers the output error further; a selection's many
+ranks per layer skip it (its cost times the candidates). The fitted factors are compared with the data-free ones (their
 second factor refitted too, and as they are) on the same moments and the lowest output error wins, so the
 result is never worse than the data-free factors on the fitting data; when the data-free start wins, or the
 moments are unusable (all-zero inputs, non-finite values), :attr:`LowRankFit.notes` says so.
@@ -72,6 +75,7 @@ from .data_moments import (
     solve_psd,
     whitening,
 )
+from .data_refine import refined_fit
 
 __all__ = [
     "Moments",
@@ -333,6 +337,7 @@ def fit_two_stage(
     rank: int,
     data_free: tuple[np.ndarray, np.ndarray] | None = None,
     problem: FitProblem | None = None,
+    refine: bool | None = None,
 ) -> LowRankFit:
     """Rank-``rank`` factors ``a (d, r)``, ``second (taps*r, N)`` of ``kernel (taps*d, N)`` (tap-major rows)
     minimising the output error on ``moments`` (of the ``taps*d``-wide input patches).
@@ -341,6 +346,9 @@ def fit_two_stage(
     over the taps, then the bias. ``data_free``: the data-free ``(a, second)`` to compare with (default: from the
     truncated SVD of the ``(d, taps*N)`` unfolding). ``problem``: the layer's :class:`FitProblem` for these
     ``kernel``, ``bias``, ``moments`` and ``taps``, shared by the fits of several ranks (built when not given).
+    ``refine``: refine the first factor on the full patch moment (:mod:`tfcompress.data_refine`, a few exact
+    alternating solves; convolutions only); default: for one-off fits (the final forward-order refit), not for a
+    :attr:`FitProblem.shared` problem (a selection's many ranks).
 
     Example:
         >>> rng = np.random.default_rng(1)
@@ -406,6 +414,10 @@ def fit_two_stage(
         options.append((error, "whitened", a, last))
     best = min(options, key=lambda o: (o[0], o[1] != "whitened"))
     notes += _start_note(options, best)
+    if refine is None:
+        refine = not problem.shared
+    if refine:
+        best = refined_fit(problem, best, notes)
     second, new_bias = split(best[3])
     a, second = _balance(best[2], second, taps)
     return LowRankFit((a, second), new_bias, best[0], error0, problem.reference, best[1], notes)
@@ -559,6 +571,7 @@ def fit_conv2d(
     moments: Moments,
     rank: int | Sequence[int],
     problem: FitProblem | None = None,
+    refine: bool | None = None,
 ) -> tuple[list[np.ndarray], LowRankFit]:
     """Data-aware factor kernels of a ``(kh, kw, C, N)`` Conv2D kernel for ``scheme`` (``"weight_svd"``,
     ``"spatial_svd"`` or ``"tucker"``), from the moments of its ``kh*kw*C`` input patches (columns as
@@ -566,7 +579,8 @@ def fit_conv2d(
 
     Returns the factor kernels in the decomposed layer's order (as :mod:`tfcompress.decompose` gives them) and
     the fit (its ``bias`` replaces the layer's bias). ``problem``: :func:`conv2d_problem` of the same arguments,
-    shared by the fits of several ranks (built when not given).
+    shared by the fits of several ranks (built when not given). ``refine``: as for :func:`fit_two_stage` (weight
+    and spatial SVD; Tucker-2 is not refined).
 
     Example:
         >>> rng = np.random.default_rng(3)
@@ -584,7 +598,7 @@ def fit_conv2d(
         svd = problem.remembered("svd", lambda: decompose.TruncatedSVD.of(decompose.weight_svd_unfold(kernel)))
         a0, b0 = decompose.weight_svd_factors(kernel, int(rank), svd)
         start = (a0[0, 0], b0.reshape(kh * kw * int(rank), n))
-        fit = fit_two_stage(problem.kernel, bias, problem.moments, kh * kw, int(rank), start, problem)
+        fit = fit_two_stage(problem.kernel, bias, problem.moments, kh * kw, int(rank), start, problem, refine)
         a, second = fit.factors
         return [a[None, None], second.reshape(kh, kw, -1, n)], fit
     if scheme == "spatial_svd":
@@ -592,7 +606,7 @@ def fit_conv2d(
         svd = problem.remembered("svd", lambda: decompose.TruncatedSVD.of(decompose.spatial_svd_unfold(kernel)))
         v0, h0 = decompose.spatial_svd_factors(kernel, r, svd)
         start = (v0[:, 0].transpose(1, 0, 2).reshape(c * kh, r), h0[0].reshape(kw * r, n))
-        fit = fit_two_stage(problem.kernel, bias, problem.moments, kw, r, start, problem)
+        fit = fit_two_stage(problem.kernel, bias, problem.moments, kw, r, start, problem, refine)
         a, second = fit.factors
         return [a.reshape(c, kh, r).transpose(1, 0, 2)[:, None], second.reshape(kw, r, n)[None]], fit
     r_in, r_out = (int(x) for x in rank)  # type: ignore[union-attr]
