@@ -180,21 +180,21 @@ def test_a_plan_scored_after_the_ranks_reuses_their_factors(monkeypatch):
     come from the factors fitted for the scores, not from each layer's problem built again."""
     import keras
 
-    from tfcompress import data_fit
+    from tfcompress import data_stage
 
     rng = np.random.default_rng(4)
     layers, fits = [], []
-    clock = data_fit.Clock()
+    clock = data_stage.Clock()
     for name in ("a", "b"):
         conv = keras.layers.Conv2D(6, 3, padding="same", name=name)
         conv.build((None, 8, 8, 4))
         layers.append(conv)
         fits.append(
-            data_fit.CandidateFit(moments_of(extract_patches(relu_images(rng, 4, 8, 4), 3, padding="same")), clock)
+            data_stage.CandidateFit(moments_of(extract_patches(relu_images(rng, 4, 8, 4), 3, padding="same")), clock)
         )
     built = []
-    real = data_fit.layer_problem
-    monkeypatch.setattr(data_fit, "layer_problem", lambda *a: built.append(a[0].name) or real(*a))
+    real = data_stage.layer_problem
+    monkeypatch.setattr(data_stage, "layer_problem", lambda *a: built.append(a[0].name) or real(*a))
     scored = {(i, r): fits[i].kernel(layers[i], "spatial_svd", r, np.float32) for i in (0, 1) for r in (2, 4, 6)}
     assert built == ["a", "b"]  # one problem per layer for all its ranks
     for (i, r), kernel in scored.items():  # a plan over both layers, after the scores

@@ -43,7 +43,7 @@ import keras
 
 from . import decompose
 from .cost import UncountedMacsWarning, decomposed_cost, model_cost, original_cost
-from .data_fit import DataAwareRun
+from .data_stage import DataAwareRun
 from .enums import CompressionScheme, CostMetric, Mode, RankSelectScheme, coerce_enum
 from .graph import check_graph_model, walk_layers
 from .latency import LatencyMeter, LatencyOptions

@@ -50,7 +50,7 @@ class Candidate:
     svd_seconds: float = 0.0
     meter: LatencyMeter | None = field(default=None, repr=False)  # set for cost_metric="latency"
     _last: tuple[int, np.ndarray] | None = field(default=None, repr=False)  # the last approximation, see below
-    data_fit: Any = field(default=None, repr=False)  # data-aware kernels: a tfcompress.data_fit.CandidateFit
+    data_fit: Any = field(default=None, repr=False)  # data-aware kernels: a tfcompress.data_stage.CandidateFit
     data_tag: str = ""  # the data-aware run's data (score caches keep them apart), also when this layer is not fitted
 
     @property
