@@ -310,3 +310,63 @@ def test_forward_refit_reads_the_original_outputs_for_several_layers_per_pass(di
     report = fitted[None][2]
     assert sorted(report.layers) == sorted(plan)
     assert all(f.relative_error <= f.data_free_relative_error + 1e-12 for f in report.layers.values())
+
+
+def test_the_selection_reads_moments_within_a_budget_and_selects_the_same(digits, monkeypatch):
+    """The candidates' input moments are read when first needed, at most a budget of them held: with no budget each
+    layer is read in its own pass, one layer held at a time, and the run scores, selects and builds exactly what a
+    run holding them all does."""
+    from tfcompress import data_stage
+
+    model = small_cnn(digits)
+    test = digits[1200:1300]
+    reference = model.predict(test, verbose=0)
+
+    def score(m, iterations):
+        return -float(np.mean((m.predict(test, verbose=0) - reference) ** 2))
+
+    greedy = tfc.WeightSvdParameters.AutoModeParams(tfc.GreedySelectionParameters(0.6, num_comp_ratio_candidates=3))
+    params = tfc.WeightSvdParameters("auto", greedy, data=digits[:300], num_reconstruction_samples=600)
+    held_at_get = []
+    real_get = data_stage.MomentStore.get
+
+    def get(self, path):
+        out = real_get(self, path)
+        held_at_get.append(len(self.held))
+        return out
+
+    monkeypatch.setattr(data_stage.MomentStore, "get", get)
+    runs = {}
+    for budget in (None, 0):
+        monkeypatch.setattr(data_stage, "moments_budget", lambda m, b=budget: b)
+        held_at_get.clear()
+        runs[budget] = (*tfc.compress_model(model, score, None, "weight_svd", "mac", params, verbose=0), held_at_get[:])
+    (big, big_stats, big_held), (small, small_stats, small_held) = runs[None], runs[0]
+    assert max(small_held) == 1 and max(big_held) == 2  # two readable candidates: both held, or one at a time
+    assert any("read in 2 passes" in n for n in small_stats.notes)
+    assert not any("passes over the sample" in n for n in big_stats.notes)
+    assert small_stats.eval_scores == big_stats.eval_scores
+    for a, b in zip(big.get_weights(), small.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_moment_store_gives_the_one_pass_moments_and_checks_its_arguments(digits):
+    from tfcompress.data_stage import MomentStore
+
+    model = digits_cnn()
+    layers = {n: (model.get_layer(n), "weight_svd") for n in ("c1", "c2", "fc")}
+    everything = MomentStore(model, layers, digits[:64], 300, keep_bytes=None)
+    one_by_one = MomentStore(model, layers, digits[:64], 300, keep_bytes=0)
+    for name in layers:
+        a, b = everything.get(name), one_by_one.get(name)
+        np.testing.assert_array_equal(a.gram, b.gram)
+        assert one_by_one.held == [name]
+    assert everything.passes == 1 and one_by_one.passes == 3
+    # a budget for c1 and c2 (but not fc) reads them together
+    pair = MomentStore(model, layers, digits[:64], 300, keep_bytes=everything.size("c1") + everything.size("c2"))
+    pair.get("c1")
+    assert pair.held == ["c1", "c2"] and pair.passes == 1
+    with pytest.raises(KeyError, match="no readable candidate layer 'c3'"):
+        pair.get("c3")
+    with pytest.raises(ValueError, match="keep_bytes must be None or >= 0, got -1"):
+        MomentStore(model, layers, digits[:64], 300, keep_bytes=-1)

@@ -178,7 +178,7 @@ def compress_model(
         data_tag = "" if data_run is None else data_run.tag
         open_cache(model, cache, settings_tag(scheme, metric, parameters.multiplicity, data_tag))
     if data_run is not None and not manual:  # manual mode: nothing to select, only the final refit
-        data_run.attach(model, candidates, stats)  # the moments of each layer's inputs, once, before any SVD
+        data_run.attach(model, candidates, stats)  # each layer's input moments, read when first needed
     if meter is not None:
         total_cost = latency_total(model, candidates, meter, stats)
 

@@ -46,6 +46,7 @@ __all__ = [
     "layer_problem",
     "composed_kernel",
     "data_aware_reason",
+    "input_width",
     "refit_forward",
     "reference_budget",
     "sample_images",
@@ -200,6 +201,28 @@ def _einsum_bias(layer: Any) -> tuple[np.ndarray | None, Any]:
     return vector, fold
 
 
+def input_width(layer: Any) -> int:
+    """The width of the vectors a readable, built layer's kernel multiplies (a convolution's whole patch): its
+    input moment is ``width²`` numbers.
+
+    Example:
+        >>> import keras
+        >>> conv = keras.layers.Conv2D(4, 3); conv.build((None, 8, 8, 2))
+        >>> input_width(conv)
+        18
+    """
+    spec, why = patch_spec(layer)
+    if spec is None:
+        raise ValueError(f"layer '{layer.name}': its inputs cannot be read: {why}.")
+    if spec.einsum is not None:
+        from .einsum_unfold import einsum_split
+
+        return int(einsum_split(layer.equation).matrix_shape(tuple(layer.kernel.shape))[0])
+    if spec.depthwise is not None:
+        return int(layer.pointwise_kernel.shape[-2])
+    return int(spec.width(int(layer.kernel.shape[-2])))
+
+
 def data_aware_reason(layer: Any, scheme: str) -> str | None:
     """Why ``layer`` (an original Keras layer) cannot get data-aware ``scheme`` factors; ``None`` when it can.
 
@@ -218,14 +241,7 @@ def data_aware_reason(layer: Any, scheme: str) -> str | None:
         return "Tucker-2 of a Conv1D"
     if not getattr(layer, "built", False):
         return "the layer is not built"
-    if spec.einsum is not None:
-        from .einsum_unfold import einsum_split
-
-        width = einsum_split(layer.equation).matrix_shape(tuple(layer.kernel.shape))[0]
-    elif spec.depthwise is not None:
-        width = int(layer.pointwise_kernel.shape[-2])
-    else:
-        width = spec.width(int(layer.kernel.shape[-2]))
+    width = input_width(layer)
     if width > MAX_FEATURES:
         return f"its input patch has {width} values (> {MAX_FEATURES}: the moments would be too large)"
     return None

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,16 +29,116 @@ import numpy as np
 from .data_aware import FitProblem, Moments
 from .data_fit import (
     FitReport,
+    call_counts,
     composed_kernel,
     fit_layer,
     fitting_threads,
+    input_width,
     layer_problem,
+    readable_reason,
     refit_forward,
     sample_images,
     selection_moments,
 )
 
-__all__ = ["Clock", "CandidateFit", "DataAwareRun"]
+__all__ = ["Clock", "CandidateFit", "DataAwareRun", "MomentStore", "moments_budget"]
+
+#: the selection's input moments held at once (:class:`MomentStore`): this share of the model's weights, at least
+#: ``MOMENTS_MIN_BYTES``
+MOMENTS_SHARE = 1.0
+MOMENTS_MIN_BYTES = 64 * 2**20
+
+
+def moments_budget(model: keras.Model) -> int:
+    """Bytes of candidate input moments :class:`MomentStore` holds at once by default: ``max(MOMENTS_MIN_BYTES,
+    MOMENTS_SHARE x the weights' bytes)``.
+
+    Example:
+        >>> import keras
+        >>> moments_budget(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == 64 * 2**20
+        True
+    """
+    weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    return int(max(MOMENTS_MIN_BYTES, MOMENTS_SHARE * weights))
+
+
+class MomentStore:
+    """The selection candidates' input moments, read from the (never changed) original model when first needed.
+
+    One pass of the sample images fetches the layer asked for and, while their moments fit in ``keep_bytes``
+    together, the next layers in ``layers``' order (the candidates' order: forward); the layers held before are let
+    go first. The selection scores one layer's ranks after another, so a run pays a few passes instead of holding
+    every layer's ``O(width²)`` float64 moment at once (ResNet50's spatial-SVD candidates: 816 MB, eight times its
+    weights). The sampled positions depend only on the layer's name, so a layer's moments are the same whichever
+    pass reads them. ``keep_bytes=None``: every layer in one pass, all held.
+
+    Args:
+        model: the original model (read, never changed).
+        layers: ``{path: (layer, scheme)}`` of readable layers, in the order the selection visits them.
+        images: the sampled model inputs.
+        samples: sampled positions per layer.
+        keep_bytes: the most bytes of moments held at once (the layer asked for is always read).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layers: dict[str, tuple[Any, str]],
+        images: np.ndarray,
+        samples: int,
+        keep_bytes: int | None = None,
+    ) -> None:
+        if keep_bytes is not None and keep_bytes < 0:
+            raise ValueError(f"MomentStore: keep_bytes must be None or >= 0, got {keep_bytes!r}.")
+        self.model, self.layers, self.images, self.samples = model, dict(layers), images, int(samples)
+        self.keep_bytes = keep_bytes
+        self.order = list(self.layers)
+        self._held: dict[str, Moments] = {}
+        #: passes over the original model so far, and the seconds they took
+        self.passes = 0
+        self.seconds = 0.0
+
+    def size(self, path: str) -> int:
+        """Bytes of one layer's moments (its ``width²`` float64 second moment dominates)."""
+        width = input_width(self.layers[path][0])
+        return 8 * (width + 1) * (width + 2)
+
+    @property
+    def held(self) -> list[str]:
+        """The layers whose moments are held now."""
+        return list(self._held)
+
+    def get(self, path: str) -> Moments:
+        """The moments of layer ``path``'s input patches (read with the next layers if not held)."""
+        if path not in self.layers:
+            raise KeyError(f"MomentStore: no readable candidate layer '{path}'.")
+        if path not in self._held:
+            self._held.clear()  # let go first: the next pass's moments take their place
+            fetch = [path]
+            if self.keep_bytes is None:
+                fetch += [p for p in self.order if p != path]
+            else:
+                left = self.keep_bytes - self.size(path)
+                for other in self.order[self.order.index(path) + 1 :]:
+                    left -= self.size(other)
+                    if left < 0:
+                        break
+                    fetch.append(other)
+            moments, _, seconds = selection_moments(
+                self.model, {p: self.layers[p] for p in fetch}, self.images, self.samples
+            )
+            self._held.update(moments)
+            self.passes += 1
+            self.seconds += seconds
+        return self._held[path]
+
+    def reader(self, path: str) -> Any:
+        """A function giving layer ``path``'s moments (what a :class:`CandidateFit` reads them through)."""
+        return lambda: self.get(path)
+
+    def close(self) -> None:
+        """Let go of every held moment."""
+        self._held.clear()
 
 
 @dataclass
@@ -63,9 +164,12 @@ class Clock:
 @dataclass
 class CandidateFit:
     """What a selection candidate needs for data-aware kernels: its layer's input moments (computed once per layer,
-    shared by every rank and every per-layer scheme of ``compress_scheme="auto"``) and the run's fitting clock."""
+    shared by every rank and every per-layer scheme of ``compress_scheme="auto"``) and the run's fitting clock.
 
-    moments: Moments
+    ``source``: the moments, or a function giving them when they are first needed (:meth:`MomentStore.reader`).
+    """
+
+    source: Moments | Callable[[], Moments]
     clock: Clock
     tag: str = ""
     #: the factors of every rank fitted so far (in the layer's dtype; fewer weights than the kernel, or the rank
@@ -73,15 +177,21 @@ class CandidateFit:
     #: target's plans) takes its layers' factors from here instead of building each layer's problem again
     fitted: dict[tuple[str, Any], list[np.ndarray]] = field(default_factory=dict, repr=False)
 
+    @property
+    def moments(self) -> Moments:
+        """The layer's input moments (read now if they are not held)."""
+        return self.source if isinstance(self.source, Moments) else self.source()
+
     def kernel(self, layer: Any, scheme: str, rank: Any, dtype: Any) -> np.ndarray:
         """The original-shaped kernel equivalent to ``layer``'s data-aware factors at ``rank``."""
         start = time.perf_counter()
         key = (scheme, tuple(rank) if isinstance(rank, list | tuple) else int(rank))
-        with fitting_threads(self.moments):
+        with fitting_threads():
             weights = self.fitted.get(key)
             if weights is None:
-                problem = self.clock.problem_for(layer, scheme, self.moments)
-                weights = self.fitted[key] = fit_layer(layer, scheme, rank, self.moments, problem)[0]
+                moments = self.moments
+                problem = self.clock.problem_for(layer, scheme, moments)
+                weights = self.fitted[key] = fit_layer(layer, scheme, rank, moments, problem)[0]
             kernel = composed_kernel(layer, scheme, weights)
         self.clock.seconds += time.perf_counter() - start
         return np.asarray(kernel, dtype=dtype)
@@ -105,20 +215,29 @@ class DataAwareRun:
         self.clock = Clock()
         self.collect_seconds = 0.0
         self.report: FitReport | None = None
+        self.store: MomentStore | None = None
 
     def attach(self, model: keras.Model, candidates: list[Any], stats: Any) -> None:
-        """Give each readable candidate its :class:`CandidateFit` (one forward pass for all of them); the others
-        keep data-free kernels, with the reason in ``stats.notes``."""
-        layers = {c.path: (c.ref.layer, c.scheme) for c in candidates}
-        moments, reasons, seconds = selection_moments(model, layers, self.images, self.samples)
-        self.collect_seconds += seconds
+        """Give each readable candidate its :class:`CandidateFit`, reading its moments from ``model`` (the original)
+        when first needed (:class:`MomentStore`, at most :func:`moments_budget` held at once); the others keep
+        data-free kernels, with the reason in ``stats.notes``."""
+        calls = call_counts(model)
+        layers, reasons, fitted = {}, {}, []
         for candidate in candidates:
             candidate.data_tag = self.tag  # the cache tag of every candidate of a data-aware run, fitted or not
-            if candidate.path in moments:
-                candidate.data_fit = CandidateFit(moments[candidate.path], self.clock, self.tag)
+            layer = candidate.ref.layer
+            why = readable_reason(model, candidate.path, layer, candidate.scheme, calls)
+            if why is None:
+                layers.setdefault(candidate.path, (layer, candidate.scheme))  # one moment per layer, any scheme
+                fitted.append(candidate)
+            else:
+                reasons[candidate.path] = why
+        self.store = MomentStore(model, layers, self.images, self.samples, moments_budget(model))
+        for candidate in fitted:
+            candidate.data_fit = CandidateFit(self.store.reader(candidate.path), self.clock, self.tag)
         stats.notes.append(
             f"data-aware factors: {len(self.images)} input(s), {self.samples} sampled positions per layer; "
-            f"{len(moments)} of {len(candidates)} layer(s) fitted to their inputs"
+            f"{len(layers)} of {len({c.path for c in candidates})} layer(s) fitted to their inputs"
         )
         for path, why in reasons.items():
             stats.notes.append(f"data-aware factors: layer '{path}' keeps data-free factors: {why}")
@@ -126,6 +245,8 @@ class DataAwareRun:
     def refit(self, original: keras.Model, compressed: keras.Model, paths: list[str], stats: Any) -> None:
         """Refit ``paths`` of ``compressed`` in forward order (asymmetric); notes and timings into ``stats``."""
         self.clock.problem_key, self.clock.problem = None, None  # the selection's last layer: not needed any more
+        if self.store is not None:
+            self.store.close()  # the selection's moments: not needed any more either
         report = refit_forward(original, compressed, self.images, self.samples, only={p: ("", 0) for p in paths})
         self.collect_seconds += report.collect_seconds
         self.clock.seconds += report.fit_seconds
@@ -143,7 +264,15 @@ class DataAwareRun:
 
     def finish(self, stats: Any) -> None:
         """Timings (beside ``svd_seconds``) and the summary of the final fits into ``stats``."""
-        stats.timings["data_aware_collect_seconds"] = self.collect_seconds
+        passes = 0 if self.store is None else self.store.passes
+        stats.timings["data_aware_collect_seconds"] = self.collect_seconds + (
+            0.0 if self.store is None else self.store.seconds
+        )
+        if passes > 1:
+            stats.notes.append(
+                f"data-aware factors: the candidates' input moments were read in {passes} passes over the sample "
+                f"inputs (at most {moments_budget(self.store.model) / 2**20:.0f} MiB of them held at once)"
+            )
         stats.timings["data_aware_fit_seconds"] = self.clock.seconds
         if self.report and self.report.layers:
             fits = list(self.report.layers.values())
