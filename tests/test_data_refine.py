@@ -79,7 +79,9 @@ def test_one_tap_reaches_the_closed_form_and_cannot_improve_on_it(seed, d, n_out
     a0, second0 = closed.factors
     last0 = second0 if b is None else np.vstack([second0, closed.bias[None]])
     again = dr.refine_first_factor(problem.gram, problem.mw, problem.const, 1, a0, last0)
-    assert again.error >= closed.error * (1 - 1e-6) - 1e-12
+    # nothing to gain but the closed form's shrinkage ridge (up to 1.5e-4 relative here) allows: measured gains up to
+    # ~1e-9 of the outputs' variance, so 1e-6 of it bounds what the ridge can explain
+    assert again.error >= closed.error - 1e-6 * scale
     assert "refined" not in closed.start  # one tap: the fit does not try
 
 
