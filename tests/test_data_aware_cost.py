@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfcompress import data_aware as da
-from tfcompress import data_moments, decompose
+from tfcompress import data_moments, data_problem, decompose
 from tfcompress.pruning.reconstruct import extract_patches
 
 FAST = settings(max_examples=20, deadline=None, database=None)
@@ -115,7 +115,7 @@ def test_one_projection_per_layer_and_start_whatever_the_number_of_ranks(scheme,
             return da.fit_conv2d(scheme, w, b, m, rank, problem)
 
     counts = {"nested": 0, "per_rank": 0}
-    nested, per_rank = data_moments.projected, da.projected
+    nested, per_rank = data_moments.projected, data_problem.projected
 
     def counting(key, real):
         def call(*args, **kwargs):
@@ -125,7 +125,7 @@ def test_one_projection_per_layer_and_start_whatever_the_number_of_ranks(scheme,
         return call
 
     monkeypatch.setattr(data_moments, "projected", counting("nested", nested))
-    monkeypatch.setattr(da, "projected", counting("per_rank", per_rank))
+    monkeypatch.setattr(data_problem, "projected", counting("per_rank", per_rank))
     for rank in ranks:
         fit(rank)
     starts = 1 if scheme == "tucker" else 2  # Tucker's data-free start (HOOI) depends on both ranks: per rank
