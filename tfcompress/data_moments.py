@@ -123,19 +123,14 @@ class Moments:
         target = self.gram if self.target_gram is None else self.target_gram
         if not with_bias:
             return self.gram, cross, target
-
-        def aug(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-            out = np.empty((m.shape[0] + 1, m.shape[1] + 1))
-            out[:-1, :-1] = m
-            out[:-1, -1] = left
-            out[-1, :-1] = right
-            out[-1, -1] = 1.0
-            return out
-
         if self.symmetric and self.target_gram is None:  # one (dim+1)² copy, not three of the same values
-            same = aug(self.gram, self.mean, self.mean)
+            same = _augment(self.gram, self.mean, self.mean)
             return same, same, same
-        return aug(self.gram, self.mean, self.mean), aug(cross, self.mean, mean_x), aug(target, mean_x, mean_x)
+        return (
+            _augment(self.gram, self.mean, self.mean),
+            _augment(cross, self.mean, mean_x),
+            _augment(target, mean_x, mean_x),
+        )
 
     def output_targets(self, with_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """``(Ŝ, E[x̂̃ yᵀ], E[y yᵀ], |E y|²)`` for output targets: the (augmented, with ``[x̂, 1]`` when
@@ -146,11 +141,8 @@ class Moments:
         mean_y = np.asarray(self.output_mean, dtype=np.float64)
         if not with_bias:
             return self.gram, self.output_cross, self.output_gram, float(mean_y @ mean_y)  # type: ignore[return-value]
-        gram = np.empty((self.dim + 1, self.dim + 1))
-        gram[:-1, :-1] = self.gram
-        gram[:-1, -1] = gram[-1, :-1] = self.mean
-        gram[-1, -1] = 1.0
         cross = np.vstack([self.output_cross, mean_y[None]])  # type: ignore[list-item]
+        gram = _augment(self.gram, self.mean, self.mean)
         return gram, cross, self.output_gram, float(mean_y @ mean_y)  # type: ignore[return-value]
 
     def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,6 +158,17 @@ class Moments:
             self.cross - np.outer(self.mean, mean_x),
             self.target_gram - np.outer(mean_x, mean_x),
         )
+
+
+def _augment(m: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The second moment ``m`` of ``[u, v]`` extended to ``[u, 1]`` and ``[v, 1]``: the means ``left = E[u]`` and
+    ``right = E[v]`` as the last column and row, 1 in the corner."""
+    out = np.empty((m.shape[0] + 1, m.shape[1] + 1))
+    out[:-1, :-1] = m
+    out[:-1, -1] = left
+    out[-1, :-1] = right
+    out[-1, -1] = 1.0
+    return out
 
 
 class MomentAccumulator:
@@ -329,18 +332,16 @@ def output_error(
     """
     with_bias = bias is not None or fitted_bias is not None
     n_out = kernel.shape[1]
-    w = kernel if not with_bias else np.vstack([kernel, np.zeros((1, n_out)) if bias is None else bias[None]])
     p = (
         fitted
         if not with_bias
         else np.vstack([fitted, np.zeros((1, n_out)) if fitted_bias is None else fitted_bias[None]])
     )
     if moments.has_outputs:  # the original outputs are given: ``kernel`` and ``bias`` are not needed
-        gram, out_cross, out_gram, _ = moments.output_targets(True)
-        if not with_bias:
-            gram, out_cross = gram[:-1, :-1], out_cross[:-1]
+        gram, out_cross, out_gram, _ = moments.output_targets(with_bias)
         value = np.trace(out_gram) - 2 * np.sum(p * out_cross) + np.sum(p * (gram @ p))
         return max(float(value), 0.0)
+    w = kernel if not with_bias else np.vstack([kernel, np.zeros((1, n_out)) if bias is None else bias[None]])
     gram, cross, target = moments.augmented(with_bias)
     value = np.sum(w * (target @ w)) - 2 * np.sum(p * (cross @ w)) + np.sum(p * (gram @ p))
     return max(float(value), 0.0)
