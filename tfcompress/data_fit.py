@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,8 @@ __all__ = [
     "input_width",
     "refit_forward",
     "reference_budget",
+    "weights_budget",
+    "leading_within",
     "sample_images",
     "positions_per_input",
     "readable_reason",
@@ -147,13 +149,12 @@ def positions_per_input(model: keras.Model) -> int:
     return int(min(MAX_POSITIONS_PER_IMAGE, POSITIONS_PER_IMAGE * steps))
 
 
-def fitting_threads(moments: Moments | None = None) -> Any:
+def fitting_threads() -> Any:
     """One BLAS thread for the fits, whatever their size. TensorFlow's pools (and, on a shared machine, other
     processes) keep the cores busy; a multi-threaded LAPACK factorisation then waits on its own threads: measured
     on ResNet50's widest spatial-SVD layer (3x3, 512 -> 512; ten candidate ranks) on 2 shared cores, 34.6 s with
     every thread (an eigendecomposition of 1536x1536 took 11 s) against 9.2 s on one (0.7 s). The large products
     lose at most the second core's share on an idle machine."""
-    del moments
     return decompose.blas_single_thread()
 
 
@@ -403,14 +404,20 @@ def call_counts(model: keras.Model) -> dict[str, int]:
 
 
 def selection_moments(
-    model: keras.Model, layers: Mapping[str, tuple[Any, str]], images: np.ndarray, samples: int, seed: int = 0
+    model: keras.Model,
+    layers: Mapping[str, tuple[Any, str]],
+    images: np.ndarray,
+    samples: int,
+    seed: int = 0,
+    calls: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Moments], dict[str, str], float]:
     """The moments of each readable layer's input patches in ``model`` (one pass of ``images``), for the
     selection's data-aware candidates: ``({path: Moments}, {path: why not}, seconds)``. ``layers``:
-    ``{path: (layer, scheme)}``."""
+    ``{path: (layer, scheme)}``; ``calls``: :func:`call_counts` of ``model`` (read from its graph when not given)."""
     reasons = {}
     names = []
-    calls = call_counts(model)
+    if calls is None:
+        calls = call_counts(model)
     for path, (layer, scheme) in layers.items():
         why = readable_reason(model, path, layer, scheme, calls)
         if why is None:
@@ -475,7 +482,7 @@ def refit_forward(
         spec = readable[name][0]
         start = time.perf_counter()
         if name not in held:
-            chunk = _next_chunk(order[index:], readable, samples, keep_bytes)
+            chunk = leading_within(order[index:], lambda n: samples * readable[n][1][0].shape[1] * 4, keep_bytes)
             hooked = {n: decomposed[n][0] for n in chunk if not _is_top_level(original, n, decomposed[n][0])}
             held.update(
                 collector.outputs(
@@ -492,7 +499,7 @@ def refit_forward(
         del outputs
         report.collect_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        with fitting_threads(moments):
+        with fitting_threads():
             weights, fit = fit_layer(source, scheme, rank, moments)
         target.set_weights(weights)
         report.fit_seconds += time.perf_counter() - start
@@ -522,8 +529,36 @@ def reference_budget(model: keras.Model) -> int:
         >>> reference_budget(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == 16 * 2**20
         True
     """
+    return weights_budget(model, REFERENCE_SHARE, REFERENCE_MIN_BYTES)
+
+
+def weights_budget(model: keras.Model, share: float, at_least: int) -> int:
+    """``max(at_least, share x the bytes of model's weights)``: the data-aware stages' memory bounds.
+
+    Example:
+        >>> import keras
+        >>> weights_budget(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), 1.0, 0)   # 8 floats
+        32
+    """
     weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-    return int(max(REFERENCE_MIN_BYTES, REFERENCE_SHARE * weights))
+    return int(max(at_least, share * weights))
+
+
+def leading_within(order: Sequence[str], size: Callable[[str], int], budget: int) -> list[str]:
+    """The first name of ``order`` (whatever its size) and the ones after it while their ``size`` in bytes, all
+    together, stays within ``budget``: what one pass reads for the layers walked next.
+
+    Example:
+        >>> leading_within(["a", "b", "c"], {"a": 5, "b": 3, "c": 3}.get, 8), leading_within(["a", "b"], len, 0)
+        (['a', 'b'], ['a'])
+    """
+    chunk, used = [], 0
+    for name in order:
+        used += size(name)
+        if chunk and used > budget:
+            break
+        chunk.append(name)
+    return chunk
 
 
 def _target_map(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -532,18 +567,3 @@ def _target_map(layer: Any) -> tuple[np.ndarray, np.ndarray | None]:
     it is kept as it is)."""
     kernel, bias = _kernel_and_bias(layer)
     return kernel.reshape(-1, kernel.shape[-1]), bias
-
-
-def _next_chunk(
-    order: list[str], readable: Mapping[str, tuple[PatchSpec, tuple[np.ndarray, Any]]], samples: int, budget: int
-) -> list[str]:
-    """The first layer of ``order`` and the ones after it whose sampled outputs (``samples x N`` float32) still fit
-    in ``budget`` bytes together."""
-    chunk, used = [], 0
-    for name in order:
-        size = int(samples) * int(readable[name][1][0].shape[1]) * 4
-        if chunk and used + size > budget:
-            break
-        chunk.append(name)
-        used += size
-    return chunk

@@ -35,10 +35,12 @@ from .data_fit import (
     fitting_threads,
     input_width,
     layer_problem,
+    leading_within,
     readable_reason,
     refit_forward,
     sample_images,
     selection_moments,
+    weights_budget,
 )
 
 __all__ = ["Clock", "CandidateFit", "DataAwareRun", "MomentStore", "moments_budget"]
@@ -58,8 +60,7 @@ def moments_budget(model: keras.Model) -> int:
         >>> moments_budget(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == 64 * 2**20
         True
     """
-    weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-    return int(max(MOMENTS_MIN_BYTES, MOMENTS_SHARE * weights))
+    return weights_budget(model, MOMENTS_SHARE, MOMENTS_MIN_BYTES)
 
 
 class MomentStore:
@@ -93,6 +94,7 @@ class MomentStore:
         self.model, self.layers, self.images, self.samples = model, dict(layers), images, int(samples)
         self.keep_bytes = keep_bytes
         self.order = list(self.layers)
+        self._calls = call_counts(model)  # the graph is walked once, not on every pass
         self._held: dict[str, Moments] = {}
         #: passes over the original model so far, and the seconds they took
         self.passes = 0
@@ -114,18 +116,12 @@ class MomentStore:
             raise KeyError(f"MomentStore: no readable candidate layer '{path}'.")
         if path not in self._held:
             self._held.clear()  # let go first: the next pass's moments take their place
-            fetch = [path]
             if self.keep_bytes is None:
-                fetch += [p for p in self.order if p != path]
+                fetch = [path, *(p for p in self.order if p != path)]
             else:
-                left = self.keep_bytes - self.size(path)
-                for other in self.order[self.order.index(path) + 1 :]:
-                    left -= self.size(other)
-                    if left < 0:
-                        break
-                    fetch.append(other)
+                fetch = leading_within(self.order[self.order.index(path) :], self.size, self.keep_bytes)
             moments, _, seconds = selection_moments(
-                self.model, {p: self.layers[p] for p in fetch}, self.images, self.samples
+                self.model, {p: self.layers[p] for p in fetch}, self.images, self.samples, calls=self._calls
             )
             self._held.update(moments)
             self.passes += 1
